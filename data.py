@@ -1,0 +1,369 @@
+"""Datasets as device tensors: Wikitext-2 (token files or word-level text) and CIFAR-10 (torchvision
+download or an ImageFolder tree), batch iteration from seeded generators, and batched augmentation.
+
+    >>> corpus = load_wikitext("../shared/data/wikitext2", torch.device("cpu"))
+    >>> images = load_cifar10("../shared/data/cifar10-jpeg", torch.device("cpu"))
+
+Everything a model sees is decoded once and kept on the training device; a batch is an index
+gather, never a per-sample Python call.
+"""
+import hashlib
+import io
+import math
+import os
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import UserError, check
+
+# ------------------------------------------------------------------------------------ Wikitext-2
+
+SPLITS = ("train", "valid", "test")
+TOKEN_FILES = {"train": "wiki.train.npz", "valid": "wiki.validation.npz", "test": "wiki.test.npz"}
+TEXT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
+GPT1_VOCAB_SIZE = 40479  # OpenAI GPT-1 BPE, as the reference model (ids 1..40472 occur)
+# The Wikitext-2 word-level archive (Merity et al.); MD5 as published by torchtext.
+WIKITEXT_URLS = ("https://wikitext.smerity.com/wikitext-2-v1.zip",
+                 "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip")
+WIKITEXT_MD5 = "542ccefacc6c27f945fb54453812b3cd"
+WIKITEXT_MEMBERS = {"train": "wikitext-2/wiki.train.tokens", "valid": "wikitext-2/wiki.valid.tokens",
+                    "test": "wikitext-2/wiki.test.tokens"}
+
+
+@dataclass
+class Corpus:
+    splits: dict          # split -> 1-D int64 token stream on the device
+    vocab_size: int
+    vocab: list = None    # id -> word for word-level text; None for token-id files
+    source: str = ""
+
+
+def load_wikitext(folder, device, download=True):
+    """Token files if the folder has them, else word-level text, else download the text."""
+    folder = Path(folder)
+    if all((folder / f).exists() for f in TOKEN_FILES.values()):
+        return _load_token_files(folder, device)
+    if not all((folder / f).exists() for f in TEXT_FILES.values()):
+        present = [f for f in list(TOKEN_FILES.values()) + list(TEXT_FILES.values()) if (folder / f).exists()]
+        if present or not download:
+            missing = [f for f in TEXT_FILES.values() if not (folder / f).exists()]
+            raise UserError(f"{folder} is incomplete: has {', '.join(present) or 'nothing'}; put either "
+                            f"{', '.join(TOKEN_FILES.values())} or {', '.join(TEXT_FILES.values())} there "
+                            f"(missing: {', '.join(missing)})")
+        download_wikitext(folder)
+    return _load_text_files(folder, device)
+
+
+def _read_npz(path):
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
+            check("tokens" in d.files, f"{path} has no 'tokens' array (it has: {', '.join(d.files) or 'none'})")
+            tokens = d["tokens"]
+            vocab_size = int(d["vocab_size"]) if "vocab_size" in d.files else None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, pickle and format errors all mean a bad file
+        raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {e}") from None
+    check(tokens.ndim == 1 and tokens.size > 1 and np.issubdtype(tokens.dtype, np.integer),
+          f"{path}: 'tokens' must be a 1-D integer array of at least 2 ids, got {tokens.dtype} {tokens.shape}")
+    return tokens, vocab_size
+
+
+def _load_token_files(folder, device):
+    arrays, sizes = {}, set()
+    for split, name in TOKEN_FILES.items():
+        arrays[split], size = _read_npz(folder / name)
+        sizes.add(size)
+    vocab_size = max(sizes - {None}, default=GPT1_VOCAB_SIZE)
+    for split, tokens in arrays.items():
+        check(tokens.min() >= 1 and tokens.max() < vocab_size,
+              f"{folder / TOKEN_FILES[split]}: token ids must lie in 1..{vocab_size - 1} (0 is padding), "
+              f"found {tokens.min()}..{tokens.max()}")
+    splits = {s: torch.from_numpy(t.astype(np.int64)).to(device) for s, t in arrays.items()}
+    return Corpus(splits, vocab_size, None, f"token files (wiki.*.npz) in {folder}")
+
+
+def tokenize(path):
+    """Whitespace words with <eos> ending every line, as pytorch/examples word_language_model."""
+    with open(path, encoding="utf-8-sig") as f:  # -sig: the real files begin with a byte-order mark
+        words = [w for line in f for w in line.split() + ["<eos>"]]
+    check(any(w != "<eos>" for w in words), f"{path} is empty")
+    return words
+
+
+def build_vocab(words):
+    """id 0 is padding; then <unk>, <eos> and the training words in order of first appearance."""
+    vocab = ["<pad>", "<unk>", "<eos>"]
+    vocab += [w for w in dict.fromkeys(words) if w not in ("<pad>", "<unk>", "<eos>")]
+    return vocab
+
+
+def _load_text_files(folder, device):
+    words = {s: tokenize(folder / f) for s, f in TEXT_FILES.items()}
+    vocab = build_vocab(words["train"])
+    index = {w: i for i, w in enumerate(vocab)}
+    unk = index["<unk>"]
+    splits = {s: torch.tensor([index.get(w, unk) for w in ws], dtype=torch.int64, device=device)
+              for s, ws in words.items()}
+    return Corpus(splits, len(vocab), vocab, f"word-level text (train/valid/test.txt) in {folder}")
+
+
+def download_wikitext(folder, urls=WIKITEXT_URLS, md5=WIKITEXT_MD5):
+    """Fetch the word-level archive over HTTPS, verify its checksum, then move the three files into
+    place atomically. Offline, fail with a message naming the files to put where."""
+    folder = Path(folder)
+    errors = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                blob = response.read()
+        except OSError as e:
+            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            continue
+        digest = hashlib.md5(blob).hexdigest()
+        if digest != md5:
+            errors.append(f"{url}: checksum {digest} is not the expected {md5}")
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(io.BytesIO(blob)) as z:
+                for split, member in WIKITEXT_MEMBERS.items():
+                    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
+                        tmp.write(z.read(member))
+                    os.replace(tmp.name, folder / TEXT_FILES[split])
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            raise UserError(f"could not unpack Wikitext-2 into {folder}: {e}") from None
+        print(f"data: downloaded Wikitext-2 from {url} into {folder}")
+        return
+    raise UserError(f"Wikitext-2 not found in {folder} and the download failed ({'; '.join(errors)}); put "
+                    f"{', '.join(TOKEN_FILES.values())} (token ids) or {', '.join(TEXT_FILES.values())} "
+                    f"(word-level text) into {folder}, or pass --data_folder")
+
+
+class Windows:
+    """A token stream cut into windows of `seq_len` inputs and the `seq_len` next tokens as targets
+    (the reference's break_mode=none). The last window is padded with id 0, and padding is never a
+    target, so every token after the first is scored exactly once per pass."""
+
+    def __init__(self, stream, seq_len):
+        n = stream.numel()
+        check(n >= 2, "a split needs at least 2 tokens")
+        self.seq_len, self.num_targets = seq_len, n - 1
+        self.num_windows = math.ceil((n - 1) / seq_len)
+        self.padded = F.pad(stream, (0, self.num_windows * seq_len + 1 - n))
+        self.offsets = torch.arange(seq_len + 1, device=stream.device)
+
+    def batch(self, idx):
+        """Windows `idx` (a device tensor) -> inputs, targets (B, T) and the number of real targets."""
+        seq = self.padded[idx[:, None] * self.seq_len + self.offsets]  # (B, T + 1)
+        return seq[:, :-1], seq[:, 1:]
+
+    def targets_in(self, idx_host):
+        """Real (unpadded) targets in windows `idx_host`, counted on the host without a sync: every
+        window has seq_len of them except the last, which lacks its padding."""
+        padding = self.num_windows * self.seq_len - self.num_targets
+        has_last = bool((idx_host == self.num_windows - 1).any())
+        return len(idx_host) * self.seq_len - padding * has_last
+
+
+def index_batches(n, batch_size, generator=None, device="cpu"):
+    """Yield (device indices, host indices) over range(n) in batches; shuffled when a generator is
+    given. The last batch may be smaller, so every example is used exactly once."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order_dev = order.to(device, non_blocking=True)
+    for start in range(0, n, batch_size):
+        yield order_dev[start:start + batch_size], order[start:start + batch_size]
+
+
+# -------------------------------------------------------------------------------------- CIFAR-10
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLIT_SEED = 0  # the train/valid split is fixed, whatever --seed, so seeds compare on the same split
+CACHE_NAME = "cifar10_uint8_cache.npz"
+
+
+@dataclass
+class ImageData:
+    splits: dict    # split -> (uint8 images (N, C, H, W), int64 labels (N,)) on the device
+    classes: list
+    source: str = ""
+
+
+def split_train_valid(n, valid_fraction=0.1, seed=SPLIT_SEED):
+    """Disjoint train / valid indices (45,000 / 5,000 for CIFAR-10's 50,000)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_valid = max(1, round(n * valid_fraction))
+    return perm[n_valid:].sort().values, perm[:n_valid].sort().values
+
+
+def load_cifar10(folder, device, download=True):
+    """An ImageFolder tree (train/<class>/*, test/<class>/*) if the folder holds one, else
+    torchvision's CIFAR-10 (downloaded when missing). Returns train/valid/test on the device."""
+    folder = Path(folder)
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        (train_x, train_y, test_x, test_y), classes = _load_image_folder(folder)
+        source = f"image folders (train/, test/) in {folder}"
+    else:
+        (train_x, train_y, test_x, test_y), classes = _load_torchvision_cifar(folder, download)
+        source = f"torchvision CIFAR-10 in {folder}"
+    train_idx, valid_idx = split_train_valid(len(train_y))
+    arrays = dict(train=(train_x[train_idx], train_y[train_idx]), valid=(train_x[valid_idx], train_y[valid_idx]),
+                  test=(test_x, test_y))
+    splits = {s: (x.to(device), y.to(device)) for s, (x, y) in arrays.items()}
+    return ImageData(splits, classes, source)
+
+
+def _load_torchvision_cifar(folder, download):
+    import torchvision
+    try:
+        train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
+        test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
+    except Exception as e:  # noqa: BLE001 - network, integrity and format errors alike
+        raise UserError(f"CIFAR-10 not found in {folder} and could not be downloaded ({str(e).splitlines()[0]}); "
+                        f"put cifar-10-python.tar.gz or cifar-10-batches-py/ there, or point --data_folder at "
+                        f"an image folder tree train/<class>/*.jpg, test/<class>/*.jpg") from None
+    to_tensor = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))  # noqa: E731
+    return (to_tensor(train), torch.tensor(train.targets), to_tensor(test), torch.tensor(test.targets)), train.classes
+
+
+def _list_images(folder):
+    check(folder.is_dir(), f"{folder} is missing")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    files = [(p, label) for label, c in enumerate(classes) for p in sorted((folder / c).iterdir())
+             if p.suffix.lower() in IMAGE_EXTENSIONS]
+    check(files, f"{folder} holds no images (expected {folder}/<class>/*.jpg)")
+    return classes, files
+
+
+def _fingerprint(files):
+    h = hashlib.sha1()
+    for p, label in files:
+        st = p.stat()
+        h.update(f"{p.parent.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}:{label}\n".encode())
+    return h.hexdigest()
+
+
+def _cache_paths(folder):
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vit-lm-study"
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+    return [folder / CACHE_NAME, user_cache / f"cifar10_{key}.npz"]
+
+
+def _load_image_folder(folder):
+    train_classes, train_files = _list_images(folder / "train")
+    test_classes, test_files = _list_images(folder / "test")
+    check(train_classes == test_classes, f"train and test classes differ in {folder}: "
+          f"{sorted(set(train_classes) ^ set(test_classes))}")
+    fingerprint = _fingerprint(train_files + test_files)
+    for path in _cache_paths(folder):  # decoded once, then read back in a second
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                if str(d["fingerprint"]) == fingerprint:
+                    arrays = tuple(torch.from_numpy(d[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+                    return arrays, train_classes
+        except Exception:  # noqa: BLE001, S112 - a missing or stale cache is simply rebuilt
+            continue
+    train_x, test_x = _decode(train_files), _decode(test_files)
+    check(train_x.shape[1:] == test_x.shape[1:], f"train and test images differ in size in {folder}")
+    train_y = torch.tensor([label for _, label in train_files])
+    test_y = torch.tensor([label for _, label in test_files])
+    arrays = (train_x, train_y, test_x, test_y)
+    for path in _cache_paths(folder):  # beside the data, else in the user's cache; never fatal
+        if _save_cache(path, fingerprint, arrays):
+            break
+    return arrays, train_classes
+
+
+def _save_cache(path, fingerprint, arrays):
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A folder without write bits is read-only by intent, even for root (who may write anyway).
+        if not path.parent.stat().st_mode & 0o222 or not os.access(path.parent, os.W_OK):
+            return False
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+            tmp = f.name
+            np.savez(f, fingerprint=np.array(fingerprint),
+                     **{k: a.numpy() for k, a in zip(("train_x", "train_y", "test_x", "test_y"), arrays)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; a cache may be shared
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        return False
+
+
+def _decode(files):
+    from PIL import Image
+    images = []
+    for p, _ in files:
+        try:
+            with Image.open(p) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot decode image {p}: {str(e).splitlines()[0]}") from None
+    shapes = {im.shape for im in images}
+    check(len(shapes) == 1, f"images in {files[0][0].parent.parent} differ in size: {sorted(shapes)[:3]}")
+    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())  # (N, C, H, W)
+
+
+def normalize(images, mean=CIFAR_MEAN, std=CIFAR_STD):
+    """uint8 (B, C, H, W) -> float, scaled to [0, 1] then standardised per channel."""
+    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(1, -1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
+    return images.float() * scale - shift
+
+
+def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1), attempts=10):
+    """RandomResizedCrop's boxes for n images at once: (top, left, h, w) int tensors (n,).
+
+    As torchvision: draw area and log-aspect, round to whole pixels, keep the first of `attempts`
+    draws that fits, else fall back to the whole image."""
+    area = height * width
+    s = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * area
+    log_r = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = torch.exp(log_r)
+    w = torch.sqrt(s * r).round().long()
+    h = torch.sqrt(s / r).round().long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], torch.full((n,), height))
+    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], torch.full((n,), width))
+    u = torch.rand(n, 2, generator=generator)
+    top = (u[:, 0] * (height - h + 1)).floor().long()
+    left = (u[:, 1] * (width - w + 1)).floor().long()
+    return top, left, h, w
+
+
+def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1)):
+    """The reference's training augmentation (RandomHorizontalFlip, RandomResizedCrop to the same
+    size, bilinear), batched: per-image parameters from `generator`, one affine_grid + grid_sample
+    for the whole batch on the images' device. uint8 (B, C, H, W) -> normalised float."""
+    B, _, H, W = images.shape
+    top, left, h, w = crop_params(B, H, W, generator, scale, ratio)
+    flips = torch.rand(B, generator=generator) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
+    # Map output coordinates in [-1, 1] to the crop box in the input (align_corners=False).
+    sx, sy = w / W, h / H
+    cx = (2 * left + w) / W - 1
+    cy = (2 * top + h) / H - 1
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0] = torch.where(flips, -sx, sx)
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = cy
+    x = normalize(images)
+    grid = F.affine_grid(theta.to(x.device, non_blocking=True), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,190 @@
+"""Every architecture of the two studies: one transformer `Block`, the `VisionTransformer` and the
+`LanguageModel` with its LSTM, GRU and causal-Transformer cores.
+
+    >>> from models import VisionTransformer, LanguageModel, count_params
+    >>> count_params(VisionTransformer(num_layers=2))       # the reference report's table
+    1086730
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def count_params(model, learnable_only=True):
+    """Parameters counted once each (a tied weight is one parameter)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not learnable_only)
+
+
+class Block(nn.Module):
+    """Multi-head self-attention and a GELU MLP, each with a residual and a LayerNorm.
+
+    norm_first=True (pre-norm):  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
+    norm_first=False (post-norm): x = norm1(x + attn(x)); x = norm2(x + mlp(x))
+    """
+
+    def __init__(self, dim, num_heads, hidden_dim, norm_first=True, causal=False, dropout=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding width {dim} is not divisible by {num_heads} heads")
+        self.num_heads, self.norm_first, self.causal, self.dropout = num_heads, norm_first, causal, dropout
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)  # one matmul for q, k and v
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden_dim), nn.GELU(),
+            nn.Dropout(dropout) if dropout else nn.Identity(),
+            nn.Linear(hidden_dim, dim),
+        )
+        self.resid_drop = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def attn(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(  # (B, H, T, D)
+            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+    def forward(self, x):  # (B, T, C)
+        if self.norm_first:
+            x = x + self.attn(self.norm1(x))
+            return x + self.resid_drop(self.mlp(self.norm2(x)))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.resid_drop(self.mlp(x)))
+
+
+BLOCKS = {"prenorm": True, "postnorm": False}
+
+
+def _init_weights(module):
+    # ViT/GPT-style init: truncated-normal linears, zero biases; LayerNorm keeps its (1, 0) default.
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class VisionTransformer(nn.Module):
+    """ViT for small images: linear patch embedding, CLS token, learned positions, Blocks, and a
+    LayerNorm + Linear head on the CLS token. Takes normalised float images (B, C, H, W)."""
+
+    def __init__(self, num_layers=2, block="prenorm", embed_dim=256, hidden_dim=512, num_heads=8,
+                 patch_size=4, image_size=32, num_channels=3, num_classes=10, dropout=0.0):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
+        self.patch_size = patch_size
+        num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Linear(num_channels * patch_size ** 2, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, hidden_dim, norm_first=BLOCKS[block], dropout=dropout)
+            for _ in range(num_layers))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def patchify(self, images):
+        B, C, H, W = images.shape
+        p = self.patch_size
+        x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(B, (H // p) * (W // p), C * p * p)  # (B, N, C*p*p), row-major patches
+
+    def forward(self, images):
+        x = self.patch_embed(self.patchify(images))  # (B, N, E)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.drop(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x[:, 0]))  # (B, classes)
+
+
+class RecurrentCore(nn.Module):
+    """nn.LSTM or nn.GRU (batch first) behind the common (x, state) -> (y, state) interface."""
+
+    def __init__(self, kind, input_size, hidden_size, num_layers, dropout=0.0):
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
+        self.rnn = rnn(input_size, hidden_size, num_layers, batch_first=True,
+                       dropout=dropout if num_layers > 1 else 0.0)
+
+    def forward(self, x, state=None):
+        return self.rnn(x, state)
+
+
+class TransformerCore(nn.Module):
+    """Causal Transformer: Linear input projection, learned positions, causal Blocks. Each window is
+    attended to on its own, so the state is always None."""
+
+    def __init__(self, input_size, hidden_size, num_layers, max_len, block="prenorm", num_heads=8,
+                 mlp_dim=2048, dropout=0.0):
+        super().__init__()
+        self.inp = nn.Linear(input_size, hidden_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, max_len, hidden_size))
+        self.blocks = nn.ModuleList(
+            Block(hidden_size, num_heads, mlp_dim, norm_first=BLOCKS[block], causal=True, dropout=dropout)
+            for _ in range(num_layers))
+        # Pre-norm leaves the residual stream unnormalised, so it needs a final LayerNorm (GPT-2).
+        self.norm = nn.LayerNorm(hidden_size) if BLOCKS[block] else nn.Identity()
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x, state=None):
+        T = x.shape[1]
+        if T > self.pos_embed.shape[1]:
+            raise ValueError(f"sequence of {T} tokens is longer than the {self.pos_embed.shape[1]} positions")
+        x = self.inp(x) + self.pos_embed[:, :T]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), None
+
+
+CORES = ("lstm", "gru", "transformer")
+
+
+class LanguageModel(nn.Module):
+    """Token embedding -> core -> Linear + ReLU -> output layer tied to the embedding.
+
+    `forward(tokens, state=None) -> (logits, state)` for every core, so the training loop never
+    asks which core it runs. `embeddings` (vocab x embedding_size) initialises the embedding and
+    freezes it unless `learn_embeddings`.
+    """
+
+    def __init__(self, core="lstm", num_layers=1, vocab_size=40479, embedding_size=768,
+                 hidden_size=512, dropout=0.0, embeddings=None, learn_embeddings=False,
+                 max_len=256, block="prenorm", num_heads=8, mlp_dim=2048):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=0)
+        # N(0, 1) rows would give the tied output layer huge logits; word_language_model's init.
+        with torch.no_grad():
+            self.embedding.weight.uniform_(-0.1, 0.1)
+            self.embedding.weight[0].zero_()
+        if embeddings is not None:
+            embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+            if tuple(embeddings.shape) != (vocab_size, embedding_size):
+                raise ValueError(f"embeddings have shape {tuple(embeddings.shape)}, the model needs "
+                                 f"({vocab_size}, {embedding_size}) (vocabulary x width)")
+            with torch.no_grad():
+                self.embedding.weight.copy_(embeddings)
+            self.embedding.weight.requires_grad_(learn_embeddings)
+        if core == "transformer":
+            self.core = TransformerCore(embedding_size, hidden_size, num_layers, max_len, block,
+                                        num_heads, mlp_dim, dropout)
+        elif core in ("lstm", "gru"):
+            self.core = RecurrentCore(core, embedding_size, hidden_size, num_layers, dropout)
+        else:
+            raise ValueError(f"unknown core {core!r}; choose from {', '.join(CORES)}")
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.proj = nn.Sequential(nn.Linear(hidden_size, embedding_size), nn.ReLU())
+        self.out = nn.Linear(embedding_size, vocab_size, bias=False)
+        self.out.weight = self.embedding.weight  # tied: the same Parameter, counted once
+
+    def forward(self, tokens, state=None):  # tokens (B, T) -> logits (B, T, vocab)
+        x = self.drop(self.embedding(tokens))
+        h, state = self.core(x, state)
+        return self.out(self.proj(self.drop(h))), state
+

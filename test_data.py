@@ -1,0 +1,355 @@
+"""Data tests on tiny fixtures in the real formats (token .npz, word-level text with a BOM, ImageFolder
+trees, torchvision's pickled CIFAR-10 batches). The fixture writers are shared with test_train.py."""
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tempfile
+import unittest
+import urllib.error
+import zipfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+from data import (Windows, augment, crop_params, index_batches, load_cifar10, load_wikitext, normalize,
+                  split_train_valid)
+from engine import UserError
+
+WORDS = "the cat sat on the mat and the dog sat on the log".split()
+
+
+def write_token_files(folder, n=(400, 90, 70), vocab_size=50, seed=0):
+    """wiki.{train,validation,test}.npz as in ../shared/data/wikitext2 (uint16 ids from 1, line sizes);
+    `vocab_size` is stored too, so the model stays small."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in zip(("train", "validation", "test"), n):
+        tokens = rng.integers(1, vocab_size, count).astype(np.uint16)
+        np.savez(folder / f"wiki.{name}.npz", tokens=tokens, sizes=np.array([count // 2, count - count // 2]),
+                 vocab_size=np.array(vocab_size))
+    return folder
+
+
+def write_text_files(folder, lines=(40, 8, 8), seed=0):
+    """train/valid/test.txt, word-level, valid.txt with a byte-order mark like the real file."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in zip(("train", "valid", "test"), lines):
+        text = "".join(" " + " ".join(rng.choice(WORDS, 6)) + " \n" for _ in range(count))
+        if name == "valid":
+            text = "\ufeff \n = Heading = \n" + text  # BOM, an empty-ish line, and unseen words
+        (folder / f"{name}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+CLASSES = ("cat", "dog", "ship")
+
+
+def class_image(label, rng, size=32):
+    """A learnable image: the class sets the dominant colour channel."""
+    img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+    img[..., label % 3] += 150
+    return img
+
+
+def write_image_folder(folder, per_class=(12, 4), suffix=".png", seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    pixels = {}
+    for split, count in zip(("train", "test"), per_class):
+        for label, name in enumerate(CLASSES):
+            (folder / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = class_image(label, rng)
+                path = folder / split / name / f"{i:04d}{suffix}"
+                Image.fromarray(img).save(path, quality=95)
+                pixels[path] = img
+    return folder, pixels
+
+
+def write_torchvision_cifar(root, n_per_batch=6, seed=0):
+    """cifar-10-batches-py/ exactly as torchvision reads it (pickled dicts, 3072 bytes per image).
+    Returns the md5 lists to patch into torchvision's CIFAR10, whose own list pins the real files."""
+    rng = np.random.default_rng(seed)
+    base = Path(root) / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = [int(x) for x in rng.integers(0, 10, n_per_batch)]
+        images = np.stack([class_image(y, rng).transpose(2, 0, 1).reshape(-1) for y in labels])
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": images, "labels": labels}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    md5 = {n: hashlib.md5((base / n).read_bytes()).hexdigest() for n in names + ["batches.meta"]}
+    return ([[n, md5[n]] for n in names[:5]], [[names[5], md5[names[5]]]],
+            {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]})
+
+
+class TempDir(unittest.TestCase):
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        # Never write caches into the user's real home folder.
+        patcher = mock.patch.dict(os.environ, {"XDG_CACHE_HOME": str(self.tmp / "user-cache")})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+
+CPU = torch.device("cpu")
+
+
+class TestWindows(unittest.TestCase):
+    def test_every_token_after_the_first_is_a_target_exactly_once(self):
+        stream = torch.arange(1, 24)  # 23 tokens -> 22 targets, windows of 5: 4 full + 1 of 2
+        w = Windows(stream, 5)
+        self.assertEqual(w.num_windows, 5)
+        seen, counted = [], 0
+        gen = torch.Generator().manual_seed(3)
+        for idx, idx_host in index_batches(w.num_windows, 2, gen):
+            inputs, targets = w.batch(idx)
+            torch.testing.assert_close(inputs[:, 1:], targets[:, :-1])  # targets are inputs shifted by one
+            mask = targets != 0
+            seen += targets[mask].tolist()
+            counted += w.targets_in(idx_host)
+            self.assertEqual(w.targets_in(idx_host), int(mask.sum()))
+        self.assertEqual(sorted(seen), stream[1:].tolist())
+        self.assertEqual(counted, 22)
+
+    def test_last_window_is_padded_with_zero_targets(self):
+        w = Windows(torch.arange(1, 9), 5)  # 8 tokens: windows [1..5]->[2..6], [6,7,8,0,0]->[7,8,0,0,0]
+        inputs, targets = w.batch(torch.tensor([1]))
+        self.assertEqual(inputs.tolist(), [[6, 7, 8, 0, 0]])
+        self.assertEqual(targets.tolist(), [[7, 8, 0, 0, 0]])
+
+    def test_shuffle_is_seeded_and_differs_between_epochs(self):
+        order = lambda seed: torch.cat([i for i, _ in index_batches(50, 8, torch.Generator().manual_seed(seed))])  # noqa: E731
+        torch.testing.assert_close(order(1), order(1))
+        self.assertFalse(torch.equal(order(1), order(2)))
+        self.assertEqual(sorted(order(1).tolist()), list(range(50)))
+        self.assertEqual([len(i) for i, _ in index_batches(50, 8)][-1], 2)  # the remainder is kept
+
+
+class TestWikitext(TempDir):
+    def test_token_files(self):
+        folder = write_token_files(self.tmp / "tok")
+        corpus = load_wikitext(folder, CPU, download=False)
+        self.assertEqual(corpus.vocab_size, 50)
+        self.assertIsNone(corpus.vocab)
+        self.assertEqual({s: t.numel() for s, t in corpus.splits.items()}, dict(train=400, valid=90, test=70))
+        self.assertEqual(corpus.splits["train"].dtype, torch.int64)
+        expected = np.load(folder / "wiki.validation.npz")["tokens"]
+        self.assertEqual(corpus.splits["valid"].tolist(), expected.tolist())
+        self.assertIn("token files", corpus.source)
+
+    def test_token_files_without_vocab_size_use_gpt1_vocabulary(self):
+        folder = self.tmp / "tok"
+        folder.mkdir()
+        for name in ("train", "validation", "test"):
+            np.savez(folder / f"wiki.{name}.npz", tokens=np.array([1, 40472, 5], dtype=np.uint16), sizes=np.array([3]))
+        self.assertEqual(load_wikitext(folder, CPU, download=False).vocab_size, 40479)
+
+    def test_bad_token_files_are_refused_with_one_line(self):
+        cases = {
+            "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+            "no tokens": lambda p: np.savez(p, sizes=np.array([3])),
+            "out of range": lambda p: np.savez(p, tokens=np.array([0, 3, 4], dtype=np.uint16), vocab_size=np.array(50)),
+        }
+        for case, damage in cases.items():
+            with self.subTest(case=case):
+                folder = write_token_files(self.tmp / case)
+                damage(folder / "wiki.test.npz")
+                with self.assertRaises(UserError) as ctx:
+                    load_wikitext(folder, CPU, download=False)
+                self.assertIn("wiki.test.npz", str(ctx.exception))
+                self.assertNotIn("\n", str(ctx.exception))
+
+    def test_word_level_text(self):
+        folder = write_text_files(self.tmp / "txt")
+        corpus = load_wikitext(folder, CPU, download=False)
+        vocab = corpus.vocab
+        self.assertEqual(vocab[:3], ["<pad>", "<unk>", "<eos>"])
+        self.assertEqual(corpus.vocab_size, len(vocab))
+        self.assertEqual(len(set(vocab)), len(vocab))
+        self.assertNotIn("\ufeff", "".join(vocab))
+        valid = [vocab[i] for i in corpus.splits["valid"].tolist()]
+        self.assertEqual(valid[:5], ["<eos>", "<unk>", "<unk>", "<unk>", "<eos>"])  # "= Heading =" is unseen
+        self.assertNotIn("=", [vocab[i] for i in corpus.splits["train"].tolist()])
+        self.assertEqual(valid.count("<eos>"), 2 + 8)  # one per line
+        train_words = sum(len(line.split()) + 1 for line in (folder / "train.txt").read_text().splitlines())
+        self.assertEqual(corpus.splits["train"].numel(), train_words)
+
+    def test_empty_text_file_is_refused(self):
+        folder = write_text_files(self.tmp / "txt")
+        (folder / "test.txt").write_text("\n\n")
+        with self.assertRaisesRegex(UserError, "test.txt is empty"):
+            load_wikitext(folder, CPU, download=False)
+
+    def test_incomplete_folder_names_what_is_missing(self):
+        folder = write_text_files(self.tmp / "txt")
+        (folder / "train.txt").unlink()
+        with self.assertRaisesRegex(UserError, "missing: train.txt"):
+            load_wikitext(folder, CPU)
+
+    def test_offline_download_fails_with_a_message_naming_the_files(self):
+        with mock.patch("urllib.request.urlopen", side_effect=urllib.error.URLError("no network")):
+            with self.assertRaises(UserError) as ctx:
+                load_wikitext(self.tmp / "empty", CPU)
+        message = str(ctx.exception)
+        for name in ("wiki.train.npz", "train.txt", "valid.txt", "test.txt", "no network", str(self.tmp / "empty")):
+            self.assertIn(name, message)
+        self.assertFalse((self.tmp / "empty" / "train.txt").exists())
+
+    def _fake_archive(self):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for split, member in data.WIKITEXT_MEMBERS.items():
+                z.writestr(member, f" {split} words here \n second line \n")
+        return buf.getvalue()
+
+    def test_download_is_verified_and_unpacked(self):
+        blob = self._fake_archive()
+        response = mock.MagicMock()
+        response.__enter__.return_value.read.return_value = blob
+        with mock.patch("urllib.request.urlopen", return_value=response):
+            with self.assertRaisesRegex(UserError, "checksum"):
+                load_wikitext(self.tmp / "bad", CPU)
+            self.assertFalse((self.tmp / "bad" / "train.txt").exists())
+            with mock.patch.object(data, "WIKITEXT_MD5", hashlib.md5(blob).hexdigest()):
+                with mock.patch("data.download_wikitext.__defaults__", (data.WIKITEXT_URLS, hashlib.md5(blob).hexdigest())):
+                    corpus = load_wikitext(self.tmp / "good", CPU)
+        self.assertEqual((self.tmp / "good" / "valid.txt").read_text(), " valid words here \n second line \n")
+        self.assertIn("train", corpus.vocab)
+
+
+class TestCifar(TempDir):
+    def test_image_folder_decodes_exactly_and_splits_disjointly(self):
+        folder, pixels = write_image_folder(self.tmp / "cifar")
+        images = load_cifar10(folder, CPU)
+        self.assertEqual(images.classes, list(CLASSES))
+        sizes = {s: len(y) for s, (_, y) in images.splits.items()}
+        self.assertEqual(sizes, dict(train=32, valid=4, test=12))  # 36 train images: 10% to valid
+        x, y = images.splits["test"]
+        self.assertEqual((x.dtype, tuple(x.shape[1:])), (torch.uint8, (3, 32, 32)))
+        first = folder / "test" / "cat" / "0000.png"
+        self.assertEqual(x[0].permute(1, 2, 0).numpy().tolist(), pixels[first].tolist())  # PNG: lossless
+        self.assertEqual(y.tolist(), [0] * 4 + [1] * 4 + [2] * 4)
+        # train and valid are disjoint and together are the whole training folder
+        train, valid = images.splits["train"][0], images.splits["valid"][0]
+        everything = {bytes(im.numpy()) for im in torch.cat([train, valid])}
+        self.assertEqual(len(everything), 36)
+
+    def test_split_is_fixed_and_disjoint_at_full_size(self):
+        a_train, a_valid = split_train_valid(50_000)
+        b_train, _ = split_train_valid(50_000)
+        self.assertEqual((len(a_train), len(a_valid)), (45_000, 5_000))
+        torch.testing.assert_close(a_train, b_train)
+        self.assertEqual(len(set(a_train.tolist()) | set(a_valid.tolist())), 50_000)
+
+    def test_jpeg_folder_and_cache(self):
+        folder, _ = write_image_folder(self.tmp / "cifar", suffix=".jpg")
+        first = load_cifar10(folder, CPU)
+        self.assertTrue((folder / data.CACHE_NAME).exists())
+        with mock.patch.object(data, "_decode", side_effect=AssertionError("the cache was not used")):
+            second = load_cifar10(folder, CPU)
+        for s in first.splits:
+            torch.testing.assert_close(first.splits[s][0], second.splits[s][0])
+        # a changed folder invalidates the cache
+        write_image_folder(self.tmp / "cifar", per_class=(13, 4), suffix=".jpg", seed=1)
+        changed = load_cifar10(folder, CPU).splits
+        self.assertEqual(len(changed["train"][1]) + len(changed["valid"][1]), 13 * 3)
+
+    def test_read_only_folder_caches_in_the_user_cache(self):
+        folder, _ = write_image_folder(self.tmp / "cifar")
+        os.chmod(folder, 0o555)
+        self.addCleanup(os.chmod, folder, 0o755)
+        load_cifar10(folder, CPU)
+        self.assertFalse((folder / data.CACHE_NAME).exists())
+        self.assertEqual(len(list((self.tmp / "user-cache").rglob("*.npz"))), 1)
+
+    def test_bad_image_folders_are_refused(self):
+        folder, _ = write_image_folder(self.tmp / "differ")
+        shutil.rmtree(folder / "test" / "ship")
+        with self.assertRaisesRegex(UserError, "classes differ.*ship"):
+            load_cifar10(folder, CPU)
+        for split in ("train", "test"):
+            (self.tmp / "empty" / split / "cat").mkdir(parents=True)
+        with self.assertRaisesRegex(UserError, "holds no images"):
+            load_cifar10(self.tmp / "empty", CPU)
+
+    def test_torchvision_format(self):
+        train_list, test_list, meta = write_torchvision_cifar(self.tmp / "tv")
+        import torchvision
+        with mock.patch.multiple(torchvision.datasets.CIFAR10, train_list=train_list, test_list=test_list, meta=meta):
+            images = load_cifar10(self.tmp / "tv", CPU, download=False)
+        self.assertEqual({s: len(y) for s, (_, y) in images.splits.items()}, dict(train=27, valid=3, test=6))
+        self.assertEqual(images.classes[0], "class0")
+        x, y = images.splits["test"]
+        raw = pickle.loads((self.tmp / "tv" / "cifar-10-batches-py" / "test_batch").read_bytes())
+        self.assertEqual(x.reshape(6, -1).numpy().tolist(), raw["data"].tolist())
+        self.assertEqual(y.tolist(), raw["labels"])
+
+    def test_missing_cifar_offline_names_what_to_put_where(self):
+        with self.assertRaises(UserError) as ctx:
+            load_cifar10(self.tmp / "nothing", CPU, download=False)
+        self.assertIn("cifar-10-python.tar.gz", str(ctx.exception))
+        self.assertIn(str(self.tmp / "nothing"), str(ctx.exception))
+
+
+class TestAugment(unittest.TestCase):
+    def setUp(self):
+        self.images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+
+    def test_shape_and_normalisation(self):
+        out = augment(self.images, torch.Generator().manual_seed(0))
+        self.assertEqual((out.shape, out.dtype), (self.images.shape, torch.float32))
+        plain = normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten()
+        expected = torch.tensor([(1 - m) / s for m, s in zip(data.CIFAR_MEAN, data.CIFAR_STD)])
+        torch.testing.assert_close(plain, expected)
+
+    def test_full_crop_is_identity_and_flip_flips(self):
+        gen = torch.Generator().manual_seed(0)
+        same = augment(self.images, gen, flip=False, scale=(1, 1), ratio=(1, 1))
+        torch.testing.assert_close(same, normalize(self.images), atol=1e-5, rtol=0)
+        with mock.patch("torch.rand", side_effect=lambda *a, **k: torch.zeros(*a)):  # every flip drawn
+            flipped = augment(self.images, gen, scale=(1, 1), ratio=(1, 1))
+        torch.testing.assert_close(flipped, normalize(self.images).flip(-1), atol=1e-5, rtol=0)
+
+    def test_crops_lie_within_the_image_and_the_reference_ranges(self):
+        top, left, h, w = crop_params(20_000, 32, 32, torch.Generator().manual_seed(0))
+        self.assertTrue(((top >= 0) & (left >= 0) & (top + h <= 32) & (left + w <= 32)).all())
+        area = (h * w).float() / 1024
+        self.assertGreaterEqual(area.min().item(), 0.75)  # 0.8 of the area, less whole-pixel rounding
+        aspect = (w.float() / h.float())
+        self.assertTrue(((aspect > 0.85) & (aspect < 1.17)).all())
+        self.assertGreater(len(set(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist()))), 100)
+
+    def test_crop_is_a_bilinear_resize_of_its_box(self):
+        gen = torch.Generator().manual_seed(5)
+        out = augment(self.images, gen, flip=False)
+        top, left, h, w = crop_params(16, 32, 32, torch.Generator().manual_seed(5))
+        x = normalize(self.images)
+        for i in range(16):
+            box = x[i:i + 1, :, top[i]:top[i] + h[i], left[i]:left[i] + w[i]]
+            ref = F.interpolate(box, size=(32, 32), mode="bilinear", align_corners=False)[0]
+            # borders differ: interpolate clamps at the box edge, grid_sample reads the pixel beyond it
+            torch.testing.assert_close(out[i, :, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], atol=1e-4, rtol=0)
+
+    def test_each_image_gets_its_own_parameters_and_seeds_repeat(self):
+        same = self.images[:1].expand(16, -1, -1, -1)
+        out = augment(same, torch.Generator().manual_seed(1))
+        self.assertGreater(len({bytes(o.numpy()) for o in out}), 12)
+        torch.testing.assert_close(out, augment(same, torch.Generator().manual_seed(1)))
+
+
+if __name__ == "__main__":
+    unittest.main()

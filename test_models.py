@@ -1,0 +1,148 @@
+"""Architecture tests: the reference parameter counts, shapes, causality, pre vs post norm, tying."""
+import unittest
+
+import torch
+import torch.nn.functional as F
+
+from models import Block, LanguageModel, VisionTransformer, count_params
+
+
+class TestParameterCounts(unittest.TestCase):
+    def test_vit_matches_reference_table(self):
+        for layers, expected in ((2, 1_086_730), (4, 2_140_938), (6, 3_195_146)):
+            for block in ("prenorm", "postnorm"):
+                with self.subTest(layers=layers, block=block):
+                    self.assertEqual(count_params(VisionTransformer(num_layers=layers, block=block)), expected)
+
+    def test_lstm_with_frozen_embeddings_matches_reference(self):
+        frozen = torch.zeros(40479, 768)
+        for layers, expected in ((1, 3_019_520), (2, 5_120_768), (4, 9_323_264)):
+            with self.subTest(layers=layers):
+                model = LanguageModel("lstm", layers, embeddings=frozen)
+                self.assertEqual(model.embedding.weight.numel(), 31_087_872)
+                self.assertEqual(count_params(model), expected)
+                self.assertEqual(count_params(model, learnable_only=False), expected + 31_087_872)
+
+    def test_learned_embeddings_are_counted_once_despite_tying(self):
+        model = LanguageModel("gru", 1, vocab_size=50, embedding_size=8, hidden_size=6)
+        gru = 3 * 6 * (8 + 6) + 2 * 3 * 6
+        self.assertEqual(count_params(model), 50 * 8 + gru + (6 * 8 + 8))
+
+
+def tiny_lm(core, **kw):
+    torch.manual_seed(0)
+    return LanguageModel(core, 2, vocab_size=30, embedding_size=16, hidden_size=16, max_len=12, num_heads=4,
+                         mlp_dim=32, **kw).eval()
+
+
+class TestLanguageModel(unittest.TestCase):
+    def test_every_core_has_the_same_interface(self):
+        tokens = torch.randint(1, 30, (3, 7))
+        for core in ("lstm", "gru", "transformer"):
+            with self.subTest(core=core):
+                logits, state = tiny_lm(core)(tokens)
+                self.assertEqual(logits.shape, (3, 7, 30))
+                if core == "lstm":
+                    self.assertEqual([s.shape for s in state], [(2, 3, 16), (2, 3, 16)])
+                elif core == "gru":
+                    self.assertEqual(state.shape, (2, 3, 16))
+                else:
+                    self.assertIsNone(state)
+
+    def test_recurrent_state_carries_context(self):
+        model = tiny_lm("lstm")
+        tokens = torch.randint(1, 30, (2, 8))
+        whole, _ = model(tokens)
+        first, state = model(tokens[:, :5])
+        second, _ = model(tokens[:, 5:], state)
+        torch.testing.assert_close(torch.cat([first, second], 1), whole)
+
+    def test_every_core_is_causal(self):
+        tokens = torch.randint(1, 30, (2, 10))
+        changed = tokens.clone()
+        changed[:, 6:] = (changed[:, 6:] + 7) % 29 + 1
+        for core in ("lstm", "gru", "transformer"):
+            for block in ("prenorm", "postnorm"):
+                with self.subTest(core=core, block=block):
+                    model = tiny_lm(core, block=block)
+                    a, _ = model(tokens)
+                    b, _ = model(changed)
+                    torch.testing.assert_close(a[:, :6], b[:, :6])
+                    self.assertFalse(torch.allclose(a[:, 6:], b[:, 6:]))
+
+    def test_output_layer_is_the_embedding_and_frozen_embeddings_get_no_gradient(self):
+        table = torch.randn(30, 16)
+        model = LanguageModel("lstm", 1, vocab_size=30, embedding_size=16, hidden_size=8, embeddings=table)
+        self.assertIs(model.out.weight, model.embedding.weight)
+        torch.testing.assert_close(model.embedding.weight, table)
+        logits, _ = model(torch.randint(1, 30, (2, 5)))
+        logits.sum().backward()
+        self.assertIsNone(model.embedding.weight.grad)
+        self.assertTrue(all(p.grad is not None for p in model.parameters() if p.requires_grad))
+
+    def test_learn_embeddings_unfreezes_them(self):
+        model = LanguageModel("lstm", 1, vocab_size=30, embedding_size=16, hidden_size=8,
+                              embeddings=torch.randn(30, 16), learn_embeddings=True)
+        self.assertTrue(model.embedding.weight.requires_grad)
+        self.assertEqual(count_params(model), count_params(model, learnable_only=False))
+
+    def test_embeddings_of_the_wrong_shape_are_refused(self):
+        with self.assertRaisesRegex(ValueError, r"shape \(30, 8\).*\(30, 16\)"):
+            LanguageModel("lstm", 1, vocab_size=30, embedding_size=16, embeddings=torch.randn(30, 8))
+
+    def test_initial_loss_is_near_uniform(self):
+        model = LanguageModel("lstm", 1, vocab_size=1000, embedding_size=64, hidden_size=32)
+        logits, _ = model(torch.randint(1, 1000, (4, 16)))
+        loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(1, 1000, (64,)))
+        self.assertLess(abs(loss.item() - torch.log(torch.tensor(1000.0)).item()), 0.5)
+
+
+class TestBlock(unittest.TestCase):
+    def setUp(self):
+        torch.manual_seed(0)
+        self.x = torch.randn(2, 5, 16)
+
+    def reference_attention(self, blk, x, causal):
+        B, T, C = x.shape
+        q, k, v = blk.qkv(x).split(C, dim=-1)
+        heads = lambda t: t.view(B, T, blk.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(q), heads(k), heads(v)
+        scores = q @ k.transpose(-1, -2) / (C // blk.num_heads) ** 0.5
+        if causal:
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return blk.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C))
+
+    def test_pre_and_post_norm_follow_their_formulas(self):
+        for causal in (False, True):
+            pre = Block(16, 4, 32, norm_first=True, causal=causal).eval()
+            post = Block(16, 4, 32, norm_first=False, causal=causal).eval()
+            post.load_state_dict(pre.state_dict())  # the same weights, only the wiring differs
+            x = self.x
+            h = x + self.reference_attention(pre, pre.norm1(x), causal)
+            torch.testing.assert_close(pre(x), h + pre.mlp(pre.norm2(h)))
+            h = post.norm1(x + self.reference_attention(post, x, causal))
+            torch.testing.assert_close(post(x), post.norm2(h + post.mlp(h)))
+            self.assertFalse(torch.allclose(pre(x), post(x)))
+
+    def test_vit_pre_and_post_norm_differ_with_the_same_weights(self):
+        pre = VisionTransformer(2, "prenorm", embed_dim=32, hidden_dim=64, num_heads=4).eval()
+        post = VisionTransformer(2, "postnorm", embed_dim=32, hidden_dim=64, num_heads=4).eval()
+        post.load_state_dict(pre.state_dict())
+        images = torch.randn(3, 3, 32, 32)
+        self.assertEqual(pre(images).shape, (3, 10))
+        self.assertFalse(torch.allclose(pre(images), post(images)))
+
+    def test_heads_must_divide_the_width(self):
+        with self.assertRaisesRegex(ValueError, "not divisible"):
+            Block(10, 3, 20)
+
+    def test_vit_patches_are_row_major_pixel_blocks(self):
+        vit = VisionTransformer(1, patch_size=4)
+        images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+        patches = vit.patchify(images)
+        self.assertEqual(patches.shape, (2, 64, 48))
+        torch.testing.assert_close(patches[1, 9], images[1, :, 4:8, 4:8].reshape(-1))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,373 @@
+"""End-to-end tests of both trainers on tiny fixtures: the run directory's files, exact metrics, learning,
+refusals (one line, exit code 2, nothing lost), resume equivalence and safe loading."""
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import engine
+import train_lm
+import train_vit
+from data import Windows, load_wikitext
+from models import LanguageModel
+from test_data import TempDir, write_image_folder, write_text_files, write_token_files
+
+HERE = Path(__file__).resolve().parent
+LM_TINY = ["--embedding_size", "16", "--hidden_size", "16", "--seq_len", "8", "--batch_size", "4", "--no_progress",
+           "--num_heads", "4", "--mlp_dim", "32"]
+VIT_TINY = ["--embed_dim", "32", "--hidden_dim", "64", "--num_heads", "4", "--batch_size", "8", "--no_progress"]
+LM_COLUMNS = ["epoch", "train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "train_time", "valid_time",
+              "elapsed", "tokens_per_s", "peak_mem_mb", "mem_pct"]
+VIT_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "train_time", "valid_time",
+               "elapsed", "images_per_s", "peak_mem_mb", "mem_pct"]
+TIMES = {"train_time", "valid_time", "elapsed", "tokens_per_s", "images_per_s", "peak_mem_mb", "mem_pct"}
+
+
+def run(main, argv):
+    """Run a CLI in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def read_csv(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return rows
+
+
+def results(run_dir):
+    """metrics.csv without the timing columns, and summary.json without times and memory."""
+    rows = [{k: v for k, v in r.items() if k not in TIMES} for r in read_csv(run_dir / "metrics.csv")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return rows, {k: v for k, v in summary.items() if "time" not in k and "mem" not in k and k != "elapsed"}
+
+
+class CliCase(TempDir):
+    def setUp(self):
+        super().setUp()
+        self.logs = self.tmp / "logs"
+
+    def lm(self, *args, data=None, exp_id="run", expect=0):
+        data = data or write_text_files(self.tmp / "text")
+        code, out, err = run(train_lm.main, ["--data_folder", str(data), "--log_dir", str(self.logs),
+                                             "--exp_id", exp_id, *LM_TINY, *args])
+        self.assertEqual(code, expect, err)
+        return self.logs / exp_id, out, err
+
+    def vit(self, *args, exp_id="run", expect=0):
+        folder = self.tmp / "images"
+        if not folder.exists():
+            write_image_folder(folder, per_class=(40, 10))
+        code, out, err = run(train_vit.main, ["--data_folder", str(folder), "--log_dir", str(self.logs),
+                                              "--exp_id", exp_id, *VIT_TINY, *args])
+        self.assertEqual(code, expect, err)
+        return self.logs / exp_id, out, err
+
+    def assert_refused(self, err, *fragments):
+        lines = err.strip().splitlines()
+        self.assertEqual(len(lines), 1, err)
+        self.assertTrue(lines[0].startswith("error: "), err)
+        self.assertNotIn("Traceback", err)
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+
+class TestLanguageModelCli(CliCase):
+    def test_every_core_writes_a_complete_run_directory(self):
+        for core in ("lstm", "gru", "transformer"):
+            with self.subTest(core=core):
+                run_dir, out, _ = self.lm("--model", core, "--layers", "2", "--epochs", "2", exp_id=core)
+                self.assertEqual(sorted(p.name for p in run_dir.iterdir()),
+                                 ["best.pt", "checkpoint.pt", "config.json", "metrics.csv", "summary.json", "vocab.txt"])
+                rows = read_csv(run_dir / "metrics.csv")
+                self.assertEqual(list(rows[0]), LM_COLUMNS)
+                self.assertEqual([r["epoch"] for r in rows], ["1", "2"])
+                for r in rows:
+                    self.assertAlmostEqual(float(r["valid_ppl"]), math.exp(float(r["valid_loss"])), places=6)
+                    self.assertGreater(float(r["elapsed"]), 0)
+                self.assertAlmostEqual(float(rows[1]["elapsed"]), sum(float(r["train_time"]) + float(r["valid_time"])
+                                                                      for r in rows), places=6)
+                summary = json.loads((run_dir / "summary.json").read_text())
+                for key in ("params_total", "params_learnable", "best_epoch", "best_valid_ppl", "test_loss", "test_ppl",
+                            "best_test_loss", "best_test_ppl", "mean_train_time", "mean_valid_time", "peak_mem_mb"):
+                    self.assertIn(key, summary)
+                best = min(rows, key=lambda r: float(r["valid_ppl"]))
+                self.assertEqual(summary["best_epoch"], int(best["epoch"]))
+                self.assertAlmostEqual(summary["best_valid_ppl"], float(best["valid_ppl"]))
+                config = json.loads((run_dir / "config.json").read_text())
+                self.assertEqual((config["model"], config["layers"]), (core, 2))
+                self.assertEqual(config["environment"]["torch"], torch.__version__)
+                vocab = (run_dir / "vocab.txt").read_text().splitlines()
+                self.assertEqual(vocab[:3], ["<pad>", "<unk>", "<eos>"])
+                self.assertEqual(len(vocab), config["vocab_size"])
+                weights = torch.load(run_dir / "best.pt", weights_only=True)
+                self.assertEqual(weights["epoch"], summary["best_epoch"])
+                self.assertIn("data: word-level text", out)
+
+    def test_token_files_with_frozen_pretrained_embeddings(self):
+        data = write_token_files(self.tmp / "tok")
+        table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+        np.savez(self.tmp / "emb.npz", tokens=table)
+        run_dir, out, _ = self.lm("--embeddings", str(self.tmp / "emb.npz"), "--optimizer", "adam", data=data)
+        weights = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+        torch.testing.assert_close(weights["embedding.weight"], torch.from_numpy(table))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        self.assertEqual(summary["params_total"] - summary["params_learnable"], 50 * 16)
+        config = json.loads((run_dir / "config.json").read_text())
+        self.assertEqual(config["effective_weight_decay"], 0.0)  # the reference's Adam has none
+        self.assertFalse((run_dir / "vocab.txt").exists())
+        self.assertIn("frozen embeddings", out)
+
+    def test_embeddings_that_do_not_fit_are_refused(self):
+        data = write_token_files(self.tmp / "tok")
+        np.savez(self.tmp / "emb.npz", tokens=np.zeros((49, 16), np.float32))
+        _, _, err = self.lm("--embeddings", str(self.tmp / "emb.npz"), data=data, expect=2)
+        self.assert_refused(err, "(49, 16)", "(50, 16)")
+
+    def test_the_loss_falls_on_a_learnable_sequence(self):
+        folder = self.tmp / "periodic"
+        folder.mkdir()
+        text = " a b c d e f g h \n" * 60
+        for name in ("train.txt", "valid.txt", "test.txt"):
+            (folder / name).write_text(text)
+        run_dir, _, _ = self.lm("--epochs", "4", "--lr", "0.01", data=folder)
+        rows = read_csv(run_dir / "metrics.csv")
+        self.assertLess(float(rows[-1]["valid_ppl"]), 2.0)  # from about the vocabulary size (12)
+        self.assertLess(float(rows[-1]["train_loss"]), float(rows[0]["train_loss"]) / 2)
+
+
+class TestVitCli(CliCase):
+    def test_run_directory_and_learning(self):
+        run_dir, out, _ = self.vit("--epochs", "6", "--lr", "3e-3", "--layers", "2")
+        rows = read_csv(run_dir / "metrics.csv")
+        self.assertEqual(list(rows[0]), VIT_COLUMNS)
+        self.assertEqual(len(rows), 6)
+        for r in rows:
+            self.assertTrue(0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["valid_acc"]) <= 1)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        self.assertGreater(summary["best_valid_acc"], 0.6)  # three colour-coded classes: chance is 1/3
+        self.assertGreater(summary["best_test_acc"], 0.6)
+        self.assertEqual(summary["params_total"], summary["params_learnable"])
+        self.assertIn("images_per_s", rows[0])
+        self.assertIn("image folders", out)
+
+    def test_postnorm_and_momentum(self):
+        run_dir, _, _ = self.vit("--block", "postnorm", "--optimizer", "momentum", "--epochs", "1")
+        config = json.loads((run_dir / "config.json").read_text())
+        self.assertEqual((config["block"], config["optimizer"], config["effective_weight_decay"]),
+                         ("postnorm", "momentum", 5e-4))
+
+
+class TestExactMetrics(unittest.TestCase):
+    def test_epoch_loss_is_the_token_mean_over_uneven_batches(self):
+        torch.manual_seed(0)
+        stream = torch.randint(1, 40, (203,))
+        corpus = type("C", (), {"splits": {"train": stream, "valid": stream, "test": stream}})()
+        task = train_lm.TextTask(corpus, seq_len=10, batch_size=7, seed=0)  # 21 windows, last has 2 targets
+        model = LanguageModel("gru", 1, vocab_size=40, embedding_size=8, hidden_size=8)
+        result = engine.run_epoch(model, task, "valid")
+        w = Windows(stream, 10)
+        inputs, targets = w.batch(torch.arange(w.num_windows))
+        with torch.no_grad():
+            logits, _ = model(inputs)
+        expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0)
+        self.assertEqual(result["count"], 202)
+        self.assertAlmostEqual(result["loss"], expected.item(), places=5)
+        self.assertAlmostEqual(result["metric"], math.exp(expected.item()), places=3)
+
+    def test_divergence_stops_with_the_epoch_and_step(self):
+        class NanTask:
+            metric, maximize, unit = "acc", True, "images"
+            num_batches = staticmethod(lambda split: 3)
+            batches = staticmethod(lambda split, epoch: iter([1, 2, 3]))
+
+            def loss(self, model, batch):
+                value = model.weight.sum() * (float("nan") if batch == 2 else 1.0)
+                return value, 1, torch.zeros(())
+
+        model = torch.nn.Linear(1, 1)
+        with self.assertRaisesRegex(engine.Diverged, "epoch 4 by step 3"):
+            engine.run_epoch(model, NanTask(), "train", 4, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+class TestRefusals(CliCase):
+    def test_bad_flags_exit_2_with_one_line(self):
+        cases = [
+            (train_lm.main, ["--layers", "0"], "--layers"),
+            (train_lm.main, ["--lr", "0"], "--lr"),
+            (train_lm.main, ["--lr", "-1"], "--lr"),
+            (train_lm.main, ["--batch_size", "0"], "--batch_size"),
+            (train_lm.main, ["--seq_len", "1"], "--seq_len"),
+            (train_lm.main, ["--optimizer", "rmsprop"], "invalid choice"),
+            (train_lm.main, ["--model", "rnn"], "invalid choice"),
+            (train_vit.main, ["--block", "sandwich"], "invalid choice"),
+            (train_vit.main, ["--device", "tpu"], "invalid choice"),
+            (train_vit.main, ["--embed_dim", "30", "--num_heads", "4"], "not divisible"),
+            (train_vit.main, ["--resume", "--overwrite"], "exclude"),
+        ]
+        for main, argv, fragment in cases:
+            with self.subTest(argv=argv):
+                code, _, err = run(main, ["--log_dir", str(self.logs), *argv])
+                self.assertEqual(code, 2)
+                self.assert_refused(err, fragment)
+        self.assertFalse(self.logs.exists())
+
+    @unittest.skipIf(torch.cuda.is_available(), "this machine has CUDA")
+    def test_cuda_without_cuda(self):
+        _, _, err = self.vit("--device", "cuda", expect=2)
+        self.assert_refused(err, "no usable CUDA")
+
+    def test_batch_larger_than_a_split(self):
+        _, _, err = self.vit("--batch_size", "500", expect=2)
+        self.assert_refused(err, "--batch_size 500", "smallest split")
+
+    def test_existing_run_is_never_touched(self):
+        run_dir, _, _ = self.lm()
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        _, _, err = self.lm(expect=2)
+        self.assert_refused(err, "already exists", "--resume", "--overwrite")
+        self.assertEqual({p.name: p.read_bytes() for p in run_dir.iterdir()}, before)
+        self.lm("--overwrite")  # starts again
+        self.assertNotEqual((run_dir / "metrics.csv").read_bytes(), b"")
+
+    def test_unwritable_log_dir(self):
+        (self.tmp / "file").write_text("not a folder")
+        code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file"), "--exp_id", "x"])
+        self.assertEqual(code, 2)
+        self.assert_refused(err, "cannot write the run directory")
+
+    def test_missing_data_offline(self):
+        with mock.patch("urllib.request.urlopen", side_effect=OSError("no network")):
+            _, _, err = self.lm(data=self.tmp / "nowhere", expect=2)
+        self.assert_refused(err, "train.txt", "nowhere")
+
+    def test_real_process_exit_code_and_stderr(self):
+        proc = subprocess.run([sys.executable, "train_vit.py", "--lr", "0", "--log_dir", str(self.logs)],
+                              cwd=HERE, capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 2)
+        self.assertEqual(proc.stderr, "error: --lr must be a positive number, got 0.0\n")
+
+
+class TestResume(CliCase):
+    def test_resume_equals_an_uninterrupted_run(self):
+        common = ("--dropout", "0.2", "--model", "lstm", "--layers", "2")  # dropout: the RNG state matters
+        whole, _, _ = self.lm(*common, "--epochs", "3", exp_id="whole")
+        part, _, _ = self.lm(*common, "--epochs", "2", exp_id="part")
+        _, out, _ = self.lm(*common, "--epochs", "3", "--resume", exp_id="part")
+        self.assertIn("resuming", out)
+        self.assertEqual(results(part), results(whole))
+        self.assertEqual(len(read_csv(part / "metrics.csv")), 3)
+
+    def test_resume_repairs_a_row_written_after_the_last_checkpoint(self):
+        whole, _, _ = self.vit("--epochs", "3", exp_id="whole")
+        part, _, _ = self.vit("--epochs", "2", exp_id="part")
+        with open(part / "metrics.csv", "a") as f:  # as if killed after the CSV row of epoch 3
+            f.write("3,9,9,9,9,9,9,9,9,9,9,9\n")
+        self.vit("--epochs", "3", "--resume", exp_id="part")
+        self.assertEqual(results(part), results(whole))
+
+    def test_resume_with_another_config_is_refused(self):
+        run_dir, _, _ = self.lm("--epochs", "1")
+        before = (run_dir / "checkpoint.pt").read_bytes()
+        _, _, err = self.lm("--epochs", "2", "--lr", "0.01", "--resume", expect=2)
+        self.assert_refused(err, "different configuration", "lr: 0.001 -> 0.01")
+        self.assertEqual((run_dir / "checkpoint.pt").read_bytes(), before)
+
+    def test_full_disk_keeps_the_previous_checkpoint_and_rows(self):
+        run_dir = self.logs / "run"
+        real_save = torch.save
+
+        def save(obj, f, *a, **k):
+            if isinstance(obj, dict) and obj.get("epoch") == 2 and "history" in obj:
+                raise OSError(28, "No space left on device")
+            return real_save(obj, f, *a, **k)
+
+        with mock.patch("torch.save", side_effect=save):
+            _, _, err = self.vit("--epochs", "3", expect=2)
+        self.assert_refused(err, "No space left on device", "checkpoint.pt")
+        ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        self.assertEqual(ckpt["epoch"], 1)
+        self.assertEqual([r["epoch"] for r in read_csv(run_dir / "metrics.csv")], ["1", "2"])
+        self.assertEqual([p.name for p in run_dir.iterdir() if p.name.startswith(".")], [])
+        self.vit("--epochs", "3", "--resume")
+        self.assertEqual([r["epoch"] for r in read_csv(run_dir / "metrics.csv")], ["1", "2", "3"])
+
+    def test_a_crafted_pickle_is_not_executed(self):
+        marker = self.tmp / "pwned"
+
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        run_dir, _, _ = self.lm("--epochs", "1")
+        (run_dir / "checkpoint.pt").write_bytes(pickle.dumps({"model": Exploit()}))
+        with self.assertRaises(engine.UserError):
+            engine.load_torch(run_dir / "checkpoint.pt")
+        torch.save({"model": Exploit()}, run_dir / "checkpoint.pt")
+        _, _, err = self.lm("--epochs", "2", "--resume", expect=2)
+        self.assert_refused(err, "cannot load")
+        self.assertFalse(marker.exists())
+
+
+class TestDefaults(unittest.TestCase):
+    def test_reference_defaults_and_derived_names(self):
+        lm = engine.parse_config(train_lm.Config, [])
+        self.assertEqual((lm.batch_size, lm.lr, lm.epochs, lm.optimizer, lm.seq_len, lm.data_folder),
+                         (16, 1e-3, 10, "adamw", 256, "./data/wikitext2"))
+        vit = engine.parse_config(train_vit.Config, [])
+        self.assertEqual((vit.batch_size, vit.lr, vit.weight_decay, vit.momentum, vit.data_folder),
+                         (128, 3e-4, 5e-4, 0.9, "./data/cifar10"))
+        self.assertEqual(vit.default_exp_id("vit"), "vit_prenorm_L2_adamw_lr0.0003_bs128_s42")
+        lm = engine.parse_config(train_lm.Config, ["--model", "transformer", "--block", "postnorm", "--epochs", "3",
+                                                   "--dropout", "0.1"])
+        self.assertEqual(lm.default_exp_id("lm"), "lm_transformer_postnorm_L1_adamw_lr0.001_bs16_s42_dropout0.1")
+
+    def test_optimizers_are_the_references(self):
+        params = [torch.nn.Parameter(torch.zeros(2))]
+        opt, wd = engine.make_optimizer("sgd", params, 0.1, 0.9, 1e-4)
+        self.assertEqual((type(opt), opt.defaults["momentum"], opt.defaults["weight_decay"], wd),
+                         (torch.optim.SGD, 0, 1e-4, 1e-4))
+        opt, _ = engine.make_optimizer("momentum", params, 0.1, 0.9, 1e-4)
+        self.assertEqual(opt.defaults["momentum"], 0.9)
+        opt, wd = engine.make_optimizer("adam", params, 0.1, 0.9, 1e-4)
+        self.assertEqual((type(opt), opt.defaults["weight_decay"], wd), (torch.optim.Adam, 0, 0.0))
+        opt, wd = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
+        self.assertEqual((type(opt), opt.defaults["weight_decay"]), (torch.optim.AdamW, 1e-4))
+
+    def test_cpu_memory_and_precision_fallbacks(self):
+        cpu = torch.device("cpu")
+        mb, pct = engine.peak_memory(cpu)
+        self.assertGreater(mb, 10)
+        self.assertTrue(0 < pct < 100)
+        self.assertIsNone(engine.resolve_precision("auto", cpu))
+        self.assertEqual(engine.resolve_precision("bf16", cpu), torch.bfloat16)
+        with self.assertRaisesRegex(engine.UserError, "fp16 needs CUDA"):
+            engine.resolve_precision("fp16", cpu)
+
+
+class TestBf16OnCpu(CliCase):
+    def test_bf16_autocast_trains_on_cpu(self):
+        run_dir, _, _ = self.vit("--precision", "bf16", "--epochs", "1")
+        self.assertTrue(math.isfinite(float(read_csv(run_dir / "metrics.csv")[0]["train_loss"])))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,127 @@
+"""Train a language model on Wikitext-2 (LSTM, GRU or causal Transformer core) and log per-epoch
+perplexity, the best model and test results.
+
+    python train_lm.py --model lstm --layers 2 --optimizer adamw
+    python train_lm.py --model transformer --layers 2 --block postnorm --data_folder ../shared/data/wikitext2
+
+Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}, and
+vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test}.npz (token ids)
+or train/valid/test.txt (word-level text); with neither, the word-level text is downloaded.
+"""
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data import Windows, index_batches, load_wikitext
+from engine import (TrainConfig, UserError, atomic_write, check, cli, epoch_generator, fit, make_optimizer,
+                    option, parse_config, prepare_run_dir, setup)
+from models import CORES, LanguageModel, count_params
+
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    model: str = option("lstm", "recurrent core", list(CORES))
+    layers: int = option(1, "recurrent layers or transformer blocks")
+    block: str = option("prenorm", "transformer core: LayerNorm before (pre) or after (post) the residual",
+                        ["prenorm", "postnorm"])
+    batch_size: int = option(16, "windows of seq_len tokens per optimizer step")
+    lr: float = option(1e-3, "learning rate")
+    data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt")
+    seq_len: int = option(256, "tokens per window (each predicts the next token)")
+    embeddings: str = option("", ".npz with array 'tokens' (vocab x embedding_size); frozen unless "
+                             "--learn_embeddings")
+    learn_embeddings: bool = option(False, "train embeddings loaded with --embeddings")
+    embedding_size: int = option(768, "embedding width (tied to the output layer)")
+    hidden_size: int = option(512, "recurrent state or transformer width")
+    num_heads: int = option(8, "attention heads (transformer core)")
+    mlp_dim: int = option(2048, "MLP hidden width (transformer core)")
+
+    def validate(self):
+        super().validate()
+        check(self.seq_len >= 2, f"--seq_len must be at least 2, got {self.seq_len}")
+        check(self.embedding_size >= 1 and self.hidden_size >= 1, "--embedding_size and --hidden_size must be >= 1")
+        check(self.model != "transformer" or (self.num_heads >= 1 and self.hidden_size % self.num_heads == 0),
+              f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
+
+    def name_fields(self):
+        return ["model"] + (["block"] if self.model == "transformer" else []) + super().name_fields()
+
+
+class TextTask:
+    """Next-token prediction over windows of a token stream; the loss is summed over real tokens."""
+    metric, maximize, unit = "ppl", False, "tokens"
+
+    def __init__(self, corpus, seq_len, batch_size, seed):
+        self.windows = {s: Windows(t, seq_len) for s, t in corpus.splits.items()}
+        self.batch_size, self.seed = batch_size, seed
+        self.zero = torch.zeros((), device=corpus.splits["train"].device)
+
+    def num_batches(self, split):
+        return math.ceil(self.windows[split].num_windows / self.batch_size)
+
+    def batches(self, split, epoch):
+        w = self.windows[split]
+        order = epoch_generator(self.seed, epoch, "shuffle") if split == "train" else None
+        for idx, idx_host in index_batches(w.num_windows, self.batch_size, order, w.padded.device):
+            inputs, targets = w.batch(idx)
+            yield inputs, targets, w.targets_in(idx_host)
+
+    def loss(self, model, batch):
+        inputs, targets, count = batch
+        logits, _ = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=0, reduction="sum")
+        return loss, count, self.zero
+
+    def metric_value(self, loss, accuracy):
+        return math.exp(loss) if loss < 700 else math.inf
+
+
+def load_embeddings(path, vocab_size, width):
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
+            check("tokens" in d.files, f"{path} has no 'tokens' array (it has: {', '.join(d.files) or 'none'})")
+            table = d["tokens"]
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a missing, truncated or pickled file alike
+        raise UserError(f"cannot read embeddings {path}: {str(e).splitlines()[0]}") from None
+    check(table.shape == (vocab_size, width),
+          f"embeddings {path} have shape {table.shape}, the data and model need ({vocab_size}, {width}) "
+          f"(vocabulary x --embedding_size)")
+    return torch.from_numpy(table.astype(np.float32))
+
+
+@cli
+def main(argv=None):
+    cfg = parse_config(Config, argv, __doc__)
+    cfg.exp_id = cfg.exp_id or cfg.default_exp_id("lm")
+    run_dir = prepare_run_dir(cfg)
+    device, autocast_dtype = setup(cfg)
+    corpus = load_wikitext(cfg.data_folder, device)
+    print(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
+          + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()) + f"; device {device}")
+    task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed)
+    smallest = min(w.num_windows for w in task.windows.values())
+    check(cfg.batch_size <= smallest,
+          f"--batch_size {cfg.batch_size} is larger than the smallest split ({smallest} windows of {cfg.seq_len})")
+    if corpus.vocab is not None:  # so samples from this run can be decoded later
+        atomic_write(run_dir / "vocab.txt", lambda f: f.write(("\n".join(corpus.vocab) + "\n").encode()))
+    embeddings = load_embeddings(cfg.embeddings, corpus.vocab_size, cfg.embedding_size) if cfg.embeddings else None
+    model = LanguageModel(cfg.model, cfg.layers, corpus.vocab_size, cfg.embedding_size, cfg.hidden_size,
+                          cfg.dropout, embeddings, cfg.learn_embeddings, cfg.seq_len, cfg.block, cfg.num_heads,
+                          cfg.mlp_dim).to(device)
+    optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
+                                             cfg.weight_decay)
+    frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
+    print(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
+          f"of {count_params(model, False):,} parameters")
+    return fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype,
+               extra_config=dict(effective_weight_decay=weight_decay, vocab_size=corpus.vocab_size,
+                                 data_source=corpus.source))
+
+
+if __name__ == "__main__":
+    main()

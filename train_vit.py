@@ -1,0 +1,97 @@
+"""Train a Vision Transformer on CIFAR-10 and log per-epoch metrics, the best model and test results.
+
+    python train_vit.py --layers 4 --optimizer adamw
+    python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ../shared/data/cifar10-jpeg
+
+Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}.
+`--data_folder` is an ImageFolder tree (train/<class>/*, test/<class>/*) or a folder for
+torchvision's CIFAR-10 (downloaded there when missing).
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from data import augment, index_batches, load_cifar10, normalize
+from engine import (TrainConfig, check, cli, epoch_generator, fit, make_optimizer, option,
+                    parse_config, prepare_run_dir, setup)
+from models import VisionTransformer, count_params
+
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    layers: int = option(2, "number of transformer blocks")
+    batch_size: int = option(128, "images per optimizer step")
+    lr: float = option(3e-4, "learning rate")
+    data_folder: str = option("./data/cifar10", "ImageFolder tree or torchvision CIFAR-10 folder")
+    embed_dim: int = option(256, "token width")
+    hidden_dim: int = option(512, "MLP hidden width")
+    num_heads: int = option(8, "attention heads")
+    patch_size: int = option(4, "patch side in pixels")
+
+    def validate(self):
+        super().validate()
+        check(self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
+              f"--embed_dim {self.embed_dim} is not divisible by --num_heads {self.num_heads}")
+        check(self.hidden_dim >= 1, f"--hidden_dim must be at least 1, got {self.hidden_dim}")
+        check(self.patch_size >= 1 and 32 % self.patch_size == 0,
+              f"--patch_size must divide the image size 32, got {self.patch_size}")
+
+    def name_fields(self):
+        return ["block"] + super().name_fields()
+
+
+class ImageTask:
+    """CIFAR-10 classification: augmented shuffled batches for training, plain ones otherwise."""
+    metric, maximize, unit = "acc", True, "images"
+
+    def __init__(self, data, batch_size, seed):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+
+    def num_batches(self, split):
+        return math.ceil(len(self.data.splits[split][1]) / self.batch_size)
+
+    def batches(self, split, epoch):
+        images, labels = self.data.splits[split]
+        train = split == "train"
+        order = epoch_generator(self.seed, epoch, "shuffle") if train else None
+        aug = epoch_generator(self.seed, epoch, "augment")
+        for idx, _ in index_batches(len(labels), self.batch_size, order, labels.device):
+            x = images[idx]
+            yield (augment(x, aug) if train else normalize(x)), labels[idx]
+
+    def loss(self, model, batch):
+        images, labels = batch
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        return loss, len(labels), (logits.argmax(1) == labels).sum()
+
+    def metric_value(self, loss, accuracy):
+        return accuracy
+
+
+@cli
+def main(argv=None):
+    cfg = parse_config(Config, argv, __doc__)
+    cfg.exp_id = cfg.exp_id or cfg.default_exp_id("vit")
+    run_dir = prepare_run_dir(cfg)
+    device, autocast_dtype = setup(cfg)
+    data = load_cifar10(cfg.data_folder, device)
+    sizes = {s: len(y) for s, (_, y) in data.splits.items()}
+    print(f"data: {data.source}; " + ", ".join(f"{s} {n}" for s, n in sizes.items()) + f"; device {device}")
+    check(cfg.batch_size <= min(sizes.values()),
+          f"--batch_size {cfg.batch_size} is larger than the smallest split ({min(sizes.values())} images)")
+    check(tuple(data.splits["train"][0].shape[1:]) == (3, 32, 32),
+          f"expected 3 x 32 x 32 images, found {tuple(data.splits['train'][0].shape[1:])}")
+    model = VisionTransformer(cfg.layers, cfg.block, cfg.embed_dim, cfg.hidden_dim, cfg.num_heads,
+                              cfg.patch_size, num_classes=len(data.classes), dropout=cfg.dropout).to(device)
+    optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
+                                             cfg.weight_decay)
+    print(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
+    return fit(model, ImageTask(data, cfg.batch_size, cfg.seed), cfg, run_dir, optimizer, device, autocast_dtype,
+               extra_config=dict(effective_weight_decay=weight_decay, classes=data.classes, data_source=data.source))
+
+
+if __name__ == "__main__":
+    main()
