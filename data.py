@@ -199,10 +199,12 @@ class ImageData:
 
 
 def split_train_valid(n, valid_fraction=0.1, seed=SPLIT_SEED):
-    """Disjoint train / valid indices (45,000 / 5,000 for CIFAR-10's 50,000)."""
+    """Disjoint train / valid indices (45,000 / 5,000 for CIFAR-10's 50,000), in a fixed random
+    order: image folders list images by class, and a `--limit_batches` evaluation must still see
+    every class."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_valid = max(1, round(n * valid_fraction))
-    return perm[n_valid:].sort().values, perm[:n_valid].sort().values
+    return perm[n_valid:], perm[:n_valid]
 
 
 def load_cifar10(folder, device, download=True):
@@ -216,8 +218,9 @@ def load_cifar10(folder, device, download=True):
         (train_x, train_y, test_x, test_y), classes = _load_torchvision_cifar(folder, download)
         source = f"torchvision CIFAR-10 in {folder}"
     train_idx, valid_idx = split_train_valid(len(train_y))
+    test_idx = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(SPLIT_SEED))
     arrays = dict(train=(train_x[train_idx], train_y[train_idx]), valid=(train_x[valid_idx], train_y[valid_idx]),
-                  test=(test_x, test_y))
+                  test=(test_x[test_idx], test_y[test_idx]))
     splits = {s: (x.to(device), y.to(device)) for s, (x, y) in arrays.items()}
     return ImageData(splits, classes, source)
 

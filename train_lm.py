@@ -119,7 +119,7 @@ def main(argv=None):
     print(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
           f"of {count_params(model, False):,} parameters")
     return fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype,
-               extra_config=dict(effective_weight_decay=weight_decay, vocab_size=corpus.vocab_size,
+               extra_config=dict(task="lm", effective_weight_decay=weight_decay, vocab_size=corpus.vocab_size,
                                  data_source=corpus.source))
 
 

@@ -90,7 +90,7 @@ def main(argv=None):
                                              cfg.weight_decay)
     print(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
     return fit(model, ImageTask(data, cfg.batch_size, cfg.seed), cfg, run_dir, optimizer, device, autocast_dtype,
-               extra_config=dict(effective_weight_decay=weight_decay, classes=data.classes, data_source=data.source))
+               extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes, data_source=data.source))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,219 @@
+"""Tests of the sweep (runs.sh) and the report (plot.py): the configuration list, sharding, GPUs,
+failures, skip-if-done, tables against hand-made CSVs, and a real QUICK=1 sweep on fixture data."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import plot
+from test_data import TempDir, write_image_folder, write_text_files
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = {
+    "lm_lstm_L1_adam": "--model lstm --layers 1 --optimizer adam",
+    "lm_lstm_L1_adamw": "--model lstm --layers 1 --optimizer adamw",
+    "lm_lstm_L1_sgd": "--model lstm --layers 1 --optimizer sgd",
+    "lm_lstm_L1_momentum": "--model lstm --layers 1 --optimizer momentum",
+    "lm_lstm_L2_adamw": "--model lstm --layers 2 --optimizer adamw",
+    "lm_lstm_L4_adamw": "--model lstm --layers 4 --optimizer adamw",
+    "vit_L2_adam": "--layers 2 --optimizer adam",
+    "vit_L2_adamw": "--layers 2 --optimizer adamw",
+    "vit_L2_sgd": "--layers 2 --optimizer sgd",
+    "vit_L2_momentum": "--layers 2 --optimizer momentum",
+    "vit_L4_adamw": "--layers 4 --optimizer adamw",
+    "vit_L6_adamw": "--layers 6 --optimizer adamw",
+    "vit_L6_adamw_postnorm": "--layers 6 --optimizer adamw --block postnorm",
+}
+EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_prenorm_L1_adam", "lm_transformer_prenorm_L2_adamw",
+          "lm_transformer_postnorm_L1_adam", "lm_transformer_postnorm_L2_adamw"}
+# A stand-in for python: records how it was called, writes a summary (or fails when asked to).
+FAKE_PYTHON = """#!/usr/bin/env bash
+[[ $1 == plot.py ]] && exit 0
+args="$*"; exp=${args##*--exp_id }; exp=${exp%% *}
+echo "$exp ${CUDA_VISIBLE_DEVICES:-none}" >> "$CALLS"
+[[ -n ${FAIL:-} && $exp == $FAIL* ]] && exit 3
+mkdir -p "$LOG_DIR/$exp" && echo '{"epochs": 50}' > "$LOG_DIR/$exp/summary.json"
+"""
+
+
+def sweep(env, timeout=120):
+    return subprocess.run(["bash", str(HERE / "runs.sh")], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def dry_run(**env):
+    proc = sweep(dict(DRY_RUN="1", **env))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def exp_ids(lines):
+    return [line.split("--exp_id ")[1].split()[0] for line in lines]
+
+
+class TestSweepList(unittest.TestCase):
+    def test_dry_run_lists_exactly_the_reference_and_the_extras(self):
+        lines = dry_run()
+        names = [e.removesuffix("_s42") for e in exp_ids(lines)]
+        self.assertEqual(sorted(names), sorted(set(REFERENCE) | EXTRAS))
+        for line, name in zip(lines, names):
+            script = "train_lm.py" if name.startswith("lm_") else "train_vit.py"
+            self.assertIn(f"python3 {script} ", line)
+            self.assertIn(f"--epochs {10 if script == 'train_lm.py' else 50} ", line)
+            self.assertIn("--resume", line)
+            if name in REFERENCE:
+                self.assertIn(REFERENCE[name] + " --seed 42 ", line)
+        # only differences from the defaults: batch size and learning rate come from the Config
+        self.assertFalse(any("--batch_size" in line or "--lr" in line for line in lines))
+
+    def test_settings_reach_the_commands(self):
+        lines = dry_run(EPOCHS_LM="3", EPOCHS_VIT="7", DEVICE="cpu", LOG_DIR="/x", LM_DATA="/lm", VIT_DATA="/vit",
+                        PYTHON="py", EMBEDDINGS="/e.npz", ONLY="lstm_L1_adam$|vit_L2_sgd")
+        self.assertEqual(exp_ids(lines), ["lm_lstm_L1_adam_s42", "vit_L2_sgd_s42"])
+        self.assertIn("--epochs 3 --data_folder /lm --embeddings /e.npz --device cpu --log_dir /x", lines[0])
+        self.assertIn("--epochs 7 --data_folder /vit --device cpu --log_dir /x", lines[1])
+        self.assertTrue(all(line.startswith("py ") for line in lines))
+        quick = dry_run(QUICK="1", ONLY="lm_lstm_L1_adam$")
+        self.assertIn("--epochs 1 --data_folder ./data/wikitext2 --limit_batches 2", quick[0])
+        self.assertIn("--log_dir logs/quick", quick[0])
+
+    def test_seeds_and_shards_partition_the_list(self):
+        full = exp_ids(dry_run(SEEDS="1 2"))
+        self.assertEqual(len(full), 2 * 19)
+        self.assertIn("vit_L6_adamw_postnorm_s2", full)
+        shards = [exp_ids(dry_run(SEEDS="1 2", SHARD=f"{i}/3")) for i in range(3)]
+        self.assertEqual(sorted(sum(shards, [])), sorted(full))
+        self.assertEqual(len(set(sum(shards, []))), len(full))
+        self.assertTrue(all(abs(len(s) - len(full) / 3) < 1 for s in shards))
+
+    def test_bad_settings_are_refused(self):
+        for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration")):
+            proc = sweep(dict(DRY_RUN="1", **env))
+            self.assertEqual(proc.returncode, 2)
+            self.assertIn(fragment, proc.stderr)
+
+
+class TestSweepMechanics(TempDir):
+    def fake(self, **env):
+        fake = self.tmp / "python"
+        fake.write_text(FAKE_PYTHON)
+        fake.chmod(0o755)
+        calls = self.tmp / "calls"
+        proc = sweep(dict(PYTHON=str(fake), LOG_DIR=str(self.tmp / "logs"), CALLS=str(calls), **env))
+        made = calls.read_text().split("\n")[:-1] if calls.exists() else []
+        return proc, [line.split() for line in made]
+
+    def test_gpus_run_configurations_in_parallel_one_per_gpu(self):
+        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertEqual(sorted(e for e, _ in calls), sorted(f"{n}_s42" for n in REFERENCE if n.startswith("vit")))
+        by_gpu = {}
+        for exp, gpu in calls:
+            by_gpu.setdefault(gpu, []).append(exp)
+        self.assertEqual(sorted(by_gpu), ["0", "1", "2"])
+        self.assertEqual(sorted(len(v) for v in by_gpu.values()), [2, 2, 3])
+
+    def test_a_failure_does_not_stop_the_sweep_and_done_runs_are_skipped(self):
+        proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2_sgd")
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(len(calls), 4)  # the failure came third; the fourth still ran
+        self.assertIn("failed:", proc.stdout)
+        self.assertIn("vit_L2_sgd_s42 (exit 3)", proc.stdout)
+        proc, calls = self.fake(ONLY="^vit_L2")
+        self.assertEqual(proc.returncode, 0)
+        self.assertEqual([e for e, _ in calls][4:], ["vit_L2_sgd_s42"])  # only the failed one ran again
+        self.assertEqual(proc.stdout.count("done, skipped"), 3)
+
+
+def write_run(root, exp_id, config, rows, summary=None):
+    run = Path(root) / exp_id
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(dict(exp_id=exp_id, **config)))
+    if rows is not None:
+        with open(run / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def vit_rows(accs, seconds=10.0):
+    return [dict(epoch=i + 1, train_loss=2 - a, train_acc=a + 0.05, valid_loss=2 - a, valid_acc=a, lr=3e-4,
+                 train_time=seconds, valid_time=1.0, elapsed=(i + 1) * (seconds + 1), images_per_s=4500.0,
+                 peak_mem_mb=800.0 + i, mem_pct=1.0) for i, a in enumerate(accs)]
+
+
+class TestPlot(TempDir):
+    def make_logs(self):
+        logs = self.tmp / "logs"
+        base = dict(task="vit", layers=6, optimizer="adamw", lr=3e-4, batch_size=128)
+        for seed, (accs, test) in {1: ([0.5, 0.6, 0.7], 0.68), 2: ([0.5, 0.7, 0.6], 0.66)}.items():
+            write_run(logs, f"vit_L6_s{seed}", dict(base, block="prenorm", seed=seed), vit_rows(accs),
+                      dict(params_learnable=3195146, test_acc=test - 0.01, best_test_acc=test, best_epoch=3))
+        write_run(logs, "vit_L6_post_s1", dict(base, block="postnorm", seed=1), vit_rows([0.4, 0.5, 0.55], 20.0),
+                  dict(params_learnable=3195146, test_acc=0.5, best_test_acc=0.54, best_epoch=3))
+        write_run(logs, "vit_L2_s1", dict(base, layers=2, block="prenorm", seed=1), vit_rows([0.3], 12.0), None)  # unfinished
+        write_run(logs, "vit_broken_s1", dict(base, block="prenorm", seed=1), [], None)  # died before epoch 1
+        return logs
+
+    def test_tables_match_the_fixtures(self):
+        logs = self.make_logs()
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        report = logs / "report"
+        with open(report / "summary_vit.csv") as f:
+            rows = {r["experiment"]: r for r in csv.DictReader(f)}
+        self.assertEqual(set(rows), {"vit_L6", "vit_L6_post", "vit_L2"})
+        pre = rows["vit_L6"]
+        self.assertEqual(int(pre["seeds"]), 2)
+        self.assertAlmostEqual(float(pre["best_valid_mean"]), 0.7)
+        self.assertAlmostEqual(float(pre["best_test_mean"]), 0.67)
+        self.assertAlmostEqual(float(pre["best_test_std"]), 0.0141421356, places=6)  # sample std of 0.68, 0.66
+        self.assertAlmostEqual(float(pre["best_train_mean"]), 0.75)
+        self.assertAlmostEqual(float(pre["train_s_mean"]), 10.0)
+        self.assertAlmostEqual(float(pre["memory_mean"]), 802.0)
+        self.assertEqual(rows["vit_L2"]["test_mean"], "")  # unfinished: no test result
+        md = (report / "summary_vit.md").read_text()
+        self.assertIn("| ViT prenorm | 6 | adamw | vit_L6 | 2 | 3 | 0.7500 ± 0.0000 | 0.7000 ± 0.0000 | "
+                      "0.6600 ± 0.0141 | 0.6700 ± 0.0141 |", md)
+        self.assertIn("| 3,195,146 |", md)
+        summary = (report / "summary.md").read_text()
+        self.assertIn("Fastest per epoch: **vit_L6**", summary)
+        self.assertIn("Best generalisation, selected on validation: **vit_L6**", summary)
+        self.assertIn("Pre- vs post-norm (vit_L6 / vit_L6_post, 2 and 1 seeds)", summary)
+        self.assertIn("gap (pre - post) +0.1300", summary)
+        self.assertIn("Unfinished", summary)
+        self.assertIn("vit_broken_s1: no finished epoch", summary)
+        for name in ("vit_epochs.png", "vit_time.png"):
+            self.assertEqual((report / name).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertFalse((report / "summary_lm.md").exists())
+
+    def test_no_runs_is_an_error(self):
+        self.assertEqual(plot.main(["--log_dir", str(self.tmp / "none")]), 2)
+
+
+class TestQuickSweep(TempDir):
+    def test_quick_sweep_on_fixture_data_produces_every_run_figure_and_table(self):
+        lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
+        vit, _ = write_image_folder(self.tmp / "images", per_class=(440, 44))  # 128-image batches fit every split
+        logs = self.tmp / "logs"
+        proc = sweep(dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit), LOG_DIR=str(logs),
+                          DEVICE="cpu"), timeout=900)
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        for name in set(REFERENCE) | EXTRAS:
+            self.assertTrue((logs / f"{name}_s42" / "summary.json").exists(), name)
+        report = logs / "report"
+        for name in ("lm_epochs.png", "lm_time.png", "vit_epochs.png", "vit_time.png"):
+            self.assertEqual((report / name).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+        for name in ("summary_lm.md", "summary_lm.csv", "summary_vit.md", "summary_vit.csv", "summary.md"):
+            self.assertGreater((report / name).stat().st_size, 100, name)
+        self.assertEqual(sweep(dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit),
+                                    LOG_DIR=str(logs), DEVICE="cpu")).stdout.count("done, skipped"), 19)
+
+
+if __name__ == "__main__":
+    unittest.main()
