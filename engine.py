@@ -22,6 +22,7 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -237,6 +238,16 @@ class Diverged(UserError):
     pass
 
 
+# Fault injection for the crash tests: TRAINER_FAULT=point:epoch[:step] kills this process with
+# SIGKILL at that point (points: batch, csv, best, checkpoint). Read once; unset in normal use.
+FAULT = os.environ.get("TRAINER_FAULT")
+
+
+def fault_point(*where):
+    if FAULT == ":".join(map(str, where)):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, scaler=None,
               limit_batches=0, progress=False, refresh_every=50):
     """Train (with an optimizer) or evaluate `model` on one pass over `split`.
@@ -274,6 +285,8 @@ def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, 
                     optimizer.step()
             sums += torch.stack([loss_sum.detach().double(), correct.double()])
             count += batch_count
+            if FAULT and training:
+                fault_point("batch", epoch, step)
             if step % refresh_every == 0 or step == n:
                 total = sums[0].item()  # the one host read per refresh_every batches
                 if not math.isfinite(total):
@@ -463,13 +476,16 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
                                  train["count"] / train["seconds"], mem_mb, mem_pct]))
         history.append(row)
         append_csv(run_dir / "metrics.csv", columns, row)
+        fault_point("csv", epoch)
         improved = best["value"] is None or (valid["metric"] > best["value"] if task.maximize
                                              else valid["metric"] < best["value"])
         if improved:
             best = dict(epoch=epoch, value=valid["metric"])
             save_torch(dict(model=model.state_dict(), epoch=epoch), run_dir / "best.pt")
+            fault_point("best", epoch)
         save_torch(dict({k: (v.state_dict() if v is not None else None) for k, v in stateful.items()},
                         epoch=epoch, history=history, best=best, rng=rng_state(), config=config), ckpt_path)
+        fault_point("checkpoint", epoch)
         print(f"epoch {epoch}/{cfg.epochs}  train loss {train['loss']:.4f} {m} {train['metric']:.4f}  "
               f"valid loss {valid['loss']:.4f} {m} {valid['metric']:.4f}  "
               f"({train['seconds']:.1f}s + {valid['seconds']:.1f}s)", flush=True)

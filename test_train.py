@@ -7,8 +7,10 @@ import json
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 import unittest
 from pathlib import Path
 from unittest import mock
@@ -325,6 +327,58 @@ class TestResume(CliCase):
         _, _, err = self.lm("--epochs", "2", "--resume", expect=2)
         self.assert_refused(err, "cannot load")
         self.assertFalse(marker.exists())
+
+
+class TestCrashes(CliCase):
+    """Real processes killed with SIGKILL at chosen points, then resumed: the same numbers, bit for bit."""
+
+    def train(self, exp_id, *extra, fault=None, data=None):
+        env = dict(os.environ, TRAINER_FAULT=fault or "")
+        argv = [sys.executable, "train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),
+                "--exp_id", exp_id, "--epochs", "3", "--dropout", "0.1", *VIT_TINY, *extra]
+        return subprocess.run(argv, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+
+    def test_kill_at_any_point_then_resume_equals_the_uninterrupted_run(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        whole = self.train("whole", data=data)
+        self.assertEqual(whole.returncode, 0, whole.stderr)
+        for fault in ("batch:2:5", "csv:2", "best:1", "checkpoint:2"):
+            with self.subTest(fault=fault):
+                exp = "killed_" + fault.replace(":", "_")
+                killed = self.train(exp, fault=fault, data=data)
+                self.assertEqual(killed.returncode, -signal.SIGKILL, killed.stderr)
+                self.assertFalse((self.logs / exp / "summary.json").exists())
+                resumed = self.train(exp, "--resume", data=data)
+                self.assertEqual(resumed.returncode, 0, resumed.stderr)
+                self.assertEqual(results(self.logs / exp), results(self.logs / "whole"))
+                best = torch.load(self.logs / exp / "best.pt", weights_only=True)["model"]
+                reference = torch.load(self.logs / "whole" / "best.pt", weights_only=True)["model"]
+                self.assertTrue(all(torch.equal(best[k], reference[k]) for k in reference))
+
+    def test_ctrl_c_stops_cleanly_and_the_run_resumes(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        argv = [sys.executable, "train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),
+                "--exp_id", "ctrl_c", "--epochs", "200", *VIT_TINY]
+        proc = subprocess.Popen(argv, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            if line.startswith("epoch 1/"):
+                break
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("--resume", err)
+        self.assertNotIn("Traceback", err)
+        ckpt = torch.load(self.logs / "ctrl_c" / "checkpoint.pt", weights_only=True)
+        rows = read_csv(self.logs / "ctrl_c" / "metrics.csv")
+        self.assertGreaterEqual(ckpt["epoch"], 1)
+        self.assertIn(len(rows), (ckpt["epoch"], ckpt["epoch"] + 1))
+
+    def test_divergence_through_the_cli_keeps_the_logs(self):
+        run_dir, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", expect=2)
+        self.assert_refused(err, "loss became", "epoch 1")
+        self.assertEqual(read_csv(run_dir / "metrics.csv"), [])  # the header, and no invented row
+        self.assertTrue((run_dir / "config.json").exists())
 
 
 class TestDefaults(unittest.TestCase):
