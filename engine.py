@@ -92,6 +92,7 @@ class TrainConfig:
     device: str = option("auto", "auto picks CUDA when there is one", ["auto", "cpu", "cuda"])
     precision: str = option("auto", "auto: bf16 autocast on CUDA that supports it, else fp32",
                             ["auto", "fp32", "bf16", "fp16"])
+    compile: bool = option(False, "torch.compile the model (in place); the warm-up is timed apart from the epochs")
     limit_batches: int = option(0, "at most this many batches per split and epoch (0: all), for smoke runs")
     no_progress: bool = option(False, "no progress bars")
     resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint")
@@ -202,18 +203,26 @@ def epoch_generator(seed, epoch, purpose):
     return g
 
 
-def make_optimizer(name, params, lr, momentum=0.9, weight_decay=0.0):
-    """The reference's four optimizers. Returns (optimizer, effective weight decay)."""
+def make_optimizer(name, params, lr, momentum=0.9, weight_decay=0.0, device=None):
+    """The reference's four optimizers. Returns (optimizer, effective weight decay). On CUDA they use
+    the fused kernels (one launch for all parameters), else the defaults."""
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay), weight_decay
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay), weight_decay
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr), 0.0  # the reference's Adam has no weight decay
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), weight_decay
-    raise UserError(f"unknown optimizer {name!r}; choose from sgd, momentum, adam, adamw")
+        cls, kwargs = torch.optim.SGD, dict(weight_decay=weight_decay)
+    elif name == "momentum":
+        cls, kwargs = torch.optim.SGD, dict(momentum=momentum, weight_decay=weight_decay)
+    elif name == "adam":
+        cls, kwargs = torch.optim.Adam, dict(weight_decay=0.0)  # the reference's Adam has no weight decay
+    elif name == "adamw":
+        cls, kwargs = torch.optim.AdamW, dict(weight_decay=weight_decay)
+    else:
+        raise UserError(f"unknown optimizer {name!r}; choose from sgd, momentum, adam, adamw")
+    if device is not None and device.type == "cuda":
+        try:
+            return cls(params, lr=lr, fused=True, **kwargs), kwargs["weight_decay"]
+        except (TypeError, RuntimeError, ValueError):  # an older torch without this fused kernel
+            return cls(params, lr=lr, foreach=True, **kwargs), kwargs["weight_decay"]
+    return cls(params, lr=lr, **kwargs), kwargs["weight_decay"]
 
 
 def sync(device):
@@ -435,6 +444,31 @@ def append_csv(path, columns, row):
         raise UserError(f"could not append to {path}: {e.strerror or e}") from None
 
 
+def compile_model(model, task, autocast_dtype):
+    """torch.compile in place (state_dict keys stay those of the plain model), then one training
+    and one evaluation pass on a batch, so the compilation is not billed to the first epoch. The
+    random state is put back afterwards: a compiled run draws the same numbers as a plain one."""
+    device = next(model.parameters()).device
+    state = rng_state()
+    sync(device)
+    start = time.perf_counter()
+    model.compile()
+    for training in (True, False):
+        model.train(training)
+        batch = next(iter(task.batches("train" if training else "valid", 0)))
+        with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                               enabled=autocast_dtype is not None):
+            loss, _, _ = task.loss(model, batch)
+        if training:
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+    sync(device)
+    set_rng_state(state)
+    seconds = time.perf_counter() - start
+    print(f"compiled the model in {seconds:.1f}s (not counted in the epoch times)")
+    return seconds
+
+
 def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, scheduler=None, extra_config=None):
     """The epoch loop: train, validate, append a metrics.csv row, keep best.pt, checkpoint; then test
     the final and the best-validation model and write summary.json. Resumes from checkpoint.pt when
@@ -459,6 +493,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
         set_rng_state(ckpt["rng"])
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         print(f"resuming {run_dir} after epoch {ckpt['epoch']}")
+    compile_seconds = compile_model(model, task, autocast_dtype) if cfg.compile else None
     # The checkpoint holds every finished row: rewriting the CSV from it drops a row written after
     # the last checkpoint (that epoch is trained again) and restores one written before it.
     save_json(dict(config, environment=environment(device)), run_dir / "config.json")
@@ -503,7 +538,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
         best_test_loss=test_best["loss"], **{f"best_test_{m}": test_best["metric"]},
         mean_train_time=float(np.mean([r["train_time"] for r in history])),
         mean_valid_time=float(np.mean([r["valid_time"] for r in history])),
-        elapsed=history[-1]["elapsed"], peak_mem_mb=mem_mb, mem_pct=mem_pct)
+        elapsed=history[-1]["elapsed"], peak_mem_mb=mem_mb, mem_pct=mem_pct, compile_seconds=compile_seconds)
     save_json(summary, run_dir / "summary.json")
     print(f"test {m}: final {test_final['metric']:.4f}, best-valid model (epoch {best['epoch']}) "
           f"{test_best['metric']:.4f}; logs in {run_dir}")

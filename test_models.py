@@ -4,7 +4,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from models import Block, LanguageModel, VisionTransformer, count_params
+from models import Block, LanguageModel, VisionTransformer, count_params, linear_cross_entropy
 
 
 class TestParameterCounts(unittest.TestCase):
@@ -95,6 +95,43 @@ class TestLanguageModel(unittest.TestCase):
         logits, _ = model(torch.randint(1, 1000, (4, 16)))
         loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(1, 1000, (64,)))
         self.assertLess(abs(loss.item() - torch.log(torch.tensor(1000.0)).item()), 0.5)
+
+
+class TestLinearCrossEntropy(unittest.TestCase):
+    def test_equals_cross_entropy_in_value_and_gradients(self):
+        torch.manual_seed(0)
+        for frozen in (False, True):
+            with self.subTest(frozen=frozen):
+                h = torch.randn(300, 16, requires_grad=True)
+                w = torch.randn(50, 16, requires_grad=not frozen)
+                t = torch.randint(0, 50, (300,))  # id 0 is padding: ignored
+                ref = F.cross_entropy(h @ w.T, t, ignore_index=0, reduction="sum")
+                ref.backward(torch.tensor(0.5))
+                ref_h, ref_w = h.grad, w.grad
+                h.grad = w.grad = None
+                out = linear_cross_entropy(h, w, t, chunk=64)  # 5 chunks, the last partial
+                out.backward(torch.tensor(0.5))
+                torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-3)
+                torch.testing.assert_close(h.grad, ref_h)
+                if frozen:
+                    self.assertIsNone(w.grad)
+                else:
+                    torch.testing.assert_close(w.grad, ref_w, rtol=1e-5, atol=1e-5)
+
+    def test_language_model_loss_equals_its_logits_loss(self):
+        model = tiny_lm("transformer").train()
+        tokens = torch.randint(1, 30, (3, 9))
+        targets = tokens.roll(-1, 1)
+        targets[2, 5:] = 0
+        torch.manual_seed(1)
+        logits, _ = model(tokens)
+        expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=0, reduction="sum")
+        torch.manual_seed(1)
+        loss, state = model(tokens, targets=targets)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+        self.assertIsNone(state)
+        with torch.no_grad():
+            torch.testing.assert_close(model(tokens, targets=targets)[0], expected.detach(), rtol=1e-5, atol=1e-4)
 
 
 class TestBlock(unittest.TestCase):

@@ -405,6 +405,23 @@ class TestDefaults(unittest.TestCase):
         self.assertEqual((type(opt), opt.defaults["weight_decay"], wd), (torch.optim.Adam, 0, 0.0))
         opt, wd = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"]), (torch.optim.AdamW, 1e-4))
+        self.assertFalse(engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
+
+    def test_cuda_asks_for_fused_kernels_and_falls_back_to_foreach(self):
+        params = [torch.nn.Parameter(torch.zeros(2))]
+        made = []
+
+        class NoFused(torch.optim.AdamW):
+            def __init__(self, params, **kwargs):
+                made.append(kwargs)
+                if kwargs.get("fused"):
+                    raise RuntimeError("fused=True requires all the params to be CUDA tensors")
+                super().__init__(params, **kwargs)
+
+        with mock.patch("torch.optim.AdamW", NoFused):
+            opt, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
+        self.assertEqual([k.get("fused") for k in made], [True, None])
+        self.assertTrue(opt.defaults["foreach"])
 
     def test_cpu_memory_and_precision_fallbacks(self):
         cpu = torch.device("cpu")
@@ -415,6 +432,23 @@ class TestDefaults(unittest.TestCase):
         self.assertEqual(engine.resolve_precision("bf16", cpu), torch.bfloat16)
         with self.assertRaisesRegex(engine.UserError, "fp16 needs CUDA"):
             engine.resolve_precision("fp16", cpu)
+
+
+class TestCompile(CliCase):
+    def test_compile_is_in_place_timed_apart_and_changes_no_number(self):
+        compiled = []
+        with mock.patch("torch.nn.Module.compile", lambda self, *a, **k: compiled.append(type(self).__name__)):
+            run_dir, out, _ = self.vit("--compile", "--dropout", "0.1", "--epochs", "2", exp_id="compiled")
+        plain, _, _ = self.vit("--dropout", "0.1", "--epochs", "2", exp_id="plain")
+        self.assertEqual(compiled, ["VisionTransformer"])
+        self.assertIn("not counted in the epoch times", out)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        self.assertGreater(summary["compile_seconds"], 0)
+        self.assertIsNone(json.loads((plain / "summary.json").read_text())["compile_seconds"])
+        keys = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"].keys()
+        self.assertFalse(any("_orig_mod" in k for k in keys))
+        # the warm-up pass neither trains nor consumes random numbers
+        self.assertEqual(results(run_dir)[0], results(plain)[0])
 
 
 class TestBf16OnCpu(CliCase):

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from data import Windows, index_batches, load_wikitext
 from engine import (TrainConfig, UserError, atomic_write, check, cli, epoch_generator, fit, make_optimizer,
@@ -71,8 +70,7 @@ class TextTask:
 
     def loss(self, model, batch):
         inputs, targets, count = batch
-        logits, _ = model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=0, reduction="sum")
+        loss, _ = model(inputs, targets=targets)  # summed in chunks: the full logits never exist
         return loss, count, self.zero
 
     def metric_value(self, loss, accuracy):
@@ -114,7 +112,7 @@ def main(argv=None):
                           cfg.dropout, embeddings, cfg.learn_embeddings, cfg.seq_len, cfg.block, cfg.num_heads,
                           cfg.mlp_dim).to(device)
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                             cfg.weight_decay)
+                                             cfg.weight_decay, device)
     frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
     print(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
           f"of {count_params(model, False):,} parameters")

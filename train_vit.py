@@ -87,7 +87,7 @@ def main(argv=None):
     model = VisionTransformer(cfg.layers, cfg.block, cfg.embed_dim, cfg.hidden_dim, cfg.num_heads,
                               cfg.patch_size, num_classes=len(data.classes), dropout=cfg.dropout).to(device)
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                             cfg.weight_decay)
+                                             cfg.weight_decay, device)
     print(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
     return fit(model, ImageTask(data, cfg.batch_size, cfg.seed), cfg, run_dir, optimizer, device, autocast_dtype,
                extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes, data_source=data.source))

@@ -1,0 +1,324 @@
+"""Throughput, FLOPs and MFU of every reference model, our trainer against plain loops and peer
+ViT implementations, batched against per-sample augmentation, and real epochs when the data is there.
+
+    python bench.py --quick                       # a few minutes on a CPU
+    python bench.py --device cuda --json bench.json
+    python bench.py --only vit --data ../shared/data
+
+Everything is measured in this one process, so the ratios compare like with like. The ceiling is
+the device's dense matmul rate (fp32 on CPU, bf16 on CUDA), measured here too; MFU is the model's
+analytic training FLOPs (3x the forward's matmul FLOPs) per second over that ceiling.
+"""
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import engine
+from data import Windows, augment, index_batches, normalize
+from models import LanguageModel, VisionTransformer, count_params
+from train_lm import TextTask
+from train_vit import ImageTask
+
+VIT = dict(embed_dim=256, hidden_dim=512, num_heads=8, patch_size=4)
+LM = dict(vocab_size=40479, embedding_size=768, hidden_size=512)
+
+
+def timed(fn, device, steps, warmup):
+    """Seconds per call of fn, after warmup calls, synchronised on CUDA."""
+    for _ in range(warmup):
+        fn()
+    engine.sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    engine.sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def matmul_ceiling(device, quick):
+    n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = min(timed(lambda: a @ b, device, 3 if quick else 10, 2) for _ in range(3))
+    return 2 * n ** 3 / best
+
+
+def vit_flops(layers, tokens=65, d=256, hidden=512, patches=64, patch_dim=48, classes=10):
+    """Forward matmul FLOPs per image: projections, MLP, attention scores and values, embed, head."""
+    per_block = tokens * 2 * (d * 3 * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * tokens * d
+    return layers * per_block + 2 * patches * patch_dim * d + 2 * d * classes
+
+
+def lm_train_flops(core, layers, frozen=True, **shape):
+    """Training FLOPs per token: 3x the forward, except that a frozen (tied) embedding gets no
+    weight gradient, so the output layer costs 2x its forward, not 3x."""
+    v, e = shape.get("v", 40479), shape.get("e", 768)
+    head = 2 * e * v
+    return 3 * (lm_flops(core, layers, **shape) - head) + (2 if frozen else 3) * head
+
+
+def lm_flops(core, layers, seq_len=256, v=40479, e=768, h=512, mlp=2048):
+    """Forward matmul FLOPs per token."""
+    if core == "lstm":
+        body = sum(2 * 4 * h * ((e if i == 0 else h) + h) for i in range(layers))
+    elif core == "gru":
+        body = sum(2 * 3 * h * ((e if i == 0 else h) + h) for i in range(layers))
+    else:  # causal attention touches half the scores on average, but kernels compute them all
+        body = 2 * e * h + layers * (2 * (h * 3 * h + h * h + 2 * h * mlp) + 2 * 2 * seq_len * h)
+    return body + 2 * h * e + 2 * e * v
+
+
+def train_step(model, optimizer, loss_fn):
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        optimizer.step()
+    return step
+
+
+def bench_vit_models(device, dtype, ceiling, quick, batch=128):
+    rows = []
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    for layers in (2, 4, 6):
+        for block in ("prenorm", "postnorm"):
+            torch.manual_seed(0)
+            model = VisionTransformer(layers, block, **VIT).to(device)
+            opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
+
+            def loss():
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    return F.cross_entropy(model(images).float(), labels)
+            sec = timed(train_step(model, opt, loss), device, 3 if quick else 10, 2)
+            flops = 3 * vit_flops(layers) * batch / sec
+            rows.append(dict(model=f"ViT-{layers} {block}", params=count_params(model), unit="images/s",
+                             throughput=batch / sec, tflops=flops / 1e12, mfu=flops / ceiling))
+    return rows
+
+
+def peer_vits(layers=6):
+    """Popular ViT implementations at the reference configuration, where importable."""
+    peers = {}
+    import torchvision
+    peers["torchvision"] = lambda: torchvision.models.VisionTransformer(
+        image_size=32, patch_size=4, num_layers=layers, num_heads=8, hidden_dim=256, mlp_dim=512, num_classes=10)
+    try:
+        import timm
+        peers["timm"] = lambda: timm.models.vision_transformer.VisionTransformer(
+            img_size=32, patch_size=4, embed_dim=256, depth=layers, num_heads=8, mlp_ratio=2.0, num_classes=10)
+    except ImportError:
+        pass
+    return peers
+
+
+def bench_vit_trainer(device, dtype, ceiling, quick, layers=6, batch=128):
+    """Our whole training path (seeded shuffle, batched augmentation, task loss, run_epoch) against
+    the bare training step of each peer implementation on tensors already on the device."""
+    steps = 4 if quick else 20
+    n = batch * steps
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    y = torch.randint(0, 10, (n,), generator=g).to(device)
+    data = type("D", (), {"splits": {"train": (x, y)}})()
+    task = ImageTask(data, batch, seed=0)
+    torch.manual_seed(0)
+    model = VisionTransformer(layers, "prenorm", **VIT).to(device)
+    opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
+    engine.run_epoch(model, task, "train", 0, opt, dtype, limit_batches=2)  # warm-up
+    ours = max(n / engine.run_epoch(model, task, "train", 1, opt, dtype)["seconds"] for _ in range(2 if quick else 3))
+    flop = 3 * vit_flops(layers)
+    rows = [dict(model=f"ViT-{layers} train_vit.py path (augmentation included)", unit="images/s", throughput=ours,
+                 tflops=ours * flop / 1e12, mfu=ours * flop / ceiling, ratio=1.0)]
+    images, labels = normalize(x[:batch]), y[:batch]
+    for name, make in peer_vits(layers).items():
+        torch.manual_seed(0)
+        peer = make().to(device)
+        popt = torch.optim.AdamW(peer.parameters(), lr=3e-4, weight_decay=5e-4)
+
+        def loss():
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return F.cross_entropy(peer(images).float(), labels)
+        sec = min(timed(train_step(peer, popt, loss), device, steps, 2) for _ in range(2 if quick else 3))
+        rows.append(dict(model=f"ViT-{layers} {name} (bare step, {count_params(peer):,} params)", unit="images/s",
+                         throughput=batch / sec, tflops=batch * flop / sec / 1e12, mfu=batch * flop / sec / ceiling,
+                         ratio=ours / (batch / sec)))
+    return rows
+
+
+def bench_lm_models(device, dtype, ceiling, quick, batch=16, seq_len=256):
+    rows = []
+    tokens = torch.randint(1, LM["vocab_size"], (batch, seq_len + 1), device=device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    frozen = torch.zeros(LM["vocab_size"], LM["embedding_size"])
+    for core, layers, block in (("lstm", 1, "prenorm"), ("lstm", 2, "prenorm"), ("lstm", 4, "prenorm"),
+                                ("gru", 1, "prenorm"), ("transformer", 2, "prenorm"), ("transformer", 2, "postnorm")):
+        torch.manual_seed(0)
+        model = LanguageModel(core, layers, **LM, embeddings=frozen, max_len=seq_len, block=block).to(device)
+        opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
+
+        def loss():  # the trainer's loss: summed in chunks, the full logits never exist
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return model(x, targets=y)[0] / y.numel()
+        sec = timed(train_step(model, opt, loss), device, 1 if quick else 5, 1)
+        flops = lm_train_flops(core, layers, seq_len=seq_len) * batch * seq_len / sec
+        name = f"{core.upper() if core != 'transformer' else 'Transformer ' + block}-{layers}"
+        rows.append(dict(model=f"LM {name}", params=count_params(model), unit="tokens/s",
+                         throughput=batch * seq_len / sec, tflops=flops / 1e12, mfu=flops / ceiling))
+    return rows
+
+
+def bench_lm_overhead(device, dtype, quick, batch=16, seq_len=256):
+    """The LSTM-1 step through TextTask + run_epoch against a plain loop over the same batches."""
+    steps = 2 if quick else 6
+    stream = torch.randint(1, LM["vocab_size"], (batch * seq_len * steps + 1,)).to(device)
+    corpus = type("C", (), {"splits": {"train": stream}})()
+    task = TextTask(corpus, seq_len, batch, seed=0)
+    frozen = torch.zeros(LM["vocab_size"], LM["embedding_size"])
+    torch.manual_seed(0)
+    model = LanguageModel("lstm", 1, **LM, embeddings=frozen, max_len=seq_len).to(device)
+    opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
+    windows = Windows(stream, seq_len)
+
+    def plain():
+        for idx, _ in index_batches(windows.num_windows, batch, torch.Generator().manual_seed(1), device):
+            inputs, targets = windows.batch(idx)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits, _ = model(inputs)
+                F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=0).backward()
+            opt.step()
+
+    engine.run_epoch(model, task, "train", 0, opt, dtype, limit_batches=1)  # warm-up
+    ours, base = [], []
+    for _ in range(2):  # interleaved, so drift in the machine's speed hits both alike
+        ours.append(engine.run_epoch(model, task, "train", 1, opt, dtype)["seconds"])
+        base.append(timed(plain, device, 1, 0))
+    tokens = batch * seq_len * steps
+    return [dict(model="LM LSTM-1 train_lm.py path", unit="tokens/s", throughput=tokens / min(ours),
+                 ratio=min(base) / min(ours)),
+            dict(model="LM LSTM-1 plain loop", unit="tokens/s", throughput=tokens / min(base), ratio=1.0)]
+
+
+def bench_augmentation(quick):
+    """One thread: the batched augmentation against the reference's per-sample torchvision pipeline."""
+    from PIL import Image
+    from torchvision import transforms
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n = 512 if quick else 2048
+        rng = np.random.default_rng(0)
+        arrays = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        pil = [Image.fromarray(a) for a in arrays]
+        reference = transforms.Compose([
+            transforms.RandomHorizontalFlip(), transforms.RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1)),
+            transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+        per_sample = min(timed(lambda: torch.stack([reference(im) for im in pil]), torch.device("cpu"), 1, 1)
+                         for _ in range(2))
+        batch = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+        gen = torch.Generator().manual_seed(0)
+        batched = min(timed(lambda: [augment(batch[i:i + 128], gen) for i in range(0, n, 128)],
+                            torch.device("cpu"), 3, 1) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    return [dict(model="augmentation, per-sample torchvision (1 thread)", unit="images/s", throughput=n / per_sample,
+                 ratio=1.0),
+            dict(model="augmentation, batched (1 thread)", unit="images/s", throughput=n / batched,
+                 ratio=per_sample / batched)]
+
+
+def bench_real(device, dtype, data_root, quick):
+    """One real ViT-6 epoch (or a slice with --quick) and an LSTM-1 slice on the shared data."""
+    from data import load_cifar10, load_wikitext
+    rows = []
+    root = Path(data_root)
+    if (root / "cifar10-jpeg").is_dir():
+        data = load_cifar10(root / "cifar10-jpeg", device)
+        task = ImageTask(data, 128, seed=0)
+        torch.manual_seed(0)
+        model = VisionTransformer(6, "prenorm", **VIT).to(device)
+        opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
+        limit = 20 if quick else 0
+        r = engine.run_epoch(model, task, "train", 1, opt, dtype, limit_batches=limit)
+        full = r["seconds"] * task.num_batches("train") / (limit or task.num_batches("train"))
+        rows.append(dict(model=f"real ViT-6 epoch ({r['count']:,} images{', extrapolated' if limit else ''})",
+                         unit="images/s", throughput=r["count"] / r["seconds"], epoch_s=full))
+    if (root / "wikitext2").is_dir():
+        corpus = load_wikitext(root / "wikitext2", device)
+        task = TextTask(corpus, 256, 16, seed=0)
+        torch.manual_seed(0)
+        model = LanguageModel("lstm", 1, **LM, embeddings=torch.zeros(40479, 768)).to(device)
+        opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
+        limit = 3 if quick or device.type == "cpu" else 0
+        r = engine.run_epoch(model, task, "train", 1, opt, dtype, limit_batches=limit)
+        full = r["seconds"] * task.num_batches("train") / (limit or task.num_batches("train"))
+        rows.append(dict(model=f"real LSTM-1 epoch ({r['count']:,} tokens{', extrapolated' if limit else ''})",
+                         unit="tokens/s", throughput=r["count"] / r["seconds"], epoch_s=full))
+    return rows
+
+
+def table(rows, ceiling, device):
+    print(f"\ndevice {device} ({engine.environment(device)['device_name']}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; ceiling {ceiling / 1e12:.3f} TFLOP/s "
+          f"({'fp32' if device.type == 'cpu' else 'bf16'} matmul)\n")
+    print(f"| {'measurement':<60} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | {'epoch s':>8} |")
+    print(f"|{'-' * 62}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
+    for r in rows:
+        cell = lambda k, f: (f.format(r[k]) if r.get(k) is not None else "")  # noqa: E731
+        print(f"| {r['model']:<60} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
+              f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | {cell('ratio', '{:.2f}x'):>6} | "
+              f"{cell('epoch_s', '{:.1f}'):>8} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
+    parser.add_argument("--only", nargs="+", default=["vit", "peers", "lm", "overhead", "augment", "real"],
+                        choices=["vit", "peers", "lm", "overhead", "augment", "real"])
+    parser.add_argument("--data", default="../shared/data", help="folder with cifar10-jpeg/ and wikitext2/")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    try:
+        device = engine.get_device(args.device)
+        dtype = engine.resolve_precision(args.precision, device)
+    except engine.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ceiling = matmul_ceiling(device, args.quick)
+    rows = []
+    sections = dict(vit=lambda: bench_vit_models(device, dtype, ceiling, args.quick),
+                    peers=lambda: bench_vit_trainer(device, dtype, ceiling, args.quick),
+                    lm=lambda: bench_lm_models(device, dtype, ceiling, args.quick),
+                    overhead=lambda: bench_lm_overhead(device, dtype, args.quick),
+                    augment=lambda: bench_augmentation(args.quick),
+                    real=lambda: bench_real(device, dtype, args.data, args.quick))
+    for name in args.only:
+        start = time.perf_counter()
+        if name == "real" and not Path(args.data).is_dir():
+            print(f"real data: {args.data} not found, skipped", file=sys.stderr)
+            continue
+        rows += sections[name]()
+        print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
+    table(rows, ceiling, device)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            device=str(device), environment=engine.environment(device), precision=str(dtype), quick=args.quick,
+            ceiling_flops=ceiling, results=rows, argv=sys.argv[1:], python=platform.python_version()), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
