@@ -12,6 +12,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
     task.metric_value(mean_loss, accuracy) -> float
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -27,12 +28,13 @@ import subprocess
 import sys
 import time
 import zlib
-from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 try:
     from tqdm import tqdm
@@ -56,7 +58,8 @@ def cli(main):
         try:
             return main(argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            if rank() == 0:  # every rank fails alike; one message is enough
+                print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted: the last finished epoch is saved; continue with --resume", file=sys.stderr)
@@ -177,9 +180,50 @@ def resolve_precision(name, device):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def rank():
+    """This process's rank: from the process group, or from torchrun's RANK before it exists."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def log(*args):
+    """print, from the first process only."""
+    if rank() == 0:
+        print(*args, flush=True)
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier():
+    if world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def first_process_first():
+    """The first process runs the block (a download, a cache write) before the others start it."""
+    if rank() != 0:
+        barrier()
+    yield
+    if rank() == 0:
+        barrier()
+
+
 def setup(cfg):
-    """Device, precision and seeds for a run. Returns (device, autocast dtype or None)."""
+    """Device, precision, seeds and, under torchrun, the process group (NCCL on CUDA, gloo on CPU).
+    Returns (device, autocast dtype or None). `--batch_size` stays the global batch."""
     device = get_device(cfg.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        check(cfg.batch_size % world == 0,
+              f"--batch_size {cfg.batch_size} does not divide over {world} processes")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     dtype = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
@@ -225,6 +269,27 @@ def make_optimizer(name, params, lr, momentum=0.9, weight_decay=0.0, device=None
     return cls(params, lr=lr, **kwargs), kwargs["weight_decay"]
 
 
+def distribute(model):
+    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    if world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def shard(batch):
+    """This process's slice of a global batch: tensors split along the first dimension; other items
+    (the global count of examples or tokens) are kept whole."""
+    world = world_size()
+    if world == 1:
+        return batch
+    return tuple(torch.tensor_split(b, world)[rank()] if torch.is_tensor(b) else b for b in batch)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -268,23 +333,26 @@ def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, 
     """
     training = optimizer is not None
     device = next(model.parameters()).device
+    world = world_size()
     model.train(training)
     n = task.num_batches(split)
     n = min(n, limit_batches) if limit_batches else n
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
     count = 0
     bar = tqdm(total=n, desc=f"{split} {epoch}", leave=False, dynamic_ncols=True,
-               disable=not progress or not sys.stderr.isatty()) if tqdm else None
+               disable=not progress or rank() != 0 or not sys.stderr.isatty()) if tqdm else None
     sync(device)
     start = time.perf_counter()
     with torch.set_grad_enabled(training):
         for step, batch in enumerate(islice(task.batches(split, epoch), n), 1):
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
-                loss_sum, batch_count, correct = task.loss(model, batch)
+                loss_sum, batch_count, correct = task.loss(model, shard(batch))
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_sum / batch_count
+                # batch_count is the whole global batch's; DDP averages gradients over the
+                # processes, so scaling by the world size makes them the exact global mean.
+                loss = loss_sum * world / batch_count
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -297,7 +365,7 @@ def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, 
             if FAULT and training:
                 fault_point("batch", epoch, step)
             if step % refresh_every == 0 or step == n:
-                total = sums[0].item()  # the one host read per refresh_every batches
+                total = sums[0].item() * world  # one host read per refresh_every batches (this rank's estimate)
                 if not math.isfinite(total):
                     raise Diverged(f"{split} loss became {total} in epoch {epoch} by step {step} "
                                    f"(of {n}); the logs and the last good checkpoint are kept")
@@ -305,6 +373,8 @@ def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, 
                     bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             if bar is not None:
                 bar.update()
+    if world > 1:
+        dist.all_reduce(sums)  # every process scored its own slice of every batch
     sync(device)
     seconds = time.perf_counter() - start
     if bar is not None:
@@ -382,6 +452,10 @@ def prepare_run_dir(cfg):
     if exists and not (cfg.resume or cfg.overwrite):
         raise UserError(f"run directory {run_dir} already exists; use --resume to continue it, "
                         f"--overwrite to start it again, or another --exp_id")
+    barrier()  # every process has looked before the first one changes anything
+    if rank() != 0:
+        barrier()
+        return run_dir
     try:
         if exists and cfg.overwrite:
             shutil.rmtree(run_dir)
@@ -391,6 +465,7 @@ def prepare_run_dir(cfg):
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    barrier()
     return run_dir
 
 
@@ -479,7 +554,9 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
                "valid_time", "elapsed", f"{task.unit}_per_s", "peak_mem_mb", "mem_pct"]
     config = dict(dataclasses.asdict(cfg), **(extra_config or {}))
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
-    stateful = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
+    stateful = dict(model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    main = rank() == 0  # under torchrun only the first process writes and prints
 
     history, best, start_epoch = [], dict(epoch=0, value=None), 1
     ckpt_path = run_dir / "checkpoint.pt"
@@ -492,12 +569,14 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
                 obj.load_state_dict(ckpt[key])
         set_rng_state(ckpt["rng"])
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-        print(f"resuming {run_dir} after epoch {ckpt['epoch']}")
-    compile_seconds = compile_model(model, task, autocast_dtype) if cfg.compile else None
+        if main:
+            print(f"resuming {run_dir} after epoch {ckpt['epoch']}")
+    compile_seconds = compile_model(raw, task, autocast_dtype) if cfg.compile else None
     # The checkpoint holds every finished row: rewriting the CSV from it drops a row written after
     # the last checkpoint (that epoch is trained again) and restores one written before it.
-    save_json(dict(config, environment=environment(device)), run_dir / "config.json")
-    write_csv(run_dir / "metrics.csv", columns, history)
+    if main:
+        save_json(dict(config, environment=environment(device), world_size=world_size()), run_dir / "config.json")
+        write_csv(run_dir / "metrics.csv", columns, history)
 
     progress = not cfg.no_progress
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -510,13 +589,16 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
                                  optimizer.param_groups[0]["lr"], train["seconds"], valid["seconds"], elapsed,
                                  train["count"] / train["seconds"], mem_mb, mem_pct]))
         history.append(row)
-        append_csv(run_dir / "metrics.csv", columns, row)
-        fault_point("csv", epoch)
         improved = best["value"] is None or (valid["metric"] > best["value"] if task.maximize
                                              else valid["metric"] < best["value"])
         if improved:
             best = dict(epoch=epoch, value=valid["metric"])
-            save_torch(dict(model=model.state_dict(), epoch=epoch), run_dir / "best.pt")
+        if not main:
+            continue
+        append_csv(run_dir / "metrics.csv", columns, row)
+        fault_point("csv", epoch)
+        if improved:
+            save_torch(dict(model=raw.state_dict(), epoch=epoch), run_dir / "best.pt")
             fault_point("best", epoch)
         save_torch(dict({k: (v.state_dict() if v is not None else None) for k, v in stateful.items()},
                         epoch=epoch, history=history, best=best, rng=rng_state(), config=config), ckpt_path)
@@ -527,19 +609,22 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
 
     check(history, "no epoch was trained")
     test_final = run_epoch(model, task, "test", 0, None, autocast_dtype, None, cfg.limit_batches, progress)
-    model.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+    barrier()  # best.pt is written by the first process
+    raw.load_state_dict(load_torch(run_dir / "best.pt")["model"])
     test_best = run_epoch(model, task, "test", 0, None, autocast_dtype, None, cfg.limit_batches, progress)
     mem_mb, mem_pct = peak_memory(device)
     summary = dict(
-        params_total=sum(p.numel() for p in model.parameters()),
-        params_learnable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        params_total=sum(p.numel() for p in raw.parameters()),
+        params_learnable=sum(p.numel() for p in raw.parameters() if p.requires_grad),
         epochs=len(history), best_epoch=best["epoch"], **{f"best_valid_{m}": best["value"]},
         test_loss=test_final["loss"], **{f"test_{m}": test_final["metric"]},
         best_test_loss=test_best["loss"], **{f"best_test_{m}": test_best["metric"]},
         mean_train_time=float(np.mean([r["train_time"] for r in history])),
         mean_valid_time=float(np.mean([r["valid_time"] for r in history])),
         elapsed=history[-1]["elapsed"], peak_mem_mb=mem_mb, mem_pct=mem_pct, compile_seconds=compile_seconds)
-    save_json(summary, run_dir / "summary.json")
-    print(f"test {m}: final {test_final['metric']:.4f}, best-valid model (epoch {best['epoch']}) "
-          f"{test_best['metric']:.4f}; logs in {run_dir}")
+    if main:
+        save_json(summary, run_dir / "summary.json")
+        print(f"test {m}: final {test_final['metric']:.4f}, best-valid model (epoch {best['epoch']}) "
+              f"{test_best['metric']:.4f}; logs in {run_dir}")
+    barrier()
     return summary

@@ -381,6 +381,63 @@ class TestCrashes(CliCase):
         self.assertTrue((run_dir / "config.json").exists())
 
 
+class TestDistributed(CliCase):
+    """torchrun with two CPU processes (gloo) against one process with the same global batch."""
+
+    def torchrun(self, script, exp_id, *args, procs=2):
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                script, "--log_dir", str(self.logs), "--exp_id", exp_id, "--device", "cpu", *args]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run(argv, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+
+    def single(self, script, exp_id, *args):
+        argv = [sys.executable, script, "--log_dir", str(self.logs), "--exp_id", exp_id, "--device", "cpu", *args]
+        return subprocess.run(argv, cwd=HERE, capture_output=True, text=True, timeout=300)
+
+    def assert_same_numbers(self, a, b, rel=1e-5):
+        """Equal up to float rounding (the processes sum their slices in another order)."""
+        rows_a, summary_a = results(self.logs / a)
+        rows_b, summary_b = results(self.logs / b)
+        self.assertEqual(len(rows_a), len(rows_b))
+        pairs = [(f"{k} (epoch {ra['epoch']})", float(ra[k]), float(rb[k])) for ra, rb in zip(rows_a, rows_b) for k in ra]
+        pairs += [(k, v, summary_b[k]) for k, v in summary_a.items() if isinstance(v, float)]
+        for key, x, y in pairs:
+            self.assertLessEqual(abs(x - y), rel * max(1.0, abs(y)), key)
+
+    def test_vit_two_processes_equal_one(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        args = ["--data_folder", str(data), *VIT_TINY, "--epochs", "2"]
+        two = self.torchrun("train_vit.py", "two", *args)
+        self.assertEqual(two.returncode, 0, two.stderr[-2000:])
+        one = self.single("train_vit.py", "one", *args)
+        self.assertEqual(one.returncode, 0, one.stderr[-2000:])
+        self.assert_same_numbers("two", "one")
+        self.assertEqual(two.stdout.count("epoch 2/2"), 1)  # only the first process prints
+        self.assertEqual(sorted(p.name for p in (self.logs / "two").iterdir()),
+                         ["best.pt", "checkpoint.pt", "config.json", "metrics.csv", "summary.json"])
+        self.assertEqual(json.loads((self.logs / "two" / "config.json").read_text())["world_size"], 2)
+
+    def test_lm_two_processes_equal_one_and_resume(self):
+        data = write_text_files(self.tmp / "text", lines=(80, 40, 40))
+        args = ["--data_folder", str(data), *LM_TINY, "--model", "lstm", "--layers", "2"]
+        whole = self.torchrun("train_lm.py", "whole", *args, "--epochs", "2")
+        self.assertEqual(whole.returncode, 0, whole.stderr[-2000:])
+        one = self.single("train_lm.py", "one", *args, "--epochs", "2")
+        self.assertEqual(one.returncode, 0, one.stderr[-2000:])
+        self.assert_same_numbers("whole", "one")
+        first = self.torchrun("train_lm.py", "part", *args, "--epochs", "1")
+        self.assertEqual(first.returncode, 0, first.stderr[-2000:])
+        resumed = self.torchrun("train_lm.py", "part", *args, "--epochs", "2", "--resume")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-2000:])
+        self.assertEqual(results(self.logs / "part"), results(self.logs / "whole"))
+
+    def test_a_batch_that_does_not_divide_is_refused_once(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        proc = self.torchrun("train_vit.py", "odd", "--data_folder", str(data), *VIT_TINY, "--batch_size", "7")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertEqual(proc.stderr.count("error: --batch_size 7 does not divide over 2 processes"), 1)
+
+
 class TestDefaults(unittest.TestCase):
     def test_reference_defaults_and_derived_names(self):
         lm = engine.parse_config(train_lm.Config, [])

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from data import Windows, index_batches, load_wikitext
-from engine import (TrainConfig, UserError, atomic_write, check, cli, epoch_generator, fit, make_optimizer,
-                    option, parse_config, prepare_run_dir, setup)
+from engine import (TrainConfig, UserError, atomic_write, check, cli, distribute, epoch_generator,
+                    first_process_first, fit, log, make_optimizer, option, parse_config, prepare_run_dir, rank,
+                    setup)
 from models import CORES, LanguageModel, count_params
 
 
@@ -96,16 +97,17 @@ def load_embeddings(path, vocab_size, width):
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
     cfg.exp_id = cfg.exp_id or cfg.default_exp_id("lm")
-    run_dir = prepare_run_dir(cfg)
     device, autocast_dtype = setup(cfg)
-    corpus = load_wikitext(cfg.data_folder, device)
-    print(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
+    run_dir = prepare_run_dir(cfg)
+    with first_process_first():  # under torchrun one process downloads, then the rest read
+        corpus = load_wikitext(cfg.data_folder, device)
+    log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
           + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()) + f"; device {device}")
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed)
     smallest = min(w.num_windows for w in task.windows.values())
     check(cfg.batch_size <= smallest,
           f"--batch_size {cfg.batch_size} is larger than the smallest split ({smallest} windows of {cfg.seq_len})")
-    if corpus.vocab is not None:  # so samples from this run can be decoded later
+    if corpus.vocab is not None and rank() == 0:  # so samples from this run can be decoded later
         atomic_write(run_dir / "vocab.txt", lambda f: f.write(("\n".join(corpus.vocab) + "\n").encode()))
     embeddings = load_embeddings(cfg.embeddings, corpus.vocab_size, cfg.embedding_size) if cfg.embeddings else None
     model = LanguageModel(cfg.model, cfg.layers, corpus.vocab_size, cfg.embedding_size, cfg.hidden_size,
@@ -114,9 +116,9 @@ def main(argv=None):
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                              cfg.weight_decay, device)
     frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
-    print(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
+    log(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
           f"of {count_params(model, False):,} parameters")
-    return fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype,
+    return fit(distribute(model), task, cfg, run_dir, optimizer, device, autocast_dtype,
                extra_config=dict(task="lm", effective_weight_decay=weight_decay, vocab_size=corpus.vocab_size,
                                  data_source=corpus.source))
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from data import augment, index_batches, load_cifar10, normalize
-from engine import (TrainConfig, check, cli, epoch_generator, fit, make_optimizer, option,
-                    parse_config, prepare_run_dir, setup)
+from engine import (TrainConfig, check, cli, distribute, epoch_generator, first_process_first, fit, log,
+                    make_optimizer, option, parse_config, prepare_run_dir, setup)
 from models import VisionTransformer, count_params
 
 
@@ -59,13 +59,13 @@ class ImageTask:
         aug = epoch_generator(self.seed, epoch, "augment")
         for idx, _ in index_batches(len(labels), self.batch_size, order, labels.device):
             x = images[idx]
-            yield (augment(x, aug) if train else normalize(x)), labels[idx]
+            yield (augment(x, aug) if train else normalize(x)), labels[idx], len(idx)
 
     def loss(self, model, batch):
-        images, labels = batch
+        images, labels, count = batch  # count: the whole batch's, though this may be one process's slice
         logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        return loss, len(labels), (logits.argmax(1) == labels).sum()
+        return loss, count, (logits.argmax(1) == labels).sum()
 
     def metric_value(self, loss, accuracy):
         return accuracy
@@ -75,11 +75,12 @@ class ImageTask:
 def main(argv=None):
     cfg = parse_config(Config, argv, __doc__)
     cfg.exp_id = cfg.exp_id or cfg.default_exp_id("vit")
-    run_dir = prepare_run_dir(cfg)
     device, autocast_dtype = setup(cfg)
-    data = load_cifar10(cfg.data_folder, device)
+    run_dir = prepare_run_dir(cfg)
+    with first_process_first():  # under torchrun one process downloads and caches, then the rest read
+        data = load_cifar10(cfg.data_folder, device)
     sizes = {s: len(y) for s, (_, y) in data.splits.items()}
-    print(f"data: {data.source}; " + ", ".join(f"{s} {n}" for s, n in sizes.items()) + f"; device {device}")
+    log(f"data: {data.source}; " + ", ".join(f"{s} {n}" for s, n in sizes.items()) + f"; device {device}")
     check(cfg.batch_size <= min(sizes.values()),
           f"--batch_size {cfg.batch_size} is larger than the smallest split ({min(sizes.values())} images)")
     check(tuple(data.splits["train"][0].shape[1:]) == (3, 32, 32),
@@ -88,9 +89,10 @@ def main(argv=None):
                               cfg.patch_size, num_classes=len(data.classes), dropout=cfg.dropout).to(device)
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                              cfg.weight_decay, device)
-    print(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
-    return fit(model, ImageTask(data, cfg.batch_size, cfg.seed), cfg, run_dir, optimizer, device, autocast_dtype,
-               extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes, data_source=data.source))
+    log(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
+    return fit(distribute(model), ImageTask(data, cfg.batch_size, cfg.seed), cfg, run_dir, optimizer, device,
+               autocast_dtype, extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes,
+                                                 data_source=data.source))
 
 
 if __name__ == "__main__":
