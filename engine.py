@@ -88,6 +88,11 @@ class TrainConfig:
     momentum: float = option(0.9, "momentum of the 'momentum' optimizer")
     weight_decay: float = option(5e-4, "weight decay (sgd, momentum, adamw; adam uses none)")
     dropout: float = option(0.0, "dropout probability")
+    scheduler: str = option("constant", "learning rate after the warmup: constant, or cosine decay to --min_lr "
+                            "(both per step)", ["constant", "cosine"])
+    warmup_epochs: float = option(0.0, "linear warmup from lr/steps to lr over this many epochs (per step)")
+    min_lr: float = option(0.0, "the cosine schedule's final learning rate")
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)")
     seed: int = option(42, "seed of every random generator")
     exp_id: str = option("", "run name; default: derived from the settings")
     log_dir: str = option("logs", "folder that holds one sub-folder per run")
@@ -110,6 +115,10 @@ class TrainConfig:
         check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         check(self.limit_batches >= 0, f"--limit_batches must be >= 0, got {self.limit_batches}")
+        check(0 <= self.warmup_epochs <= self.epochs,
+              f"--warmup_epochs must be in [0, --epochs], got {self.warmup_epochs}")
+        check(0 <= self.min_lr <= self.lr, f"--min_lr must be in [0, --lr], got {self.min_lr}")
+        check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
         check(self.exp_id == "" or ("/" not in self.exp_id and self.exp_id not in (".", "..")),
               f"--exp_id must be a plain name, got {self.exp_id!r}")
@@ -290,6 +299,26 @@ def shard(batch):
     return tuple(torch.tensor_split(b, world)[rank()] if torch.is_tensor(b) else b for b in batch)
 
 
+def lr_factor(step, total_steps, warmup_steps, kind="constant", min_ratio=0.0):
+    """The learning rate at optimizer step `step` (0-based) as a fraction of the peak: a linear
+    warmup to 1 over warmup_steps, then constant or a cosine decay to min_ratio at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(cfg, optimizer, steps_per_epoch):
+    """A per-step LambdaLR for --scheduler/--warmup_epochs/--min_lr, or None when the rate is fixed."""
+    if cfg.scheduler == "constant" and cfg.warmup_epochs == 0:
+        return None
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg.scheduler, cfg.min_lr / cfg.lr))
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -323,7 +352,7 @@ def fault_point(*where):
 
 
 def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, scaler=None,
-              limit_batches=0, progress=False, refresh_every=50):
+              limit_batches=0, progress=False, refresh_every=50, scheduler=None, grad_clip=0.0):
     """Train (with an optimizer) or evaluate `model` on one pass over `split`.
 
     Losses are summed on the device and divided once at the end: the result is the exact mean
@@ -355,11 +384,18 @@ def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, 
                 loss = loss_sum * world / batch_count
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    if grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
+                    if grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             sums += torch.stack([loss_sum.detach().double(), correct.double()])
             count += batch_count
             if FAULT and training:
@@ -554,6 +590,9 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
                "valid_time", "elapsed", f"{task.unit}_per_s", "peak_mem_mb", "mem_pct"]
     config = dict(dataclasses.asdict(cfg), **(extra_config or {}))
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    if scheduler is None:
+        steps = task.num_batches("train")
+        scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.limit_batches) if cfg.limit_batches else steps)
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
     stateful = dict(model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     main = rank() == 0  # under torchrun only the first process writes and prints
@@ -581,7 +620,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
     progress = not cfg.no_progress
     for epoch in range(start_epoch, cfg.epochs + 1):
         train = run_epoch(model, task, "train", epoch, optimizer, autocast_dtype, scaler,
-                          cfg.limit_batches, progress)
+                          cfg.limit_batches, progress, scheduler=scheduler, grad_clip=cfg.grad_clip)
         valid = run_epoch(model, task, "valid", epoch, None, autocast_dtype, None, cfg.limit_batches, progress)
         elapsed = (history[-1]["elapsed"] if history else 0.0) + train["seconds"] + valid["seconds"]
         mem_mb, mem_pct = peak_memory(device)

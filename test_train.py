@@ -438,6 +438,70 @@ class TestDistributed(CliCase):
         self.assertEqual(proc.stderr.count("error: --batch_size 7 does not divide over 2 processes"), 1)
 
 
+class TestRecipeFlags(CliCase):
+    def test_schedule_values(self):
+        f = lambda step: engine.lr_factor(step, 100, 10, "cosine", 0.1)  # noqa: E731
+        self.assertAlmostEqual(f(0), 0.1)            # warmup starts at lr / warmup_steps
+        self.assertAlmostEqual(f(9), 1.0)            # and peaks at the end of the warmup
+        self.assertAlmostEqual(f(10), 1.0)
+        self.assertAlmostEqual(f(55), 0.55)          # halfway down the cosine: (1 + 0.1) / 2
+        self.assertAlmostEqual(f(100), 0.1)          # min_lr at the end
+        self.assertTrue(all(f(s) >= f(s + 1) for s in range(10, 100)))
+        self.assertEqual(engine.lr_factor(50, 100, 10, "constant"), 1.0)
+
+    def test_cosine_with_warmup_in_the_csv_and_resume(self):
+        args = ("--scheduler", "cosine", "--warmup_epochs", "1", "--min_lr", "1e-5", "--lr", "1e-3", "--dropout", "0.1")
+        run_dir, _, _ = self.vit(*args, "--epochs", "3", exp_id="whole")
+        lrs = [float(r["lr"]) for r in read_csv(run_dir / "metrics.csv")]
+        self.assertAlmostEqual(lrs[0], 1e-3)         # the warmup ends with epoch 1
+        self.assertTrue(1e-5 < lrs[1] < 1e-3)
+        self.assertAlmostEqual(lrs[2], 1e-5)
+        # killed after its epoch-2 checkpoint, then resumed: the schedule continues where it was
+        argv = [sys.executable, "train_vit.py", "--data_folder", str(self.tmp / "images"), "--log_dir",
+                str(self.logs), "--exp_id", "part", *VIT_TINY, *args, "--epochs", "3"]
+        killed = subprocess.run(argv, cwd=HERE, env=dict(os.environ, TRAINER_FAULT="checkpoint:2"),
+                                capture_output=True, text=True, timeout=300)
+        self.assertEqual(killed.returncode, -signal.SIGKILL, killed.stderr)
+        resumed = subprocess.run(argv + ["--resume"], cwd=HERE, capture_output=True, text=True, timeout=300)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(results(self.logs / "part"), results(run_dir))
+
+    def test_label_smoothing_on_a_known_case_and_only_in_training(self):
+        logits = torch.tensor([[2.0, 0.0, 0.0]])
+
+        class Fixed(torch.nn.Module):
+            def forward(self, x):
+                return logits
+
+        task = train_vit.ImageTask(None, 1, 0, label_smoothing=0.3)
+        model = Fixed()
+        log_p = torch.log_softmax(logits, 1)[0]
+        target = torch.tensor([0.3 / 3 + 0.7, 0.1, 0.1])  # (1 - eps) one-hot + eps / classes
+        loss, count, correct = task.loss(model.train(), (None, torch.tensor([0]), 1))
+        self.assertAlmostEqual(loss.item(), -(target * log_p).sum().item(), places=5)
+        loss, _, _ = task.loss(model.eval(), (None, torch.tensor([0]), 1))
+        self.assertAlmostEqual(loss.item(), -log_p[0].item(), places=5)
+
+    def test_grad_clip_bounds_the_update(self):
+        model = torch.nn.Linear(4, 1)
+
+        class Task:
+            metric, maximize, unit = "acc", True, "images"
+            num_batches = staticmethod(lambda split: 1)
+            batches = staticmethod(lambda split, epoch: iter([torch.full((8, 4), 100.0)]))
+
+            def loss(self, m, batch):
+                return (m(batch) ** 2).sum(), 8, torch.zeros(())
+
+            def metric_value(self, loss, accuracy):
+                return accuracy
+
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        engine.run_epoch(model, Task(), "train", 1, torch.optim.SGD(model.parameters(), lr=1.0), grad_clip=0.01)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        self.assertLessEqual((after - before).norm().item(), 0.01 + 1e-6)
+
+
 class TestDefaults(unittest.TestCase):
     def test_reference_defaults_and_derived_names(self):
         lm = engine.parse_config(train_lm.Config, [])

@@ -29,6 +29,7 @@ class Config(TrainConfig):
     hidden_dim: int = option(512, "MLP hidden width")
     num_heads: int = option(8, "attention heads")
     patch_size: int = option(4, "patch side in pixels")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation stays plain)")
 
     def validate(self):
         super().validate()
@@ -37,6 +38,7 @@ class Config(TrainConfig):
         check(self.hidden_dim >= 1, f"--hidden_dim must be at least 1, got {self.hidden_dim}")
         check(self.patch_size >= 1 and 32 % self.patch_size == 0,
               f"--patch_size must divide the image size 32, got {self.patch_size}")
+        check(0 <= self.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def name_fields(self):
         return ["block"] + super().name_fields()
@@ -46,8 +48,8 @@ class ImageTask:
     """CIFAR-10 classification: augmented shuffled batches for training, plain ones otherwise."""
     metric, maximize, unit = "acc", True, "images"
 
-    def __init__(self, data, batch_size, seed):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+    def __init__(self, data, batch_size, seed, label_smoothing=0.0):
+        self.data, self.batch_size, self.seed, self.label_smoothing = data, batch_size, seed, label_smoothing
 
     def num_batches(self, split):
         return math.ceil(len(self.data.splits[split][1]) / self.batch_size)
@@ -64,7 +66,8 @@ class ImageTask:
     def loss(self, model, batch):
         images, labels, count = batch  # count: the whole batch's, though this may be one process's slice
         logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        smoothing = self.label_smoothing if model.training else 0.0  # valid and test losses stay comparable
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=smoothing)
         return loss, count, (logits.argmax(1) == labels).sum()
 
     def metric_value(self, loss, accuracy):
@@ -90,7 +93,7 @@ def main(argv=None):
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                              cfg.weight_decay, device)
     log(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
-    return fit(distribute(model), ImageTask(data, cfg.batch_size, cfg.seed), cfg, run_dir, optimizer, device,
+    return fit(distribute(model), ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing), cfg, run_dir, optimizer, device,
                autocast_dtype, extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes,
                                                  data_source=data.source))
 
