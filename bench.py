@@ -11,7 +11,6 @@ analytic training FLOPs (3x the forward's matmul FLOPs) per second over that cei
 """
 import argparse
 import json
-import math
 import platform
 import sys
 import time

@@ -115,10 +115,10 @@ def _load_text_files(folder, device):
     return Corpus(splits, len(vocab), vocab, f"word-level text (train/valid/test.txt) in {folder}")
 
 
-def download_wikitext(folder, urls=WIKITEXT_URLS, md5=WIKITEXT_MD5):
+def download_wikitext(folder, urls=None, md5=None):
     """Fetch the word-level archive over HTTPS, verify its checksum, then move the three files into
     place atomically. Offline, fail with a message naming the files to put where."""
-    folder = Path(folder)
+    folder, urls, md5 = Path(folder), urls or WIKITEXT_URLS, md5 or WIKITEXT_MD5
     errors = []
     for url in urls:
         try:

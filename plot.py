@@ -97,8 +97,12 @@ class Group:
         self.m, _, self.maximize, _ = TASKS[self.task]
         c = runs[0].config
         self.config = c
-        self.architecture = (f"ViT {c.get('block')}" if self.task == "vit" else
-                             c.get("model", "?").upper() if c.get("model") != "transformer" else f"Transformer {c.get('block')}")
+        if self.task == "vit":
+            self.architecture = f"ViT {c.get('block')}"
+        elif c.get("model") == "transformer":
+            self.architecture = f"Transformer {c.get('block')}"
+        else:
+            self.architecture = c.get("model", "?").upper()
         self.finished = [r for r in runs if r.summary]
 
     def best(self, values):
@@ -143,7 +147,8 @@ def tables(groups, task):
         head = [g.architecture, c.get("layers"), c.get("optimizer"), g.name]
         stats = dict(best_train=g.best_of(f"train_{m}"), best_valid=g.best_of(f"valid_{m}"),
                      test=g.summary_value(f"test_{m}"), best_test=g.summary_value(f"best_test_{m}"),
-                     params=g.summary_value("params_learnable"), memory=g.stat(lambda r: max(row["peak_mem_mb"] for row in r.rows) if r.rows else None),
+                     params=g.summary_value("params_learnable"),
+                     memory=g.stat(lambda r: max(row["peak_mem_mb"] for row in r.rows) if r.rows else None),
                      mem_pct=g.stat(lambda r: max(row["mem_pct"] for row in r.rows) if r.rows else None),
                      train_s=g.stat(lambda r: np.mean([row["train_time"] for row in r.rows]) if r.rows else None),
                      valid_s=g.stat(lambda r: np.mean([row["valid_time"] for row in r.rows]) if r.rows else None))
@@ -240,7 +245,8 @@ def findings(groups, task):
         pick = (max if maximize else min)(selectable, key=lambda g: g.best_of(f"valid_{m}")[0])
         lines.append(f"- Best generalisation, selected on validation: **{pick.name}**, best valid {label} "
                      f"{fmt(*pick.best_of(f'valid_{m}'))}, test {label} of that model "
-                     f"{fmt(*pick.summary_value(f'best_test_{m}'))} (final model: {fmt(*pick.summary_value(f'test_{m}'))}).")
+                     f"{fmt(*pick.summary_value(f'best_test_{m}'))} "
+                     f"(final model: {fmt(*pick.summary_value(f'test_{m}'))}).")
     for pair in pairs_by(groups, "block"):
         if {"prenorm", "postnorm"} <= set(pair):
             pre, post = pair["prenorm"], pair["postnorm"]
@@ -253,7 +259,7 @@ def findings(groups, task):
                          + (f"; gap (pre - post) {gap:+.4f}." if gap is not None else "."))
     unfinished = [r for g in groups for r in g.runs if not r.summary]
     if unfinished:
-        lines.append(f"- Unfinished (plotted as far as they got, no test result): "
+        lines.append("- Unfinished (plotted as far as they got, no test result): "
                      + ", ".join(f"{r.path.name} ({len(r.rows)} epochs)" for r in unfinished) + ".")
     return lines + [""]
 

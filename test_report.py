@@ -157,7 +157,8 @@ class TestPlot(TempDir):
                       dict(params_learnable=3195146, test_acc=test - 0.01, best_test_acc=test, best_epoch=3))
         write_run(logs, "vit_L6_post_s1", dict(base, block="postnorm", seed=1), vit_rows([0.4, 0.5, 0.55], 20.0),
                   dict(params_learnable=3195146, test_acc=0.5, best_test_acc=0.54, best_epoch=3))
-        write_run(logs, "vit_L2_s1", dict(base, layers=2, block="prenorm", seed=1), vit_rows([0.3], 12.0), None)  # unfinished
+        write_run(logs, "vit_L2_s1", dict(base, layers=2, block="prenorm", seed=1), vit_rows([0.3], 12.0),
+                  None)  # unfinished: no summary
         write_run(logs, "vit_broken_s1", dict(base, block="prenorm", seed=1), [], None)  # died before epoch 1
         return logs
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import engine
 import train_lm
 import train_vit
-from data import Windows, load_wikitext
+from data import Windows
 from models import LanguageModel
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
 
@@ -98,7 +98,8 @@ class TestLanguageModelCli(CliCase):
             with self.subTest(core=core):
                 run_dir, out, _ = self.lm("--model", core, "--layers", "2", "--epochs", "2", exp_id=core)
                 self.assertEqual(sorted(p.name for p in run_dir.iterdir()),
-                                 ["best.pt", "checkpoint.pt", "config.json", "metrics.csv", "summary.json", "vocab.txt"])
+                                 ["best.pt", "checkpoint.pt", "config.json", "metrics.csv", "summary.json",
+                                  "vocab.txt"])
                 rows = read_csv(run_dir / "metrics.csv")
                 self.assertEqual(list(rows[0]), LM_COLUMNS)
                 self.assertEqual([r["epoch"] for r in rows], ["1", "2"])
@@ -399,7 +400,8 @@ class TestDistributed(CliCase):
         rows_a, summary_a = results(self.logs / a)
         rows_b, summary_b = results(self.logs / b)
         self.assertEqual(len(rows_a), len(rows_b))
-        pairs = [(f"{k} (epoch {ra['epoch']})", float(ra[k]), float(rb[k])) for ra, rb in zip(rows_a, rows_b) for k in ra]
+        pairs = [(f"{k} (epoch {ra['epoch']})", float(ra[k]), float(rb[k]))
+                 for ra, rb in zip(rows_a, rows_b) for k in ra]
         pairs += [(k, v, summary_b[k]) for k, v in summary_a.items() if isinstance(v, float)]
         for key, x, y in pairs:
             self.assertLessEqual(abs(x - y), rel * max(1.0, abs(y)), key)

@@ -10,7 +10,6 @@ torchvision's CIFAR-10 (downloaded there when missing).
 import dataclasses
 import math
 
-import torch
 import torch.nn.functional as F
 
 from data import augment, index_batches, load_cifar10, normalize
@@ -93,9 +92,10 @@ def main(argv=None):
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                              cfg.weight_decay, device)
     log(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
-    return fit(distribute(model), ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing), cfg, run_dir, optimizer, device,
-               autocast_dtype, extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes,
-                                                 data_source=data.source))
+    task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing)
+    return fit(distribute(model), task, cfg, run_dir, optimizer, device, autocast_dtype,
+               extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes,
+                                 data_source=data.source))
 
 
 if __name__ == "__main__":
