@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
+import generate
 import train_lm
 import train_vit
 from data import Windows
@@ -502,6 +503,46 @@ class TestRecipeFlags(CliCase):
         engine.run_epoch(model, Task(), "train", 1, torch.optim.SGD(model.parameters(), lr=1.0), grad_clip=0.01)
         after = torch.cat([p.detach().flatten() for p in model.parameters()])
         self.assertLessEqual((after - before).norm().item(), 0.01 + 1e-6)
+
+
+class TestGenerate(CliCase):
+    def test_word_level_samples_are_text_and_repeat_with_a_seed(self):
+        for core in ("lstm", "transformer"):
+            with self.subTest(core=core):
+                run_dir, _, _ = self.lm("--model", core, "--epochs", "2", "--lr", "0.01", exp_id=core)
+                argv = ["--run", str(run_dir), "--words", "20", "--top_k", "5", "--temperature", "0.8",
+                        "--prompt", "the cat zebra"]
+                code, first, err = run(generate.main, argv + ["--seed", "1"])
+                self.assertEqual(code, 0, err)
+                self.assertIn("warning: not in the vocabulary, read as <unk>: zebra", err)
+                words = first.split()
+                vocab = set((run_dir / "vocab.txt").read_text().split())
+                self.assertTrue(words and set(words) <= vocab - {"<pad>"}, first)
+                self.assertEqual(run(generate.main, argv + ["--seed", "1"])[1], first)
+                self.assertNotEqual(run(generate.main, argv + ["--seed", "2"])[1], first)
+
+    def test_recurrent_sampling_with_state_equals_rereading_the_context(self):
+        model, _, _ = generate.load_run(self.lm("--epochs", "1")[0])
+        with_state = generate.sample(model, [3, 4, 5], 10, generator=torch.Generator().manual_seed(0))
+
+        class Stateless(torch.nn.Module):  # the same model, made to reread its whole context
+            def forward(self, tokens, state=None):
+                return model(tokens)[0], None
+
+        rereading = generate.sample(Stateless(), [3, 4, 5], 10, generator=torch.Generator().manual_seed(0))
+        self.assertEqual(with_state, rereading)
+
+    def test_token_id_runs_print_ids_and_say_why(self):
+        run_dir, _, _ = self.lm("--epochs", "1", data=write_token_files(self.tmp / "tok"))
+        code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "5", "--prompt", "3 7 9"])
+        self.assertEqual(code, 0, err)
+        self.assertIn("no vocab.txt", err)
+        ids = [int(t) for t in out.split()]
+        self.assertEqual(len(ids), 5)
+        self.assertTrue(all(0 < i < 50 for i in ids))
+        code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "the cat"])
+        self.assertEqual(code, 2)
+        self.assert_refused(err, "token ids")
 
 
 class TestDefaults(unittest.TestCase):

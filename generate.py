@@ -1,0 +1,106 @@
+"""Sample from a trained language model run (its best-validation weights).
+
+    python generate.py --run logs/lm_lstm_L1_adam_s42 --words 100 --temperature 0.8 --top_k 40 \
+        --prompt "the meaning of" --seed 1
+
+Word-level runs keep their vocabulary (vocab.txt), so samples come back as text and unknown
+prompt words become <unk> with a warning. Runs on token-id files have no vocabulary: the prompt is
+then token ids and the sample is printed as ids.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from engine import UserError, check, cli, load_torch
+from models import LanguageModel
+
+
+def load_run(run_dir):
+    run_dir = Path(run_dir)
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir} is not a readable run directory ({e})") from None
+    check(config.get("task") == "lm", f"{run_dir} is not a language-model run")
+    check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
+    model = LanguageModel(config["model"], config["layers"], config["vocab_size"], config["embedding_size"],
+                          config["hidden_size"], 0.0, None, False, config["seq_len"], config["block"],
+                          config["num_heads"], config["mlp_dim"])
+    model.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+    vocab_file = run_dir / "vocab.txt"
+    vocab = vocab_file.read_text(encoding="utf-8").split("\n")[:-1] if vocab_file.exists() else None
+    return model.eval(), config, vocab
+
+
+def encode(prompt, vocab):
+    """Prompt -> token ids, and the words that were not in the vocabulary."""
+    if vocab is None:
+        try:
+            return [int(t) for t in prompt.split()], []
+        except ValueError:
+            raise UserError("this run was trained on token ids and has no vocab.txt: give --prompt as "
+                            "space-separated token ids") from None
+    index = {w: i for i, w in enumerate(vocab)}
+    words = prompt.split() or ["<eos>"]  # an empty prompt starts a new line
+    return [index.get(w, index["<unk>"]) for w in words], [w for w in words if w not in index]
+
+
+@torch.no_grad()
+def sample(model, ids, count, temperature=1.0, top_k=0, generator=None, max_len=256):
+    """Extend ids by `count` sampled tokens. A recurrent core carries its state, so only the new
+    token is fed; a core without state (the transformer) rereads the last max_len tokens."""
+    tokens = list(ids)
+    logits, state = model(torch.tensor([tokens[-max_len:]]))
+    for _ in range(count):
+        scores = logits[0, -1].float() / max(temperature, 1e-6)
+        scores[0] = float("-inf")  # padding is never a word
+        if top_k:
+            kth = torch.topk(scores, min(top_k, scores.numel() - 1)).values[-1]
+            scores[scores < kth] = float("-inf")
+        nxt = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
+        tokens.append(nxt)
+        if state is not None:
+            logits, state = model(torch.tensor([[nxt]]), state)
+        else:
+            logits, _ = model(torch.tensor([tokens[-max_len:]]))
+    return tokens[len(ids):]
+
+
+def decode(ids, vocab):
+    return " ".join("\n" if vocab[i] == "<eos>" else vocab[i] for i in ids).replace(" \n ", "\n")
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run directory of train_lm.py")
+    parser.add_argument("--words", type=int, default=100, help="tokens to sample")
+    parser.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder")
+    parser.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    parser.add_argument("--prompt", default="", help="words (or token ids for token-id runs) to continue")
+    parser.add_argument("--seed", type=int, default=1, help="the same seed gives the same sample")
+    args = parser.parse_args(argv)
+    check(args.words >= 1, f"--words must be at least 1, got {args.words}")
+    check(args.temperature > 0, f"--temperature must be positive, got {args.temperature}")
+    check(args.top_k >= 0, f"--top_k must be >= 0, got {args.top_k}")
+    model, config, vocab = load_run(args.run)
+    ids, unknown = encode(args.prompt, vocab)
+    check(ids, "--prompt is empty: give token ids to start from")
+    check(all(0 < i < config["vocab_size"] for i in ids), f"prompt ids must lie in 1..{config['vocab_size'] - 1}")
+    if unknown:
+        print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
+    out = sample(model, ids, args.words, args.temperature, args.top_k,
+                 torch.Generator().manual_seed(args.seed), config["seq_len"])
+    if vocab is None:
+        print("(this run was trained on token ids and has no vocab.txt, so the sample is token ids)",
+              file=sys.stderr)
+        print(" ".join(map(str, out)))
+    else:
+        print(decode(out, vocab))
+
+
+if __name__ == "__main__":
+    main()
