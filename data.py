@@ -7,6 +7,7 @@ download or an ImageFolder tree), batch iteration from seeded generators, and ba
 Everything a model sees is decoded once and kept on the training device; a batch is an index
 gather, never a per-sample Python call.
 """
+import functools
 import hashlib
 import io
 import math
@@ -333,12 +334,14 @@ def _decode(files):
 def normalize(images, mean=CIFAR_MEAN, std=CIFAR_STD):
     """Pixel values 0..255 (B, C, H, W), uint8 or float -> float, scaled to [0, 1] then standardised
     per channel."""
-    scale, shift = _standardise(images.device, mean, std)
+    scale, shift = _standardise(images.device, tuple(mean), tuple(std))
     return torch.addcmul(shift, images.float(), scale)
 
 
+@functools.lru_cache(maxsize=None)
 def _standardise(device, mean=CIFAR_MEAN, std=CIFAR_STD):
-    """x * scale + shift maps 0..255 pixel values to standardised ones, per channel."""
+    """x * scale + shift maps 0..255 pixel values to standardised ones, per channel. Cached: making
+    a CUDA tensor from Python numbers is a blocking copy, which must not happen every batch."""
     scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
     return scale, shift
