@@ -26,7 +26,6 @@ from engine import UserError, check
 
 # ------------------------------------------------------------------------------------ Wikitext-2
 
-SPLITS = ("train", "valid", "test")
 TOKEN_FILES = {"train": "wiki.train.npz", "valid": "wiki.validation.npz", "test": "wiki.test.npz"}
 TEXT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
 GPT1_VOCAB_SIZE = 40479  # OpenAI GPT-1 BPE, as the reference model (ids 1..40472 occur)

@@ -63,10 +63,11 @@ def read_run(path):
 
 
 def find_runs(log_dirs, out_dir):
-    runs = []
+    """Every run under log_dirs, except anything inside the report folder out_dir."""
+    runs, out_dir = [], out_dir.resolve()
     for log_dir in log_dirs:
         for config in sorted(Path(log_dir).rglob("config.json")):
-            if out_dir in config.parents:
+            if out_dir in config.resolve().parents:
                 continue
             run = read_run(config.parent)
             if run is not None:
@@ -270,7 +271,7 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
-    runs = find_runs(args.log_dir, out_dir.resolve()) if out_dir.exists() else find_runs(args.log_dir, out_dir)
+    runs = find_runs(args.log_dir, out_dir)
     if not runs:
         print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)
         return 2

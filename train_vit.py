@@ -57,7 +57,7 @@ class ImageTask:
         images, labels = self.data.splits[split]
         train = split == "train"
         order = epoch_generator(self.seed, epoch, "shuffle") if train else None
-        aug = epoch_generator(self.seed, epoch, "augment")
+        aug = epoch_generator(self.seed, epoch, "augment") if train else None
         for idx, _ in index_batches(len(labels), self.batch_size, order, labels.device):
             x = images[idx]
             yield (augment(x, aug) if train else normalize(x)), labels[idx], len(idx)
