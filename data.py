@@ -150,13 +150,22 @@ def download_wikitext(folder, urls=None, md5=None):
 class Windows:
     """A token stream cut into windows of `seq_len` inputs and the `seq_len` next tokens as targets
     (the reference's break_mode=none). The last window is padded with id 0, and padding is never a
-    target, so every token after the first is scored exactly once per pass."""
+    target, so every token after the first is scored exactly once per pass.
 
-    def __init__(self, stream, seq_len):
+    With `streams` = B, the windows are also read as B contiguous streams of `per_stream` windows
+    each (the number of windows is rounded up to B * per_stream, the extra ones all padding):
+    `stream_order()` lists them so that consecutive groups of B are window s of every stream,
+    s = 0, 1, ...: the standard batching of recurrent LMs, whose state flows from one window to
+    the next of the same stream."""
+
+    def __init__(self, stream, seq_len, streams=None):
         n = stream.numel()
         check(n >= 2, "a split needs at least 2 tokens")
         self.seq_len, self.num_targets = seq_len, n - 1
         self.num_windows = math.ceil((n - 1) / seq_len)
+        if streams:
+            self.per_stream = math.ceil(self.num_windows / streams)
+            self.num_windows = streams * self.per_stream
         self.padded = F.pad(stream, (0, self.num_windows * seq_len + 1 - n))
         self.offsets = torch.arange(seq_len + 1, device=stream.device)
 
@@ -166,11 +175,13 @@ class Windows:
         return seq[:, :-1], seq[:, 1:]
 
     def targets_in(self, idx_host):
-        """Real (unpadded) targets in windows `idx_host`, counted on the host without a sync: every
-        window has seq_len of them except the last, which lacks its padding."""
-        padding = self.num_windows * self.seq_len - self.num_targets
-        has_last = bool((idx_host == self.num_windows - 1).any())
-        return len(idx_host) * self.seq_len - padding * has_last
+        """Real (unpadded) targets in windows `idx_host`, counted on the host without a sync: window
+        w holds those of positions w * seq_len + 1 ... (w + 1) * seq_len that exist."""
+        return int((self.num_targets - idx_host * self.seq_len).clamp(0, self.seq_len).sum())
+
+    def stream_order(self):
+        """Window indices, B streams interleaved: stream k's window s comes at position s * B + k."""
+        return torch.arange(self.num_windows).view(-1, self.per_stream).T.flatten()
 
 
 def to_device(tensor, device):
@@ -181,10 +192,12 @@ def to_device(tensor, device):
     return tensor.to(device)
 
 
-def index_batches(n, batch_size, generator=None, device="cpu"):
+def index_batches(n, batch_size, generator=None, device="cpu", order=None):
     """Yield (device indices, host indices) over range(n) in batches; shuffled when a generator is
-    given. The last batch may be smaller, so every example is used exactly once."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    given, in `order` when one is given. The last batch may be smaller, so every example is used
+    exactly once."""
+    if order is None:
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order_dev = to_device(order, device)
     for start in range(0, n, batch_size):
         yield order_dev[start:start + batch_size], order[start:start + batch_size]
@@ -368,45 +381,196 @@ def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1),
     return top, left, h, w
 
 
-def resize_matrices(start, length, size, out_size, reverse=None):
+def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
     """Bilinear interpolation (align_corners=False, edges clamped) as matrices: row i of matrix b
     weights the input pixels that output pixel i of the crop [start[b], start[b] + length[b]) reads;
-    where reverse[b], row i reads what row out_size - 1 - i would (a flip, at no extra cost).
+    where reverse[b], row i reads what row out_size - 1 - i would (a flip, at no extra cost); with
+    shift[b] = t, row i reads what row i - t would, and rows that fall outside are zero (a random
+    translation with zero padding, as RandomCrop(padding=...) after the resize).
     (B,) int tensors -> (B, out_size, size)."""
     B = start.shape[0]
     i = torch.arange(out_size, dtype=torch.float32, device=start.device).expand(B, out_size)
+    inside = None
+    if shift is not None:
+        i = i - shift[:, None]
+        inside = ((i >= 0) & (i < out_size)).float()
     if reverse is not None:
         i = torch.where(reverse[:, None], out_size - 1 - i, i)
     src = start[:, None] + (i + 0.5) * (length[:, None].float() / out_size) - 0.5  # (B, out)
     lo = src.floor()
     frac = src - lo
     lo = lo.long()
+    w_lo, w_hi = 1 - frac, frac
+    if inside is not None:
+        w_lo, w_hi = w_lo * inside, w_hi * inside
     m = torch.zeros(B, out_size, size, device=start.device)
-    m.scatter_add_(2, lo.clamp(0, size - 1)[..., None], (1 - frac)[..., None])
-    m.scatter_add_(2, (lo + 1).clamp(0, size - 1)[..., None], frac[..., None])
+    m.scatter_add_(2, lo.clamp(0, size - 1)[..., None], w_lo[..., None])
+    m.scatter_add_(2, (lo + 1).clamp(0, size - 1)[..., None], w_hi[..., None])
     return m
 
 
-def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1)):
-    """The reference's training augmentation (RandomHorizontalFlip, RandomResizedCrop to the same
-    size, bilinear), batched: per-image parameters from `generator`, then the crop-and-resize of the
-    whole batch as two small batched matmuls on the images' device (bilinear resizing is separable:
-    out = Ry @ image @ Rx^T; a flip reverses the rows of Rx). uint8 (B, C, H, W) -> normalised float.
-    Equal to torchvision's bilinear resize of the crop box (antialias off), except that pixels at the
-    box's edge may read the pixel just beyond it, as grid_sample with border padding would."""
+AUGMENTS = ("reference", "strong")
+
+
+def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), policy="reference", pad=4):
+    """The training augmentation, batched: per-image parameters from `generator`, then the work for
+    the whole batch on the images' device. uint8 (B, C, H, W) -> normalised float.
+
+    reference: the reference's RandomHorizontalFlip and RandomResizedCrop (same size, bilinear),
+    as two small batched matmuls (bilinear resizing is separable: out = Ry @ image @ Rx^T; a flip
+    reverses the rows of Rx). Equal to torchvision's bilinear resize of the crop box (antialias
+    off), except that pixels at the box's edge may read the pixel just beyond it, as grid_sample
+    with border padding would.
+    strong: the same, then a random translation by up to `pad` pixels with zero padding (pad and
+    crop, folded into the same matrices, so it costs nothing), then one TrivialAugment-style
+    operation per image (see `trivial_augment`)."""
     B, C, H, W = images.shape
     top, left, h, w = crop_params(B, H, W, generator, scale, ratio)
     flips = torch.rand(B, generator=generator) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
-    # The draws come from a CPU generator (the same numbers on every device); only these 5 x B
+    strong = policy == "strong"
+    if policy not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {policy!r}; choose from {', '.join(AUGMENTS)}")
+    shifts = torch.randint(-pad, pad + 1, (2, B), generator=generator) if strong else torch.zeros(2, B, dtype=torch.long)
+    # The draws come from a CPU generator (the same numbers on every device); only these 7 x B
     # numbers cross to the device, where the matrices are built.
-    top, left, h, w, flips = to_device(torch.stack([top, left, h, w, flips.long()]), images.device)
-    ry = resize_matrices(top, h, H, H)
-    rx = resize_matrices(left, w, W, W, reverse=flips.bool())
+    top, left, h, w, flips, dy, dx = to_device(torch.cat([torch.stack([top, left, h, w, flips.long()]), shifts]),
+                                               images.device)
+    ry = resize_matrices(top, h, H, H, shift=dy if strong else None)
+    rx = resize_matrices(left, w, W, W, reverse=flips.bool(), shift=dx if strong else None)
     # Ry @ image @ Rx^T for every image and channel: the columns of all channels in one batched
     # matmul (B, C*H, W) @ (B, W, W), then the rows (B, 1, H, H) @ (B, C, H, W). The fastest order
     # measured (an einsum is 1.4x slower). Each row of R sums to 1, so normalising after the
     # resize equals normalising before it, in one pass instead of two.
     x = images.float().view(B, C * H, W) @ rx.transpose(1, 2)
     x = ry[:, None] @ x.view(B, C, H, W)
+    if strong:
+        x = trivial_augment(x, generator)
     scale, shift = _standardise(x.device)
     return x.mul_(scale).add_(shift)  # in place: x is this function's own fresh tensor
+
+
+# TrivialAugment (Mueller & Hutter 2021): one operation per image, drawn uniformly, with a magnitude
+# drawn uniformly in [0, 1] (and a random sign where it has one), scaled to the operation's range.
+# The ranges are RandAugment's (TrivialAugment's "RA" space), milder than torchvision's "Wide" one,
+# which suits a small ViT trained for tens of epochs. Magnitude 0 is the identity for every
+# operation that has one; autocontrast has none (as in torchvision).
+TA_OPS = ("identity", "brightness", "contrast", "saturation", "sharpness", "posterize", "solarize",
+          "autocontrast", "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+TA_RANGES = dict(brightness=0.9, contrast=0.9, saturation=0.9, sharpness=0.9,  # factor 1 +- 0.9 m
+                 posterize=4,          # bits 8 - round(4 |m|), 8 (identity) down to 4
+                 solarize=255.0,       # invert pixels above 255 (1 - |m|)
+                 rotate=30.0,          # degrees
+                 shear_x=0.3, shear_y=0.3,
+                 translate_x=150 / 331, translate_y=150 / 331)  # fraction of the side, in whole pixels
+GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")  # last in TA_OPS: one block
+
+
+def trivial_augment(x, generator, ops=None, magnitudes=None):
+    """One TrivialAugment operation per image of x (float (B, C, H, W), pixel values 0..255), batched:
+    the images are grouped by operation (the draws are on the host, so the grouping costs no device
+    sync), each group is transformed at once, and the geometric ones share one grid_sample (nearest,
+    zero fill, as torchvision's default). `ops` (indices into TA_OPS) and signed `magnitudes` in
+    [-1, 1] (B,) may be given instead of drawn. Returns a new tensor."""
+    B = x.shape[0]
+    if ops is None:
+        ops = torch.randint(len(TA_OPS), (B,), generator=generator)
+        sign = torch.randint(2, (B,), generator=generator) * 2 - 1
+        magnitudes = torch.rand(B, generator=generator) * sign
+    ops, magnitudes = torch.as_tensor(ops), torch.as_tensor(magnitudes, dtype=torch.float32)
+    order = torch.argsort(ops, stable=True)
+    counts = torch.bincount(ops, minlength=len(TA_OPS)).tolist()  # host tensors: no sync
+    packed = to_device(torch.stack([order.float(), magnitudes[order]]), x.device)
+    order_dev, m = packed[0].long(), packed[1]
+    xs = x[order_dev]
+    start, geo_start = 0, None
+    for name, n in zip(TA_OPS, counts):
+        if name == GEOMETRIC[0]:
+            geo_start = start
+        if n and name not in GEOMETRIC and name != "identity":
+            xs[start:start + n] = _COLOUR_OPS[name](xs[start:start + n], m[start:start + n])
+        start += n
+    if geo_start < B:
+        xs[geo_start:] = _affine(xs[geo_start:], ops[order[geo_start:]], m[geo_start:])
+    return torch.empty_like(x).index_copy_(0, order_dev, xs)
+
+
+def _grey(x):  # (n, 3, H, W) -> (n, 1, H, W), ITU-R 601 luma as PIL and torchvision
+    return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] == 3 else x
+
+
+def _blend(x, other, factor):  # other + factor (x - other), clamped; factor 1 is the identity
+    return (other + factor.view(-1, 1, 1, 1) * (x - other)).clamp_(0, 255)
+
+
+def _sharpen_base(x):
+    """PIL's SMOOTH filter on the interior, the border kept (as torchvision's adjust_sharpness)."""
+    C = x.shape[1]
+    k = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device) / 13
+    blurred = x.clone()
+    blurred[:, :, 1:-1, 1:-1] = F.conv2d(x, k.expand(C, 1, 3, 3), groups=C)
+    return blurred
+
+
+def _posterize(x, m):
+    step = 2.0 ** torch.round(TA_RANGES["posterize"] * m.abs()).view(-1, 1, 1, 1)  # 2^(8 - bits)
+    return torch.where(step > 1, torch.floor(x / step) * step, x)
+
+
+def _autocontrast(x, m):
+    lo, hi = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+    return torch.where(hi > lo, ((x - lo) * (255 / (hi - lo).clamp(min=1e-6))).clamp_(0, 255), x)
+
+
+_COLOUR_OPS = {
+    "brightness": lambda x, m: _blend(x, torch.zeros_like(x), 1 + TA_RANGES["brightness"] * m),
+    "contrast": lambda x, m: _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), 1 + TA_RANGES["contrast"] * m),
+    "saturation": lambda x, m: _blend(x, _grey(x), 1 + TA_RANGES["saturation"] * m),
+    "sharpness": lambda x, m: _blend(x, _sharpen_base(x), 1 + TA_RANGES["sharpness"] * m),
+    "posterize": _posterize,
+    "solarize": lambda x, m: torch.where(x > TA_RANGES["solarize"] * (1 - m.abs()).view(-1, 1, 1, 1), 255 - x, x),
+    "autocontrast": _autocontrast,
+}
+
+
+def _affine(x, ops, m):
+    """Rotate, shear or translate each image by its own amount: one affine grid_sample (nearest,
+    zero fill). ops: host TA_OPS indices, m: signed magnitudes on the device."""
+    n, _, H, W = x.shape
+    onehot = to_device(torch.stack([ops == TA_OPS.index(name) for name in GEOMETRIC]).float(), x.device)
+    which = dict(zip(GEOMETRIC, onehot))
+    angle = torch.deg2rad(TA_RANGES["rotate"] * m) * which["rotate"]
+    # theta maps output to input coordinates in [-1, 1]; a translation by t whole pixels (truncated,
+    # as torchvision's RandAugment) is 2 t / side.
+    tx = torch.trunc(TA_RANGES["translate_x"] * W * m) * (2 / W) * which["translate_x"]
+    ty = torch.trunc(TA_RANGES["translate_y"] * H * m) * (2 / H) * which["translate_y"]
+    theta = torch.stack([
+        torch.stack([torch.cos(angle), -torch.sin(angle) + TA_RANGES["shear_x"] * m * which["shear_x"], tx], 1),
+        torch.stack([torch.sin(angle) + TA_RANGES["shear_y"] * m * which["shear_y"], torch.cos(angle), ty], 1),
+    ], 1)  # (n, 2, 3)
+    grid = F.affine_grid(theta, (n, x.shape[1], H, W), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def mix(images, labels, generator, mixup=0.0, cutmix=0.0):
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) on a whole batch: with both alphas set,
+    one of the two per batch, each with probability 1/2. Returns (images, labels_b, lam): the loss
+    is lam * CE(labels) + (1 - lam) * CE(labels_b). For CutMix, lam is the exact fraction of
+    pixels left from the first image (the box is clipped at the border)."""
+    B, _, H, W = images.shape
+    use_cutmix = cutmix > 0 and (mixup == 0 or torch.rand(1, generator=generator).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    # Beta is not drawn by torch generators: seed a NumPy generator from this one (reproducible).
+    lam = float(np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator))).beta(alpha, alpha))
+    perm = to_device(torch.randperm(B, generator=generator), images.device)
+    if use_cutmix:
+        r = math.sqrt(1 - lam)
+        ch, cw = int(H * r), int(W * r)
+        cy, cx = int(torch.randint(H, (1,), generator=generator)), int(torch.randint(W, (1,), generator=generator))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, H)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, W)
+        images = images.clone()
+        images[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
+    else:
+        images = torch.lerp(images[perm], images, lam)  # lam * images + (1 - lam) * images[perm]
+    return images, labels[perm], lam

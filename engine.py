@@ -13,6 +13,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
 """
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import io
@@ -93,6 +94,10 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "linear warmup from lr/steps to lr over this many epochs (per step)")
     min_lr: float = option(0.0, "the cosine schedule's final learning rate")
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)")
+    ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step "
+                        "(e.g. 0.999; 0: off), evaluated and logged beside the model")
+    grad_norms: bool = option(False, "log each layer's gradient norm (mean over the epoch's steps, and the "
+                              "first step as epoch 0) to grad_norms.csv")
     seed: int = option(42, "seed of every random generator")
     exp_id: str = option("", "run name; default: derived from the settings")
     log_dir: str = option("logs", "folder that holds one sub-folder per run")
@@ -119,6 +124,7 @@ class TrainConfig:
               f"--warmup_epochs must be in [0, --epochs], got {self.warmup_epochs}")
         check(0 <= self.min_lr <= self.lr, f"--min_lr must be in [0, --lr], got {self.min_lr}")
         check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
+        check(0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
         check(self.exp_id == "" or ("/" not in self.exp_id and self.exp_id not in (".", "..")),
               f"--exp_id must be a plain name, got {self.exp_id!r}")
@@ -319,6 +325,66 @@ def make_scheduler(cfg, optimizer, steps_per_epoch):
         optimizer, lambda step: lr_factor(step, total, warmup, cfg.scheduler, cfg.min_lr / cfg.lr))
 
 
+class EMA:
+    """An exponential moving average of a model's weights, updated after every optimizer step:
+    ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n)) at the n-th update, so
+    the average forgets the random initialisation early in a run (TensorFlow's num_updates rule).
+    Buffers are copied. `model` is a frozen copy in eval mode, to evaluate like any model."""
+
+    def __init__(self, model, decay):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def rate(self):
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model):
+        self.updates += 1
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.rate())
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), updates=self.updates)
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.updates = state["updates"]
+
+
+class LayerGradNorms:
+    """Per-layer gradient norms, accumulated on the device: after each backward pass, the L2 norm of
+    each layer's whole gradient (one foreach kernel for all tensors); read once per epoch as the
+    mean over its steps, plus the first step's norms (the gradients at that point of training)."""
+
+    def __init__(self, layers):
+        self.params = [p for layer in layers for p in layer]
+        device = self.params[0].device
+        self.owner = torch.tensor([i for i, layer in enumerate(layers) for _ in layer], device=device)
+        self.zero = torch.zeros((), device=device)
+        self.num_layers = len(layers)
+        self.reset()
+
+    def reset(self):
+        self.sums, self.first, self.steps = torch.zeros(self.num_layers, device=self.zero.device), None, 0
+
+    @torch.no_grad()
+    def add(self):
+        norms = torch._foreach_norm([p.grad if p.grad is not None else self.zero for p in self.params])
+        squares = torch.stack(norms).float().square()
+        layer = torch.zeros_like(self.sums).index_add_(0, self.owner, squares).sqrt_()
+        self.sums += layer
+        if self.first is None:
+            self.first = layer
+        self.steps += 1
+
+    def read(self):
+        """(mean norms over the steps, first step's norms), lists of floats, one host read."""
+        both = torch.stack([self.sums / max(self.steps, 1), self.first]).tolist()
+        return both[0], both[1]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -352,12 +418,14 @@ def fault_point(*where):
 
 
 def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, scaler=None,
-              limit_batches=0, progress=False, refresh_every=50, scheduler=None, grad_clip=0.0):
+              limit_batches=0, progress=False, refresh_every=50, scheduler=None, grad_clip=0.0, ema=None,
+              grad_norms=None):
     """Train (with an optimizer) or evaluate `model` on one pass over `split`.
 
     Losses are summed on the device and divided once at the end: the result is the exact mean
     over every token or image, whatever the batch sizes. The host reads device values only every
-    `refresh_every` batches (progress bar and a NaN check) and once at the end.
+    `refresh_every` batches (progress bar and a NaN check) and once at the end. In training, `ema`
+    (an EMA) is updated after every step and `grad_norms` (a LayerGradNorms) sees every gradient.
     Returns dict(loss, accuracy, metric, count, seconds).
     """
     training = optimizer is not None
@@ -384,18 +452,23 @@ def run_epoch(model, task, split, epoch=1, optimizer=None, autocast_dtype=None, 
                 loss = loss_sum * world / batch_count
                 if scaler is not None:
                     scaler.scale(loss).backward()
-                    if grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    if grad_clip or grad_norms is not None:
+                        scaler.unscale_(optimizer)  # the true gradients, for clipping and logging
+                else:
+                    loss.backward()
+                if grad_norms is not None:
+                    grad_norms.add()  # before clipping: the gradients the model produced
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
-                    if grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                if ema is not None:
+                    ema.update(unwrap(model))
             sums += torch.stack([loss_sum.detach().double(), correct.double()])
             count += batch_count
             if FAULT and training:
@@ -583,21 +656,32 @@ def compile_model(model, task, autocast_dtype):
 def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, scheduler=None, extra_config=None):
     """The epoch loop: train, validate, append a metrics.csv row, keep best.pt, checkpoint; then test
     the final and the best-validation model and write summary.json. Resumes from checkpoint.pt when
-    cfg.resume and one exists. Returns the summary dict."""
+    cfg.resume and one exists. With cfg.ema the weight average is validated every epoch beside the
+    model (its own columns and best_ema.pt) and tested at the end; with cfg.grad_norms each layer's
+    gradient norm goes to grad_norms.csv. Returns the summary dict."""
     run_dir = Path(run_dir)
     m = task.metric
     columns = ["epoch", "train_loss", f"train_{m}", "valid_loss", f"valid_{m}", "lr", "train_time",
                "valid_time", "elapsed", f"{task.unit}_per_s", "peak_mem_mb", "mem_pct"]
+    if cfg.ema:
+        columns += ["ema_valid_loss", f"ema_valid_{m}"]
+    norm_columns = ["epoch", "layer", "norm"]
     config = dict(dataclasses.asdict(cfg), **(extra_config or {}))
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     if scheduler is None:
         steps = task.num_batches("train")
         scheduler = make_scheduler(cfg, optimizer, min(steps, cfg.limit_batches) if cfg.limit_batches else steps)
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
-    stateful = dict(model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    ema = EMA(raw, cfg.ema) if cfg.ema else None
+    norms = None
+    if cfg.grad_norms:
+        check(hasattr(raw, "layer_parameters"), f"--grad_norms: {type(raw).__name__} does not name its layers")
+        norms = LayerGradNorms(raw.layer_parameters())
+    stateful = dict(model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
     main = rank() == 0  # under torchrun only the first process writes and prints
 
-    history, best, start_epoch = [], dict(epoch=0, value=None), 1
+    history, norm_history, start_epoch = [], [], 1
+    best, best_ema = dict(epoch=0, value=None), dict(epoch=0, value=None)
     ckpt_path = run_dir / "checkpoint.pt"
     if cfg.resume and ckpt_path.exists():
         ckpt = load_torch(ckpt_path)
@@ -608,6 +692,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
                 obj.load_state_dict(ckpt[key])
         set_rng_state(ckpt["rng"])
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        norm_history, best_ema = ckpt.get("norm_history", []), ckpt.get("best_ema", best_ema)
         if main:
             print(f"resuming {run_dir} after epoch {ckpt['epoch']}")
     compile_seconds = compile_model(raw, task, autocast_dtype) if cfg.compile else None
@@ -616,54 +701,91 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
     if main:
         save_json(dict(config, environment=environment(device), world_size=world_size()), run_dir / "config.json")
         write_csv(run_dir / "metrics.csv", columns, history)
+        if norms is not None:
+            write_csv(run_dir / "grad_norms.csv", norm_columns, norm_history)
 
     progress = not cfg.no_progress
+    better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     for epoch in range(start_epoch, cfg.epochs + 1):
-        train = run_epoch(model, task, "train", epoch, optimizer, autocast_dtype, scaler,
-                          cfg.limit_batches, progress, scheduler=scheduler, grad_clip=cfg.grad_clip)
+        if norms is not None:
+            norms.reset()
+        train = run_epoch(model, task, "train", epoch, optimizer, autocast_dtype, scaler, cfg.limit_batches,
+                          progress, scheduler=scheduler, grad_clip=cfg.grad_clip, ema=ema, grad_norms=norms)
         valid = run_epoch(model, task, "valid", epoch, None, autocast_dtype, None, cfg.limit_batches, progress)
         elapsed = (history[-1]["elapsed"] if history else 0.0) + train["seconds"] + valid["seconds"]
         mem_mb, mem_pct = peak_memory(device)
         row = dict(zip(columns, [epoch, train["loss"], train["metric"], valid["loss"], valid["metric"],
                                  optimizer.param_groups[0]["lr"], train["seconds"], valid["seconds"], elapsed,
                                  train["count"] / train["seconds"], mem_mb, mem_pct]))
+        new_norms = []
+        if norms is not None:
+            mean, first = norms.read()
+            # Epoch 0: the very first step's gradients, the model at its initialisation.
+            for e, values in ([(0, first)] if epoch == 1 else []) + [(epoch, mean)]:
+                new_norms += [dict(epoch=e, layer=i, norm=v) for i, v in enumerate(values, 1)]
+            norm_history += new_norms
+        ema_improved = False
+        if ema is not None:
+            ema_valid = run_epoch(ema.model, task, "valid", epoch, None, autocast_dtype, None, cfg.limit_batches,
+                                  progress)
+            row.update(ema_valid_loss=ema_valid["loss"], **{f"ema_valid_{m}": ema_valid["metric"]})
+            ema_improved = best_ema["value"] is None or better(ema_valid["metric"], best_ema["value"])
+            if ema_improved:
+                best_ema = dict(epoch=epoch, value=ema_valid["metric"])
         history.append(row)
-        improved = best["value"] is None or (valid["metric"] > best["value"] if task.maximize
-                                             else valid["metric"] < best["value"])
+        improved = best["value"] is None or better(valid["metric"], best["value"])
         if improved:
             best = dict(epoch=epoch, value=valid["metric"])
         if not main:
             continue
         append_csv(run_dir / "metrics.csv", columns, row)
+        for norm_row in new_norms:
+            append_csv(run_dir / "grad_norms.csv", norm_columns, norm_row)
         fault_point("csv", epoch)
         if improved:
             save_torch(dict(model=raw.state_dict(), epoch=epoch), run_dir / "best.pt")
             fault_point("best", epoch)
+        if ema_improved:
+            save_torch(dict(model=ema.model.state_dict(), epoch=epoch), run_dir / "best_ema.pt")
         save_torch(dict({k: (v.state_dict() if v is not None else None) for k, v in stateful.items()},
-                        epoch=epoch, history=history, best=best, rng=rng_state(), config=config), ckpt_path)
+                        epoch=epoch, history=history, norm_history=norm_history, best=best, best_ema=best_ema,
+                        rng=rng_state(), config=config), ckpt_path)
         fault_point("checkpoint", epoch)
         print(f"epoch {epoch}/{cfg.epochs}  train loss {train['loss']:.4f} {m} {train['metric']:.4f}  "
               f"valid loss {valid['loss']:.4f} {m} {valid['metric']:.4f}  "
-              f"({train['seconds']:.1f}s + {valid['seconds']:.1f}s)", flush=True)
+              + (f"ema {m} {row[f'ema_valid_{m}']:.4f}  " if ema is not None else "")
+              + f"({train['seconds']:.1f}s + {valid['seconds']:.1f}s)", flush=True)
 
     check(history, "no epoch was trained")
-    test_final = run_epoch(model, task, "test", 0, None, autocast_dtype, None, cfg.limit_batches, progress)
-    barrier()  # best.pt is written by the first process
-    raw.load_state_dict(load_torch(run_dir / "best.pt")["model"])
-    test_best = run_epoch(model, task, "test", 0, None, autocast_dtype, None, cfg.limit_batches, progress)
+
+    def test(net, weights=None):
+        barrier()  # best.pt and best_ema.pt are written by the first process
+        if weights is not None:
+            net.load_state_dict(load_torch(run_dir / weights)["model"])
+        return run_epoch(net, task, "test", 0, None, autocast_dtype, None, cfg.limit_batches, progress)
+
+    test_final = test(model)
+    ema_tests = {}
+    if ema is not None:
+        ema_final, ema_best = test(ema.model), test(ema.model, "best_ema.pt")
+        ema_tests = {"ema_best_epoch": best_ema["epoch"], f"ema_best_valid_{m}": best_ema["value"],
+                     f"ema_test_{m}": ema_final["metric"], f"ema_best_test_{m}": ema_best["metric"]}
+    test_best = test(raw, "best.pt")
     mem_mb, mem_pct = peak_memory(device)
     summary = dict(
         params_total=sum(p.numel() for p in raw.parameters()),
         params_learnable=sum(p.numel() for p in raw.parameters() if p.requires_grad),
         epochs=len(history), best_epoch=best["epoch"], **{f"best_valid_{m}": best["value"]},
         test_loss=test_final["loss"], **{f"test_{m}": test_final["metric"]},
-        best_test_loss=test_best["loss"], **{f"best_test_{m}": test_best["metric"]},
+        best_test_loss=test_best["loss"], **{f"best_test_{m}": test_best["metric"]}, **ema_tests,
         mean_train_time=float(np.mean([r["train_time"] for r in history])),
         mean_valid_time=float(np.mean([r["valid_time"] for r in history])),
         elapsed=history[-1]["elapsed"], peak_mem_mb=mem_mb, mem_pct=mem_pct, compile_seconds=compile_seconds)
     if main:
         save_json(summary, run_dir / "summary.json")
         print(f"test {m}: final {test_final['metric']:.4f}, best-valid model (epoch {best['epoch']}) "
-              f"{test_best['metric']:.4f}; logs in {run_dir}")
+              f"{test_best['metric']:.4f}"
+              + (f"; EMA final {ema_tests[f'ema_test_{m}']:.4f}, best-valid EMA (epoch {best_ema['epoch']}) "
+                 f"{ema_tests[f'ema_best_test_{m}']:.4f}" if ema is not None else "") + f"; logs in {run_dir}")
     barrier()
     return summary

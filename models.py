@@ -15,14 +15,33 @@ def count_params(model, learnable_only=True):
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not learnable_only)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, zero a residual branch for a random
+    fraction p of the samples and scale the kept ones by 1 / (1 - p); the identity in evaluation."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):  # (B, ...)
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device).bernoulli_(1 - self.p)
+        return x * keep.div_(1 - self.p).to(x.dtype)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
 class Block(nn.Module):
     """Multi-head self-attention and a GELU MLP, each with a residual and a LayerNorm.
 
     norm_first=True (pre-norm):  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
     norm_first=False (post-norm): x = norm1(x + attn(x)); x = norm2(x + mlp(x))
+    With drop_path, each residual branch (attn, mlp) is dropped per sample in training.
     """
 
-    def __init__(self, dim, num_heads, hidden_dim, norm_first=True, causal=False, dropout=0.0):
+    def __init__(self, dim, num_heads, hidden_dim, norm_first=True, causal=False, dropout=0.0, drop_path=0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embedding width {dim} is not divisible by {num_heads} heads")
@@ -37,6 +56,7 @@ class Block(nn.Module):
             nn.Linear(hidden_dim, dim),
         )
         self.resid_drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
 
     def attn(self, x):
         B, T, C = x.shape
@@ -46,11 +66,12 @@ class Block(nn.Module):
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
     def forward(self, x):  # (B, T, C)
+        dp = self.drop_path
         if self.norm_first:
-            x = x + self.attn(self.norm1(x))
-            return x + self.resid_drop(self.mlp(self.norm2(x)))
-        x = self.norm1(x + self.attn(x))
-        return self.norm2(x + self.resid_drop(self.mlp(x)))
+            x = x + dp(self.attn(self.norm1(x)))
+            return x + dp(self.resid_drop(self.mlp(self.norm2(x))))
+        x = self.norm1(x + dp(self.attn(x)))
+        return self.norm2(x + dp(self.resid_drop(self.mlp(x))))
 
 
 BLOCKS = {"prenorm": True, "postnorm": False}
@@ -66,10 +87,12 @@ def _init_weights(module):
 
 class VisionTransformer(nn.Module):
     """ViT for small images: linear patch embedding, CLS token, learned positions, Blocks, and a
-    LayerNorm + Linear head on the CLS token. Takes normalised float images (B, C, H, W)."""
+    LayerNorm + Linear head on the CLS token. Takes normalised float images (B, C, H, W).
+    drop_path is the last Block's stochastic-depth rate; Block i of L gets drop_path * i / L, the
+    linear rule of Huang et al."""
 
     def __init__(self, num_layers=2, block="prenorm", embed_dim=256, hidden_dim=512, num_heads=8,
-                 patch_size=4, image_size=32, num_channels=3, num_classes=10, dropout=0.0):
+                 patch_size=4, image_size=32, num_channels=3, num_classes=10, dropout=0.0, drop_path=0.0):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
@@ -80,8 +103,9 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, hidden_dim, norm_first=BLOCKS[block], dropout=dropout)
-            for _ in range(num_layers))
+            Block(embed_dim, num_heads, hidden_dim, norm_first=BLOCKS[block], dropout=dropout,
+                  drop_path=drop_path * (i + 1) / num_layers)
+            for i in range(num_layers))
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(_init_weights)
@@ -93,6 +117,10 @@ class VisionTransformer(nn.Module):
         p = self.patch_size
         x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(B, (H // p) * (W // p), C * p * p)  # (B, N, C*p*p), row-major patches
+
+    def layer_parameters(self):
+        """One list of parameters per Block, input side first (for per-layer gradient norms)."""
+        return [list(b.parameters()) for b in self.blocks]
 
     def forward(self, images):
         x = self.patch_embed(self.patchify(images))  # (B, N, E)
@@ -225,6 +253,13 @@ class LanguageModel(nn.Module):
         self.proj = nn.Sequential(nn.Linear(hidden_size, embedding_size), nn.ReLU())
         self.out = nn.Linear(embedding_size, vocab_size, bias=False)
         self.out.weight = self.embedding.weight  # tied: the same Parameter, counted once
+
+    def layer_parameters(self):
+        """One list of parameters per Block or recurrent layer, input side first."""
+        if isinstance(self.core, TransformerCore):
+            return [list(b.parameters()) for b in self.core.blocks]
+        rnn = self.core.rnn
+        return [[p for n, p in rnn.named_parameters() if n.endswith(f"_l{i}")] for i in range(rnn.num_layers)]
 
     def forward(self, tokens, state=None, targets=None):
         """tokens (B, T) -> logits (B, T, vocab), state. With targets (B, T), the summed NLL of the

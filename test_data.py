@@ -2,6 +2,7 @@
 trees, torchvision's pickled CIFAR-10 batches). The fixture writers are shared with test_train.py."""
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import data
-from data import (Windows, augment, crop_params, index_batches, load_cifar10, load_wikitext, normalize,
-                  split_train_valid)
+from data import (TA_OPS, Windows, augment, crop_params, index_batches, load_cifar10, load_wikitext, mix,
+                  normalize, resize_matrices, split_train_valid, trivial_augment)
 from engine import UserError
 
 WORDS = "the cat sat on the mat and the dog sat on the log".split()
@@ -130,6 +131,23 @@ class TestWindows(unittest.TestCase):
         inputs, targets = w.batch(torch.tensor([1]))
         self.assertEqual(inputs.tolist(), [[6, 7, 8, 0, 0]])
         self.assertEqual(targets.tolist(), [[7, 8, 0, 0, 0]])
+
+    def test_streams_interleave_contiguous_streams_and_score_every_target_once(self):
+        stream = torch.arange(1, 104)  # 103 tokens: 102 targets
+        w = Windows(stream, 4, streams=3)  # 26 windows -> 9 per stream, 27 in all
+        self.assertEqual((w.per_stream, w.num_windows), (9, 27))
+        batches = list(index_batches(w.num_windows, 3, order=w.stream_order()))
+        self.assertEqual(len(batches), 9)
+        for s, (idx, idx_host) in enumerate(batches):  # batch s: window s of streams 0, 1, 2
+            self.assertEqual(idx.tolist(), [s, 9 + s, 18 + s])
+        for s in range(8):  # each stream's next window continues exactly where its last one ended
+            _, t_now = w.batch(batches[s][0])
+            x_next, _ = w.batch(batches[s + 1][0])
+            self.assertTrue(torch.equal(x_next[:, 0], t_now[:, -1]))
+        targets = torch.cat([w.batch(i)[1].flatten() for i, _ in batches])
+        self.assertEqual(sorted(targets[targets != 0].tolist()), list(range(2, 104)))
+        self.assertEqual(sum(w.targets_in(h) for _, h in batches), 102)
+        self.assertEqual([w.targets_in(h) for _, h in batches][-2:], [10, 8])  # the tail is padding
 
     def test_shuffle_is_seeded_and_differs_between_epochs(self):
         def order(seed):
@@ -352,6 +370,110 @@ class TestAugment(unittest.TestCase):
         out = augment(same, torch.Generator().manual_seed(1))
         self.assertGreater(len({bytes(o.numpy()) for o in out}), 12)
         torch.testing.assert_close(out, augment(same, torch.Generator().manual_seed(1)))
+
+
+class TestStrongAugment(unittest.TestCase):
+    """The strong policy's operations: each against torchvision's own where it has one, identity at
+    magnitude 0, and drawn per image."""
+
+    def setUp(self):
+        g = torch.Generator().manual_seed(0)
+        # smooth images with structure, so that geometry and sharpness have something to act on
+        base = F.interpolate(torch.rand(6, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear")
+        self.images = (base * 255).round().to(torch.uint8)
+
+    def op(self, name, magnitude, images=None):
+        x = (self.images if images is None else images).float()
+        n = x.shape[0]
+        return trivial_augment(x, None, torch.full((n,), TA_OPS.index(name)), torch.full((n,), float(magnitude)))
+
+    def test_magnitude_zero_is_the_identity(self):
+        for name in TA_OPS:
+            if name != "autocontrast":  # has no magnitude, as in torchvision
+                with self.subTest(op=name):
+                    torch.testing.assert_close(self.op(name, 0.0), self.images.float(), atol=1e-4, rtol=0)
+
+    def test_operations_equal_torchvision_at_their_largest_magnitude(self):
+        import torchvision.transforms.v2.functional as TF
+        x, f = self.images.float() / 255, 1.9  # factor 1 + 0.9 at magnitude 1
+        expected = {
+            ("brightness", 1): TF.adjust_brightness(x, f) * 255,
+            ("contrast", 1): TF.adjust_contrast(x, f) * 255,
+            ("saturation", -1): TF.adjust_saturation(x, 0.1) * 255,
+            ("sharpness", 1): TF.adjust_sharpness(x, f) * 255,
+            ("posterize", 1): TF.posterize(self.images, 4).float(),
+            ("autocontrast", 0.5): TF.autocontrast(x) * 255,
+            ("solarize", 0.5): TF.solarize(self.images, 128).float(),  # pixels above 127.5: 128 and up
+        }
+        for (name, m), want in expected.items():
+            with self.subTest(op=name):
+                # torchvision's float grey is 0.2989 R (PIL's 0.299): a difference below 0.03 of 255
+                torch.testing.assert_close(self.op(name, m), want, atol=0.03, rtol=0)
+        geometry = {("rotate", 1): TF.rotate(self.images, 30.0), ("rotate", -1): TF.rotate(self.images, -30.0),
+                    ("translate_x", 1): TF.affine(self.images, 0.0, [-14, 0], 1.0, [0.0, 0.0]),
+                    ("translate_y", -1): TF.affine(self.images, 0.0, [0, 14], 1.0, [0.0, 0.0]),
+                    ("shear_x", 1): TF.affine(self.images, 0.0, [0, 0], 1.0, [math.degrees(math.atan(0.3)), 0.0]),
+                    ("shear_y", -1): TF.affine(self.images, 0.0, [0, 0], 1.0, [0.0, -math.degrees(math.atan(0.3))])}
+        for (name, m), want in geometry.items():  # nearest-neighbour: equal but for rounding at pixel edges
+            with self.subTest(op=name):
+                agree = (self.op(name, m) == want.float()).float().mean().item()
+                self.assertGreater(agree, 0.97, name)
+
+    def test_each_image_draws_its_own_operation_and_magnitude(self):
+        same = self.images[:1].expand(64, -1, -1, -1).float()
+        out = trivial_augment(same, torch.Generator().manual_seed(3))
+        distinct = {bytes(o.numpy()) for o in out}
+        self.assertGreater(len(distinct), 40)  # identity draws and autocontrast repeat; the rest differ
+        self.assertTrue(((out >= 0) & (out <= 255)).all())
+        torch.testing.assert_close(out, trivial_augment(same, torch.Generator().manual_seed(3)))
+
+    def test_translation_is_a_zero_padded_shift_within_the_padding(self):
+        x = normalize(self.images)
+        full = torch.zeros(6, dtype=torch.long), torch.full((6,), 32)
+        shift = torch.tensor([-4, -1, 0, 2, 3, 4])
+        ry = resize_matrices(*full, 32, 32, shift=shift)
+        out = ry[:, None] @ x  # rows shifted by shift[i]
+        for i, t in enumerate(shift.tolist()):
+            want = torch.zeros_like(x[i])
+            if t >= 0:
+                want[:, t:] = x[i, :, :32 - t]
+            else:
+                want[:, :t] = x[i, :, -t:]
+            torch.testing.assert_close(out[i], want, atol=1e-5, rtol=0)
+        # the strong policy without crop or flip: every image is the original moved by at most 4 pixels
+        out = augment(self.images, torch.Generator().manual_seed(0), flip=False, scale=(1, 1), ratio=(1, 1),
+                      policy="strong")
+        self.assertEqual(out.shape, x.shape)
+        with self.assertRaisesRegex(ValueError, "unknown augmentation"):
+            augment(self.images, torch.Generator(), policy="wild")
+
+
+class TestMix(unittest.TestCase):
+    def setUp(self):
+        self.images = torch.arange(16, dtype=torch.float32).view(16, 1, 1, 1).expand(16, 3, 8, 8).contiguous()
+        self.labels = torch.arange(16)  # label i on image i (all pixels i): the mixing can be read back
+
+    def test_mixup_blends_images_with_the_label_weight(self):
+        out, labels_b, lam = mix(self.images, self.labels, torch.Generator().manual_seed(0), mixup=0.4)
+        self.assertTrue(0 <= lam <= 1)
+        want = lam * self.labels.float() + (1 - lam) * labels_b.float()
+        torch.testing.assert_close(out[:, 0, 0, 0], want)
+        self.assertEqual(sorted(labels_b.tolist()), list(range(16)))  # a permutation of the batch
+
+    def test_cutmix_label_mass_is_the_exact_pixel_fraction(self):
+        for seed in range(10):
+            out, labels_b, lam = mix(self.images, self.labels, torch.Generator().manual_seed(seed), cutmix=1.0)
+            moved = labels_b != self.labels
+            from_b = (out == labels_b.float().view(16, 1, 1, 1)).float().mean((1, 2, 3))
+            torch.testing.assert_close(from_b[moved], torch.full((int(moved.sum()),), 1 - lam))
+            self.assertTrue(((out == self.labels.float().view(16, 1, 1, 1)) | (from_b[:, None, None, None] > 0)).all())
+
+    def test_both_alphas_alternate_between_mixup_and_cutmix(self):
+        kinds = set()
+        for seed in range(20):
+            out, _, lam = mix(self.images, self.labels, torch.Generator().manual_seed(seed), mixup=1.0, cutmix=1.0)
+            kinds.add("cutmix" if torch.equal(out, out.round()) else "mixup")
+        self.assertEqual(kinds, {"mixup", "cutmix"})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import unittest
 import torch
 import torch.nn.functional as F
 
-from models import Block, LanguageModel, VisionTransformer, count_params, linear_cross_entropy
+from models import Block, DropPath, LanguageModel, VisionTransformer, count_params, linear_cross_entropy
 
 
 class TestParameterCounts(unittest.TestCase):
@@ -179,6 +179,64 @@ class TestBlock(unittest.TestCase):
         patches = vit.patchify(images)
         self.assertEqual(patches.shape, (2, 64, 48))
         torch.testing.assert_close(patches[1, 9], images[1, :, 4:8, 4:8].reshape(-1))
+
+
+class TestLanguageModelDropout(unittest.TestCase):
+    def test_dropout_acts_on_embeddings_between_layers_and_before_the_head(self):
+        model = LanguageModel("lstm", 2, 50, embedding_size=12, hidden_size=8, dropout=0.5)
+        self.assertEqual(model.core.rnn.dropout, 0.5)  # between the recurrent layers
+        seen = []
+        model.drop.register_forward_hook(lambda m, inp, out: seen.append((tuple(inp[0].shape), m.training)))
+        tokens = torch.randint(1, 50, (3, 7))
+        torch.manual_seed(0)
+        a, _ = model.train()(tokens)
+        self.assertEqual(seen, [((3, 7, 12), True), ((3, 7, 8), True)])  # embeddings, then the core's output
+        b, _ = model(tokens)
+        self.assertFalse(torch.allclose(a, b))
+        torch.testing.assert_close(model.eval()(tokens)[0], model(tokens)[0])
+        self.assertEqual(LanguageModel("lstm", 1, 50, 12, 8).core.rnn.dropout, 0.0)  # one layer: none between
+
+
+class TestDropPathAndLayers(unittest.TestCase):
+    def test_drop_path_drops_whole_samples_in_training_and_is_the_identity_in_eval(self):
+        x = torch.randn(400, 5, 8) + 3
+        torch.manual_seed(0)
+        out = DropPath(0.25).train()(x)
+        kept = (out != 0).flatten(1).all(1)
+        dropped = (out == 0).flatten(1).all(1)
+        self.assertTrue((kept | dropped).all())  # a sample's branch is kept or dropped whole
+        torch.testing.assert_close(out[kept], x[kept] / 0.75)  # the kept ones rescaled: same expectation
+        self.assertTrue(0.15 < dropped.float().mean().item() < 0.35)
+        self.assertTrue(torch.equal(DropPath(0.25).eval()(x), x))
+
+    def test_block_with_drop_path_is_the_plain_block_in_eval_and_rates_grow_with_depth(self):
+        for norm_first in (True, False):
+            plain = Block(16, 4, 32, norm_first=norm_first).eval()
+            dropping = Block(16, 4, 32, norm_first=norm_first, drop_path=0.5)
+            dropping.load_state_dict(plain.state_dict())
+            x = torch.randn(6, 5, 16)
+            torch.testing.assert_close(dropping.eval()(x), plain(x))
+            self.assertFalse(torch.allclose(dropping.train()(x), plain(x)))
+        vit = VisionTransformer(4, drop_path=0.2, embed_dim=32, hidden_dim=64, num_heads=4)
+        self.assertEqual([round(b.drop_path.p, 6) for b in vit.blocks], [0.05, 0.1, 0.15, 0.2])
+        self.assertIsInstance(VisionTransformer(2).blocks[0].drop_path, torch.nn.Identity)
+        self.assertEqual(count_params(vit), count_params(VisionTransformer(4, embed_dim=32, hidden_dim=64,
+                                                                           num_heads=4)))
+
+    def test_layer_parameters_cover_each_block_or_recurrent_layer_once(self):
+        vit = VisionTransformer(3, embed_dim=32, hidden_dim=64, num_heads=4)
+        for model, layers in ((vit, 3),
+                              (LanguageModel("lstm", 3, 50, 16, 16), 3),
+                              (LanguageModel("gru", 2, 50, 16, 16), 2),
+                              (LanguageModel("transformer", 2, 50, 16, 16, num_heads=4, mlp_dim=32), 2)):
+            groups = model.layer_parameters()
+            self.assertEqual(len(groups), layers)
+            ids = [id(p) for g in groups for p in g]
+            self.assertEqual(len(ids), len(set(ids)))
+            self.assertTrue(all(g for g in groups))
+            self.assertEqual(sum(p.numel() for g in groups for p in g),
+                             sum(p.numel() for n, p in model.named_parameters()
+                                 if ".blocks." in n or n.startswith("blocks.") or ".rnn." in n))
 
 
 if __name__ == "__main__":

@@ -57,10 +57,12 @@ def read_csv(path):
 
 
 def results(run_dir):
-    """metrics.csv without the timing columns, and summary.json without times and memory."""
+    """metrics.csv without the timing columns, summary.json without times and memory, and
+    grad_norms.csv when there is one."""
     rows = [{k: v for k, v in r.items() if k not in TIMES} for r in read_csv(run_dir / "metrics.csv")]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return rows, {k: v for k, v in summary.items() if "time" not in k and "mem" not in k and k != "elapsed"}
+    norms = read_csv(run_dir / "grad_norms.csv") if (run_dir / "grad_norms.csv").exists() else None
+    return rows, {k: v for k, v in summary.items() if "time" not in k and "mem" not in k and k != "elapsed"}, norms
 
 
 class CliCase(TempDir):
@@ -398,18 +400,20 @@ class TestDistributed(CliCase):
 
     def assert_same_numbers(self, a, b, rel=1e-5):
         """Equal up to float rounding (the processes sum their slices in another order)."""
-        rows_a, summary_a = results(self.logs / a)
-        rows_b, summary_b = results(self.logs / b)
-        self.assertEqual(len(rows_a), len(rows_b))
+        rows_a, summary_a, norms_a = results(self.logs / a)
+        rows_b, summary_b, norms_b = results(self.logs / b)
+        self.assertEqual((len(rows_a), len(norms_a or [])), (len(rows_b), len(norms_b or [])))
         pairs = [(f"{k} (epoch {ra['epoch']})", float(ra[k]), float(rb[k]))
-                 for ra, rb in zip(rows_a, rows_b) for k in ra]
+                 for ra, rb in zip(rows_a + (norms_a or []), rows_b + (norms_b or [])) for k in ra]
         pairs += [(k, v, summary_b[k]) for k, v in summary_a.items() if isinstance(v, float)]
         for key, x, y in pairs:
             self.assertLessEqual(abs(x - y), rel * max(1.0, abs(y)), key)
 
     def test_vit_two_processes_equal_one(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
-        args = ["--data_folder", str(data), *VIT_TINY, "--epochs", "2"]
+        # augmentation and mixing are drawn for the global batch: the same with any number of processes
+        args = ["--data_folder", str(data), *VIT_TINY, "--epochs", "2", "--augment", "strong", "--mixup", "0.5",
+                "--cutmix", "1.0", "--ema", "0.9", "--grad_norms"]
         two = self.torchrun("train_vit.py", "two", *args)
         self.assertEqual(two.returncode, 0, two.stderr[-2000:])
         one = self.single("train_vit.py", "one", *args)
@@ -417,7 +421,8 @@ class TestDistributed(CliCase):
         self.assert_same_numbers("two", "one")
         self.assertEqual(two.stdout.count("epoch 2/2"), 1)  # only the first process prints
         self.assertEqual(sorted(p.name for p in (self.logs / "two").iterdir()),
-                         ["best.pt", "checkpoint.pt", "config.json", "metrics.csv", "summary.json"])
+                         ["best.pt", "best_ema.pt", "checkpoint.pt", "config.json", "grad_norms.csv", "metrics.csv",
+                          "summary.json"])
         self.assertEqual(json.loads((self.logs / "two" / "config.json").read_text())["world_size"], 2)
 
     def test_lm_two_processes_equal_one_and_resume(self):
@@ -452,14 +457,30 @@ class TestRecipeFlags(CliCase):
         self.assertTrue(all(f(s) >= f(s + 1) for s in range(10, 100)))
         self.assertEqual(engine.lr_factor(50, 100, 10, "constant"), 1.0)
 
-    def test_cosine_with_warmup_in_the_csv_and_resume(self):
-        args = ("--scheduler", "cosine", "--warmup_epochs", "1", "--min_lr", "1e-5", "--lr", "1e-3", "--dropout", "0.1")
-        run_dir, _, _ = self.vit(*args, "--epochs", "3", exp_id="whole")
-        lrs = [float(r["lr"]) for r in read_csv(run_dir / "metrics.csv")]
+    def test_improved_recipe_in_the_csv_and_resume(self):
+        # every opt-in ViT flag at once; then killed after its epoch-2 checkpoint and resumed
+        args = ("--scheduler", "cosine", "--warmup_epochs", "1", "--min_lr", "1e-5", "--lr", "1e-3", "--dropout",
+                "0.1", "--drop_path", "0.1", "--augment", "strong", "--mixup", "0.8", "--cutmix", "1.0",
+                "--label_smoothing", "0.1", "--ema", "0.9", "--grad_norms", "--grad_clip", "1.0", "--layers", "3")
+        run_dir, out, _ = self.vit(*args, "--epochs", "3", exp_id="whole")
+        rows = read_csv(run_dir / "metrics.csv")
+        lrs = [float(r["lr"]) for r in rows]
         self.assertAlmostEqual(lrs[0], 1e-3)         # the warmup ends with epoch 1
         self.assertTrue(1e-5 < lrs[1] < 1e-3)
         self.assertAlmostEqual(lrs[2], 1e-5)
-        # killed after its epoch-2 checkpoint, then resumed: the schedule continues where it was
+        self.assertEqual(list(rows[0]), VIT_COLUMNS + ["ema_valid_loss", "ema_valid_acc"])
+        self.assertTrue(all(0 <= float(r["ema_valid_acc"]) <= 1 for r in rows))
+        self.assertNotEqual([r["ema_valid_loss"] for r in rows], [r["valid_loss"] for r in rows])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        for key in ("ema_best_epoch", "ema_best_valid_acc", "ema_test_acc", "ema_best_test_acc"):
+            self.assertIn(key, summary)
+        self.assertEqual(summary["ema_best_valid_acc"], max(float(r["ema_valid_acc"]) for r in rows))
+        self.assertTrue((run_dir / "best_ema.pt").exists())
+        self.assertIn("EMA final", out)
+        norms = read_csv(run_dir / "grad_norms.csv")
+        self.assertEqual([(int(r["epoch"]), int(r["layer"])) for r in norms],
+                         [(e, layer) for e in range(4) for layer in (1, 2, 3)])  # epoch 0: the first step
+        self.assertTrue(all(float(r["norm"]) > 0 for r in norms))
         argv = [sys.executable, "train_vit.py", "--data_folder", str(self.tmp / "images"), "--log_dir",
                 str(self.logs), "--exp_id", "part", *VIT_TINY, *args, "--epochs", "3"]
         killed = subprocess.run(argv, cwd=HERE, env=dict(os.environ, TRAINER_FAULT="checkpoint:2"),
@@ -468,6 +489,53 @@ class TestRecipeFlags(CliCase):
         resumed = subprocess.run(argv + ["--resume"], cwd=HERE, capture_output=True, text=True, timeout=300)
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
         self.assertEqual(results(self.logs / "part"), results(run_dir))
+
+    def test_ema_update_arithmetic(self):
+        model = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        ema = engine.EMA(model, decay=0.99)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        ema.update(model)  # update 1: rate min(0.99, 2 / 11)
+        torch.testing.assert_close(ema.model.weight, torch.full((1, 2), 1 - 2 / 11))
+        for _ in range(999):
+            ema.update(model)
+        self.assertAlmostEqual(ema.rate(), 0.99)  # (1 + n) / (10 + n) has passed the decay
+        with torch.no_grad():
+            model.weight.fill_(3.0)
+        before = ema.model.weight.clone()
+        ema.update(model)
+        torch.testing.assert_close(ema.model.weight, 0.99 * before + 0.01 * 3.0)
+        self.assertFalse(ema.model.training or ema.model.weight.requires_grad)
+
+    def test_layer_gradient_norms_are_per_layer_l2_norms_averaged_over_steps(self):
+        a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+        norms = engine.LayerGradNorms([list(a.parameters()), list(b.parameters())])
+        grads = []
+        for step in range(3):
+            for p in (*a.parameters(), *b.parameters()):
+                p.grad = torch.randn_like(p)
+            grads.append([torch.cat([p.grad.flatten() for p in m.parameters()]).norm().item() for m in (a, b)])
+            norms.add()
+        mean, first = norms.read()
+        np.testing.assert_allclose(mean, np.mean(grads, 0), rtol=1e-5)
+        np.testing.assert_allclose(first, grads[0], rtol=1e-5)
+
+    def test_mixed_labels_carry_exact_label_mass_in_loss_and_accuracy(self):
+        logits = torch.randn(4, 5)
+
+        class Fixed(torch.nn.Module):
+            def forward(self, x):
+                return logits
+
+        task = train_vit.ImageTask(None, 4, 0)
+        y, y_b, lam = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 1, logits[2].argmax().item(), 0]), 0.3
+        loss, count, correct = task.loss(Fixed().train(), (None, y, y_b, lam, 4))
+        soft = lam * F.one_hot(y, 5) + (1 - lam) * F.one_hot(y_b, 5)  # the soft target, label mass 1 each
+        self.assertAlmostEqual(loss.item(), F.cross_entropy(logits, soft.float(), reduction="sum").item(), places=4)
+        hits = logits.argmax(1)
+        self.assertAlmostEqual(correct.item(), (lam * (hits == y) + (1 - lam) * (hits == y_b)).sum().item(), places=5)
 
     def test_label_smoothing_on_a_known_case_and_only_in_training(self):
         logits = torch.tensor([[2.0, 0.0, 0.0]])
@@ -480,9 +548,10 @@ class TestRecipeFlags(CliCase):
         model = Fixed()
         log_p = torch.log_softmax(logits, 1)[0]
         target = torch.tensor([0.3 / 3 + 0.7, 0.1, 0.1])  # (1 - eps) one-hot + eps / classes
-        loss, count, correct = task.loss(model.train(), (None, torch.tensor([0]), 1))
+        y = torch.tensor([0])
+        loss, count, correct = task.loss(model.train(), (None, y, y, 1.0, 1))
         self.assertAlmostEqual(loss.item(), -(target * log_p).sum().item(), places=5)
-        loss, _, _ = task.loss(model.eval(), (None, torch.tensor([0]), 1))
+        loss, _, _ = task.loss(model.eval(), (None, y, y, 1.0, 1))
         self.assertAlmostEqual(loss.item(), -log_p[0].item(), places=5)
 
     def test_grad_clip_bounds_the_update(self):
@@ -503,6 +572,37 @@ class TestRecipeFlags(CliCase):
         engine.run_epoch(model, Task(), "train", 1, torch.optim.SGD(model.parameters(), lr=1.0), grad_clip=0.01)
         after = torch.cat([p.detach().flatten() for p in model.parameters()])
         self.assertLessEqual((after - before).norm().item(), 0.01 + 1e-6)
+
+
+class TestStreams(CliCase):
+    def test_carried_state_equals_one_pass_over_each_whole_stream(self):
+        data = write_token_files(self.tmp / "tokens", n=(400, 103, 70))
+        corpus = train_lm.load_wikitext(data, torch.device("cpu"))
+        task = train_lm.TextTask(corpus, seq_len=4, batch_size=3, seed=0, batching="streams")
+        torch.manual_seed(0)
+        model = LanguageModel("lstm", 2, corpus.vocab_size, 8, 8).eval()
+        result = engine.run_epoch(model, task, "valid")
+        # the same three streams, each read in a single forward pass: the state carry is exact
+        w = task.windows["valid"]
+        seq = w.padded[:w.num_windows * 4 + 1]
+        L = w.per_stream * 4
+        inputs = torch.stack([seq[k * L:(k + 1) * L] for k in range(3)])
+        targets = torch.stack([seq[k * L + 1:(k + 1) * L + 1] for k in range(3)])
+        with torch.no_grad():
+            whole, _ = model(inputs, targets=targets)
+        self.assertEqual(result["count"], 102)
+        self.assertAlmostEqual(result["loss"], whole.item() / 102, places=5)
+        windows = engine.run_epoch(model, train_lm.TextTask(corpus, 4, 3, 0), "valid")
+        self.assertEqual(windows["count"], 102)
+        self.assertNotAlmostEqual(windows["loss"], result["loss"], places=4)  # resetting the state differs
+
+    def test_streams_train_through_the_cli(self):
+        run_dir, _, _ = self.lm("--batching", "streams", "--dropout", "0.2", "--grad_clip", "0.5", "--epochs", "2",
+                                "--grad_norms", "--layers", "2", "--ema", "0.5")
+        rows = read_csv(run_dir / "metrics.csv")
+        self.assertLess(float(rows[1]["train_loss"]), float(rows[0]["train_loss"]))
+        self.assertEqual(len(read_csv(run_dir / "grad_norms.csv")), 3 * 2)  # epochs 0-2, two LSTM layers
+        self.assertIn("ema_valid_ppl", rows[0])
 
 
 class TestGenerate(CliCase):

@@ -3,6 +3,8 @@ perplexity, the best model and test results.
 
     python train_lm.py --model lstm --layers 2 --optimizer adamw
     python train_lm.py --model transformer --layers 2 --block postnorm --data_folder ../shared/data/wikitext2
+    python train_lm.py --batching streams --dropout 0.3 --grad_clip 0.25 --scheduler cosine \
+        --batch_size 32 --seq_len 64 --lr 2e-3 --data_folder ../shared/data/wikitext2   # the improved LM
 
 Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}, and
 vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test}.npz (token ids)
@@ -38,6 +40,10 @@ class Config(TrainConfig):
     hidden_size: int = option(512, "recurrent state or transformer width")
     num_heads: int = option(8, "attention heads (transformer core)")
     mlp_dim: int = option(2048, "MLP hidden width (transformer core)")
+    batching: str = option("windows", "windows: independent shuffled windows, state reset (the reference); "
+                           "streams: batch_size contiguous streams read in order, the recurrent state "
+                           "carried (detached) from window to window, in training and evaluation",
+                           ["windows", "streams"])
 
     def validate(self):
         super().validate()
@@ -51,12 +57,16 @@ class Config(TrainConfig):
 
 
 class TextTask:
-    """Next-token prediction over windows of a token stream; the loss is summed over real tokens."""
+    """Next-token prediction over windows of a token stream; the loss is summed over real tokens.
+    With batching="streams" the windows are read in stream order and the model's state is carried
+    from one batch to the next (detached: backpropagation stops at the window's start)."""
     metric, maximize, unit = "ppl", False, "tokens"
 
-    def __init__(self, corpus, seq_len, batch_size, seed):
-        self.windows = {s: Windows(t, seq_len) for s, t in corpus.splits.items()}
-        self.batch_size, self.seed = batch_size, seed
+    def __init__(self, corpus, seq_len, batch_size, seed, batching="windows"):
+        self.streams = batching == "streams"
+        self.windows = {s: Windows(t, seq_len, batch_size if self.streams else None)
+                        for s, t in corpus.splits.items()}
+        self.batch_size, self.seed, self.state = batch_size, seed, None
         self.zero = torch.zeros((), device=corpus.splits["train"].device)
 
     def num_batches(self, split):
@@ -64,14 +74,23 @@ class TextTask:
 
     def batches(self, split, epoch):
         w = self.windows[split]
-        order = epoch_generator(self.seed, epoch, "shuffle") if split == "train" else None
-        for idx, idx_host in index_batches(w.num_windows, self.batch_size, order, w.padded.device):
+        self.state = None  # every pass starts from a fresh state
+        if self.streams:
+            batches = index_batches(w.num_windows, self.batch_size, device=w.padded.device, order=w.stream_order())
+        else:
+            order = epoch_generator(self.seed, epoch, "shuffle") if split == "train" else None
+            batches = index_batches(w.num_windows, self.batch_size, order, w.padded.device)
+        for idx, idx_host in batches:
             inputs, targets = w.batch(idx)
             yield inputs, targets, w.targets_in(idx_host)
 
     def loss(self, model, batch):
         inputs, targets, count = batch
-        loss, _ = model(inputs, targets=targets)  # summed in chunks: the full logits never exist
+        # summed in chunks: the full logits never exist
+        loss, state = model(inputs, state=self.state if self.streams else None, targets=targets)
+        if self.streams:
+            self.state = None if state is None else tuple(s.detach() for s in state) if isinstance(state, tuple) \
+                else state.detach()
         return loss, count, self.zero
 
     def metric_value(self, loss, accuracy):
@@ -103,7 +122,7 @@ def main(argv=None):
         corpus = load_wikitext(cfg.data_folder, device)
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
           + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()) + f"; device {device}")
-    task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed)
+    task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
     smallest = min(w.num_windows for w in task.windows.values())
     check(cfg.batch_size <= smallest,
           f"--batch_size {cfg.batch_size} is larger than the smallest split ({smallest} windows of {cfg.seq_len})")

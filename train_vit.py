@@ -2,6 +2,9 @@
 
     python train_vit.py --layers 4 --optimizer adamw
     python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ../shared/data/cifar10-jpeg
+    python train_vit.py --layers 6 --epochs 50 --lr 1e-3 --weight_decay 0.05 --scheduler cosine \
+        --warmup_epochs 5 --label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 \
+        --cutmix 1.0 --ema 0.999 --grad_clip 1.0          # the improved recipe (runs.sh group 'improved')
 
 Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}.
 `--data_folder` is an ImageFolder tree (train/<class>/*, test/<class>/*) or a folder for
@@ -12,7 +15,7 @@ import math
 
 import torch.nn.functional as F
 
-from data import augment, index_batches, load_cifar10, normalize
+from data import AUGMENTS, augment, index_batches, load_cifar10, mix, normalize
 from engine import (TrainConfig, check, cli, distribute, epoch_generator, first_process_first, fit, log,
                     make_optimizer, option, parse_config, prepare_run_dir, setup)
 from models import VisionTransformer, count_params
@@ -29,6 +32,11 @@ class Config(TrainConfig):
     num_heads: int = option(8, "attention heads")
     patch_size: int = option(4, "patch side in pixels")
     label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation stays plain)")
+    drop_path: float = option(0.0, "stochastic depth: the last block's drop rate, earlier blocks linearly less")
+    augment: str = option("reference", "training augmentation: reference (flip + resized crop), or strong "
+                          "(also pad-4 translation and one TrivialAugment operation per image)", list(AUGMENTS))
+    mixup: float = option(0.0, "MixUp alpha (0: off); with --cutmix too, each batch uses one of the two")
+    cutmix: float = option(0.0, "CutMix alpha (0: off)")
 
     def validate(self):
         super().validate()
@@ -38,17 +46,23 @@ class Config(TrainConfig):
         check(self.patch_size >= 1 and 32 % self.patch_size == 0,
               f"--patch_size must divide the image size 32, got {self.patch_size}")
         check(0 <= self.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(0 <= self.drop_path < 1, f"--drop_path must be in [0, 1), got {self.drop_path}")
+        check(self.mixup >= 0 and self.cutmix >= 0, f"--mixup and --cutmix are Beta alphas >= 0, got "
+              f"{self.mixup} and {self.cutmix}")
 
     def name_fields(self):
         return ["block"] + super().name_fields()
 
 
 class ImageTask:
-    """CIFAR-10 classification: augmented shuffled batches for training, plain ones otherwise."""
+    """CIFAR-10 classification: augmented (and optionally mixed) shuffled batches for training, plain
+    ones otherwise. A batch is (images, labels, labels_b, lam, count): the loss is
+    lam * CE(labels) + (1 - lam) * CE(labels_b), with lam = 1 and labels_b = labels when unmixed."""
     metric, maximize, unit = "acc", True, "images"
 
-    def __init__(self, data, batch_size, seed, label_smoothing=0.0):
-        self.data, self.batch_size, self.seed, self.label_smoothing = data, batch_size, seed, label_smoothing
+    def __init__(self, data, batch_size, seed, label_smoothing=0.0, augment="reference", mixup=0.0, cutmix=0.0):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.label_smoothing, self.augment, self.mixup, self.cutmix = label_smoothing, augment, mixup, cutmix
 
     def num_batches(self, split):
         return math.ceil(len(self.data.splits[split][1]) / self.batch_size)
@@ -56,18 +70,29 @@ class ImageTask:
     def batches(self, split, epoch):
         images, labels = self.data.splits[split]
         train = split == "train"
+        mixing = train and (self.mixup > 0 or self.cutmix > 0)
         order = epoch_generator(self.seed, epoch, "shuffle") if train else None
         aug = epoch_generator(self.seed, epoch, "augment") if train else None
+        mixer = epoch_generator(self.seed, epoch, "mix") if mixing else None
         for idx, _ in index_batches(len(labels), self.batch_size, order, labels.device):
-            x = images[idx]
-            yield (augment(x, aug) if train else normalize(x)), labels[idx], len(idx)
+            x, y = images[idx], labels[idx]
+            x = augment(x, aug, policy=self.augment) if train else normalize(x)
+            # Mixed on the global batch, before any split over processes: results do not depend on them.
+            x, y_b, lam = mix(x, y, mixer, self.mixup, self.cutmix) if mixing else (x, y, 1.0)
+            yield x, y, y_b, lam, len(idx)
 
     def loss(self, model, batch):
-        images, labels, count = batch  # count: the whole batch's, though this may be one process's slice
-        logits = model(images)
+        images, labels, labels_b, lam, count = batch  # count: the whole batch's, though this may be a slice
+        logits = model(images).float()
         smoothing = self.label_smoothing if model.training else 0.0  # valid and test losses stay comparable
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=smoothing)
-        return loss, count, (logits.argmax(1) == labels).sum()
+        loss = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
+        hits = logits.argmax(1)
+        correct = (hits == labels).sum()
+        if lam != 1.0:  # each image carries label mass lam and 1 - lam: the loss and accuracy split alike
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, labels_b, reduction="sum",
+                                                            label_smoothing=smoothing)
+            correct = lam * correct + (1 - lam) * (hits == labels_b).sum()
+        return loss, count, correct
 
     def metric_value(self, loss, accuracy):
         return accuracy
@@ -88,11 +113,12 @@ def main(argv=None):
     check(tuple(data.splits["train"][0].shape[1:]) == (3, 32, 32),
           f"expected 3 x 32 x 32 images, found {tuple(data.splits['train'][0].shape[1:])}")
     model = VisionTransformer(cfg.layers, cfg.block, cfg.embed_dim, cfg.hidden_dim, cfg.num_heads,
-                              cfg.patch_size, num_classes=len(data.classes), dropout=cfg.dropout).to(device)
+                              cfg.patch_size, num_classes=len(data.classes), dropout=cfg.dropout,
+                              drop_path=cfg.drop_path).to(device)
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                              cfg.weight_decay, device)
     log(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
-    task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing)
+    task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
     return fit(distribute(model), task, cfg, run_dir, optimizer, device, autocast_dtype,
                extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes,
                                  data_source=data.source))
