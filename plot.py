@@ -3,10 +3,12 @@
     python plot.py --log_dir logs                      # writes logs/report/
     python plot.py --log_dir logs machine2/logs --out_dir report   # merge runs from several machines
 
-Reads only each run's config.json, metrics.csv and summary.json, so run folders copied from other
-machines merge. Runs with several seeds are one configuration (mean +- std). Unfinished runs are
-plotted as far as they got; runs without a single epoch are listed, not plotted.
-Writes PNG figures, summary_{lm,vit}.{md,csv} and summary.md into the output folder.
+Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so run folders
+copied from other machines merge. Runs with several seeds are one configuration (mean +- std).
+Unfinished runs are plotted as far as they got; runs without a single epoch are listed, not plotted.
+Writes PNG figures ({lm,vit}_{epochs,time}.png, and {lm,vit}_grad_norms.png for runs with
+--grad_norms), summary_{lm,vit}.{md,csv} and summary.md (findings, including pre- vs post-norm
+with and without warmup) into the output folder.
 """
 import argparse
 import csv
@@ -32,6 +34,7 @@ class Run:
     config: dict
     rows: list
     summary: dict = None
+    norms: dict = field(default_factory=dict)  # epoch -> [norm of layer 1, 2, ...] (grad_norms.csv)
     task: str = ""
     name: str = ""
     problems: list = field(default_factory=list)
@@ -53,6 +56,16 @@ def read_run(path):
                 run.rows.append({k: float(v) for k, v in row.items()})
     except (OSError, ValueError) as e:
         run.problems.append(f"metrics.csv unreadable ({e})")
+    try:
+        with open(path / "grad_norms.csv") as f:
+            for row in csv.DictReader(f):
+                run.norms.setdefault(int(row["epoch"]), {})[int(row["layer"])] = float(row["norm"])
+        run.norms = {e: [layers[k] for k in sorted(layers)] for e, layers in sorted(run.norms.items())}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError) as e:
+        run.problems.append(f"grad_norms.csv unreadable ({e})")
+        run.norms = {}
     try:
         run.summary = json.loads((path / "summary.json").read_text())
     except FileNotFoundError:
@@ -126,6 +139,18 @@ class Group:
         xs = np.array([[row[x] for row in r.rows[:n]] for r in self.runs]).mean(0)
         return xs, ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
 
+    def norm_epochs(self):
+        """The grad-norm epochs every seed logged, or []."""
+        common = None
+        for r in self.runs:
+            common = set(r.norms) if common is None else common & set(r.norms)
+        return sorted(common or [])
+
+    def norms_at(self, epoch):
+        """Per-layer gradient norms at an epoch: mean and std over seeds (arrays over layers)."""
+        ys = np.array([r.norms[epoch] for r in self.runs])
+        return ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
+
     def time_to(self, target):
         """Mean elapsed seconds until the valid metric first reaches target (None if it never does)."""
         times = []
@@ -140,6 +165,9 @@ def tables(groups, task):
     m, label, maximize, _ = TASKS[task]
     results_cols = ["architecture", "layers", "optimizer", "experiment", "seeds", "epochs", f"best train {label}",
                     f"best valid {label}", f"test {label} (final model)", f"test {label} (best-valid model)"]
+    with_ema = any(g.summary_value(f"ema_best_test_{m}")[0] is not None for g in groups)
+    if with_ema:
+        results_cols.append(f"test {label} (best-valid EMA)")
     cost_cols = ["architecture", "layers", "optimizer", "experiment", "learnable parameters", "peak memory (MB)",
                  "memory (%)", "train s/epoch", "valid s/epoch"]
     results, costs, flat = [], [], []
@@ -148,6 +176,7 @@ def tables(groups, task):
         head = [g.architecture, c.get("layers"), c.get("optimizer"), g.name]
         stats = dict(best_train=g.best_of(f"train_{m}"), best_valid=g.best_of(f"valid_{m}"),
                      test=g.summary_value(f"test_{m}"), best_test=g.summary_value(f"best_test_{m}"),
+                     ema_best_test=g.summary_value(f"ema_best_test_{m}"),
                      params=g.summary_value("params_learnable"),
                      memory=g.stat(lambda r: max(row["peak_mem_mb"] for row in r.rows) if r.rows else None),
                      mem_pct=g.stat(lambda r: max(row["mem_pct"] for row in r.rows) if r.rows else None),
@@ -155,7 +184,8 @@ def tables(groups, task):
                      valid_s=g.stat(lambda r: np.mean([row["valid_time"] for row in r.rows]) if r.rows else None))
         epochs = sorted({len(r.rows) for r in g.runs})
         results.append(head + [len(g.runs), "/".join(map(str, epochs))] +
-                       [fmt(*stats[k]) for k in ("best_train", "best_valid", "test", "best_test")])
+                       [fmt(*stats[k]) for k in ("best_train", "best_valid", "test", "best_test")] +
+                       ([fmt(*stats["ema_best_test"])] if with_ema else []))
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
                              fmt(*stats["valid_s"], digits=2)])
@@ -213,13 +243,83 @@ def plot_curves(groups, task, out_dir):
     return written
 
 
-def pairs_by(groups, key):
-    """Groups that differ only in config[key], as {other settings: {value: group}}."""
+def pairs_by(groups, key, *more):
+    """Groups that differ only in config[key] (and the keys in more), as a list of
+    {value (or tuple of values): group}, one dict per setting of everything else."""
+    keys = (key, *more)
     out = {}
     for g in groups:
-        settings = {k: v for k, v in g.config.items() if k not in NOT_A_SETTING and k != key}
-        out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[g.config.get(key)] = g
+        settings = {k: v for k, v in g.config.items() if k not in NOT_A_SETTING and k not in keys}
+        value = g.config.get(key) if not more else tuple(g.config.get(k) for k in keys)
+        out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[value] = g
     return [v for v in out.values() if len(v) > 1]
+
+
+def plot_grad_norms(groups, task, out_dir):
+    """Per-layer gradient norms (layer on x, log y), one line per configuration (mean over seeds,
+    band: +- std): at the first step (epoch 0), over the first epoch, and over the last epoch."""
+    groups = [g for g in groups if g.norm_epochs()]
+    if not groups:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    last = max(max(g.norm_epochs()) for g in groups)
+    panels = [(0, "first step (initialisation)"), (1, "mean over epoch 1")] + ([(last, f"mean over epoch {last}")]
+                                                                             if last > 1 else [])
+    colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (epoch, title) in zip(axes[0], panels):
+        for i, g in enumerate(groups):
+            if epoch not in g.norm_epochs():
+                continue
+            mean, std = g.norms_at(epoch)
+            layers = np.arange(1, len(mean) + 1)
+            ax.plot(layers, mean, "-o", ms=3, color=colours(i % colours.N), label=g.name)
+            if std is not None:
+                ax.fill_between(layers, np.maximum(mean - std, 1e-12), mean + std, color=colours(i % colours.N),
+                                alpha=0.15)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("layer (1 = next to the input)")
+        ax.set_ylabel("gradient L2 norm")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle(f"{TASKS[task][3]}: per-layer gradient norms")
+    fig.tight_layout()
+    path = out_dir / f"{task}_grad_norms.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path]
+
+
+def norm_findings(groups, task):
+    """Pre- vs post-norm, with and without warmup (Xiong et al. 2020): accuracy and the gradient
+    norms' shape at initialisation, mean +- std over seeds, one table per setting of the rest."""
+    m, label, _, _ = TASKS[task]
+    lines = []
+    for table in pairs_by(groups, "block", "warmup_epochs"):
+        if {b for b, _ in table} != {"prenorm", "postnorm"} or len({w or 0 for _, w in table}) < 2:
+            continue  # the plain pre/post comparison is a finding of its own
+        lines += ["", f"Pre- vs post-norm, with and without warmup ({', '.join(sorted(g.name for g in table.values()))}):",
+                  "", f"| block | warmup epochs | seeds | best valid {label} | test {label} (best-valid model) | "
+                  "grad norm, last / first layer, first step | same, epoch 1 mean |", "|---|---|---|---|---|---|---|"]
+        for (block, warmup), g in sorted(table.items(), key=lambda kv: (kv[0][0] != "prenorm", kv[0][1] or 0)):
+            ratio = {}
+            for epoch in (0, 1):
+                ratio[epoch] = g.stat(lambda r: r.norms[epoch][-1] / r.norms[epoch][0]
+                                      if epoch in r.norms and r.norms[epoch][0] > 0 else None)
+            lines.append(f"| {block} | {warmup or 0:g} | {len(g.runs)} | {fmt(*g.best_of(f'valid_{m}'))} | "
+                         f"{fmt(*g.summary_value(f'best_test_{m}'))} | {fmt(*ratio[0], digits=2)} | "
+                         f"{fmt(*ratio[1], digits=2)} |")
+        lines.append("")
+        lines.append("Xiong et al. (2020) predict that post-norm's gradients at initialisation grow towards the "
+                     "output (a last/first ratio above 1) so that it needs warmup, while pre-norm's do not; "
+                     "the figure " + f"{task}_grad_norms.png" + " shows every layer.")
+    return lines
 
 
 def findings(groups, task):
@@ -258,6 +358,13 @@ def findings(groups, task):
             lines.append(f"- Pre- vs post-norm ({pre.name} / {post.name}, {seeds}): best valid {label} "
                          f"{fmt(*pv)} vs {fmt(*post_v)}; test {fmt(*pt)} vs {fmt(*post_t)}"
                          + (f"; gap (pre - post) {gap:+.4f}." if gap is not None else "."))
+    for g in groups:
+        if g.summary_value(f"ema_best_test_{m}")[0] is not None:
+            lines.append(f"- Weight average (EMA) of **{g.name}**: best valid {label} "
+                         f"{fmt(*g.summary_value(f'ema_best_valid_{m}'))} (the model itself: "
+                         f"{fmt(*g.best_of(f'valid_{m}'))}), test {label} of the best-valid EMA "
+                         f"{fmt(*g.summary_value(f'ema_best_test_{m}'))}.")
+    lines += norm_findings(groups, task)
     unfinished = [r for g in groups for r in g.runs if not r.summary]
     if unfinished:
         lines.append("- Unfinished (plotted as far as they got, no test result): "
@@ -294,7 +401,7 @@ def main(argv=None):
             writer = csv.DictWriter(f, fieldnames=list(flat[0]))
             writer.writeheader()
             writer.writerows(flat)
-        figures = plot_curves(groups, task, out_dir)
+        figures = plot_curves(groups, task, out_dir) + plot_grad_norms(groups, task, out_dir)
         summary += findings(groups, task)
         summary += [f"Tables: summary_{task}.md, summary_{task}.csv. Figures: "
                     + ", ".join(p.name for p in figures) + ".", ""]

@@ -6,11 +6,19 @@
 #   ONLY='^vit_L6' bash runs.sh          # only configurations whose name matches (grep -E)
 #   DRY_RUN=1 bash runs.sh               # print the commands, run nothing
 #   SEEDS="1 2 3" GPUS="0 1" bash runs.sh
+#   RUN_GROUPS=reference bash runs.sh        # only the report's 13 configurations
+#
+# Groups: reference (the report's 13 configurations), extras (GRU and Transformer LMs), improved
+# (ViT-6 pre- and post-norm with the stronger recipe, LSTM-1 with the improved LM flags), norms
+# (ViT-6 pre/post-norm x with/without warmup, 3 seeds each, with per-layer gradient norms).
 #
 # Settings (environment variables):
-#   QUICK=1        smoke sweep: --limit_batches 2 --epochs 1, small LM windows; logs go to logs/quick
+#   QUICK=1        smoke sweep: --limit_batches 2 --epochs 1, small LM windows, warmups of half an
+#                  epoch; logs go to logs/quick
 #   EPOCHS_LM      LM epochs (10, as the reference)       EPOCHS_VIT   ViT epochs (50, as the reference)
+#   RUN_GROUPS     groups to run ("reference extras improved norms")
 #   SEEDS          seeds per configuration ("42")         ONLY         a grep -E pattern on the names
+#   NORMS_SEEDS    seeds of the norms group ("1 2 3")
 #   DRY_RUN=1      print the commands only                DEVICE       auto | cpu | cuda (auto)
 #   LOG_DIR        logs (logs/quick with QUICK=1)         PYTHON       the interpreter (python3)
 #   LM_DATA        ./data/wikitext2                       VIT_DATA     ./data/cifar10
@@ -29,6 +37,8 @@ QUICK=${QUICK:-0}
 EPOCHS_LM=${EPOCHS_LM:-10}
 EPOCHS_VIT=${EPOCHS_VIT:-50}
 SEEDS=${SEEDS:-42}
+NORMS_SEEDS=${NORMS_SEEDS:-1 2 3}
+RUN_GROUPS=${RUN_GROUPS:-reference extras improved norms}
 ONLY=${ONLY:-}
 DRY_RUN=${DRY_RUN:-0}
 DEVICE=${DEVICE:-auto}
@@ -48,39 +58,59 @@ else
   QUICK_LM=() QUICK_VIT=()
 fi
 
-# name | script | the flags that differ from the script's defaults
+# The improved recipes (issue 7). ViT: Lee et al. (2021)'s small-dataset recipe, shortened to 50
+# epochs; LM: stream batching with carried state, dropout, clipping and a cosine schedule.
+VIT_IMPROVED="--layers 6 --lr 1e-3 --weight_decay 0.05 --scheduler cosine --warmup_epochs 5 --min_lr 1e-5 \
+--label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 --cutmix 1.0 --ema 0.999 --grad_clip 1.0 \
+--grad_norms"
+LM_IMPROVED="--model lstm --layers 1 --optimizer adamw --batching streams --batch_size 32 --seq_len 128 \
+--dropout 0.4 --lr 2e-3 --weight_decay 0.01 --scheduler cosine --warmup_epochs 0.5 --grad_clip 0.25"
+
+# group | name | script | the flags that differ from the script's defaults
 CONFIGS=(
   # Language model, the reference study (LSTM, batch 16, lr 1e-3)
-  "lm_lstm_L1_adam|train_lm.py|--model lstm --layers 1 --optimizer adam"
-  "lm_lstm_L1_adamw|train_lm.py|--model lstm --layers 1 --optimizer adamw"
-  "lm_lstm_L1_sgd|train_lm.py|--model lstm --layers 1 --optimizer sgd"
-  "lm_lstm_L1_momentum|train_lm.py|--model lstm --layers 1 --optimizer momentum"
-  "lm_lstm_L2_adamw|train_lm.py|--model lstm --layers 2 --optimizer adamw"
-  "lm_lstm_L4_adamw|train_lm.py|--model lstm --layers 4 --optimizer adamw"
+  "reference|lm_lstm_L1_adam|train_lm.py|--model lstm --layers 1 --optimizer adam"
+  "reference|lm_lstm_L1_adamw|train_lm.py|--model lstm --layers 1 --optimizer adamw"
+  "reference|lm_lstm_L1_sgd|train_lm.py|--model lstm --layers 1 --optimizer sgd"
+  "reference|lm_lstm_L1_momentum|train_lm.py|--model lstm --layers 1 --optimizer momentum"
+  "reference|lm_lstm_L2_adamw|train_lm.py|--model lstm --layers 2 --optimizer adamw"
+  "reference|lm_lstm_L4_adamw|train_lm.py|--model lstm --layers 4 --optimizer adamw"
   # ViT, the reference study (batch 128, lr 3e-4)
-  "vit_L2_adam|train_vit.py|--layers 2 --optimizer adam"
-  "vit_L2_adamw|train_vit.py|--layers 2 --optimizer adamw"
-  "vit_L2_sgd|train_vit.py|--layers 2 --optimizer sgd"
-  "vit_L2_momentum|train_vit.py|--layers 2 --optimizer momentum"
-  "vit_L4_adamw|train_vit.py|--layers 4 --optimizer adamw"
-  "vit_L6_adamw|train_vit.py|--layers 6 --optimizer adamw"
-  "vit_L6_adamw_postnorm|train_vit.py|--layers 6 --optimizer adamw --block postnorm"
+  "reference|vit_L2_adam|train_vit.py|--layers 2 --optimizer adam"
+  "reference|vit_L2_adamw|train_vit.py|--layers 2 --optimizer adamw"
+  "reference|vit_L2_sgd|train_vit.py|--layers 2 --optimizer sgd"
+  "reference|vit_L2_momentum|train_vit.py|--layers 2 --optimizer momentum"
+  "reference|vit_L4_adamw|train_vit.py|--layers 4 --optimizer adamw"
+  "reference|vit_L6_adamw|train_vit.py|--layers 6 --optimizer adamw"
+  "reference|vit_L6_adamw_postnorm|train_vit.py|--layers 6 --optimizer adamw --block postnorm"
   # Beyond the report: the other cores at LM configurations 1 and 5
-  "lm_gru_L1_adam|train_lm.py|--model gru --layers 1 --optimizer adam"
-  "lm_gru_L2_adamw|train_lm.py|--model gru --layers 2 --optimizer adamw"
-  "lm_transformer_prenorm_L1_adam|train_lm.py|--model transformer --block prenorm --layers 1 --optimizer adam"
-  "lm_transformer_prenorm_L2_adamw|train_lm.py|--model transformer --block prenorm --layers 2 --optimizer adamw"
-  "lm_transformer_postnorm_L1_adam|train_lm.py|--model transformer --block postnorm --layers 1 --optimizer adam"
-  "lm_transformer_postnorm_L2_adamw|train_lm.py|--model transformer --block postnorm --layers 2 --optimizer adamw"
+  "extras|lm_gru_L1_adam|train_lm.py|--model gru --layers 1 --optimizer adam"
+  "extras|lm_gru_L2_adamw|train_lm.py|--model gru --layers 2 --optimizer adamw"
+  "extras|lm_transformer_prenorm_L1_adam|train_lm.py|--model transformer --block prenorm --layers 1 --optimizer adam"
+  "extras|lm_transformer_prenorm_L2_adamw|train_lm.py|--model transformer --block prenorm --layers 2 --optimizer adamw"
+  "extras|lm_transformer_postnorm_L1_adam|train_lm.py|--model transformer --block postnorm --layers 1 --optimizer adam"
+  "extras|lm_transformer_postnorm_L2_adamw|train_lm.py|--model transformer --block postnorm --layers 2 --optimizer adamw"
+  # The stronger recipes, beside the reference runs they improve on
+  "improved|vit_L6_improved_prenorm|train_vit.py|$VIT_IMPROVED --block prenorm"
+  "improved|vit_L6_improved_postnorm|train_vit.py|$VIT_IMPROVED --block postnorm"
+  "improved|lm_lstm_L1_improved|train_lm.py|$LM_IMPROVED"
+  # Pre- vs post-norm with and without warmup, at the reference settings, with gradient norms (NORMS_SEEDS)
+  "norms|vit_L6_norms_prenorm|train_vit.py|--layers 6 --block prenorm --grad_norms"
+  "norms|vit_L6_norms_prenorm_warmup|train_vit.py|--layers 6 --block prenorm --grad_norms --warmup_epochs 5"
+  "norms|vit_L6_norms_postnorm|train_vit.py|--layers 6 --block postnorm --grad_norms"
+  "norms|vit_L6_norms_postnorm_warmup|train_vit.py|--layers 6 --block postnorm --grad_norms --warmup_epochs 5"
 )
 
-# The selected runs, one "exp_id|script|flags" line each: ONLY, then SEEDS, then SHARD.
+# The selected runs, one "exp_id|script|flags" line each: RUN_GROUPS, ONLY, then the seeds, then SHARD.
 select_runs() {
-  local entry name script args seed index=0 shard_i=${SHARD%/*} shard_n=${SHARD#*/}
+  local entry group name script args seed seeds index=0 shard_i=${SHARD%/*} shard_n=${SHARD#*/}
   for entry in "${CONFIGS[@]}"; do
-    IFS='|' read -r name script args <<<"$entry"
+    IFS='|' read -r group name script args <<<"$entry"
+    [[ " $RUN_GROUPS " == *" $group "* ]] || continue
     [[ -z $ONLY ]] || grep -Eq -- "$ONLY" <<<"$name" || continue
-    for seed in $SEEDS; do
+    seeds=$SEEDS
+    [[ $group == norms ]] && seeds=$NORMS_SEEDS
+    for seed in $seeds; do
       if (( index % shard_n == shard_i )); then
         echo "${name}_s${seed}|$script|$args --seed $seed"
       fi
@@ -93,6 +123,12 @@ command_for() {  # exp_id script args -> the full command line, one word per lin
   local exp_id=$1 script=$2 args=$3 extra=()
   local -a flags
   read -r -a flags <<<"$args"
+  if [[ $QUICK == 1 ]]; then  # one epoch: a warmup stays a warmup, but fits in it
+    local i
+    for i in "${!flags[@]}"; do
+      [[ ${flags[i]} == --warmup_epochs ]] && flags[i+1]=0.5
+    done
+  fi
   if [[ $script == train_lm.py ]]; then
     extra=(--epochs "$EPOCHS_LM" --data_folder "$LM_DATA" "${QUICK_LM[@]}")
     [[ -z $EMBEDDINGS ]] || extra+=(--embeddings "$EMBEDDINGS")
@@ -149,10 +185,17 @@ main() {
     echo "error: SHARD must be i/N with 0 <= i < N, got '$SHARD'" >&2
     exit 2
   fi
+  local g
+  for g in $RUN_GROUPS; do
+    if ! [[ $g =~ ^(reference|extras|improved|norms)$ ]]; then
+      echo "error: unknown group '$g' in RUN_GROUPS; choose from reference extras improved norms" >&2
+      exit 2
+    fi
+  done
   local -a runs
   mapfile -t runs < <(select_runs)
   if (( ${#runs[@]} == 0 )); then
-    echo "error: no configuration matches ONLY='$ONLY' (shard $SHARD)" >&2
+    echo "error: no configuration matches ONLY='$ONLY' in RUN_GROUPS='$RUN_GROUPS' (shard $SHARD)" >&2
     exit 2
   fi
   FAILED=$(mktemp)

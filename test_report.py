@@ -27,6 +27,8 @@ REFERENCE = {
     "vit_L6_adamw": "--layers 6 --optimizer adamw",
     "vit_L6_adamw_postnorm": "--layers 6 --optimizer adamw --block postnorm",
 }
+IMPROVED = {"vit_L6_improved_prenorm", "vit_L6_improved_postnorm", "lm_lstm_L1_improved"}
+NORMS = {f"vit_L6_norms_{block}{warmup}" for block in ("prenorm", "postnorm") for warmup in ("", "_warmup")}
 EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_prenorm_L1_adam", "lm_transformer_prenorm_L2_adamw",
           "lm_transformer_postnorm_L1_adam", "lm_transformer_postnorm_L2_adamw"}
 # A stand-in for python: records how it was called, writes a summary (or fails when asked to).
@@ -55,8 +57,22 @@ def exp_ids(lines):
 
 
 class TestSweepList(unittest.TestCase):
-    def test_dry_run_lists_exactly_the_reference_and_the_extras(self):
+    def test_dry_run_lists_exactly_the_reference_the_extras_and_the_issue_7_groups(self):
         lines = dry_run()
+        ids = exp_ids(lines)
+        self.assertEqual(sorted(e for e in ids if e.endswith("_s42")),
+                         sorted(f"{n}_s42" for n in set(REFERENCE) | EXTRAS | IMPROVED))
+        self.assertEqual(sorted(e for e in ids if not e.endswith("_s42")),  # norms: three seeds each
+                         sorted(f"{n}_s{s}" for n in NORMS for s in (1, 2, 3)))
+        norms = [line for line in lines if "_norms_" in line]
+        self.assertTrue(all("--layers 6 " in line and "--grad_norms" in line for line in norms))
+        self.assertEqual(sum("--warmup_epochs 5 " in line for line in norms), 6)
+        improved = [line for line in lines if "_improved_" in line and "vit" in line]
+        for flag in ("--augment strong", "--mixup", "--cutmix", "--drop_path", "--ema", "--scheduler cosine",
+                     "--label_smoothing", "--epochs 50"):
+            self.assertTrue(all(flag in line for line in improved), flag)
+        self.assertIn("--batching streams", next(line for line in lines if "lm_lstm_L1_improved" in line))
+        lines = dry_run(RUN_GROUPS="reference extras")
         names = [e.removesuffix("_s42") for e in exp_ids(lines)]
         self.assertEqual(sorted(names), sorted(set(REFERENCE) | EXTRAS))
         for line, name in zip(lines, names):
@@ -82,7 +98,7 @@ class TestSweepList(unittest.TestCase):
 
     def test_seeds_and_shards_partition_the_list(self):
         full = exp_ids(dry_run(SEEDS="1 2"))
-        self.assertEqual(len(full), 2 * 19)
+        self.assertEqual(len(full), 2 * 22 + 3 * 4)
         self.assertIn("vit_L6_adamw_postnorm_s2", full)
         shards = [exp_ids(dry_run(SEEDS="1 2", SHARD=f"{i}/3")) for i in range(3)]
         self.assertEqual(sorted(sum(shards, [])), sorted(full))
@@ -90,7 +106,8 @@ class TestSweepList(unittest.TestCase):
         self.assertTrue(all(abs(len(s) - len(full) / 3) < 1 for s in shards))
 
     def test_bad_settings_are_refused(self):
-        for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration")):
+        for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
+                              (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'")):
             proc = sweep(dict(DRY_RUN="1", **env))
             self.assertEqual(proc.returncode, 2)
             self.assertIn(fragment, proc.stderr)
@@ -107,7 +124,7 @@ class TestSweepMechanics(TempDir):
         return proc, [line.split() for line in made]
 
     def test_gpus_run_configurations_in_parallel_one_per_gpu(self):
-        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit")
+        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(sorted(e for e, _ in calls), sorted(f"{n}_s42" for n in REFERENCE if n.startswith("vit")))
         by_gpu = {}
@@ -193,6 +210,33 @@ class TestPlot(TempDir):
             self.assertEqual((report / name).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
         self.assertFalse((report / "summary_lm.md").exists())
 
+    def test_gradient_norms_figure_and_the_pre_post_warmup_table(self):
+        logs = self.tmp / "logs"
+        base = dict(task="vit", layers=3, optimizer="adamw", lr=3e-4, batch_size=128, grad_norms=True)
+        # post-norm without warmup: norms that grow towards the output at the first step
+        shapes = {("prenorm", 0): [1.0, 1.0, 1.0], ("prenorm", 5): [1.0, 1.0, 1.0],
+                  ("postnorm", 0): [1.0, 2.0, 4.0], ("postnorm", 5): [1.0, 1.5, 3.0]}
+        for (block, warmup), first in shapes.items():
+            for seed, scale in ((1, 1.0), (2, 1.5)):
+                run = write_run(logs, f"vit_{block}_w{warmup}_s{seed}", dict(base, block=block, warmup_epochs=warmup,
+                                seed=seed), vit_rows([0.5, 0.6]), dict(best_test_acc=0.6 + 0.01 * seed))
+                with open(run / "grad_norms.csv", "w") as f:
+                    f.write("epoch,layer,norm\n")
+                    for epoch in (0, 1, 2):
+                        for layer, v in enumerate(first, 1):
+                            f.write(f"{epoch},{layer},{v * scale / (epoch + 1)}\n")
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        report = logs / "report"
+        self.assertEqual((report / "vit_grad_norms.png").read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+        summary = (report / "summary.md").read_text()
+        self.assertIn("Pre- vs post-norm, with and without warmup", summary)
+        rows = [line for line in summary.splitlines() if line.startswith("| prenorm") or line.startswith("| postnorm")]
+        self.assertEqual(len(rows), 4)
+        # block, warmup, seeds, best valid (mean +- std over 2 seeds), best-valid test, last/first ratios
+        self.assertEqual(rows[0], "| prenorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 1.00 ± 0.00 | 1.00 ± 0.00 |")
+        self.assertEqual(rows[2], "| postnorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 4.00 ± 0.00 | 4.00 ± 0.00 |")
+        self.assertEqual(rows[3].split(" | ")[5], "3.00 ± 0.00")
+
     def test_no_runs_is_an_error(self):
         self.assertEqual(plot.main(["--log_dir", str(self.tmp / "none")]), 2)
 
@@ -202,18 +246,19 @@ class TestQuickSweep(TempDir):
         lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
         vit, _ = write_image_folder(self.tmp / "images", per_class=(440, 44))  # 128-image batches fit every split
         logs = self.tmp / "logs"
-        proc = sweep(dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit), LOG_DIR=str(logs),
-                          DEVICE="cpu"), timeout=900)
+        env = dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit), LOG_DIR=str(logs),
+                   DEVICE="cpu", NORMS_SEEDS="1")  # every group, one seed of the norms group
+        proc = sweep(env, timeout=900)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
-        for name in set(REFERENCE) | EXTRAS:
-            self.assertTrue((logs / f"{name}_s42" / "summary.json").exists(), name)
+        for name in [f"{n}_s42" for n in set(REFERENCE) | EXTRAS | IMPROVED] + [f"{n}_s1" for n in NORMS]:
+            self.assertTrue((logs / name / "summary.json").exists(), name)
         report = logs / "report"
-        for name in ("lm_epochs.png", "lm_time.png", "vit_epochs.png", "vit_time.png"):
+        self.assertIn("Pre- vs post-norm, with and without warmup", (report / "summary.md").read_text())
+        for name in ("lm_epochs.png", "lm_time.png", "vit_epochs.png", "vit_time.png", "vit_grad_norms.png"):
             self.assertEqual((report / name).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
         for name in ("summary_lm.md", "summary_lm.csv", "summary_vit.md", "summary_vit.csv", "summary.md"):
             self.assertGreater((report / name).stat().st_size, 100, name)
-        self.assertEqual(sweep(dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit),
-                                    LOG_DIR=str(logs), DEVICE="cpu")).stdout.count("done, skipped"), 19)
+        self.assertEqual(sweep(env).stdout.count("done, skipped"), 26)
 
 
 if __name__ == "__main__":
