@@ -363,22 +363,23 @@ def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1),
     """RandomResizedCrop's boxes for n images at once: (top, left, h, w) int tensors (n,).
 
     As torchvision: draw area and log-aspect, round to whole pixels, keep the first of `attempts`
-    draws that fits, else fall back to the whole image."""
-    area = height * width
-    s = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * area
-    log_r = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    r = torch.exp(log_r)
-    w = torch.sqrt(s * r).round().long()
-    h = torch.sqrt(s / r).round().long()
+    draws that fits, else fall back to the whole image. The numbers are drawn from `generator` in
+    one call; the arithmetic on these few small arrays is NumPy's, which has a fraction of torch's
+    per-operation overhead."""
+    u = torch.rand(n, 2 * attempts + 2, generator=generator, dtype=torch.float64).numpy()
+    s = (scale[0] + (scale[1] - scale[0]) * u[:, :attempts]) * (height * width)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    r = np.exp(lo + (hi - lo) * u[:, attempts:2 * attempts])
+    w = np.round(np.sqrt(s * r)).astype(np.int64)
+    h = np.round(np.sqrt(s / r)).astype(np.int64)
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
-    rows = torch.arange(n)
-    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], torch.full((n,), height))
-    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], torch.full((n,), width))
-    u = torch.rand(n, 2, generator=generator)
-    top = (u[:, 0] * (height - h + 1)).floor().long()
-    left = (u[:, 1] * (width - w + 1)).floor().long()
-    return top, left, h, w
+    first, fits = ok.argmax(1), ok.any(1)
+    rows = np.arange(n)
+    h = np.where(fits, h[rows, first], height)
+    w = np.where(fits, w[rows, first], width)
+    top = np.floor(u[:, -2] * (height - h + 1)).astype(np.int64)
+    left = np.floor(u[:, -1] * (width - w + 1)).astype(np.int64)
+    return tuple(torch.from_numpy(a) for a in (top, left, h, w))
 
 
 def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
@@ -388,25 +389,18 @@ def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
     shift[b] = t, row i reads what row i - t would, and rows that fall outside are zero (a random
     translation with zero padding, as RandomCrop(padding=...) after the resize).
     (B,) int tensors -> (B, out_size, size)."""
-    B = start.shape[0]
-    i = torch.arange(out_size, dtype=torch.float32, device=start.device).expand(B, out_size)
-    inside = None
+    i = torch.arange(out_size, dtype=torch.float32, device=start.device)
     if shift is not None:
         i = i - shift[:, None]
         inside = ((i >= 0) & (i < out_size)).float()
     if reverse is not None:
         i = torch.where(reverse[:, None], out_size - 1 - i, i)
     src = start[:, None] + (i + 0.5) * (length[:, None].float() / out_size) - 0.5  # (B, out)
-    lo = src.floor()
-    frac = src - lo
-    lo = lo.long()
-    w_lo, w_hi = 1 - frac, frac
-    if inside is not None:
-        w_lo, w_hi = w_lo * inside, w_hi * inside
-    m = torch.zeros(B, out_size, size, device=start.device)
-    m.scatter_add_(2, lo.clamp(0, size - 1)[..., None], w_lo[..., None])
-    m.scatter_add_(2, (lo + 1).clamp(0, size - 1)[..., None], w_hi[..., None])
-    return m
+    # Bilinear weights are a tent: max(0, 1 - |src - j|) for input pixel j. Clamping src to the
+    # image first gives an edge pixel all the weight, as clamped bilinear sampling does.
+    j = torch.arange(size, dtype=torch.float32, device=start.device)
+    m = (src.clamp_(0, size - 1)[..., None] - j).abs_().neg_().add_(1).clamp_(min=0)  # (B, out, size)
+    return m * inside[..., None] if shift is not None else m
 
 
 AUGMENTS = ("reference", "strong")

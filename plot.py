@@ -276,7 +276,8 @@ def plot_grad_norms(groups, task, out_dir):
                 continue
             mean, std = g.norms_at(epoch)
             layers = np.arange(1, len(mean) + 1)
-            ax.plot(layers, mean, "-o", ms=3, color=colours(i % colours.N), label=g.name)
+            # styles differ too: configurations with equal norms (warmup does not change the first step) overlap
+            ax.plot(layers, mean, ("-o", "--s", ":^", "-.d")[i % 4], ms=4, color=colours(i % colours.N), label=g.name)
             if std is not None:
                 ax.fill_between(layers, np.maximum(mean - std, 1e-12), mean + std, color=colours(i % colours.N),
                                 alpha=0.15)

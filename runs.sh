@@ -13,7 +13,7 @@
 # (ViT-6 pre/post-norm x with/without warmup, 3 seeds each, with per-layer gradient norms).
 #
 # Settings (environment variables):
-#   QUICK=1        smoke sweep: --limit_batches 2 --epochs 1, small LM windows, warmups of half an
+#   QUICK=1        smoke sweep: --limit_batches 2 --epochs 1, small LM windows, warmups of one
 #                  epoch; logs go to logs/quick
 #   EPOCHS_LM      LM epochs (10, as the reference)       EPOCHS_VIT   ViT epochs (50, as the reference)
 #   RUN_GROUPS     groups to run ("reference extras improved norms")
@@ -123,10 +123,10 @@ command_for() {  # exp_id script args -> the full command line, one word per lin
   local exp_id=$1 script=$2 args=$3 extra=()
   local -a flags
   read -r -a flags <<<"$args"
-  if [[ $QUICK == 1 ]]; then  # one epoch: a warmup stays a warmup, but fits in it
+  if [[ $QUICK == 1 ]]; then  # one epoch: a warmup stays a warmup (over both steps), but fits in it
     local i
     for i in "${!flags[@]}"; do
-      [[ ${flags[i]} == --warmup_epochs ]] && flags[i+1]=0.5
+      [[ ${flags[i]} == --warmup_epochs ]] && flags[i+1]=1
     done
   fi
   if [[ $script == train_lm.py ]]; then
