@@ -233,14 +233,21 @@ def plot_curves(groups, task, out_dir):
         handles, labels = axes[0].get_legend_handles_labels()
         handles += [Line2D([], [], color="k", ls="--"), Line2D([], [], color="k", ls="-")]
         labels += ["train", "valid"]
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-        fig.suptitle(f"{title}: {label} and loss over {'epochs' if x == 'epoch' else 'wall-clock time'}")
-        fig.tight_layout()
-        path = out_dir / f"{task}_{'epochs' if x == 'epoch' else 'time'}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(finish(fig, handles, labels,
+                              f"{title}: {label} and loss over {'epochs' if x == 'epoch' else 'wall-clock time'}",
+                              out_dir / f"{task}_{'epochs' if x == 'epoch' else 'time'}.png"))
     return written
+
+
+def finish(fig, handles, labels, title, path):
+    """Legend on the right, title, save (headless), close; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def pairs_by(groups, key, *more):
@@ -288,13 +295,8 @@ def plot_grad_norms(groups, task, out_dir):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.suptitle(f"{TASKS[task][3]}: per-layer gradient norms")
-    fig.tight_layout()
-    path = out_dir / f"{task}_grad_norms.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+    return [finish(fig, handles, labels, f"{TASKS[task][3]}: per-layer gradient norms",
+                   out_dir / f"{task}_grad_norms.png")]
 
 
 def norm_findings(groups, task):
