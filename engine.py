@@ -629,9 +629,11 @@ def append_csv(path, columns, row):
 
 
 def compile_model(model, task, autocast_dtype):
-    """torch.compile in place (state_dict keys stay those of the plain model), then one training
-    and one evaluation pass on a batch, so the compilation is not billed to the first epoch. The
-    random state is put back afterwards: a compiled run draws the same numbers as a plain one."""
+    """torch.compile in place (state_dict keys stay those of the plain model), then training and
+    evaluation passes on a batch and on a batch one example smaller, so the compilation is not
+    billed to the first epoch: an epoch's last batch is usually smaller, and that second shape is
+    what makes torch.compile recompile with dynamic shapes. The random state is put back afterwards:
+    a compiled run draws the same numbers as a plain one."""
     device = next(model.parameters()).device
     state = rng_state()
     sync(device)
@@ -639,13 +641,18 @@ def compile_model(model, task, autocast_dtype):
     model.compile()
     for training in (True, False):
         model.train(training)
-        batch = next(iter(task.batches("train" if training else "valid", 0)))
-        with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                                               enabled=autocast_dtype is not None):
-            loss, _, _ = task.loss(model, batch)
-        if training:
-            loss.backward()
-            model.zero_grad(set_to_none=True)
+        for smaller in (False, True):
+            batch = next(iter(task.batches("train" if training else "valid", 0)))  # a fresh pass: fresh state
+            if smaller:
+                if not all(b.shape[0] > 1 for b in batch if torch.is_tensor(b)):
+                    continue
+                batch = tuple(b[:-1] if torch.is_tensor(b) else b for b in batch)
+            with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                                   enabled=autocast_dtype is not None):
+                loss, _, _ = task.loss(model, batch)
+            if training:
+                loss.backward()
+                model.zero_grad(set_to_none=True)
     sync(device)
     set_rng_state(state)
     seconds = time.perf_counter() - start

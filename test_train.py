@@ -700,11 +700,19 @@ class TestDefaults(unittest.TestCase):
 
 class TestCompile(CliCase):
     def test_compile_is_in_place_timed_apart_and_changes_no_number(self):
-        compiled = []
-        with mock.patch("torch.nn.Module.compile", lambda self, *a, **k: compiled.append(type(self).__name__)):
+        compiled, seen = [], []
+        real_loss = train_vit.ImageTask.loss
+
+        def loss(task, model, batch):
+            seen.append((model.training, len(batch[0])))
+            return real_loss(task, model, batch)
+        with mock.patch("torch.nn.Module.compile", lambda self, *a, **k: compiled.append(type(self).__name__)), \
+                mock.patch.object(train_vit.ImageTask, "loss", loss):
             run_dir, out, _ = self.vit("--compile", "--dropout", "0.1", "--epochs", "2", exp_id="compiled")
         plain, _, _ = self.vit("--dropout", "0.1", "--epochs", "2", exp_id="plain")
         self.assertEqual(compiled, ["VisionTransformer"])
+        # the warm-up: both modes, a full batch and a smaller one (an epoch's last batch recompiles otherwise)
+        self.assertEqual(seen[:4], [(True, 8), (True, 7), (False, 8), (False, 7)])
         self.assertIn("not counted in the epoch times", out)
         summary = json.loads((run_dir / "summary.json").read_text())
         self.assertGreater(summary["compile_seconds"], 0)
