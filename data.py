@@ -499,10 +499,15 @@ def _blend(x, other, factor):  # other + factor (x - other), clamped; factor 1 i
 def _sharpen_base(x):
     """PIL's SMOOTH filter on the interior, the border kept (as torchvision's adjust_sharpness)."""
     C = x.shape[1]
-    k = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device) / 13
     blurred = x.clone()
-    blurred[:, :, 1:-1, 1:-1] = F.conv2d(x, k.expand(C, 1, 3, 3), groups=C)
+    blurred[:, :, 1:-1, 1:-1] = F.conv2d(x, _smooth_kernel(x.device).expand(C, 1, 3, 3), groups=C)
     return blurred
+
+
+@functools.lru_cache(maxsize=None)
+def _smooth_kernel(device):
+    """Cached per device, as _standardise: a CUDA tensor made from Python numbers is a blocking copy."""
+    return torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=device) / 13
 
 
 def _posterize(x, m):

@@ -334,6 +334,7 @@ class EMA:
     def __init__(self, model, decay):
         self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.params = list(self.model.parameters())  # listed once, not every step
 
     def rate(self):
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -341,7 +342,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model):
         self.updates += 1
-        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.rate())
+        torch._foreach_lerp_(self.params, list(model.parameters()), 1 - self.rate())
         for mine, theirs in zip(self.model.buffers(), model.buffers()):
             mine.copy_(theirs)
 
@@ -615,10 +616,10 @@ def write_csv(path, columns, rows):
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
-def append_csv(path, columns, row):
-    """Append one row, flushed and fsynced, so a finished epoch's row survives any crash."""
+def append_csv(path, columns, *rows):
+    """Append rows in one write, flushed and fsynced, so a finished epoch's rows survive any crash."""
     line = io.StringIO()
-    csv.DictWriter(line, fieldnames=columns, lineterminator="\n").writerow(row)
+    csv.DictWriter(line, fieldnames=columns, lineterminator="\n").writerows(rows)
     try:
         with open(path, "a") as f:
             f.write(line.getvalue())
@@ -746,8 +747,8 @@ def fit(model, task, cfg, run_dir, optimizer, device, autocast_dtype=None, sched
         if not main:
             continue
         append_csv(run_dir / "metrics.csv", columns, row)
-        for norm_row in new_norms:
-            append_csv(run_dir / "grad_norms.csv", norm_columns, norm_row)
+        if new_norms:
+            append_csv(run_dir / "grad_norms.csv", norm_columns, *new_norms)
         fault_point("csv", epoch)
         if improved:
             save_torch(dict(model=raw.state_dict(), epoch=epoch), run_dir / "best.pt")
