@@ -263,8 +263,9 @@ def epoch_generator(seed, epoch, purpose):
 
 
 def make_optimizer(name, params, lr, momentum=0.9, weight_decay=0.0, device=None):
-    """The reference's four optimizers. Returns (optimizer, effective weight decay). On CUDA they use
-    the fused kernels (one launch for all parameters), else the defaults."""
+    """The reference's four optimizers. Returns (optimizer, effective weight decay). They use the
+    fused kernels (one launch for all parameters) where this torch has them for the device, else
+    foreach on CUDA and the defaults elsewhere."""
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         cls, kwargs = torch.optim.SGD, dict(weight_decay=weight_decay)
@@ -276,12 +277,10 @@ def make_optimizer(name, params, lr, momentum=0.9, weight_decay=0.0, device=None
         cls, kwargs = torch.optim.AdamW, dict(weight_decay=weight_decay)
     else:
         raise UserError(f"unknown optimizer {name!r}; choose from sgd, momentum, adam, adamw")
-    if device is not None and device.type == "cuda":
-        try:
-            return cls(params, lr=lr, fused=True, **kwargs), kwargs["weight_decay"]
-        except (TypeError, RuntimeError, ValueError):  # an older torch without this fused kernel
-            return cls(params, lr=lr, foreach=True, **kwargs), kwargs["weight_decay"]
-    return cls(params, lr=lr, **kwargs), kwargs["weight_decay"]
+    try:  # CPU too: there the fused step is about 3x the default (4 vs 12 ms for ViT-6's AdamW)
+        return cls(params, lr=lr, fused=True, **kwargs), kwargs["weight_decay"]
+    except (TypeError, RuntimeError, ValueError):  # a torch or device without this fused kernel
+        return cls(params, lr=lr, foreach=device is not None and device.type == "cuda", **kwargs), kwargs["weight_decay"]
 
 
 def distribute(model):

@@ -169,6 +169,39 @@ class TestBlock(unittest.TestCase):
         self.assertEqual(pre(images).shape, (3, 10))
         self.assertFalse(torch.allclose(pre(images), post(images)))
 
+    def test_first_only_equals_the_first_token_of_the_full_block_with_its_gradients(self):
+        for norm_first in (True, False):
+            blk = Block(16, 4, 32, norm_first=norm_first).eval()
+            x = self.x.clone().requires_grad_()
+            full, first = blk(x)[:, :1], blk(x, first_only=True)
+            self.assertEqual(first.shape, (2, 1, 16))
+            torch.testing.assert_close(first, full)
+            weights = torch.randn_like(first)  # a loss that weighs every output differently
+            g_full = torch.autograd.grad((full * weights).sum(), [x, *blk.parameters()])
+            g_first = torch.autograd.grad((first * weights).sum(), [x, *blk.parameters()])
+            for a, b in zip(g_first, g_full):
+                torch.testing.assert_close(a, b)
+
+    def test_vit_output_and_gradients_equal_running_every_block_in_full(self):
+        for block in ("prenorm", "postnorm"):
+            torch.manual_seed(0)
+            vit = VisionTransformer(2, block, embed_dim=32, hidden_dim=64, num_heads=4).eval()
+            images = torch.randn(3, 3, 32, 32)
+
+            def full():  # what the model computes, spelled out without the last Block's shortcut
+                x = vit.patch_embed(vit.patchify(images))
+                x = torch.cat([vit.cls_token.expand(3, -1, -1), x], dim=1) + vit.pos_embed
+                for blk in vit.blocks:
+                    x = blk(x)
+                return vit.head(vit.norm(x[:, 0]))
+            torch.testing.assert_close(vit(images), full())
+            g_ours = torch.autograd.grad(vit(images).square().sum(), list(vit.parameters()))
+            g_full = torch.autograd.grad(full().square().sum(), list(vit.parameters()))
+            for a, b in zip(g_ours, g_full):
+                torch.testing.assert_close(a, b)
+        with self.assertRaisesRegex(ValueError, "at least one Block"):
+            VisionTransformer(0)
+
     def test_heads_must_divide_the_width(self):
         with self.assertRaisesRegex(ValueError, "not divisible"):
             Block(10, 3, 20)
@@ -179,6 +212,28 @@ class TestBlock(unittest.TestCase):
         patches = vit.patchify(images)
         self.assertEqual(patches.shape, (2, 64, 48))
         torch.testing.assert_close(patches[1, 9], images[1, :, 4:8, 4:8].reshape(-1))
+
+
+class TestAnalyticFlops(unittest.TestCase):
+    """bench.py's MFU rests on FLOPs counted by formula; they must equal the matmuls the models run."""
+
+    def counted(self, model, *inputs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+        # The math backend spells attention as matmuls, which the counter sees (the CPU flash kernel not).
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+            model(*inputs)
+        return counter.get_total_flops()
+
+    def test_vit_and_transformer_lm_flops_match_the_counted_matmuls(self):
+        import bench
+        for layers in (1, 2, 6):
+            self.assertEqual(self.counted(VisionTransformer(layers), torch.randn(2, 3, 32, 32)),
+                             2 * bench.vit_flops(layers))
+        self.assertGreater(bench.vit_flops(6, first_only_last=False), 1.1 * bench.vit_flops(6))
+        lm = LanguageModel("transformer", 2, 500, 48, 32, num_heads=4, mlp_dim=64, max_len=16)
+        self.assertEqual(self.counted(lm, torch.randint(1, 500, (2, 16))),
+                         2 * 16 * bench.lm_flops("transformer", 2, seq_len=16, v=500, e=48, h=32, mlp=64))
 
 
 class TestLanguageModelDropout(unittest.TestCase):

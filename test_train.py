@@ -669,9 +669,11 @@ class TestDefaults(unittest.TestCase):
         self.assertEqual((type(opt), opt.defaults["weight_decay"], wd), (torch.optim.Adam, 0, 0.0))
         opt, wd = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"]), (torch.optim.AdamW, 1e-4))
-        self.assertFalse(engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
+        # This torch has fused CPU kernels for all four (2.4 for Adam/AdamW, 2.5 for SGD).
+        for name in ("sgd", "momentum", "adam", "adamw"):
+            self.assertTrue(engine.make_optimizer(name, params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
 
-    def test_cuda_asks_for_fused_kernels_and_falls_back_to_foreach(self):
+    def test_fused_kernels_asked_for_and_fallbacks(self):
         params = [torch.nn.Parameter(torch.zeros(2))]
         made = []
 
@@ -684,8 +686,12 @@ class TestDefaults(unittest.TestCase):
 
         with mock.patch("torch.optim.AdamW", NoFused):
             opt, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
-        self.assertEqual([k.get("fused") for k in made], [True, None])
-        self.assertTrue(opt.defaults["foreach"])
+            self.assertEqual([k.get("fused") for k in made], [True, None])
+            self.assertTrue(opt.defaults["foreach"])
+            made.clear()
+            opt, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))
+            self.assertEqual([k.get("fused") for k in made], [True, None])
+            self.assertFalse(opt.defaults["foreach"])
 
     def test_cpu_memory_and_precision_fallbacks(self):
         cpu = torch.device("cpu")
