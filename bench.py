@@ -246,14 +246,15 @@ def bench_augmentation(quick):
         cpu = torch.device("cpu")
         for policy, per_sample_pipeline in policies.items():
             gen = torch.Generator().manual_seed(0)
-            # Alternated, best of several: this machine's noise only ever slows a measurement down, and
-            # alternating exposes both pipelines to the same drift.
+            run_per_sample = lambda: torch.stack([per_sample_pipeline(im) for im in pil])  # noqa: E731
+            run_batched = lambda: [augment(batch[i:i + 128], gen, policy=policy) for i in range(0, n, 128)]  # noqa: E731
+            timed(run_per_sample, cpu, 1, 0), timed(run_batched, cpu, 3, 0)  # warm-up
+            # Alternated in short turns, best of many: this machine's noise only ever slows a
+            # measurement down, and alternating exposes both pipelines to the same drift.
             per_sample, batched = math.inf, math.inf
-            for _ in range(3 if quick else 5):
-                per_sample = min(per_sample, timed(lambda: torch.stack([per_sample_pipeline(im) for im in pil]),
-                                                   cpu, 1, 1))
-                batched = min(batched, timed(lambda: [augment(batch[i:i + 128], gen, policy=policy)
-                                                      for i in range(0, n, 128)], cpu, 3, 1))
+            for _ in range(6 if quick else 10):
+                per_sample = min(per_sample, timed(run_per_sample, cpu, 1, 0))
+                batched = min(batched, timed(run_batched, cpu, 3, 0))
             rows += [dict(model=f"augmentation {policy}, per-sample torchvision (1 thread)", unit="images/s",
                           throughput=n / per_sample, ratio=1.0),
                      dict(model=f"augmentation {policy}, batched (1 thread)", unit="images/s",

@@ -424,23 +424,28 @@ def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), po
     strong = policy == "strong"
     if policy not in AUGMENTS:
         raise ValueError(f"unknown augmentation {policy!r}; choose from {', '.join(AUGMENTS)}")
-    shifts = torch.randint(-pad, pad + 1, (2, B), generator=generator) if strong else torch.zeros(2, B, dtype=torch.long)
-    # The draws come from a CPU generator (the same numbers on every device); only these 7 x B
-    # numbers cross to the device, where the matrices are built.
-    top, left, h, w, flips, dy, dx = to_device(torch.cat([torch.stack([top, left, h, w, flips.long()]), shifts]),
-                                               images.device)
-    ry = resize_matrices(top, h, H, H, shift=dy if strong else None)
-    rx = resize_matrices(left, w, W, W, reverse=flips.bool(), shift=dx if strong else None)
-    # Ry @ image @ Rx^T for every image and channel: the columns of all channels in one batched
-    # matmul (B, C*H, W) @ (B, W, W), then the rows (B, 1, H, H) @ (B, C, H, W). The fastest order
-    # measured (an einsum is 1.4x slower). Each row of R sums to 1, so normalising after the
-    # resize equals normalising before it, in one pass instead of two.
-    x = images.float().view(B, C * H, W) @ rx.transpose(1, 2)
-    x = ry[:, None] @ x.view(B, C, H, W)
+    shifts = torch.randint(-pad, pad + 1, (2 * B,), generator=generator) if strong else None
+    if H != W:
+        raise ValueError(f"augment takes square images, not {H} x {W}")
+    # The draws come from a CPU generator (the same numbers on every device); only these 4 x 2B
+    # numbers cross to the device, where the row and column matrices are built in one go.
+    start, length, reverse = torch.cat([top, left]), torch.cat([h, w]), torch.cat([torch.zeros(B).long(), flips.long()])
+    params = to_device(torch.stack([start, length, reverse] + ([shifts] if strong else [])), images.device)
+    r = resize_matrices(params[0], params[1], H, H, reverse=params[2].bool(), shift=params[3] if strong else None)
+    ry, rx = r[:B], r[B:]
+    # Ry @ image @ Rx^T for every image and channel in two plain batched matmuls: with the image
+    # laid out (B, H, C, W) the rows are (B, H, H) @ (B, H, C*W) and the columns (B, H*C, W) @
+    # (B, W, W), with no broadcast copy of Ry (an einsum is 1.4x slower). Two 1.5 MB buffers per
+    # batch of 128, each written twice: fresh allocations cost page faults on a CPU. Each row of R
+    # sums to 1, so normalising after the resize equals normalising before it.
+    x = images.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)  # (B, H, C, W)
+    y = torch.bmm(ry, x.view(B, H, C * W))
+    torch.bmm(y.view(B, H * C, W), rx.transpose(1, 2), out=x.view(B, H * C, W))
+    x = x.permute(0, 2, 1, 3)  # (B, C, H, W), a view
     if strong:
         x = trivial_augment(x, generator)
     scale, shift = _standardise(x.device)
-    return x.mul_(scale).add_(shift)  # in place: x is this function's own fresh tensor
+    return torch.addcmul(shift, x, scale, out=y.view(B, C, H, W))  # contiguous, into the spent buffer
 
 
 # TrivialAugment (Mueller & Hutter 2021): one operation per image, drawn uniformly, with a magnitude
