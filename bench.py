@@ -15,6 +15,8 @@ import argparse
 import json
 import math
 import platform
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 import engine
 from data import Windows, augment, index_batches, normalize
-from models import LanguageModel, VisionTransformer, count_params
+from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy
 from train_lm import TextTask
 from train_vit import ImageTask
 
@@ -224,6 +226,47 @@ def bench_lm_overhead(device, dtype, quick, batch=16, seq_len=256):
             dict(model="LM LSTM-1 plain loop", unit="tokens/s", throughput=tokens / min(base), ratio=1.0)]
 
 
+def loss_peak_mb(kind, device, batch=16, seq_len=256):
+    """Peak memory (MB) of the LM loss alone, forward and backward, at the reference batch: the
+    output layer tied to a frozen 40,479 x 768 embedding, then the summed cross-entropy, either
+    fused in chunks ('fused', as the trainer) or over the full logits ('full'). On CPU run it in a
+    fresh process: the peak RSS is a process's lifetime peak."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(batch * seq_len, LM["embedding_size"], generator=g).to(device).requires_grad_()
+    w = (0.02 * torch.randn(LM["vocab_size"], LM["embedding_size"], generator=g)).to(device)
+    t = torch.randint(1, LM["vocab_size"], (batch * seq_len,), generator=g).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    loss = (linear_cross_entropy(h, w, t) if kind == "fused" else
+            F.cross_entropy(h @ w.T, t, ignore_index=0, reduction="sum"))
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2 ** 20
+
+
+def bench_loss_memory(device, batch=16, seq_len=256):
+    """The LM loss's peak memory above its inputs, fused and chunked against full logits."""
+    rows = []
+    for kind, what in (("fused", "fused, 1,024-token chunks"), ("full", "full fp32 logits")):
+        if device.type == "cuda":
+            mb = loss_peak_mb(kind, device, batch, seq_len)
+        else:
+            code = f"import bench; print(bench.loss_peak_mb({kind!r}, 'cpu', {batch}, {seq_len}))"
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parent)
+            mb = float(out.stdout.split()[-1])
+        rows.append(dict(model=f"LM loss peak memory, {batch} x {seq_len} tokens, {what}", unit="MB", throughput=mb))
+    rows[0]["ratio"] = rows[1]["throughput"] / rows[0]["throughput"]
+    return rows
+
+
 def bench_augmentation(quick):
     """One thread: the batched augmentation against the per-sample torchvision pipeline it replaces,
     for the reference policy and for the strong one."""
@@ -352,8 +395,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
-    parser.add_argument("--only", nargs="+", default=["vit", "peers", "lm", "overhead", "augment", "real"],
-                        choices=["vit", "peers", "lm", "overhead", "augment", "real"])
+    parser.add_argument("--only", nargs="+", default=["vit", "peers", "lm", "overhead", "memory", "augment", "real"],
+                        choices=["vit", "peers", "lm", "overhead", "memory", "augment", "real"])
     parser.add_argument("--data", default="../shared/data", help="folder with cifar10-jpeg/ and wikitext2/ "
                         "(random data of the same sizes where they are missing)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -373,6 +416,7 @@ def main(argv=None):
                     peers=lambda: bench_vit_trainer(device, dtype, args.quick),
                     lm=lambda: bench_lm_models(device, dtype, args.quick),
                     overhead=lambda: bench_lm_overhead(device, dtype, args.quick),
+                    memory=lambda: bench_loss_memory(device),
                     augment=lambda: bench_augmentation(args.quick),
                     real=lambda: bench_real(device, dtype, args.data, args.quick))
     for name in args.only:

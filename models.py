@@ -207,18 +207,23 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, h.shape[0], chunk):
             hs, t = h[start:start + chunk], targets[start:start + chunk]
-            logits = (hs @ w.T).float()  # (chunk, V)
-            lse = torch.logsumexp(logits, dim=-1)
+            logits = (hs @ w.T).float()  # (chunk, V): the only chunk-sized buffer
+            target = logits.gather(1, t[:, None]).squeeze(1)
+            # logsumexp by hand, in place: torch.logsumexp would allocate two more chunk-sized temporaries
+            peak = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(peak).exp_()  # the unnormalised softmax, in place of the logits
+            sums = probs.sum(dim=-1, keepdim=True)
             keep = (t != 0).float()
-            total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * keep).sum()
+            total += ((peak.squeeze(1) + sums.squeeze(1).log() - target) * keep).sum()
             if need_h or need_w:
-                probs = logits.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
-                probs[torch.arange(len(t), device=t.device), t] -= 1
+                probs.div_(sums)
+                probs[torch.arange(len(t), device=t.device), t] -= 1  # softmax - one-hot
                 probs = probs.mul_(keep[:, None]).to(h.dtype)
                 if need_h:
                     grad_h[start:start + chunk] = probs @ w
                 if need_w:
                     grad_w += (probs.T @ hs).float()
+            del logits, probs  # before the next chunk's matmul, or two chunks would be alive at once
         ctx.save_for_backward(grad_h, grad_w)
         return total
 

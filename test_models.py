@@ -236,6 +236,16 @@ class TestAnalyticFlops(unittest.TestCase):
                          2 * 16 * bench.lm_flops("transformer", 2, seq_len=16, v=500, e=48, h=32, mlp=64))
 
 
+class TestLossMemory(unittest.TestCase):
+    def test_the_fused_loss_peak_memory_is_one_chunk_not_the_logits(self):
+        import bench
+        # 2,048 tokens: two 1,024-token chunks of 40,479 fp32 logits (158 MiB each); full logits are
+        # 316 MiB, and their log-softmax and gradient as much again each.
+        fused, full = bench.bench_loss_memory(torch.device("cpu"), batch=16, seq_len=128)
+        self.assertLess(fused["throughput"], 1.5 * 158)
+        self.assertGreater(full["throughput"], 2.5 * 316)
+
+
 class TestLanguageModelDropout(unittest.TestCase):
     def test_dropout_acts_on_embeddings_between_layers_and_before_the_head(self):
         model = LanguageModel("lstm", 2, 50, embedding_size=12, hidden_size=8, dropout=0.5)
