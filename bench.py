@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -230,7 +229,7 @@ def loss_peak_mb(kind, device, batch=16, seq_len=256):
     """Peak memory (MB) of the LM loss alone, forward and backward, at the reference batch: the
     output layer tied to a frozen 40,479 x 768 embedding, then the summed cross-entropy, either
     fused in chunks ('fused', as the trainer) or over the full logits ('full'). On CPU run it in a
-    fresh process: the peak RSS is a process's lifetime peak."""
+    fresh process (Linux): the peak resident set is a process's lifetime peak."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(batch * seq_len, LM["embedding_size"], generator=g).to(device).requires_grad_()
@@ -241,14 +240,24 @@ def loss_peak_mb(kind, device, batch=16, seq_len=256):
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+        base = _status_kb("VmRSS")
     loss = (linear_cross_entropy(h, w, t) if kind == "fused" else
             F.cross_entropy(h @ w.T, t, ignore_index=0, reduction="sum"))
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2 ** 20
+    return (_status_kb("VmHWM") - base) / 2 ** 10
+
+
+def _status_kb(field):
+    """A memory figure of this process from /proc/self/status, in kB. VmHWM, the peak resident
+    set, belongs to the process image, unlike getrusage's ru_maxrss, which a child inherits from
+    its parent's peak at fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def bench_loss_memory(device, batch=16, seq_len=256):
