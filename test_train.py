@@ -669,9 +669,17 @@ class TestDefaults(unittest.TestCase):
         self.assertEqual((type(opt), opt.defaults["weight_decay"], wd), (torch.optim.Adam, 0, 0.0))
         opt, wd = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"]), (torch.optim.AdamW, 1e-4))
-        # This torch has fused CPU kernels for all four (2.4 for Adam/AdamW, 2.5 for SGD).
-        for name in ("sgd", "momentum", "adam", "adamw"):
-            self.assertTrue(engine.make_optimizer(name, params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
+        # Fused where this torch has the CPU kernel (Adam/AdamW since 2.4, SGD since 2.5).
+        for name, cls in (("sgd", torch.optim.SGD), ("momentum", torch.optim.SGD), ("adam", torch.optim.Adam),
+                          ("adamw", torch.optim.AdamW)):
+            try:
+                cls(params, lr=0.1, fused=True)
+                has_kernel = True
+            except RuntimeError:
+                has_kernel = False
+            fused = engine.make_optimizer(name, params, 0.1, device=torch.device("cpu"))[0].defaults["fused"]
+            self.assertEqual(bool(fused), has_kernel)
+        self.assertTrue(engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
 
     def test_fused_kernels_asked_for_and_fallbacks(self):
         params = [torch.nn.Parameter(torch.zeros(2))]
