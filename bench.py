@@ -189,7 +189,7 @@ def bench_lm_models(device, dtype, quick, batch=16, seq_len=256):
         def loss():  # the trainer's loss: summed in chunks, the full logits never exist
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 return model(x, targets=y)[0] / y.numel()
-        sec = timed(train_step(model, opt, loss), device, 1 if quick else 5, 1)
+        sec = timed(train_step(model, opt, loss), device, 2 if quick else 5, 1)
         flops = lm_train_flops(core, layers, seq_len=seq_len) * batch * seq_len / sec
         name = f"{core.upper() if core != 'transformer' else 'Transformer ' + block}-{layers}"
         rows.append(dict(model=f"LM {name}", params=count_params(model), unit="tokens/s",
