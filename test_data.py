@@ -337,6 +337,13 @@ class TestAugment(unittest.TestCase):
         expected = torch.tensor([(1 - m) / s for m, s in zip(data.CIFAR_MEAN, data.CIFAR_STD)])
         torch.testing.assert_close(plain, expected)
 
+    def test_the_input_is_left_untouched_whatever_its_dtype(self):
+        for images in (self.images, self.images.float()):
+            before = images.clone()
+            for policy in ("reference", "strong"):
+                augment(images, torch.Generator().manual_seed(0), policy=policy)
+                self.assertTrue(torch.equal(images, before))
+
     def test_full_crop_is_identity_and_flip_flips(self):
         gen = torch.Generator().manual_seed(0)
         same = augment(self.images, gen, flip=False, scale=(1, 1), ratio=(1, 1))
