@@ -366,6 +366,10 @@ def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1),
     draws that fits, else fall back to the whole image. The numbers are drawn from `generator` in
     one call; the arithmetic on these few small arrays is NumPy's, which has a fraction of torch's
     per-operation overhead."""
+    return tuple(torch.from_numpy(a) for a in _crop_boxes(n, height, width, generator, scale, ratio, attempts))
+
+
+def _crop_boxes(n, height, width, generator, scale, ratio, attempts=10):  # crop_params, as NumPy arrays
     u = torch.rand(n, 2 * attempts + 2, generator=generator, dtype=torch.float64).numpy()
     s = (scale[0] + (scale[1] - scale[0]) * u[:, :attempts]) * (height * width)
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
@@ -379,7 +383,7 @@ def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1),
     w = np.where(fits, w[rows, first], width)
     top = np.floor(u[:, -2] * (height - h + 1)).astype(np.int64)
     left = np.floor(u[:, -1] * (width - w + 1)).astype(np.int64)
-    return tuple(torch.from_numpy(a) for a in (top, left, h, w))
+    return top, left, h, w
 
 
 def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
@@ -403,6 +407,33 @@ def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
     return m * inside[..., None] if shift is not None else m
 
 
+TABLE_BYTES = 64 * 2 ** 20  # the largest table of resize matrices kept (CIFAR: 4.3 MB, 39 MB with pad 4)
+
+
+def _table_layout(size, pad):
+    """Where each (flip, shift, crop length, crop start) sits in the table of every resize matrix
+    for square images of `size`: flip-major, then shift in -pad..pad, then length 1..size, then
+    start 0..size-length. Returns (boxes per flip and shift, offset of each length)."""
+    lengths = np.arange(1, size + 1)
+    offsets = np.concatenate([[0, 0], np.cumsum(size - lengths + 1)])[:-1]  # offsets[l]: first box of length l
+    return int(size * (size + 1) // 2), offsets
+
+
+@functools.lru_cache(maxsize=4)
+def _resize_table(size, pad, device):
+    """Every matrix augment can draw for square images of `size`, built once per device by
+    resize_matrices itself (so a gathered matrix equals a computed one): a batch then gathers its
+    2B matrices in one index_select instead of building them in some 15 small operations."""
+    boxes, _ = _table_layout(size, pad)
+    length = np.repeat(np.arange(1, size + 1), size - np.arange(1, size + 1) + 1)
+    start = np.concatenate([np.arange(size - l + 1) for l in range(1, size + 1)])
+    shifts = 2 * pad + 1
+    params = np.stack([np.tile(start, 2 * shifts), np.tile(length, 2 * shifts),
+                       np.repeat([0, 1], shifts * boxes), np.tile(np.repeat(np.arange(-pad, pad + 1), boxes), 2)])
+    start, length, reverse, shift = torch.from_numpy(params).to(device)
+    return resize_matrices(start, length, size, size, reverse=reverse.bool(), shift=shift if pad else None)
+
+
 AUGMENTS = ("reference", "strong")
 
 
@@ -419,19 +450,29 @@ def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), po
     crop, folded into the same matrices, so it costs nothing), then one TrivialAugment-style
     operation per image (see `trivial_augment`)."""
     B, C, H, W = images.shape
-    top, left, h, w = crop_params(B, H, W, generator, scale, ratio)
-    flips = torch.rand(B, generator=generator) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
+    top, left, h, w = _crop_boxes(B, H, W, generator, scale, ratio)
+    flips = (torch.rand(B, generator=generator) < 0.5).numpy() if flip else np.zeros(B, dtype=bool)
     strong = policy == "strong"
     if policy not in AUGMENTS:
         raise ValueError(f"unknown augmentation {policy!r}; choose from {', '.join(AUGMENTS)}")
-    shifts = torch.randint(-pad, pad + 1, (2 * B,), generator=generator) if strong else None
     if H != W:
         raise ValueError(f"augment takes square images, not {H} x {W}")
-    # The draws come from a CPU generator (the same numbers on every device); only these 4 x 2B
-    # numbers cross to the device, where the row and column matrices are built in one go.
-    start, length, reverse = torch.cat([top, left]), torch.cat([h, w]), torch.cat([torch.zeros(B).long(), flips.long()])
-    params = to_device(torch.stack([start, length, reverse] + ([shifts] if strong else [])), images.device)
-    r = resize_matrices(params[0], params[1], H, H, reverse=params[2].bool(), shift=params[3] if strong else None)
+    pad = pad if strong else 0
+    # Rows' then columns' (start, length, reverse, shift) for every image, from a CPU generator (the
+    # same numbers on every device). Only these, or their 2B indices into the table of every
+    # matrix, cross to the device.
+    shift = (torch.randint(-pad, pad + 1, (2 * B,), generator=generator).numpy() if strong
+             else np.zeros(2 * B, dtype=np.int64))
+    start, length = np.concatenate([top, left]), np.concatenate([h, w])
+    reverse = np.concatenate([np.zeros(B, dtype=np.int64), flips])
+    if 2 * (2 * pad + 1) * H * (H + 1) // 2 * H * H * 4 <= TABLE_BYTES:
+        boxes, offsets = _table_layout(H, pad)
+        index = (reverse * (2 * pad + 1) + shift + pad) * boxes + offsets[length] + start
+        r = _resize_table(H, pad, images.device).index_select(0, to_device(torch.from_numpy(index), images.device))
+    else:  # large images: build the matrices
+        start, length, reverse, shift = to_device(torch.from_numpy(np.stack([start, length, reverse, shift])),
+                                                  images.device)
+        r = resize_matrices(start, length, H, H, reverse=reverse.bool(), shift=shift if pad else None)
     ry, rx = r[:B], r[B:]
     # Ry @ image @ Rx^T for every image and channel in two batched matmuls, in the images' own
     # layout: the columns (B, C*H, W) @ (B, W, W), then the rows (B*C, H, H) @ (B*C, H, W) with Ry

@@ -337,6 +337,17 @@ class TestAugment(unittest.TestCase):
         expected = torch.tensor([(1 - m) / s for m, s in zip(data.CIFAR_MEAN, data.CIFAR_STD)])
         torch.testing.assert_close(plain, expected)
 
+    def test_gathered_matrices_equal_built_ones(self):
+        # For small images augment gathers each matrix from a table of every crop, flip and shift;
+        # beyond TABLE_BYTES it builds them. Both must give the same images for the same draws.
+        images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+        for policy in ("reference", "strong"):
+            gathered = augment(images, torch.Generator().manual_seed(3), policy=policy)
+            with mock.patch.object(data, "TABLE_BYTES", 0):
+                built = augment(images, torch.Generator().manual_seed(3), policy=policy)
+            torch.testing.assert_close(gathered, built, atol=0, rtol=0)
+        self.assertEqual(data._resize_table(32, 4, torch.device("cpu")).shape, (2 * 9 * 528, 32, 32))
+
     def test_the_input_is_left_untouched_whatever_its_dtype(self):
         for images in (self.images, self.images.float()):
             before = images.clone()
