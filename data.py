@@ -410,7 +410,7 @@ def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
 TABLE_BYTES = 64 * 2 ** 20  # the largest table of resize matrices kept (CIFAR: 4.3 MB, 39 MB with pad 4)
 
 
-def _table_layout(size, pad):
+def _table_layout(size):
     """Where each (flip, shift, crop length, crop start) sits in the table of every resize matrix
     for square images of `size`: flip-major, then shift in -pad..pad, then length 1..size, then
     start 0..size-length. Returns (boxes per flip and shift, offset of each length)."""
@@ -424,7 +424,7 @@ def _resize_table(size, pad, device):
     """Every matrix augment can draw for square images of `size`, built once per device by
     resize_matrices itself (so a gathered matrix equals a computed one): a batch then gathers its
     2B matrices in one index_select instead of building them in some 15 small operations."""
-    boxes, _ = _table_layout(size, pad)
+    boxes, _ = _table_layout(size)
     length = np.repeat(np.arange(1, size + 1), size - np.arange(1, size + 1) + 1)
     start = np.concatenate([np.arange(size - l + 1) for l in range(1, size + 1)])
     shifts = 2 * pad + 1
@@ -465,8 +465,8 @@ def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), po
              else np.zeros(2 * B, dtype=np.int64))
     start, length = np.concatenate([top, left]), np.concatenate([h, w])
     reverse = np.concatenate([np.zeros(B, dtype=np.int64), flips])
-    if 2 * (2 * pad + 1) * H * (H + 1) // 2 * H * H * 4 <= TABLE_BYTES:
-        boxes, offsets = _table_layout(H, pad)
+    boxes, offsets = _table_layout(H)
+    if 2 * (2 * pad + 1) * boxes * H * H * 4 <= TABLE_BYTES:  # float32 matrices for 2 flips x shifts x boxes
         index = (reverse * (2 * pad + 1) + shift + pad) * boxes + offsets[length] + start
         r = _resize_table(H, pad, images.device).index_select(0, to_device(torch.from_numpy(index), images.device))
     else:  # large images: build the matrices
