@@ -410,9 +410,10 @@ def resize_matrices(start, length, size, out_size, reverse=None, shift=None):
 TABLE_BYTES = 64 * 2 ** 20  # the largest table of resize matrices kept (CIFAR: 4.3 MB, 39 MB with pad 4)
 
 
+@functools.lru_cache(maxsize=None)
 def _table_layout(size):
-    """Where each (flip, shift, crop length, crop start) sits in the table of every resize matrix
-    for square images of `size`: flip-major, then shift in -pad..pad, then length 1..size, then
+    """Where each (flip, shift, crop length, crop start) sits in the table of every column resize
+    matrix for images `size` pixels wide: flip-major, then shift in -pad..pad, then length 1..size, then
     start 0..size-length. Returns (boxes per flip and shift, offset of each length)."""
     lengths = np.arange(1, size + 1)
     offsets = np.concatenate([[0, 0], np.cumsum(size - lengths + 1)])[:-1]  # offsets[l]: first box of length l
@@ -421,9 +422,9 @@ def _table_layout(size):
 
 @functools.lru_cache(maxsize=4)
 def _resize_table(size, pad, device):
-    """Every matrix augment can draw for square images of `size`, built once per device by
+    """Every column matrix augment can draw for images `size` pixels wide, built once per device by
     resize_matrices itself (so a gathered matrix equals a computed one): a batch then gathers its
-    2B matrices in one index_select instead of building them in some 15 small operations."""
+    B matrices in one index_select instead of building them in some 15 small operations."""
     boxes, _ = _table_layout(size)
     length = np.repeat(np.arange(1, size + 1), size - np.arange(1, size + 1) + 1)
     start = np.concatenate([np.arange(size - l + 1) for l in range(1, size + 1)])
@@ -437,56 +438,73 @@ def _resize_table(size, pad, device):
 AUGMENTS = ("reference", "strong")
 
 
+def _row_taps(start, length, size, shift=None):
+    """resize_matrices along the rows, as the two pixels each output row reads: output row i of
+    image b is (1 - weight) * row lo + weight * row hi of the input, times inside (0 where a shift
+    moved it out). Bilinear weights are a tent one pixel wide, so no row reads more than two.
+    (B,) int arrays -> (B, size) arrays lo, hi, weight, inside (NumPy, on the host)."""
+    i = np.arange(size, dtype=np.float64) - (0 if shift is None else shift[:, None])
+    inside = ((i >= 0) & (i < size)).astype(np.float32)
+    src = np.clip(start[:, None] + (i + 0.5) * (length[:, None] / size) - 0.5, 0, size - 1)
+    lo = np.floor(src).astype(np.int64)
+    return lo, np.minimum(lo + 1, size - 1), (src - lo).astype(np.float32), np.broadcast_to(inside, src.shape)
+
+
 def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), policy="reference", pad=4):
     """The training augmentation, batched: per-image parameters from `generator`, then the work for
     the whole batch on the images' device. uint8 (B, C, H, W) -> normalised float.
 
-    reference: the reference's RandomHorizontalFlip and RandomResizedCrop (same size, bilinear),
-    as two small batched matmuls (bilinear resizing is separable: out = Ry @ image @ Rx^T; a flip
-    reverses the rows of Rx). Equal to torchvision's bilinear resize of the crop box (antialias
-    off), except that pixels at the box's edge may read the pixel just beyond it, as grid_sample
-    with border padding would.
+    reference: the reference's RandomHorizontalFlip and RandomResizedCrop (same size, bilinear).
+    Bilinear resizing is separable, out = Ry @ image @ Rx^T: the rows as two gathered taps per
+    output row, the columns (with the flip, which reverses the rows of Rx) as one batched matmul.
+    Equal to torchvision's bilinear resize of the crop box (antialias off), except that pixels at
+    the box's edge may read the pixel just beyond it, as grid_sample with border padding would.
     strong: the same, then a random translation by up to `pad` pixels with zero padding (pad and
-    crop, folded into the same matrices, so it costs nothing), then one TrivialAugment-style
-    operation per image (see `trivial_augment`)."""
-    B, C, H, W = images.shape
-    top, left, h, w = _crop_boxes(B, H, W, generator, scale, ratio)
-    flips = (torch.rand(B, generator=generator) < 0.5).numpy() if flip else np.zeros(B, dtype=bool)
-    strong = policy == "strong"
+    crop, folded into the same taps and matrices), then one TrivialAugment-style operation per
+    image (see `trivial_augment`)."""
     if policy not in AUGMENTS:
         raise ValueError(f"unknown augmentation {policy!r}; choose from {', '.join(AUGMENTS)}")
-    if H != W:
-        raise ValueError(f"augment takes square images, not {H} x {W}")
+    B, C, H, W = images.shape
+    device, strong = images.device, policy == "strong"
     pad = pad if strong else 0
-    # Rows' then columns' (start, length, reverse, shift) for every image, from a CPU generator (the
-    # same numbers on every device). Only these, or their 2B indices into the table of every
-    # matrix, cross to the device.
-    shift = (torch.randint(-pad, pad + 1, (2 * B,), generator=generator).numpy() if strong
-             else np.zeros(2 * B, dtype=np.int64))
-    start, length = np.concatenate([top, left]), np.concatenate([h, w])
-    reverse = np.concatenate([np.zeros(B, dtype=np.int64), flips])
-    boxes, offsets = _table_layout(H)
-    if 2 * (2 * pad + 1) * boxes * H * H * 4 <= TABLE_BYTES:  # float32 matrices for 2 flips x shifts x boxes
-        index = (reverse * (2 * pad + 1) + shift + pad) * boxes + offsets[length] + start
-        r = _resize_table(H, pad, images.device).index_select(0, to_device(torch.from_numpy(index), images.device))
-    else:  # large images: build the matrices
-        start, length, reverse, shift = to_device(torch.from_numpy(np.stack([start, length, reverse, shift])),
-                                                  images.device)
-        r = resize_matrices(start, length, H, H, reverse=reverse.bool(), shift=shift if pad else None)
-    ry, rx = r[:B], r[B:]
-    # Ry @ image @ Rx^T for every image and channel in two batched matmuls, in the images' own
-    # layout: the columns (B, C*H, W) @ (B, W, W), then the rows (B*C, H, H) @ (B*C, H, W) with Ry
-    # copied per channel (an einsum is 1.4x slower). A (B, H, C, W) layout would spare that copy but
-    # costs two strided passes, and elementwise work on 32-wide rows is slow. Each row of R sums to
-    # 1, so normalising after the resize equals normalising before it. Two 1.5 MB buffers and the
-    # copy of Ry per batch of 128: on a CPU each fresh buffer can cost page faults.
-    x = torch.empty(B, C, H, W, device=images.device).copy_(images)  # our own, contiguous: written in place below
-    y = torch.bmm(x.view(B, C * H, W), rx.transpose(1, 2))
-    torch.bmm(ry[:, None].expand(B, C, H, H).reshape(B * C, H, H), y.view(B * C, H, W), out=x.view(B * C, H, W))
+    # Every parameter comes from the CPU generator (the same numbers on every device) and is turned
+    # into indices by NumPy; only those, and the row weights, cross to the device.
+    top, left, h, w = _crop_boxes(B, H, W, generator, scale, ratio)
+    flips = (torch.rand(B, generator=generator) < 0.5).numpy() if flip else np.zeros(B, dtype=bool)
+    shift = (torch.randint(-pad, pad + 1, (2, B), generator=generator).numpy() if strong
+             else np.zeros((2, B), dtype=np.int64))
+    lo, hi, weight, inside = _row_taps(top, h, H, shift[0] if strong else None)
+    first = (np.arange(B * C) * H).reshape(B, C, 1)  # each channel's first row in images.reshape(-1, W)
+    rows = [(first + np.stack([lo, hi])[:, :, None]).ravel()]  # (2, B, C, H): every row's two taps
+    boxes, offsets = _table_layout(W)
+    gather = 2 * (2 * pad + 1) * boxes * W * W * 4 <= TABLE_BYTES  # float32 matrices: flips x shifts x boxes
+    if gather:  # CIFAR-sized: the column matrices' places in the table of every one
+        rows.append((flips * (2 * pad + 1) + shift[1] + pad) * boxes + offsets[w] + left)
+    index = to_device(torch.from_numpy(np.concatenate(rows)), device)
+    taps = np.broadcast_to(weight[:, None], (B, C, H)).reshape(-1, 1)
     if strong:
-        x = trivial_augment(x, generator)
-    scale, shift = _standardise(x.device)
-    return x.mul_(scale).add_(shift)  # in place: x is this function's own (addcmul is 4x slower here)
+        taps = np.concatenate([taps, np.broadcast_to(inside[:, None], (B, C, H)).reshape(-1, 1)])
+    taps = to_device(torch.from_numpy(taps), device)
+    if gather:
+        rx = _resize_table(W, pad, device).index_select(0, index[2 * B * C * H:])
+    else:  # large images: build the matrices
+        start, length, reverse, cshift = to_device(torch.from_numpy(np.stack([left, w, flips, shift[1]])), device)
+        rx = resize_matrices(start, length, W, W, reverse=reverse.bool(), shift=cshift if pad else None)
+    # Rows: both taps of every output row in one index_select of whole input rows (in the input's
+    # dtype: uint8 moves a quarter of the bytes), converted into one float buffer of our own, then
+    # blended in place. A matmul by Ry would do 16x the arithmetic for the same result, and the
+    # weights (multiples of 1/64 for CIFAR crops) make both exact. Columns: (B, C*H, W) @ (B, W, W)
+    # into the second half of the buffer, the matmul shape a CPU runs near its peak.
+    n = B * C * H
+    x = torch.empty(2 * n, W, device=device).copy_(images.reshape(n, W).index_select(0, index[:2 * n]))
+    x[:n].lerp_(x[n:], taps[:n])
+    if strong:
+        x[:n].mul_(taps[n:])
+    out = torch.bmm(x[:n].view(B, C * H, W), rx.transpose(1, 2), out=x[n:].view(B, C * H, W)).view(B, C, H, W)
+    if strong:
+        out = trivial_augment(out, generator)
+    scale_, shift_ = _standardise(device)
+    return out.mul_(scale_).add_(shift_)  # in place: out is this function's own (addcmul is 4x slower here)
 
 
 # TrivialAugment (Mueller & Hutter 2021): one operation per image, drawn uniformly, with a magnitude

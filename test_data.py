@@ -348,6 +348,31 @@ class TestAugment(unittest.TestCase):
             torch.testing.assert_close(gathered, built, atol=0, rtol=0)
         self.assertEqual(data._resize_table(32, 4, torch.device("cpu")).shape, (2 * 9 * 528, 32, 32))
 
+    def test_row_taps_are_the_resize_matrices_rows(self):
+        # The rows are resized by two gathered taps, the columns by matrices: both must describe
+        # the same bilinear resize, crops smaller and larger than the output, shifted or not.
+        g = np.random.default_rng(0)
+        for size, pad in ((32, 0), (32, 4), (20, 3)):
+            length = g.integers(1, size + 1, 200)
+            start = np.floor(g.random(200) * (size - length + 1)).astype(np.int64)
+            shift = g.integers(-pad, pad + 1, 200) if pad else None
+            lo, hi, weight, inside = data._row_taps(start, length, size, shift)
+            taps = np.zeros((200, size, size), dtype=np.float32)
+            rows, cols = np.arange(200)[:, None], np.arange(size)
+            np.add.at(taps, (rows, cols, lo), (1 - weight) * inside)
+            np.add.at(taps, (rows, cols, hi), weight * inside)
+            built = resize_matrices(*(torch.from_numpy(a) for a in (start, length)), size, size,
+                                    shift=None if shift is None else torch.from_numpy(shift))
+            exact = size == 32  # CIFAR's weights are multiples of 1/64: exact in both forms
+            torch.testing.assert_close(torch.from_numpy(taps), built, atol=0 if exact else 1e-5, rtol=0)
+
+    def test_rectangular_images(self):
+        images = torch.randint(0, 256, (4, 3, 24, 40), dtype=torch.uint8)
+        same = augment(images, torch.Generator().manual_seed(0), flip=False, scale=(1, 1), ratio=(1, 1))
+        torch.testing.assert_close(same, normalize(images), atol=1e-5, rtol=0)
+        for policy in data.AUGMENTS:
+            self.assertEqual(augment(images, torch.Generator().manual_seed(0), policy=policy).shape, images.shape)
+
     def test_the_input_is_left_untouched_whatever_its_dtype(self):
         for images in (self.images, self.images.float()):
             before = images.clone()
