@@ -537,9 +537,11 @@ def trivial_augment(x, generator, ops=None, magnitudes=None):
     ops, magnitudes = torch.as_tensor(ops), torch.as_tensor(magnitudes, dtype=torch.float32)
     order = torch.argsort(ops, stable=True)
     counts = torch.bincount(ops, minlength=len(TA_OPS)).tolist()  # host tensors: no sync
-    packed = to_device(torch.stack([order.float(), magnitudes[order]]), x.device)
-    order_dev, m = packed[0].long(), packed[1]
-    xs = x[order_dev]
+    unsort = torch.argsort(order)
+    packed = to_device(torch.stack([order.float(), unsort.float(), magnitudes[order]]), x.device)
+    order_dev, unsort_dev, m = packed[0].long(), packed[1].long(), packed[2]
+    # index_select copies whole images; x[index] and index_copy_ go element by element (7x and 5x slower)
+    xs = x.index_select(0, order_dev)
     start, geo_start = 0, None
     for name, n in zip(TA_OPS, counts):
         if name == GEOMETRIC[0]:
@@ -549,7 +551,7 @@ def trivial_augment(x, generator, ops=None, magnitudes=None):
         start += n
     if geo_start < B:
         xs[geo_start:] = _affine(xs[geo_start:], ops[order[geo_start:]], m[geo_start:])
-    return torch.empty_like(x).index_copy_(0, order_dev, xs)
+    return xs.index_select(0, unsort_dev)
 
 
 def _grey(x):  # (n, 3, H, W) -> (n, 1, H, W), ITU-R 601 luma as PIL and torchvision
@@ -561,17 +563,13 @@ def _blend(x, other, factor):  # other + factor (x - other), clamped; factor 1 i
 
 
 def _sharpen_base(x):
-    """PIL's SMOOTH filter on the interior, the border kept (as torchvision's adjust_sharpness)."""
-    C = x.shape[1]
+    """PIL's SMOOTH filter on the interior, the border kept (as torchvision's adjust_sharpness). The
+    kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 is a 3 x 3 box plus 4 x the centre, and the box is
+    separable: four slice adds, where a grouped conv2d took 0.5 ms for a dozen CIFAR images."""
+    rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]  # (n, C, H - 2, W)
     blurred = x.clone()
-    blurred[:, :, 1:-1, 1:-1] = F.conv2d(x, _smooth_kernel(x.device).expand(C, 1, 3, 3), groups=C)
+    blurred[:, :, 1:-1, 1:-1] = (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * x[:, :, 1:-1, 1:-1]) / 13
     return blurred
-
-
-@functools.lru_cache(maxsize=None)
-def _smooth_kernel(device):
-    """Cached per device, as _standardise: a CUDA tensor made from Python numbers is a blocking copy."""
-    return torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=device) / 13
 
 
 def _posterize(x, m):
@@ -595,6 +593,15 @@ _COLOUR_OPS = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(H, W, device):
+    """(H*W, 3): every pixel centre's (x, y, 1) in [-1, 1] coordinates (align_corners=False), the
+    base grid that F.affine_grid multiplies by theta. Cached per device, as _standardise."""
+    ys, xs = torch.meshgrid((torch.arange(H, device=device) * 2 + 1) / H - 1,
+                            (torch.arange(W, device=device) * 2 + 1) / W - 1, indexing="ij")
+    return torch.stack([xs, ys, torch.ones_like(xs)], -1).view(H * W, 3)
+
+
 def _affine(x, ops, m):
     """Rotate, shear or translate each image by its own amount: one affine grid_sample (nearest,
     zero fill). ops: host TA_OPS indices, m: signed magnitudes on the device."""
@@ -610,7 +617,9 @@ def _affine(x, ops, m):
         torch.stack([torch.cos(angle), -torch.sin(angle) + TA_RANGES["shear_x"] * m * which["shear_x"], tx], 1),
         torch.stack([torch.sin(angle) + TA_RANGES["shear_y"] * m * which["shear_y"], torch.cos(angle), ty], 1),
     ], 1)  # (n, 2, 3)
-    grid = F.affine_grid(theta, (n, x.shape[1], H, W), align_corners=False)
+    # F.affine_grid's (n, H*W, 3) @ (n, 3, 2) bmm took 1.4 ms for 49 images on a CPU thread; one
+    # matmul against the shared pixel grid gives the same grid in 0.07 ms.
+    grid = torch.einsum("pk,njk->npj", _pixel_grid(H, W, x.device), theta).view(n, H, W, 2)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 

@@ -470,6 +470,18 @@ class TestStrongAugment(unittest.TestCase):
         self.assertTrue(((out >= 0) & (out <= 255)).all())
         torch.testing.assert_close(out, trivial_augment(same, torch.Generator().manual_seed(3)))
 
+    def test_batched_equals_one_image_at_a_time(self):
+        # The batch is grouped by operation and put back in order: each image must get its own draw.
+        g = torch.Generator().manual_seed(4)
+        x = self.images.float().repeat(5, 1, 1, 1)[:26]
+        ops = torch.randperm(26, generator=g) % len(TA_OPS)  # every operation twice, shuffled
+        m = torch.rand(26, generator=g) * 2 - 1
+        out = trivial_augment(x, None, ops, m)
+        for i in range(26):
+            with self.subTest(op=TA_OPS[ops[i]]):
+                torch.testing.assert_close(out[i:i + 1], trivial_augment(x[i:i + 1], None, ops[i:i + 1], m[i:i + 1]),
+                                           atol=1e-3, rtol=0)
+
     def test_translation_is_a_zero_padded_shift_within_the_padding(self):
         x = normalize(self.images)
         full = torch.zeros(6, dtype=torch.long), torch.full((6,), 32)
@@ -483,10 +495,20 @@ class TestStrongAugment(unittest.TestCase):
             else:
                 want[:, :t] = x[i, :, -t:]
             torch.testing.assert_close(out[i], want, atol=1e-5, rtol=0)
-        # the strong policy without crop or flip: every image is the original moved by at most 4 pixels
-        out = augment(self.images, torch.Generator().manual_seed(0), flip=False, scale=(1, 1), ratio=(1, 1),
-                      policy="strong")
-        self.assertEqual(out.shape, x.shape)
+        # the strong policy without crop, flip or operation: each image is the original moved by its
+        # own shift of at most 4 pixels, zero-padded (0 before normalising)
+        with mock.patch.object(data, "trivial_augment", lambda x, generator: x):
+            out = augment(self.images, torch.Generator().manual_seed(0), flip=False, scale=(1, 1), ratio=(1, 1),
+                          policy="strong")
+        zero = normalize(torch.zeros(1, 3, 1, 1))
+        padded = F.pad(x - zero, (4, 4, 4, 4)) + zero
+        shifts = set()
+        for i in range(6):
+            found = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+                     if torch.allclose(out[i], padded[i, :, 4 - dy:36 - dy, 4 - dx:36 - dx], atol=1e-5)]
+            self.assertEqual(len(found), 1, f"image {i} is no single shift of the original")
+            shifts.add(found[0])
+        self.assertGreater(len(shifts), 2)
         with self.assertRaisesRegex(ValueError, "unknown augmentation"):
             augment(self.images, torch.Generator(), policy="wild")
 
