@@ -641,8 +641,8 @@ def mix(images, labels, generator, mixup=0.0, cutmix=0.0):
         y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, H)
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, W)
         images = images.clone()
-        images[:, :, y0:y1, x0:x1] = images[perm, :, y0:y1, x0:x1]
+        images[:, :, y0:y1, x0:x1] = images[:, :, y0:y1, x0:x1].index_select(0, perm)
         lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
     else:
-        images = torch.lerp(images[perm], images, lam)  # lam * images + (1 - lam) * images[perm]
+        images = torch.lerp(images.index_select(0, perm), images, lam)  # lam * images + (1 - lam) * images[perm]
     return images, labels[perm], lam
