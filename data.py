@@ -413,8 +413,8 @@ TABLE_BYTES = 64 * 2 ** 20  # the largest table of resize matrices kept (CIFAR: 
 @functools.lru_cache(maxsize=None)
 def _table_layout(size):
     """Where each (flip, shift, crop length, crop start) sits in the table of every column resize
-    matrix for images `size` pixels wide: flip-major, then shift in -pad..pad, then length 1..size, then
-    start 0..size-length. Returns (boxes per flip and shift, offset of each length)."""
+    matrix for images `size` pixels wide: flip-major, then shift in -pad..pad, then length
+    1..size, then start 0..size-length. Returns (boxes per flip and shift, offset of each length)."""
     lengths = np.arange(1, size + 1)
     offsets = np.concatenate([[0, 0], np.cumsum(size - lengths + 1)])[:-1]  # offsets[l]: first box of length l
     return int(size * (size + 1) // 2), offsets
@@ -475,12 +475,12 @@ def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), po
              else np.zeros((2, B), dtype=np.int64))
     lo, hi, weight, inside = _row_taps(top, h, H, shift[0] if strong else None)
     first = (np.arange(B * C) * H).reshape(B, C, 1)  # each channel's first row in images.reshape(-1, W)
-    rows = [(first + np.stack([lo, hi])[:, :, None]).ravel()]  # (2, B, C, H): every row's two taps
+    indices = [(first + np.stack([lo, hi])[:, :, None]).ravel()]  # (2, B, C, H): every row's two taps
     boxes, offsets = _table_layout(W)
     gather = 2 * (2 * pad + 1) * boxes * W * W * 4 <= TABLE_BYTES  # float32 matrices: flips x shifts x boxes
     if gather:  # CIFAR-sized: the column matrices' places in the table of every one
-        rows.append((flips * (2 * pad + 1) + shift[1] + pad) * boxes + offsets[w] + left)
-    index = to_device(torch.from_numpy(np.concatenate(rows)), device)
+        indices.append((flips * (2 * pad + 1) + shift[1] + pad) * boxes + offsets[w] + left)
+    index = to_device(torch.from_numpy(np.concatenate(indices)), device)
     taps = np.broadcast_to(weight[:, None], (B, C, H)).reshape(-1, 1)
     if strong:
         taps = np.concatenate([taps, np.broadcast_to(inside[:, None], (B, C, H)).reshape(-1, 1)])
@@ -503,8 +503,8 @@ def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), po
     out = torch.bmm(x[:n].view(B, C * H, W), rx.transpose(1, 2), out=x[n:].view(B, C * H, W)).view(B, C, H, W)
     if strong:
         out = trivial_augment(out, generator)
-    scale_, shift_ = _standardise(device)
-    return out.mul_(scale_).add_(shift_)  # in place: out is this function's own (addcmul is 4x slower here)
+    norm_scale, norm_shift = _standardise(device)
+    return out.mul_(norm_scale).add_(norm_shift)  # in place: out is this function's own (addcmul is 4x slower here)
 
 
 # TrivialAugment (Mueller & Hutter 2021): one operation per image, drawn uniformly, with a magnitude
@@ -540,7 +540,8 @@ def trivial_augment(x, generator, ops=None, magnitudes=None):
     unsort = torch.argsort(order)
     packed = to_device(torch.stack([order.float(), unsort.float(), magnitudes[order]]), x.device)
     order_dev, unsort_dev, m = packed[0].long(), packed[1].long(), packed[2]
-    # index_select copies whole images; x[index] and index_copy_ go element by element (7x and 5x slower)
+    # index_select copies whole images; x[index] and index_copy_ go element by element (on a CPU 7x
+    # and 5x slower)
     xs = x.index_select(0, order_dev)
     start, geo_start = 0, None
     for name, n in zip(TA_OPS, counts):
