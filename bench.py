@@ -5,6 +5,7 @@ total time extrapolated from them.
 
     python bench.py --quick                       # a few minutes on a CPU
     python bench.py --device cuda --json bench.json   # the GPU check: every GPU target in one run
+    python bench.py --device cuda --only real --compile   # the epochs eager and compiled
     python bench.py --only vit --data ../shared/data
 
 Everything is measured in this one process, so the ratios compare like with like. The ceiling is
@@ -329,11 +330,12 @@ CIFAR_SPLITS = dict(train=45_000, valid=5_000)
 WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of ../shared/data/wikitext2
 
 
-def bench_real(device, dtype, data_root, quick):
+def bench_real(device, dtype, data_root, quick, compile=False):
     """A ViT-6 epoch and an LSTM-1 epoch (train + valid) through the trainers' path, on the real data
     when it is there and otherwise on random data of the same sizes (the time of an epoch does not
     depend on the pixel or token values). On CPU a slice is timed and extrapolated; on CUDA the
-    whole epoch, the second of two (the first pays for warm-up)."""
+    whole epoch, the second of two (the first pays for warm-up). With `compile`, each model is then
+    compiled in place as `--compile` does (the warm-up timed apart) and its epochs timed again."""
     from data import Corpus, ImageData, load_cifar10, load_wikitext
     rows = []
     root = Path(data_root)
@@ -359,26 +361,31 @@ def bench_real(device, dtype, data_root, quick):
     for name, unit, task, model, optimizer, cpu_slice in jobs:
         opt, _ = engine.make_optimizer(optimizer, model.parameters(), 3e-4, weight_decay=5e-4, device=device)
         limit = 0 if full else cpu_slice
-        runs = []
-        for epoch in (1, 2) if full else (1,):
-            train = engine.run_epoch(model, task, "train", epoch, opt, dtype, limit_batches=limit)
-            valid = engine.run_epoch(model, task, "valid", epoch, None, dtype, limit_batches=limit)
-            runs.append((train, valid))
-        train, valid = runs[-1]
-        scale = lambda split: task.num_batches(split) / (limit or task.num_batches(split))  # noqa: E731
-        seconds = train["seconds"] * scale("train") + valid["seconds"] * scale("valid")
-        rows.append(dict(model=f"{name} ({train['count']:,} {unit}{', extrapolated' if limit else ''}), train + valid",
-                         unit=f"{unit}/s", throughput=train["count"] / train["seconds"], epoch_s=seconds))
+        for compiled in (False, True) if compile else (False,):
+            warm_up = engine.compile_model(model, task, dtype) if compiled else None
+            runs = []
+            for epoch in (1, 2) if full else (1,):
+                train = engine.run_epoch(model, task, "train", epoch, opt, dtype, limit_batches=limit)
+                valid = engine.run_epoch(model, task, "valid", epoch, None, dtype, limit_batches=limit)
+                runs.append((train, valid))
+            train, valid = runs[-1]
+            scale = lambda split: task.num_batches(split) / (limit or task.num_batches(split))  # noqa: E731
+            seconds = train["seconds"] * scale("train") + valid["seconds"] * scale("valid")
+            how = f", compiled (warm-up {warm_up:.0f} s)" if compiled else ""
+            rows.append(dict(model=f"{name} ({train['count']:,} {unit}{', extrapolated' if limit else ''}{how}), "
+                                   "train + valid", unit=f"{unit}/s", throughput=train["count"] / train["seconds"],
+                             epoch_s=seconds, compiled=compiled, compile_s=warm_up))
     return rows
 
 
-def study_estimate(rows):
+def study_estimate(rows, compiled=False):
     """Seconds for runs.sh's reference group (7 ViT runs of 50 epochs, 6 LSTM runs of 10) from the
-    measured ViT-6 and LSTM-1 epochs, scaled to the other depths by the bare-step throughputs
-    measured in this run ('vit' and 'lm' sections; by FLOPs for the ViT when those are missing)."""
+    measured ViT-6 and LSTM-1 epochs (eager or compiled), scaled to the other depths by the bare-step
+    throughputs measured in this run ('vit' and 'lm' sections; by FLOPs for the ViT when those are
+    missing). Compile warm-ups are not included."""
     by_name = {r["model"]: r for r in rows}
-    vit6 = next((r for r in rows if "ViT-6 epoch" in r["model"]), None)
-    lstm1 = next((r for r in rows if "LSTM-1 epoch" in r["model"]), None)
+    vit6 = next((r for r in rows if "ViT-6 epoch" in r["model"] and r.get("compiled") == compiled), None)
+    lstm1 = next((r for r in rows if "LSTM-1 epoch" in r["model"] and r.get("compiled") == compiled), None)
     if vit6 is None or lstm1 is None:
         return []
 
@@ -391,7 +398,8 @@ def study_estimate(rows):
         a, b = by_name.get(f"LM LSTM-{layers}"), by_name.get("LM LSTM-1")
         return lstm1["epoch_s"] * (b["throughput"] / a["throughput"] if a and b else 1.0)
     seconds = 50 * sum(vit_epoch(L) for L in (2, 2, 2, 2, 4, 6, 6)) + 10 * sum(lstm_epoch(L) for L in (1, 1, 1, 1, 2, 4))
-    return [dict(model="runs.sh reference group, extrapolated (13 runs; total s)", unit="", throughput=None,
+    how = ", compiled" if compiled else ""
+    return [dict(model=f"runs.sh reference group{how}, extrapolated (13 runs; total s)", unit="", throughput=None,
                  epoch_s=seconds)]
 
 
@@ -399,11 +407,12 @@ def table(rows, ceiling, device):
     print(f"\ndevice {device} ({engine.environment(device)['device_name']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; ceiling {ceiling / 1e12:.3f} TFLOP/s "
           f"({'fp32' if device.type == 'cpu' else 'bf16'} matmul)\n")
-    print(f"| {'measurement':<72} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | {'epoch s':>8} |")
-    print(f"|{'-' * 74}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
+    width = max([72] + [len(r["model"]) for r in rows])
+    print(f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | {'epoch s':>8} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
     for r in rows:
         cell = lambda k, f: (f.format(r[k]) if r.get(k) is not None else "")  # noqa: E731
-        print(f"| {r['model']:<72} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
+        print(f"| {r['model']:<{width}} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
               f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | {cell('ratio', '{:.2f}x'):>6} | "
               f"{cell('epoch_s', '{:.1f}'):>8} |")
 
@@ -417,6 +426,8 @@ def main(argv=None):
                         choices=["vit", "peers", "lm", "overhead", "memory", "augment", "real"])
     parser.add_argument("--data", default="../shared/data", help="folder with cifar10-jpeg/ and wikitext2/ "
                         "(random data of the same sizes where they are missing)")
+    parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
+                        "compiled in place, as the trainers' --compile (the warm-up reported apart)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -436,12 +447,12 @@ def main(argv=None):
                     overhead=lambda: bench_lm_overhead(device, dtype, args.quick),
                     memory=lambda: bench_loss_memory(device),
                     augment=lambda: bench_augmentation(args.quick),
-                    real=lambda: bench_real(device, dtype, args.data, args.quick))
+                    real=lambda: bench_real(device, dtype, args.data, args.quick, args.compile))
     for name in args.only:
         start = time.perf_counter()
         rows += sections[name]()
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
-    rows += study_estimate(rows)
+    rows += study_estimate(rows) + study_estimate(rows, compiled=True)
     # The machine's rate drifts: the faster of two ceilings, at the start and at the end, is what it can do.
     ceiling = max(ceiling, matmul_ceiling(device, args.quick))
     for r in rows:

@@ -25,6 +25,7 @@
 #   EMBEDDINGS     .npz of pretrained LM embeddings (the reference's frozen GPT-1 embeddings); unset:
 #                  embeddings are learned
 #   GPUS           "0 1 ...": run configurations in parallel, one per GPU
+#   TRAIN_ARGS     flags added to every run after its own, e.g. "--compile" or "--precision fp32"
 #   SHARD          i/N: run only every N-th configuration starting at the i-th (0-based), for N machines
 #
 # A configuration whose summary.json exists (with enough epochs) is skipped; an interrupted one is
@@ -46,6 +47,7 @@ PYTHON=${PYTHON:-python3}
 LM_DATA=${LM_DATA:-./data/wikitext2}
 VIT_DATA=${VIT_DATA:-./data/cifar10}
 EMBEDDINGS=${EMBEDDINGS:-}
+TRAIN_ARGS=${TRAIN_ARGS:-}
 GPUS=${GPUS:-}
 SHARD=${SHARD:-0/1}
 if [[ $QUICK == 1 ]]; then
@@ -121,8 +123,9 @@ select_runs() {
 
 command_for() {  # exp_id script args -> the full command line, one word per line
   local exp_id=$1 script=$2 args=$3 extra=()
-  local -a flags
+  local -a flags train_args
   read -r -a flags <<<"$args"
+  read -r -a train_args <<<"$TRAIN_ARGS"
   if [[ $QUICK == 1 ]]; then  # one epoch: a warmup stays a warmup (over both steps), but fits in it
     local i
     for i in "${!flags[@]}"; do
@@ -135,7 +138,7 @@ command_for() {  # exp_id script args -> the full command line, one word per lin
   else
     extra=(--epochs "$EPOCHS_VIT" --data_folder "$VIT_DATA" "${QUICK_VIT[@]}")
   fi
-  printf '%s\n' "$PYTHON" "$script" "${flags[@]}" "${extra[@]}" --device "$DEVICE" \
+  printf '%s\n' "$PYTHON" "$script" "${flags[@]}" "${train_args[@]}" "${extra[@]}" --device "$DEVICE" \
     --log_dir "$LOG_DIR" --exp_id "$exp_id" --resume --no_progress
 }
 

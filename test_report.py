@@ -92,9 +92,30 @@ class TestSweepList(unittest.TestCase):
         self.assertIn("--epochs 3 --data_folder /lm --embeddings /e.npz --device cpu --log_dir /x", lines[0])
         self.assertIn("--epochs 7 --data_folder /vit --device cpu --log_dir /x", lines[1])
         self.assertTrue(all(line.startswith("py ") for line in lines))
+        extra = dry_run(TRAIN_ARGS="--compile --precision fp32", ONLY="lm_lstm_L1_adam$|vit_L6_improved_prenorm")
+        self.assertIn("--optimizer adam --seed 42 --compile --precision fp32 --epochs 10", extra[0])
+        self.assertIn("--block prenorm --seed 42 --compile --precision fp32 --epochs 50", extra[1])
         quick = dry_run(QUICK="1", ONLY="lm_lstm_L1_adam$")
         self.assertIn("--epochs 1 --data_folder ./data/wikitext2 --limit_batches 2", quick[0])
         self.assertIn("--log_dir logs/quick", quick[0])
+
+    def test_the_bench_estimate_is_the_reference_groups_runs_and_epochs(self):
+        # bench.py extrapolates the whole reference group from one ViT-6 and one LSTM-1 epoch, each
+        # depth scaled by the measured step throughputs: it must count exactly the REFERENCE runs.
+        import bench
+        vit = {L: sum(n.startswith(f"vit_L{L}_") for n in REFERENCE) for L in (2, 4, 6)}
+        lstm = {L: sum(n.startswith(f"lm_lstm_L{L}_") for n in REFERENCE) for L in (1, 2, 4)}
+        rows = [dict(model=f"ViT-{L} prenorm", throughput=60.0 * 6 / L) for L in (2, 4, 6)]  # epoch time ~ depth
+        rows += [dict(model=f"LM LSTM-{L}", throughput=600.0 / L) for L in (1, 2, 4)]
+        for compiled, vit6, lstm1 in ((False, 12.0, 100.0), (True, 6.0, 80.0)):
+            rows += [dict(model="real ViT-6 epoch (x), train + valid", epoch_s=vit6, compiled=compiled),
+                     dict(model="real LSTM-1 epoch (x), train + valid", epoch_s=lstm1, compiled=compiled)]
+        for compiled, vit6, lstm1 in ((False, 12.0, 100.0), (True, 6.0, 80.0)):
+            want = 50 * sum(k * vit6 * L / 6 for L, k in vit.items()) + 10 * sum(k * lstm1 * L for L, k in lstm.items())
+            (row,) = bench.study_estimate(rows, compiled=compiled)
+            self.assertAlmostEqual(row["epoch_s"], want)
+            self.assertEqual("compiled" in row["model"], compiled)
+        self.assertEqual(bench.study_estimate(rows[:6]), [])  # no epochs measured: no estimate
 
     def test_seeds_and_shards_partition_the_list(self):
         full = exp_ids(dry_run(SEEDS="1 2"))
