@@ -5,7 +5,7 @@ total time extrapolated from them.
 
     python bench.py --quick                       # a few minutes on a CPU
     python bench.py --device cuda --json bench.json   # the GPU check: every GPU target in one run
-    python bench.py --device cuda --only real --compile   # the epochs eager and compiled
+    python bench.py --device cuda --only vit lm real --compile   # the epochs eager and compiled
     python bench.py --only vit --data ../shared/data
 
 Everything is measured in this one process, so the ratios compare like with like. The ceiling is
@@ -330,12 +330,12 @@ CIFAR_SPLITS = dict(train=45_000, valid=5_000)
 WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of ../shared/data/wikitext2
 
 
-def bench_real(device, dtype, data_root, quick, compile=False):
+def bench_real(device, dtype, data_root, quick, with_compile=False):
     """A ViT-6 epoch and an LSTM-1 epoch (train + valid) through the trainers' path, on the real data
     when it is there and otherwise on random data of the same sizes (the time of an epoch does not
     depend on the pixel or token values). On CPU a slice is timed and extrapolated; on CUDA the
-    whole epoch, the second of two (the first pays for warm-up). With `compile`, each model is then
-    compiled in place as `--compile` does (the warm-up timed apart) and its epochs timed again."""
+    whole epoch, the second of two (the first pays for warm-up). With `with_compile`, each model is
+    then compiled in place as `--compile` does (the warm-up timed apart) and its epochs timed again."""
     from data import Corpus, ImageData, load_cifar10, load_wikitext
     rows = []
     root = Path(data_root)
@@ -361,7 +361,7 @@ def bench_real(device, dtype, data_root, quick, compile=False):
     for name, unit, task, model, optimizer, cpu_slice in jobs:
         opt, _ = engine.make_optimizer(optimizer, model.parameters(), 3e-4, weight_decay=5e-4, device=device)
         limit = 0 if full else cpu_slice
-        for compiled in (False, True) if compile else (False,):
+        for compiled in (False, True) if with_compile else (False,):
             warm_up = engine.compile_model(model, task, dtype) if compiled else None
             runs = []
             for epoch in (1, 2) if full else (1,):
