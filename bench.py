@@ -452,9 +452,10 @@ def main(argv=None):
         start = time.perf_counter()
         rows += sections[name]()
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
+        # The machine's rate drifts: the fastest of the ceilings measured at the start and after
+        # every section (a few seconds each on a CPU) is what it can do.
+        ceiling = max(ceiling, matmul_ceiling(device, args.quick))
     rows += study_estimate(rows) + study_estimate(rows, compiled=True)
-    # The machine's rate drifts: the faster of two ceilings, at the start and at the end, is what it can do.
-    ceiling = max(ceiling, matmul_ceiling(device, args.quick))
     for r in rows:
         if r.get("tflops"):
             r["mfu"] = r["tflops"] * 1e12 / ceiling
