@@ -417,13 +417,15 @@ def table(rows, ceiling, device):
               f"{cell('epoch_s', '{:.1f}'):>8} |")
 
 
+SECTIONS = ("vit", "peers", "lm", "overhead", "memory", "augment", "real")  # main's, in the order they run
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
-    parser.add_argument("--only", nargs="+", default=["vit", "peers", "lm", "overhead", "memory", "augment", "real"],
-                        choices=["vit", "peers", "lm", "overhead", "memory", "augment", "real"])
+    parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--data", default="../shared/data", help="folder with cifar10-jpeg/ and wikitext2/ "
                         "(random data of the same sizes where they are missing)")
     parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
@@ -448,6 +450,7 @@ def main(argv=None):
                     memory=lambda: bench_loss_memory(device),
                     augment=lambda: bench_augmentation(args.quick),
                     real=lambda: bench_real(device, dtype, args.data, args.quick, args.compile))
+    assert tuple(sections) == SECTIONS
     for name in args.only:
         start = time.perf_counter()
         rows += sections[name]()
