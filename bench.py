@@ -6,7 +6,7 @@ total time extrapolated from them.
     python bench.py --quick                       # a few minutes on a CPU
     python bench.py --device cuda --json bench.json   # the GPU check: every GPU target in one run
     python bench.py --device cuda --only vit lm real --compile   # the epochs eager and compiled
-    python bench.py --only vit --data ../shared/data
+    python bench.py --only vit real --data ./data
 
 Everything is measured in this one process, so the ratios compare like with like. The ceiling is
 the device's dense matmul rate (fp32 on CPU, bf16 on CUDA), measured here too; MFU is the model's
@@ -20,14 +20,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import engine
-from data import Windows, augment, index_batches, normalize
-from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy
+import utils
+from rundir import environment
+from augment import augment, normalize
+from data import Windows, index_batches
+from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_train_flops, vit_flops
 from train_lm import TextTask
 from train_vit import ImageTask
 
@@ -35,15 +39,20 @@ VIT = dict(embed_dim=256, hidden_dim=512, num_heads=8, patch_size=4)
 LM = dict(vocab_size=40479, embedding_size=768, hidden_size=512)
 
 
+def limited(batches):
+    """The part of a trainer's config that run_epoch reads: at most `batches` per pass, no progress bar."""
+    return SimpleNamespace(limit_batches=batches, no_progress=True)
+
+
 def timed(fn, device, steps, warmup):
     """Seconds per call of fn, after warmup calls, synchronised on CUDA."""
     for _ in range(warmup):
         fn()
-    engine.sync(device)
+    utils.sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    engine.sync(device)
+    utils.sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -53,36 +62,6 @@ def matmul_ceiling(device, quick):
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = min(timed(lambda: a @ b, device, 3 if quick else 10, 2) for _ in range(3))
     return 2 * n ** 3 / best
-
-
-def vit_flops(layers, tokens=65, d=256, hidden=512, patches=64, patch_dim=48, classes=10, first_only_last=True):
-    """Forward matmul FLOPs per image: projections, MLP, attention scores and values, embed, head.
-    first_only_last counts what our VisionTransformer computes: its last Block computes keys and
-    values for every token but the query, attention row, projection and MLP of the CLS token alone
-    (peers compute every token in every Block: first_only_last=False)."""
-    per_block = tokens * 2 * (d * 3 * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * tokens * d
-    last = (tokens * 2 * d * 2 * d + 2 * (d * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * d
-            if first_only_last else per_block)
-    return (layers - 1) * per_block + last + 2 * patches * patch_dim * d + 2 * d * classes
-
-
-def lm_train_flops(core, layers, frozen=True, **shape):
-    """Training FLOPs per token: 3x the forward, except that a frozen (tied) embedding gets no
-    weight gradient, so the output layer costs 2x its forward, not 3x."""
-    v, e = shape.get("v", 40479), shape.get("e", 768)
-    head = 2 * e * v
-    return 3 * (lm_flops(core, layers, **shape) - head) + (2 if frozen else 3) * head
-
-
-def lm_flops(core, layers, seq_len=256, v=40479, e=768, h=512, mlp=2048):
-    """Forward matmul FLOPs per token."""
-    if core == "lstm":
-        body = sum(2 * 4 * h * ((e if i == 0 else h) + h) for i in range(layers))
-    elif core == "gru":
-        body = sum(2 * 3 * h * ((e if i == 0 else h) + h) for i in range(layers))
-    else:  # causal attention touches half the scores on average, but kernels compute them all
-        body = 2 * e * h + layers * (2 * (h * 3 * h + h * h + 2 * h * mlp) + 2 * 2 * seq_len * h)
-    return body + 2 * h * e + 2 * e * v
 
 
 def train_step(model, optimizer, loss_fn):
@@ -142,7 +121,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     torch.manual_seed(0)
     model = VisionTransformer(layers, "prenorm", **VIT).to(device)
     opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
-    engine.run_epoch(model, task, "train", 0, opt, dtype, limit_batches=2)  # warm-up
+    engine.run_epoch(model, task, "train", 0, engine.Step(opt), limited(2), dtype)  # warm-up
     images, labels = normalize(x[:batch]), y[:batch]
     peers = {}
     # Our model's bare step too, with the peers' (unfused) AdamW: the trainer's overhead and the
@@ -163,7 +142,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     # ever slows a measurement down.
     best = dict(ours=0.0, **{name: 0.0 for name in peers})
     for _ in range(3 if quick else 5):
-        best["ours"] = max(best["ours"], n / engine.run_epoch(model, task, "train", 1, opt, dtype)["seconds"])
+        best["ours"] = max(best["ours"], n / engine.run_epoch(model, task, "train", 1, engine.Step(opt), None, dtype)["seconds"])
         for name, (_, step) in peers.items():
             best[name] = max(best[name], batch / timed(step, device, steps, 0))
     ours = best["ours"]
@@ -219,10 +198,10 @@ def bench_lm_overhead(device, dtype, quick, batch=16, seq_len=256):
                 F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=0).backward()
             opt.step()
 
-    engine.run_epoch(model, task, "train", 0, opt, dtype, limit_batches=1)  # warm-up
+    engine.run_epoch(model, task, "train", 0, engine.Step(opt), limited(1), dtype)  # warm-up
     ours, base = [], []
     for _ in range(2):  # interleaved, so drift in the machine's speed hits both alike
-        ours.append(engine.run_epoch(model, task, "train", 1, opt, dtype)["seconds"])
+        ours.append(engine.run_epoch(model, task, "train", 1, engine.Step(opt), None, dtype)["seconds"])
         base.append(timed(plain, device, 1, 0))
     tokens = batch * seq_len * steps
     return [dict(model="LM LSTM-1 train_lm.py path", unit="tokens/s", throughput=tokens / min(ours),
@@ -327,7 +306,7 @@ def bench_augmentation(quick):
 
 
 CIFAR_SPLITS = dict(train=45_000, valid=5_000)
-WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of ../shared/data/wikitext2
+WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of Wikitext-2
 
 
 def bench_real(device, dtype, data_root, quick, with_compile=False):
@@ -341,8 +320,9 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
     root = Path(data_root)
     full = device.type == "cuda"
     g = torch.Generator().manual_seed(0)
-    if (root / "cifar10-jpeg").is_dir():
-        data, source = load_cifar10(root / "cifar10-jpeg", device), "real"
+    images = next((root / name for name in ("cifar10", "cifar10-jpeg") if (root / name).is_dir()), None)
+    if images is not None:
+        data, source = load_cifar10(images, device), "real"
     else:
         data, source = ImageData({s: (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device),
                                       torch.randint(0, 10, (n,), generator=g).to(device))
@@ -365,8 +345,8 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
             warm_up = engine.compile_model(model, task, dtype) if compiled else None
             runs = []
             for epoch in (1, 2) if full else (1,):
-                train = engine.run_epoch(model, task, "train", epoch, opt, dtype, limit_batches=limit)
-                valid = engine.run_epoch(model, task, "valid", epoch, None, dtype, limit_batches=limit)
+                train = engine.run_epoch(model, task, "train", epoch, engine.Step(opt), limited(limit), dtype)
+                valid = engine.run_epoch(model, task, "valid", epoch, None, limited(limit), dtype)
                 runs.append((train, valid))
             train, valid = runs[-1]
             scale = lambda split: task.num_batches(split) / (limit or task.num_batches(split))  # noqa: E731
@@ -404,7 +384,7 @@ def study_estimate(rows, compiled=False):
 
 
 def table(rows, ceiling, device):
-    print(f"\ndevice {device} ({engine.environment(device)['device_name']}), torch {torch.__version__}, "
+    print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; ceiling {ceiling / 1e12:.3f} TFLOP/s "
           f"({'fp32' if device.type == 'cpu' else 'bf16'} matmul)\n")
     width = max([72] + [len(r["model"]) for r in rows])
@@ -426,16 +406,16 @@ def main(argv=None):
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
     parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--data", default="../shared/data", help="folder with cifar10-jpeg/ and wikitext2/ "
+    parser.add_argument("--data", default="./data", help="folder with cifar10/ (or cifar10-jpeg/) and wikitext2/ "
                         "(random data of the same sizes where they are missing)")
     parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
                         "compiled in place, as the trainers' --compile (the warm-up reported apart)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     try:
-        device = engine.get_device(args.device)
-        dtype = engine.resolve_precision(args.precision, device)
-    except engine.UserError as e:
+        device = utils.get_device(args.device)
+        dtype, _ = utils.choose_precision(args.precision, device)
+    except utils.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if device.type == "cuda":
@@ -465,7 +445,7 @@ def main(argv=None):
     table(rows, ceiling, device)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
-            device=str(device), environment=engine.environment(device), precision=str(dtype), quick=args.quick,
+            device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
             ceiling_flops=ceiling, results=rows, argv=sys.argv[1:], python=platform.python_version()), indent=2))
     return 0
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from engine import UserError, check, cli, load_torch
-from models import LanguageModel
+from rundir import load_torch
+from train_lm import build_model
+from utils import UserError, check, cli
 
 
 def load_run(run_dir):
@@ -26,10 +27,14 @@ def load_run(run_dir):
         raise UserError(f"{run_dir} is not a readable run directory ({e})") from None
     check(config.get("task") == "lm", f"{run_dir} is not a language-model run")
     check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
-    model = LanguageModel(config["model"], config["layers"], config["vocab_size"], config["embedding_size"],
-                          config["hidden_size"], 0.0, None, False, config["seq_len"], config["block"],
-                          config["num_heads"], config["mlp_dim"])
-    model.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+    check(isinstance(config.get("model_args"), dict), f"{run_dir}/config.json has no model_args")
+    model = build_model(config["model_args"])
+    weights = load_torch(run_dir / "best.pt")
+    try:
+        model.load_state_dict(weights["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{run_dir}/best.pt does not fit the model in its config.json: "
+                        f"{str(e).strip().splitlines()[0][:200]}") from None
     vocab_file = run_dir / "vocab.txt"
     vocab = vocab_file.read_text(encoding="utf-8").split("\n")[:-1] if vocab_file.exists() else None
     return model.eval(), config, vocab

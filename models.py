@@ -158,7 +158,11 @@ class RecurrentCore(nn.Module):
                        dropout=dropout if num_layers > 1 else 0.0)
 
     def forward(self, x, state=None):
-        return self.rnn(x, state)
+        # Explicitly fp32, autocast or not: autocast's cuDNN RNN path was written for fp16 (it copies
+        # the weights into a half-precision buffer every call), and without bf16's range the
+        # recurrent gradients could underflow. With TF32 on, fp32 LSTMs run on tensor cores anyway.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.rnn(x.float(), state)
 
 
 class TransformerCore(nn.Module):
@@ -193,45 +197,52 @@ CORES = ("lstm", "gru", "transformer")
 
 class LinearCrossEntropy(torch.autograd.Function):
     """sum over rows of cross_entropy(h @ weight.T, targets), ignoring target 0, without ever
-    holding more than `chunk` rows of logits: each chunk's gradients for h and weight are computed
-    in the forward pass (softmax - one-hot), so memory stays flat and nothing is recomputed.
-    With 16 x 256 tokens and 40,479 classes the full fp32 logits would be 660 MB, twice over."""
+    holding the full logits: each chunk of rows is one fused log-softmax, and its gradients for h
+    and weight (softmax - one-hot) are formed in the forward pass, so nothing is recomputed.
+    The gradients accumulate in fp32. Under fp16 they are also formed in fp32: they are computed
+    before the loss scaler scales anything, and a 40k-way softmax's small values vanish in fp16."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, chunk, grads):
         need_h, need_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
-        ctx.weight_dtype = weight.dtype
+        ctx.dtypes = h.dtype, weight.dtype
         w = weight.to(h.dtype)
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        low = h.dtype if h.dtype == torch.bfloat16 else torch.float32  # the gradients' matmul dtype
+        w_low = w.to(low)
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        keep = (targets != 0)[:, None]
         for start in range(0, h.shape[0], chunk):
-            hs, t = h[start:start + chunk], targets[start:start + chunk]
-            logits = (hs @ w.T).float()  # (chunk, V): the only chunk-sized buffer
-            target = logits.gather(1, t[:, None]).squeeze(1)
-            # logsumexp by hand, in place: torch.logsumexp would allocate two more chunk-sized temporaries
-            peak = logits.amax(dim=-1, keepdim=True)
-            probs = logits.sub_(peak).exp_()  # the unnormalised softmax, in place of the logits
-            sums = probs.sum(dim=-1, keepdim=True)
-            keep = (t != 0).float()
-            total += ((peak.squeeze(1) + sums.squeeze(1).log() - target) * keep).sum()
+            hs, t, k = h[start:start + chunk], targets[start:start + chunk, None], keep[start:start + chunk]
+            logits = hs @ w.T  # (chunk, V)
+            if logits.dtype == torch.float32 and logits.device.type == "cpu":  # in place: one chunk in memory
+                logp = torch.log_softmax(logits, dim=-1, out=logits)
+            else:  # one fused pass that also casts a bf16/fp16 chunk up
+                logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+            del logits
+            total -= logp.gather(1, t).masked_fill_(~k, 0).sum()
             if need_h or need_w:
-                probs.div_(sums)
-                probs[torch.arange(len(t), device=t.device), t] -= 1  # softmax - one-hot
-                probs = probs.mul_(keep[:, None]).to(h.dtype)
+                probs = logp.exp_().scatter_add_(1, t, torch.full_like(t, -1, dtype=logp.dtype))  # softmax - 1
+                probs = probs.to(low)
                 if need_h:
-                    grad_h[start:start + chunk] = probs @ w
-                if need_w:
-                    grad_w += (probs.T @ hs).float()
-            del logits, probs  # before the next chunk's matmul, or two chunks would be alive at once
+                    grad_h[start:start + chunk] = (probs @ w_low).masked_fill_(~k, 0)
+                if need_w:  # padding rows contribute nothing: zeroed in the small (chunk, E) factor
+                    hs_kept = hs.to(low).masked_fill(~k, 0)
+                    if low == torch.float32:
+                        grad_w.addmm_(probs.T, hs_kept)  # straight into the fp32 accumulator
+                    else:
+                        grad_w.add_(probs.T @ hs_kept)
+            logp = probs = None  # freed before the next chunk's matmul: one chunk alive at a time
         ctx.save_for_backward(grad_h, grad_w)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
-                (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None, None, None, None)
+        h_dtype, w_dtype = ctx.dtypes
+        return (grad_h.mul(grad_out).to(h_dtype) if grad_h is not None else None,
+                grad_w.mul(grad_out).to(w_dtype) if grad_w is not None else None, None, None, None)
 
 
 def linear_cross_entropy(h, weight, targets, chunk=1024):
@@ -293,3 +304,34 @@ class LanguageModel(nn.Module):
             return self.out(h), state
         return linear_cross_entropy(h.flatten(0, 1), self.out.weight, targets.flatten()), state
 
+
+# FLOPs by formula, for MFU: forward matmul FLOPs, as the models above compute them.
+
+def vit_flops(layers, tokens=65, d=256, hidden=512, patches=64, patch_dim=48, classes=10, first_only_last=True):
+    """Forward matmul FLOPs per image: projections, MLP, attention scores and values, embed, head.
+    first_only_last counts what our VisionTransformer computes: its last Block computes keys and
+    values for every token but the query, attention row, projection and MLP of the CLS token alone
+    (peers compute every token in every Block: first_only_last=False)."""
+    per_block = tokens * 2 * (d * 3 * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * tokens * d
+    last = (tokens * 2 * d * 2 * d + 2 * (d * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * d
+            if first_only_last else per_block)
+    return (layers - 1) * per_block + last + 2 * patches * patch_dim * d + 2 * d * classes
+
+
+def lm_train_flops(core, layers, frozen=True, **shape):
+    """Training FLOPs per token: 3x the forward, except that a frozen (tied) embedding gets no
+    weight gradient, so the output layer costs 2x its forward, not 3x."""
+    v, e = shape.get("v", 40479), shape.get("e", 768)
+    head = 2 * e * v
+    return 3 * (lm_flops(core, layers, **shape) - head) + (2 if frozen else 3) * head
+
+
+def lm_flops(core, layers, seq_len=256, v=40479, e=768, h=512, mlp=2048):
+    """Forward matmul FLOPs per token."""
+    if core == "lstm":
+        body = sum(2 * 4 * h * ((e if i == 0 else h) + h) for i in range(layers))
+    elif core == "gru":
+        body = sum(2 * 3 * h * ((e if i == 0 else h) + h) for i in range(layers))
+    else:  # causal attention touches half the scores on average, but kernels compute them all
+        body = 2 * e * h + layers * (2 * (h * 3 * h + h * h + 2 * h * mlp) + 2 * 2 * seq_len * h)
+    return body + 2 * h * e + 2 * e * v

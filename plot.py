@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ import numpy as np
 
 TASKS = {"lm": ("ppl", "perplexity", False, "Language model (Wikitext-2)"),
          "vit": ("acc", "accuracy", True, "Vision Transformer (CIFAR-10)")}
-# Config keys that say nothing about what is being compared (seeds are averaged over).
-NOT_A_SETTING = {"seed", "exp_id", "log_dir", "data_folder", "device", "no_progress", "resume", "overwrite",
-                 "environment", "data_source", "classes", "epochs"}
+# config.json keys that describe a run's context, not a setting (each run also lists its own
+# non-settings in config["naming"]["not_settings"]).
+CONTEXT = {"environment", "data_source", "classes", "naming", "model_args", "precision_reason", "world_size"}
 
 
 @dataclass
@@ -47,8 +46,8 @@ def read_run(path):
     except (OSError, ValueError):
         return None
     task = config.get("task") or ("lm" if "model" in config else "vit")
-    exp_id = config.get("exp_id") or path.name
-    name = re.sub(rf"_s{config.get('seed')}(?=_|$)", "", exp_id)  # the configuration: seeds merge
+    # the configuration's name, which seeds of the same configuration share
+    name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
     run = Run(path, config, [], task=task, name=name)
     try:
         with open(path / "metrics.csv") as f:
@@ -256,7 +255,8 @@ def pairs_by(groups, key, *more):
     keys = (key, *more)
     out = {}
     for g in groups:
-        settings = {k: v for k, v in g.config.items() if k not in NOT_A_SETTING and k not in keys}
+        ignored = CONTEXT | set((g.config.get("naming") or {}).get("not_settings", ()))
+        settings = {k: v for k, v in g.config.items() if k not in ignored and k not in keys}
         value = g.config.get(key) if not more else tuple(g.config.get(k) for k in keys)
         out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[value] = g
     return [v for v in out.values() if len(v) > 1]

@@ -19,12 +19,14 @@
 #   RUN_GROUPS     groups to run ("reference extras improved norms")
 #   SEEDS          seeds per configuration ("42")         ONLY         a grep -E pattern on the names
 #   NORMS_SEEDS    seeds of the norms group ("1 2 3")
-#   DRY_RUN=1      print the commands only                DEVICE       auto | cpu | cuda (auto)
+#   DRY_RUN=1      print the commands only                DEVICE       auto | cpu | cuda (cuda with GPUS
+#                                                                      or in the image, else auto)
 #   LOG_DIR        logs (logs/quick with QUICK=1)         PYTHON       the interpreter (python3)
 #   LM_DATA        ./data/wikitext2                       VIT_DATA     ./data/cifar10
 #   EMBEDDINGS     .npz of pretrained LM embeddings (the reference's frozen GPT-1 embeddings); unset:
 #                  embeddings are learned
-#   GPUS           "0 1 ...": run configurations in parallel, one per GPU
+#   GPUS           "0 1 ...": run configurations in parallel, one per GPU (each with its share of
+#                  the CPU threads); Ctrl-C stops them all
 #   TRAIN_ARGS     flags added to every run after its own, e.g. "--compile" or "--precision fp32"
 #   SHARD          i/N: run only every N-th configuration starting at the i-th (0-based), for N machines
 #
@@ -34,21 +36,28 @@
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
-QUICK=${QUICK:-0}
+flag() {  # name value -> 1 or 0, or refuse
+  case ${2,,} in
+    1 | true | yes | on) echo 1 ;;
+    0 | false | no | off | "") echo 0 ;;
+    *) echo "error: $1 must be 1, true or yes (or 0, false, no), got '$2'" >&2; return 2 ;;
+  esac
+}
+QUICK=$(flag QUICK "${QUICK:-0}") || exit 2
+DRY_RUN=$(flag DRY_RUN "${DRY_RUN:-0}") || exit 2
 EPOCHS_LM=${EPOCHS_LM:-10}
 EPOCHS_VIT=${EPOCHS_VIT:-50}
 SEEDS=${SEEDS:-42}
 NORMS_SEEDS=${NORMS_SEEDS:-1 2 3}
 RUN_GROUPS=${RUN_GROUPS:-reference extras improved norms}
 ONLY=${ONLY:-}
-DRY_RUN=${DRY_RUN:-0}
-DEVICE=${DEVICE:-auto}
+GPUS=${GPUS:-}
+DEVICE=${DEVICE:-$([[ -n $GPUS ]] && echo cuda || echo auto)}
 PYTHON=${PYTHON:-python3}
 LM_DATA=${LM_DATA:-./data/wikitext2}
 VIT_DATA=${VIT_DATA:-./data/cifar10}
 EMBEDDINGS=${EMBEDDINGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
-GPUS=${GPUS:-}
 SHARD=${SHARD:-0/1}
 if [[ $QUICK == 1 ]]; then
   LOG_DIR=${LOG_DIR:-logs/quick}
@@ -60,7 +69,7 @@ else
   QUICK_LM=() QUICK_VIT=()
 fi
 
-# The improved recipes (issue 7). ViT: Lee et al. (2021)'s small-dataset recipe, shortened to 50
+# The improved recipes. ViT: Lee et al. (2021)'s small-dataset recipe, shortened to 50
 # epochs; LM: stream batching with carried state, dropout, clipping and a cosine schedule.
 VIT_IMPROVED="--layers 6 --lr 1e-3 --weight_decay 0.05 --scheduler cosine --warmup_epochs 5 --min_lr 1e-5 \
 --label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 --cutmix 1.0 --ema 0.999 --grad_clip 1.0 \
@@ -183,7 +192,50 @@ run_one() {  # exp_id script args [gpu]
   return 0
 }
 
+check_settings() {
+  local v
+  for v in $SEEDS $NORMS_SEEDS; do
+    [[ $v =~ ^[0-9]+$ ]] || { echo "error: SEEDS and NORMS_SEEDS must be integers, got '$v'" >&2; exit 2; }
+  done
+  for v in EPOCHS_LM EPOCHS_VIT; do
+    [[ ${!v} =~ ^0*[1-9][0-9]*$ ]] || { echo "error: $v must be a positive integer, got '${!v}'" >&2; exit 2; }
+  done
+  [[ $DEVICE =~ ^(auto|cpu|cuda)$ ]] || { echo "error: DEVICE must be auto, cpu or cuda, got '$DEVICE'" >&2; exit 2; }
+  [[ -z $ONLY ]] || grep -Eq -- "$ONLY" <<<"" 2>/dev/null; (( $? < 2 )) \
+    || { echo "error: ONLY is not a valid grep -E pattern: '$ONLY'" >&2; exit 2; }
+  [[ $SHARD =~ ^0*[0-9]+/0*[1-9][0-9]*$ ]] && SHARD="$((10#${SHARD%/*}))/$((10#${SHARD#*/}))"
+}
+
+preflight() {  # runs... -> the device and the data, checked once before any run starts (seconds)
+  local check
+  # shellcheck disable=SC2016
+  check='import sys, torch, utils
+if not torch.cuda.is_available():
+    if sys.argv[1] == "cuda":
+        sys.exit("error: DEVICE=cuda (the default with GPUS and in the image), but " + utils.cuda_unusable_reason())
+    print("warning: no usable GPU (" + utils.cuda_unusable_reason() + "): the sweep runs on the CPU, "
+          "where the full study takes days", file=sys.stderr)'
+  if [[ $DEVICE != cpu ]]; then "$PYTHON" -c "$check" "$DEVICE" || exit 2; fi
+  # shellcheck disable=SC2016
+  check='import sys, torch, data, utils
+try:
+    (data.load_wikitext if sys.argv[1] == "LM_DATA" else data.load_cifar10)(sys.argv[2], torch.device("cpu"))
+except utils.UserError as e:
+    sys.exit(f"error: {sys.argv[1]}={sys.argv[2]}: {e}")'
+  if printf '%s\n' "$@" | grep -q '|train_lm.py|'; then "$PYTHON" -c "$check" LM_DATA "$LM_DATA" || exit 2; fi
+  if printf '%s\n' "$@" | grep -q '|train_vit.py|'; then "$PYTHON" -c "$check" VIT_DATA "$VIT_DATA" || exit 2; fi
+}
+
+interrupted() {  # Ctrl-C or TERM: stop every run (background workers ignore Ctrl-C by themselves)
+  trap '' INT TERM
+  echo "== interrupted: stopping every run; run the same command again to resume" >&2
+  kill -TERM 0 2>/dev/null
+  wait
+  exit 130
+}
+
 main() {
+  check_settings
   if ! [[ $SHARD =~ ^[0-9]+/[1-9][0-9]*$ ]] || (( ${SHARD%/*} >= ${SHARD#*/} )); then
     echo "error: SHARD must be i/N with 0 <= i < N, got '$SHARD'" >&2
     exit 2
@@ -201,8 +253,10 @@ main() {
     echo "error: no configuration matches ONLY='$ONLY' in RUN_GROUPS='$RUN_GROUPS' (shard $SHARD)" >&2
     exit 2
   fi
+  [[ $DRY_RUN == 1 ]] || preflight "${runs[@]}"
   FAILED=$(mktemp)
   trap 'rm -f "$FAILED"' EXIT
+  trap interrupted INT TERM
   local line exp_id script args
   if [[ -z $GPUS ]]; then
     for line in "${runs[@]}"; do
@@ -213,9 +267,11 @@ main() {
     # One worker per GPU, each taking every k-th run of the list; the workers run in parallel.
     local -a gpus
     read -r -a gpus <<<"$GPUS"
-    local k i
+    local k i threads
+    threads=$(( $(nproc) / ${#gpus[@]} ))
     for k in "${!gpus[@]}"; do
       (
+        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}
         for (( i = k; i < ${#runs[@]}; i += ${#gpus[@]} )); do
           IFS='|' read -r exp_id script args <<<"${runs[i]}"
           run_one "$exp_id" "$script" "$args" "${gpus[k]}"

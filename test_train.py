@@ -19,8 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import config
 import engine
 import generate
+import rundir
+import utils
 import train_lm
 import train_vit
 from data import Windows
@@ -29,8 +32,9 @@ from test_data import TempDir, write_image_folder, write_text_files, write_token
 
 HERE = Path(__file__).resolve().parent
 LM_TINY = ["--embedding_size", "16", "--hidden_size", "16", "--seq_len", "8", "--batch_size", "4", "--no_progress",
-           "--num_heads", "4", "--mlp_dim", "32"]
-VIT_TINY = ["--embed_dim", "32", "--hidden_dim", "64", "--num_heads", "4", "--batch_size", "8", "--no_progress"]
+           "--num_heads", "4", "--mlp_dim", "32", "--device", "cpu"]
+VIT_TINY = ["--embed_dim", "32", "--hidden_dim", "64", "--num_heads", "4", "--batch_size", "8", "--no_progress",
+            "--device", "cpu"]
 LM_COLUMNS = ["epoch", "train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "train_time", "valid_time",
               "elapsed", "tokens_per_s", "peak_mem_mb", "mem_pct"]
 VIT_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "train_time", "valid_time",
@@ -211,7 +215,7 @@ class TestExactMetrics(unittest.TestCase):
 
         model = torch.nn.Linear(1, 1)
         with self.assertRaisesRegex(engine.Diverged, "epoch 4 by step 3"):
-            engine.run_epoch(model, NanTask(), "train", 4, torch.optim.SGD(model.parameters(), lr=0.1))
+            engine.run_epoch(model, NanTask(), "train", 4, engine.Step(torch.optim.SGD(model.parameters(), lr=0.1)))
 
 
 class TestRefusals(CliCase):
@@ -239,7 +243,7 @@ class TestRefusals(CliCase):
     @unittest.skipIf(torch.cuda.is_available(), "this machine has CUDA")
     def test_cuda_without_cuda(self):
         _, _, err = self.vit("--device", "cuda", expect=2)
-        self.assert_refused(err, "no usable CUDA")
+        self.assert_refused(err, "CUDA is not usable")
 
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)
@@ -256,7 +260,7 @@ class TestRefusals(CliCase):
 
     def test_unwritable_log_dir(self):
         (self.tmp / "file").write_text("not a folder")
-        code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file"), "--exp_id", "x"])
+        code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file"), "--exp_id", "x", "--device", "cpu"])
         self.assertEqual(code, 2)
         self.assert_refused(err, "cannot write the run directory")
 
@@ -325,22 +329,64 @@ class TestResume(CliCase):
 
         run_dir, _, _ = self.lm("--epochs", "1")
         (run_dir / "checkpoint.pt").write_bytes(pickle.dumps({"model": Exploit()}))
-        with self.assertRaises(engine.UserError):
-            engine.load_torch(run_dir / "checkpoint.pt")
+        with self.assertRaises(utils.UserError):
+            rundir.load_torch(run_dir / "checkpoint.pt")
         torch.save({"model": Exploit()}, run_dir / "checkpoint.pt")
         _, _, err = self.lm("--epochs", "2", "--resume", expect=2)
         self.assert_refused(err, "cannot load")
         self.assertFalse(marker.exists())
 
 
+# Runs a trainer and kills it with SIGKILL at one point: "batch:E:S" after training step S of epoch E,
+# "csv:E" after epoch E's metrics row, "best:E" / "checkpoint:E" after that epoch's best.pt /
+# checkpoint.pt. The trainer's own functions are wrapped here; the product knows nothing of it.
+CRASH_LAUNCHER = """
+import os, runpy, signal, sys
+import engine, rundir
+point, *at = sys.argv[1].split(":")
+at = [int(a) for a in at]
+where = dict(epoch=0, steps=0)
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+run_epoch, step_call, append_csv, save_torch = engine.run_epoch, engine.Step.__call__, rundir.append_csv, rundir.save_torch
+def wrapped_run_epoch(model, task, split, epoch=1, step=None, *args, **kwargs):
+    where.update(epoch=epoch, steps=0)
+    return run_epoch(model, task, split, epoch, step, *args, **kwargs)
+def wrapped_step(self, model, loss):
+    step_call(self, model, loss)
+    where["steps"] += 1
+    if point == "batch" and [where["epoch"], where["steps"]] == at:
+        die()
+def wrapped_append(path, columns, *rows):
+    append_csv(path, columns, *rows)
+    if point == "csv" and path.name == "metrics.csv" and rows[-1]["epoch"] == at[0]:
+        die()
+def wrapped_save(obj, path):
+    save_torch(obj, path)
+    if path.name == point + ".pt" and obj["epoch"] == at[0]:
+        die()
+engine.run_epoch, engine.Step.__call__ = wrapped_run_epoch, wrapped_step
+rundir.append_csv, rundir.save_torch = wrapped_append, wrapped_save
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def killed_at(fault, argv):
+    """Run `argv` (a script and its flags) under CRASH_LAUNCHER, killed at `fault`."""
+    return subprocess.run([sys.executable, "-c", CRASH_LAUNCHER, fault, *argv], cwd=HERE, capture_output=True,
+                          text=True, timeout=300)
+
+
 class TestCrashes(CliCase):
     """Real processes killed with SIGKILL at chosen points, then resumed: the same numbers, bit for bit."""
 
     def train(self, exp_id, *extra, fault=None, data=None):
-        env = dict(os.environ, TRAINER_FAULT=fault or "")
-        argv = [sys.executable, "train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),
+        argv = ["train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),
                 "--exp_id", exp_id, "--epochs", "3", "--dropout", "0.1", *VIT_TINY, *extra]
-        return subprocess.run(argv, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+        if fault:
+            return killed_at(fault, argv)
+        return subprocess.run([sys.executable, *argv], cwd=HERE, capture_output=True, text=True, timeout=300)
 
     def test_kill_at_any_point_then_resume_equals_the_uninterrupted_run(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
@@ -379,8 +425,10 @@ class TestCrashes(CliCase):
         self.assertIn(len(rows), (ckpt["epoch"], ckpt["epoch"] + 1))
 
     def test_divergence_through_the_cli_keeps_the_logs(self):
-        run_dir, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", expect=2)
-        self.assert_refused(err, "loss became", "epoch 1")
+        run_dir, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", expect=3)
+        lines = err.strip().splitlines()
+        self.assertEqual(len(lines), 1, err)
+        self.assertTrue(lines[0].startswith("diverged: ") and "loss became" in lines[0] and "epoch 1" in lines[0])
         self.assertEqual(read_csv(run_dir / "metrics.csv"), [])  # the header, and no invented row
         self.assertTrue((run_dir / "config.json").exists())
 
@@ -481,12 +529,12 @@ class TestRecipeFlags(CliCase):
         self.assertEqual([(int(r["epoch"]), int(r["layer"])) for r in norms],
                          [(e, layer) for e in range(4) for layer in (1, 2, 3)])  # epoch 0: the first step
         self.assertTrue(all(float(r["norm"]) > 0 for r in norms))
-        argv = [sys.executable, "train_vit.py", "--data_folder", str(self.tmp / "images"), "--log_dir",
+        argv = ["train_vit.py", "--data_folder", str(self.tmp / "images"), "--log_dir",
                 str(self.logs), "--exp_id", "part", *VIT_TINY, *args, "--epochs", "3"]
-        killed = subprocess.run(argv, cwd=HERE, env=dict(os.environ, TRAINER_FAULT="checkpoint:2"),
-                                capture_output=True, text=True, timeout=300)
+        killed = killed_at("checkpoint:2", argv)
         self.assertEqual(killed.returncode, -signal.SIGKILL, killed.stderr)
-        resumed = subprocess.run(argv + ["--resume"], cwd=HERE, capture_output=True, text=True, timeout=300)
+        resumed = subprocess.run([sys.executable, *argv, "--resume"], cwd=HERE, capture_output=True, text=True,
+                                 timeout=300)
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
         self.assertEqual(results(self.logs / "part"), results(run_dir))
 
@@ -518,7 +566,8 @@ class TestRecipeFlags(CliCase):
                 p.grad = torch.randn_like(p)
             grads.append([torch.cat([p.grad.flatten() for p in m.parameters()]).norm().item() for m in (a, b)])
             norms.add()
-        mean, first = norms.read()
+        mean, first, skipped = norms.read()
+        self.assertEqual(skipped, 0)
         np.testing.assert_allclose(mean, np.mean(grads, 0), rtol=1e-5)
         np.testing.assert_allclose(first, grads[0], rtol=1e-5)
 
@@ -569,7 +618,8 @@ class TestRecipeFlags(CliCase):
                 return accuracy
 
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-        engine.run_epoch(model, Task(), "train", 1, torch.optim.SGD(model.parameters(), lr=1.0), grad_clip=0.01)
+        engine.run_epoch(model, Task(), "train", 1, engine.Step(torch.optim.SGD(model.parameters(), lr=1.0),
+                                                               grad_clip=0.01))
         after = torch.cat([p.detach().flatten() for p in model.parameters()])
         self.assertLessEqual((after - before).norm().item(), 0.01 + 1e-6)
 
@@ -647,14 +697,14 @@ class TestGenerate(CliCase):
 
 class TestDefaults(unittest.TestCase):
     def test_reference_defaults_and_derived_names(self):
-        lm = engine.parse_config(train_lm.Config, [])
+        lm = config.parse_config(train_lm.Config, [])
         self.assertEqual((lm.batch_size, lm.lr, lm.epochs, lm.optimizer, lm.seq_len, lm.data_folder),
                          (16, 1e-3, 10, "adamw", 256, "./data/wikitext2"))
-        vit = engine.parse_config(train_vit.Config, [])
+        vit = config.parse_config(train_vit.Config, [])
         self.assertEqual((vit.batch_size, vit.lr, vit.weight_decay, vit.momentum, vit.data_folder),
                          (128, 3e-4, 5e-4, 0.9, "./data/cifar10"))
         self.assertEqual(vit.default_exp_id("vit"), "vit_prenorm_L2_adamw_lr0.0003_bs128_s42")
-        lm = engine.parse_config(train_lm.Config, ["--model", "transformer", "--block", "postnorm", "--epochs", "3",
+        lm = config.parse_config(train_lm.Config, ["--model", "transformer", "--block", "postnorm", "--epochs", "3",
                                                    "--dropout", "0.1"])
         self.assertEqual(lm.default_exp_id("lm"), "lm_transformer_postnorm_L1_adamw_lr0.001_bs16_s42_dropout0.1")
 
@@ -703,13 +753,13 @@ class TestDefaults(unittest.TestCase):
 
     def test_cpu_memory_and_precision_fallbacks(self):
         cpu = torch.device("cpu")
-        mb, pct = engine.peak_memory(cpu)
+        mb, pct = utils.peak_memory(cpu)
         self.assertGreater(mb, 10)
         self.assertTrue(0 < pct < 100)
-        self.assertIsNone(engine.resolve_precision("auto", cpu))
-        self.assertEqual(engine.resolve_precision("bf16", cpu), torch.bfloat16)
-        with self.assertRaisesRegex(engine.UserError, "fp16 needs CUDA"):
-            engine.resolve_precision("fp16", cpu)
+        self.assertIsNone(utils.choose_precision("auto", cpu)[0])
+        self.assertEqual(utils.choose_precision("bf16", cpu)[0], torch.bfloat16)
+        with self.assertRaisesRegex(utils.UserError, "fp16 needs CUDA"):
+            utils.choose_precision("fp16", cpu)
 
 
 class TestCompile(CliCase):

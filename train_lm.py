@@ -2,9 +2,9 @@
 perplexity, the best model and test results.
 
     python train_lm.py --model lstm --layers 2 --optimizer adamw
-    python train_lm.py --model transformer --layers 2 --block postnorm --data_folder ../shared/data/wikitext2
-    python train_lm.py --batching streams --dropout 0.3 --grad_clip 0.25 --scheduler cosine \
-        --batch_size 32 --seq_len 64 --lr 2e-3 --data_folder ../shared/data/wikitext2   # the improved LM
+    python train_lm.py --model transformer --layers 2 --block postnorm --data_folder ./data/wikitext2
+    python train_lm.py --batching streams --dropout 0.4 --grad_clip 0.25 --scheduler cosine --warmup_epochs 0.5 \
+        --batch_size 32 --seq_len 128 --lr 2e-3 --weight_decay 0.01   # the improved LM (runs.sh group 'improved')
 
 Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}, and
 vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test}.npz (token ids)
@@ -16,34 +16,35 @@ import math
 import numpy as np
 import torch
 
+from config import TrainConfig, option, parse_config
 from data import Windows, index_batches, load_wikitext
-from engine import (TrainConfig, UserError, atomic_write, check, cli, distribute, epoch_generator,
-                    first_process_first, fit, log, make_optimizer, option, parse_config, prepare_run_dir, rank,
-                    setup)
+from engine import train
 from models import CORES, LanguageModel, count_params
+from rundir import atomic_write
+from utils import UserError, check, cli, epoch_generator, first_process_first, log, rank
 
 
 @dataclasses.dataclass
 class Config(TrainConfig):
-    model: str = option("lstm", "recurrent core", list(CORES))
-    layers: int = option(1, "recurrent layers or transformer blocks")
+    model: str = option("lstm", "recurrent core", list(CORES), group="model")
+    layers: int = option(1, "recurrent layers or transformer blocks", group="model")
     block: str = option("prenorm", "transformer core: LayerNorm before (pre) or after (post) the residual",
-                        ["prenorm", "postnorm"])
-    batch_size: int = option(16, "windows of seq_len tokens per optimizer step")
-    lr: float = option(1e-3, "learning rate")
-    data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt")
-    seq_len: int = option(256, "tokens per window (each predicts the next token)")
+                        ["prenorm", "postnorm"], group="model")
+    batch_size: int = option(16, "windows of seq_len tokens per optimizer step", group="optimisation")
+    lr: float = option(1e-3, "learning rate", group="optimisation")
+    data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt", group="data")
+    seq_len: int = option(256, "tokens per window (each predicts the next token)", group="data")
     embeddings: str = option("", ".npz with array 'tokens' (vocab x embedding_size); frozen unless "
-                             "--learn_embeddings")
-    learn_embeddings: bool = option(False, "train embeddings loaded with --embeddings")
-    embedding_size: int = option(768, "embedding width (tied to the output layer)")
-    hidden_size: int = option(512, "recurrent state or transformer width")
-    num_heads: int = option(8, "attention heads (transformer core)")
-    mlp_dim: int = option(2048, "MLP hidden width (transformer core)")
+                             "--learn_embeddings", group="model")
+    learn_embeddings: bool = option(False, "train embeddings loaded with --embeddings", group="model")
+    embedding_size: int = option(768, "embedding width (tied to the output layer)", group="model")
+    hidden_size: int = option(512, "recurrent state or transformer width", group="model")
+    num_heads: int = option(8, "attention heads (transformer core)", group="model")
+    mlp_dim: int = option(2048, "MLP hidden width (transformer core)", group="model")
     batching: str = option("windows", "windows: independent shuffled windows, state reset (the reference); "
                            "streams: batch_size contiguous streams read in order, the recurrent state "
                            "carried (detached) from window to window, in training and evaluation",
-                           ["windows", "streams"])
+                           ["windows", "streams"], group="data")
 
     def validate(self):
         super().validate()
@@ -78,8 +79,8 @@ class TextTask:
         if self.streams:
             batches = index_batches(w.num_windows, self.batch_size, device=w.padded.device, order=w.stream_order())
         else:
-            order = epoch_generator(self.seed, epoch, "shuffle") if split == "train" else None
-            batches = index_batches(w.num_windows, self.batch_size, order, w.padded.device)
+            generator = epoch_generator(self.seed, epoch, "shuffle") if split == "train" else None
+            batches = index_batches(w.num_windows, self.batch_size, generator, w.padded.device)
         for idx, idx_host in batches:
             inputs, targets = w.batch(idx)
             yield inputs, targets, w.targets_in(idx_host)
@@ -112,16 +113,22 @@ def load_embeddings(path, vocab_size, width):
     return torch.from_numpy(table.astype(np.float32))
 
 
-@cli
-def main(argv=None):
-    cfg = parse_config(Config, argv, __doc__)
-    cfg.exp_id = cfg.exp_id or cfg.default_exp_id("lm")
-    device, autocast_dtype = setup(cfg)
-    run_dir = prepare_run_dir(cfg)
+MODEL_ARGS = ("model", "layers", "embedding_size", "hidden_size", "dropout", "learn_embeddings", "seq_len",
+              "block", "num_heads", "mlp_dim")
+
+
+def build_model(args, embeddings=None):
+    """The LanguageModel from its saved arguments (config.json's model_args), as train_lm.py builds it."""
+    return LanguageModel(args["model"], args["layers"], args["vocab_size"], args["embedding_size"],
+                         args["hidden_size"], args["dropout"], embeddings, args["learn_embeddings"], args["seq_len"],
+                         args["block"], args["num_heads"], args["mlp_dim"])
+
+
+def build(cfg, device, run_dir):
     with first_process_first():  # under torchrun one process downloads, then the rest read
         corpus = load_wikitext(cfg.data_folder, device)
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
-          + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()) + f"; device {device}")
+        + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
     smallest = min(w.num_windows for w in task.windows.values())
     check(cfg.batch_size <= smallest,
@@ -129,17 +136,18 @@ def main(argv=None):
     if corpus.vocab is not None and rank() == 0:  # so samples from this run can be decoded later
         atomic_write(run_dir / "vocab.txt", lambda f: f.write(("\n".join(corpus.vocab) + "\n").encode()))
     embeddings = load_embeddings(cfg.embeddings, corpus.vocab_size, cfg.embedding_size) if cfg.embeddings else None
-    model = LanguageModel(cfg.model, cfg.layers, corpus.vocab_size, cfg.embedding_size, cfg.hidden_size,
-                          cfg.dropout, embeddings, cfg.learn_embeddings, cfg.seq_len, cfg.block, cfg.num_heads,
-                          cfg.mlp_dim).to(device)
-    optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                             cfg.weight_decay, device)
+    model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
+    model = build_model(model_args, embeddings)
     frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
     log(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
-          f"of {count_params(model, False):,} parameters")
-    return fit(distribute(model), task, cfg, run_dir, optimizer, device, autocast_dtype,
-               extra_config=dict(task="lm", effective_weight_decay=weight_decay, vocab_size=corpus.vocab_size,
-                                 data_source=corpus.source))
+        f"of {count_params(model, False):,} parameters")
+    return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size,
+                             data_source=corpus.source)
+
+
+@cli
+def main(argv=None):
+    return train(parse_config(Config, argv, __doc__), "lm", build)
 
 
 if __name__ == "__main__":

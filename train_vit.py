@@ -1,7 +1,7 @@
 """Train a Vision Transformer on CIFAR-10 and log per-epoch metrics, the best model and test results.
 
     python train_vit.py --layers 4 --optimizer adamw
-    python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ../shared/data/cifar10-jpeg
+    python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ./data/cifar10
     python train_vit.py --layers 6 --epochs 50 --lr 1e-3 --weight_decay 0.05 --scheduler cosine \
         --warmup_epochs 5 --label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 \
         --cutmix 1.0 --ema 0.999 --grad_clip 1.0          # the improved recipe (runs.sh group 'improved')
@@ -15,28 +15,30 @@ import math
 
 import torch.nn.functional as F
 
-from data import AUGMENTS, augment, index_batches, load_cifar10, mix, normalize
-from engine import (TrainConfig, check, cli, distribute, epoch_generator, first_process_first, fit, log,
-                    make_optimizer, option, parse_config, prepare_run_dir, setup)
+from augment import AUGMENTS, augment, mix, normalize
+from config import TrainConfig, option, parse_config
+from data import index_batches, load_cifar10
+from engine import train
 from models import VisionTransformer, count_params
+from utils import check, cli, epoch_generator, first_process_first, log
 
 
 @dataclasses.dataclass
 class Config(TrainConfig):
-    layers: int = option(2, "number of transformer blocks")
-    batch_size: int = option(128, "images per optimizer step")
-    lr: float = option(3e-4, "learning rate")
-    data_folder: str = option("./data/cifar10", "ImageFolder tree or torchvision CIFAR-10 folder")
-    embed_dim: int = option(256, "token width")
-    hidden_dim: int = option(512, "MLP hidden width")
-    num_heads: int = option(8, "attention heads")
-    patch_size: int = option(4, "patch side in pixels")
-    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation stays plain)")
-    drop_path: float = option(0.0, "stochastic depth: the last block's drop rate, earlier blocks linearly less")
+    layers: int = option(2, "number of transformer blocks", group="model")
+    batch_size: int = option(128, "images per optimizer step", group="optimisation")
+    lr: float = option(3e-4, "learning rate", group="optimisation")
+    data_folder: str = option("./data/cifar10", "ImageFolder tree or torchvision CIFAR-10 folder", group="data")
+    embed_dim: int = option(256, "token width", group="model")
+    hidden_dim: int = option(512, "MLP hidden width", group="model")
+    num_heads: int = option(8, "attention heads", group="model")
+    patch_size: int = option(4, "patch side in pixels", group="model")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation stays plain)", group="optimisation")
+    drop_path: float = option(0.0, "stochastic depth: the last block's drop rate, earlier blocks linearly less", group="model")
     augment: str = option("reference", "training augmentation: reference (flip + resized crop), or strong "
-                          "(also pad-4 translation and one TrivialAugment operation per image)", list(AUGMENTS))
-    mixup: float = option(0.0, "MixUp alpha (0: off); with --cutmix too, each batch uses one of the two")
-    cutmix: float = option(0.0, "CutMix alpha (0: off)")
+                          "(also pad-4 translation and one TrivialAugment operation per image)", list(AUGMENTS), group="data")
+    mixup: float = option(0.0, "MixUp alpha (0: off); with --cutmix too, each batch uses one of the two", group="data")
+    cutmix: float = option(0.0, "CutMix alpha (0: off)", group="data")
 
     def validate(self):
         super().validate()
@@ -71,11 +73,11 @@ class ImageTask:
         images, labels = self.data.splits[split]
         train = split == "train"
         mixing = train and (self.mixup > 0 or self.cutmix > 0)
-        order = epoch_generator(self.seed, epoch, "shuffle") if train else None
+        shuffle = epoch_generator(self.seed, epoch, "shuffle") if train else None
         aug = epoch_generator(self.seed, epoch, "augment") if train else None
         mixer = epoch_generator(self.seed, epoch, "mix") if mixing else None
-        for idx, _ in index_batches(len(labels), self.batch_size, order, labels.device):
-            x, y = images.index_select(0, idx), labels.index_select(0, idx)  # on a CPU 13x faster than images[idx]
+        for idx, _ in index_batches(len(labels), self.batch_size, shuffle, labels.device):
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)  # whole images, not element-wise
             x = augment(x, aug, policy=self.augment) if train else normalize(x)
             # Mixed on the global batch, before any split over processes: results do not depend on them.
             x, y_b, lam = mix(x, y, mixer, self.mixup, self.cutmix) if mixing else (x, y, 1.0)
@@ -98,30 +100,36 @@ class ImageTask:
         return accuracy
 
 
-@cli
-def main(argv=None):
-    cfg = parse_config(Config, argv, __doc__)
-    cfg.exp_id = cfg.exp_id or cfg.default_exp_id("vit")
-    device, autocast_dtype = setup(cfg)
-    run_dir = prepare_run_dir(cfg)
+MODEL_ARGS = ("layers", "block", "embed_dim", "hidden_dim", "num_heads", "patch_size", "dropout", "drop_path")
+
+
+def build_model(args):
+    """The VisionTransformer from its saved arguments (config.json's model_args)."""
+    return VisionTransformer(args["layers"], args["block"], args["embed_dim"], args["hidden_dim"], args["num_heads"],
+                             args["patch_size"], num_classes=args["num_classes"], dropout=args["dropout"],
+                             drop_path=args["drop_path"])
+
+
+def build(cfg, device, run_dir):
     with first_process_first():  # under torchrun one process downloads and caches, then the rest read
         data = load_cifar10(cfg.data_folder, device)
     sizes = {s: len(y) for s, (_, y) in data.splits.items()}
-    log(f"data: {data.source}; " + ", ".join(f"{s} {n}" for s, n in sizes.items()) + f"; device {device}")
+    log(f"data: {data.source}; " + ", ".join(f"{s} {n:,}" for s, n in sizes.items())
+        + f"; {len(data.classes)} classes: {', '.join(data.classes)}")
     check(cfg.batch_size <= min(sizes.values()),
           f"--batch_size {cfg.batch_size} is larger than the smallest split ({min(sizes.values())} images)")
     check(tuple(data.splits["train"][0].shape[1:]) == (3, 32, 32),
           f"expected 3 x 32 x 32 images, found {tuple(data.splits['train'][0].shape[1:])}")
-    model = VisionTransformer(cfg.layers, cfg.block, cfg.embed_dim, cfg.hidden_dim, cfg.num_heads,
-                              cfg.patch_size, num_classes=len(data.classes), dropout=cfg.dropout,
-                              drop_path=cfg.drop_path).to(device)
-    optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                             cfg.weight_decay, device)
-    log(f"model: ViT, {cfg.layers} {cfg.block} blocks, {count_params(model):,} parameters")
+    model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, num_classes=len(data.classes))
+    model = build_model(model_args)
+    log(f"model: ViT, {cfg.layers} {cfg.block} block{'s' * (cfg.layers > 1)}, {count_params(model):,} parameters")
     task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
-    return fit(distribute(model), task, cfg, run_dir, optimizer, device, autocast_dtype,
-               extra_config=dict(task="vit", effective_weight_decay=weight_decay, classes=data.classes,
-                                 data_source=data.source))
+    return task, model, dict(task="vit", model_args=model_args, classes=data.classes, data_source=data.source)
+
+
+@cli
+def main(argv=None):
+    return train(parse_config(Config, argv, __doc__), "vit", build)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""Settings as dataclasses that become command-line flags: `option` declares one, `parse_config`
+builds the argparse parser (flags grouped in --help) and validates, and `TrainConfig` holds what
+both trainers share. Each trainer subclasses it with its own defaults.
+
+    >>> cfg = parse_config(TrainConfig, ["--layers", "4"])
+"""
+import argparse
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+from utils import EXIT_USER_ERROR, check
+
+
+def option(default, help, choices=None, group="run and output"):
+    """A dataclass field that becomes a command-line flag, shown under `group` in --help."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group})
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage block
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
+
+
+def _number(kind):
+    def parse(text):
+        value = kind(text)
+        if kind is int and abs(value) >= 2 ** 63:
+            raise argparse.ArgumentTypeError(f"{text} is out of range")
+        if kind is float and value != value:
+            raise argparse.ArgumentTypeError("nan is not a number")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+GROUPS = ("model", "optimisation", "data", "run and output", "performance")
+
+
+def parse_config(cls, argv=None, description=None):
+    """Build argparse from the dataclass `cls` (one flag per field, grouped), parse, validate."""
+    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        where = groups[meta.get("group", "run and output")]
+        if f.type in (bool, "bool"):
+            where.add_argument(f"--{f.name}", action="store_true", help=meta.get("help"))
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+        shown = f" (default: {f.default})" if f.default not in ("", None) else ""
+        where.add_argument(f"--{f.name}", type=_number(kind) if kind in (int, float) else kind, default=f.default,
+                           choices=meta.get("choices"), help=f"{meta.get('help', '')}{shown}")
+    cfg = cls(**vars(parser.parse_args(argv)))
+    cfg.validate()
+    return cfg
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings both trainers share. Each script subclasses it with its own defaults and fields."""
+    layers: int = option(2, "recurrent layers or transformer blocks", group="model")
+    block: str = option("prenorm", "transformer block: LayerNorm before (pre) or after (post) the residual",
+                        ["prenorm", "postnorm"], group="model")
+    dropout: float = option(0.0, "dropout probability", group="model")
+    optimizer: str = option("adamw", "sgd: plain SGD; momentum: SGD with momentum; adam: Adam without weight "
+                            "decay; adamw: AdamW", ["sgd", "momentum", "adam", "adamw"], group="optimisation")
+    batch_size: int = option(128, "examples (windows or images) per optimizer step", group="optimisation")
+    epochs: int = option(10, "passes over the training split", group="optimisation")
+    lr: float = option(3e-4, "learning rate", group="optimisation")
+    momentum: float = option(0.9, "momentum of the 'momentum' optimizer", group="optimisation")
+    weight_decay: float = option(5e-4, "weight decay (sgd, momentum, adamw; adam uses none)", group="optimisation")
+    scheduler: str = option("constant", "learning rate after the warmup: constant, or cosine decay to --min_lr "
+                            "(both per step)", ["constant", "cosine"], group="optimisation")
+    warmup_epochs: float = option(0.0, "linear warmup from lr/steps to lr over this many epochs (per step)",
+                                  group="optimisation")
+    min_lr: float = option(0.0, "the cosine schedule's final learning rate", group="optimisation")
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", group="optimisation")
+    ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step "
+                        "(e.g. 0.999; 0: off), evaluated and logged beside the model", group="optimisation")
+    seed: int = option(42, "seed of every random generator", group="optimisation")
+    data_folder: str = option("", "dataset folder", group="data")
+    exp_id: str = option("", "run name; default: derived from the settings")
+    log_dir: str = option("logs", "folder that holds one sub-folder per run")
+    grad_norms: bool = option(False, "log each layer's gradient norm (mean over the epoch's steps, and the "
+                              "first step as epoch 0) to grad_norms.csv")
+    limit_batches: int = option(0, "at most this many batches per split and epoch (0: all), for smoke runs")
+    no_progress: bool = option(False, "no progress bars")
+    resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint")
+    overwrite: bool = option(False, "delete an existing run directory of the same name and start again")
+    device: str = option("auto", "auto picks CUDA when there is one", ["auto", "cpu", "cuda"], group="performance")
+    precision: str = option("auto", "auto: bf16 on GPUs that run it natively (compute capability 8.0+), fp16 "
+                            "with loss scaling on older GPUs, fp32 on CPU", ["auto", "fp32", "bf16", "fp16"],
+                            group="performance")
+    compile: bool = option(False, "torch.compile the model; the warm-up is timed apart from the epochs",
+                           group="performance")
+
+    # Settings that do not change what a run computes: they may differ on resume and stay out of
+    # default names. NOT_SETTINGS are, besides, never compared between runs (seeds are averaged).
+    MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite")
+    NOT_IN_NAME = MAY_DIFFER_ON_RESUME + ("exp_id", "device")
+    NOT_SETTINGS = NOT_IN_NAME + ("seed",)
+
+    def validate(self):
+        for name in ("layers", "batch_size", "epochs"):
+            check(getattr(self, name) >= 1, f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "grad_clip", "dropout", "momentum"):
+            check(math.isfinite(getattr(self, name)), f"--{name} must be a finite number, got {getattr(self, name)}")
+        check(self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        check(self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}")
+        check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        check(self.limit_batches >= 0, f"--limit_batches must be >= 0, got {self.limit_batches}")
+        check(0 <= self.warmup_epochs <= self.epochs, f"--warmup_epochs must be in [0, --epochs], got "
+              f"{self.warmup_epochs}")
+        check(0 <= self.min_lr <= self.lr, f"--min_lr must be in [0, --lr], got {self.min_lr}")
+        check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
+        check(0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}")
+        check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
+        check(self.exp_id == "" or ("/" not in self.exp_id and self.exp_id not in (".", "..")),
+              f"--exp_id must be a plain name, got {self.exp_id!r}")
+
+    def name_fields(self):
+        """Fields spelled out in the default run name, in order."""
+        return ["layers", "optimizer", "lr", "batch_size", "seed"]
+
+    def default_exp_id(self, prefix):
+        """A readable run name: the main settings, then any other setting that changes the result
+        and differs from its default. `--epochs` is left out so that a run can be extended."""
+        short = {"layers": "L", "lr": "lr", "batch_size": "bs", "seed": "s"}
+        text = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+        parts = [prefix] + [short.get(k, "") + text(getattr(self, k)) for k in self.name_fields()]
+        defaults = type(self)()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.name_fields() or f.name in self.NOT_IN_NAME or value == getattr(defaults, f.name):
+                continue
+            parts.append(f.name if value is True else f.name + (text(value) if isinstance(value, float)
+                                                                else Path(str(value)).stem))
+        return "_".join(parts)
+
+    def naming(self):
+        """What config.json says about the run's name and settings, so readers need no list of their own."""
+        return dict(configuration=re.sub(rf"_s{self.seed}(?=_|$)", "", self.exp_id),
+                    not_settings=list(self.NOT_SETTINGS), may_differ_on_resume=list(self.MAY_DIFFER_ON_RESUME))

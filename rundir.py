@@ -1,0 +1,198 @@
+"""The run directory and the files in it, each written atomically (a crash or a full disk leaves
+the previous version intact): config.json, metrics.csv, grad_norms.csv, checkpoint.pt, best.pt,
+best_ema.pt and summary.json.
+"""
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from utils import UserError, barrier, check, first_line, rank, rng_state, set_rng_state, world_size
+
+
+def atomic_write(path, write):
+    """Write through `write(file)` to a temporary file, fsync, then rename over `path`: a crash or a
+    full disk leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {e.strerror or e}; the previous version is intact") from None
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_torch(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_json(obj, path):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def load_torch(path):
+    """Checkpoints are loaded with weights_only=True: a crafted pickle is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be trusted
+        raise UserError(f"cannot load {path}: {first_line(e)[:200]}") from None
+
+
+def write_csv(path, columns, rows):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def append_csv(path, columns, *rows):
+    """Append rows in one write, flushed and fsynced, so a finished epoch's rows survive any crash."""
+    line = io.StringIO()
+    csv.DictWriter(line, fieldnames=columns, lineterminator="\n").writerows(rows)
+    try:
+        with open(path, "a") as f:
+            f.write(line.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"could not append to {path}: {e.strerror or e}") from None
+
+
+def environment(device):
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return dict(torch=torch.__version__, python=platform.python_version(), device=str(device), device_name=name,
+                threads=torch.get_num_threads(), git_commit=commit, hostname=platform.node())
+
+
+
+def prepare_run_dir(cfg):
+    """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite."""
+    run_dir = Path(cfg.log_dir) / cfg.exp_id
+    exists = run_dir.is_dir() and any(run_dir.iterdir())
+    if exists and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"run directory {run_dir} already exists; use --resume to continue it, "
+                        f"--overwrite to start it again, or another --exp_id")
+    barrier()  # every process has looked before the first one changes anything
+    if rank() != 0:
+        barrier()
+        return run_dir
+    try:
+        if exists and cfg.overwrite:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    barrier()
+    return run_dir
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint carries beside the model and optimizer: every finished row and the best epochs."""
+    history: list = dataclasses.field(default_factory=list)
+    norm_history: list = dataclasses.field(default_factory=list)
+    best: dict = dataclasses.field(default_factory=lambda: dict(epoch=0, value=None))
+    best_ema: dict = dataclasses.field(default_factory=lambda: dict(epoch=0, value=None))
+
+
+NORM_COLUMNS = ["epoch", "layer", "norm"]
+
+
+class RunDir:
+    """<log_dir>/<exp_id>: config.json, metrics.csv (a row per epoch), grad_norms.csv, checkpoint.pt
+    (everything needed to resume), best.pt and best_ema.pt (weights), summary.json. Under torchrun
+    only the first process writes."""
+
+    def __init__(self, path, task, cfg, config, fp16=False):
+        self.path, self.cfg, self.config, self.main = Path(path), cfg, config, rank() == 0
+        m = task.metric
+        self.columns = ["epoch", "train_loss", f"train_{m}", "valid_loss", f"valid_{m}", "lr", "train_time",
+                        "valid_time", "elapsed", f"{task.unit}_per_s", "peak_mem_mb", "mem_pct"]
+        self.columns += ["ema_valid_loss", f"ema_valid_{m}"] if cfg.ema else []
+        self.columns += ["skipped_steps"] if fp16 else []
+
+    def resume(self, stateful):
+        """Load checkpoint.pt into the stateful objects and the RNGs; a Progress, empty when starting."""
+        path = self.path / "checkpoint.pt"
+        if not (self.cfg.resume and path.exists()):
+            return Progress()
+        ckpt = load_torch(path)
+        missing = [k for k in ("config", "model", "history", "best", "rng") if k not in ckpt]
+        check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
+              f"{', '.join(missing) or 'everything'}); start again with --overwrite")
+        differ = set(self.cfg.MAY_DIFFER_ON_RESUME)
+        saved, now = json_plain(ckpt["config"]), json_plain(self.config)
+        diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                 if k not in differ and saved.get(k) != now.get(k)]
+        check(not diffs, f"cannot resume {self.path} with a different configuration ({'; '.join(diffs)})")
+        for key, obj in stateful.items():
+            if obj is not None and ckpt.get(key) is not None:
+                obj.load_state_dict(ckpt[key])
+        set_rng_state(ckpt["rng"])
+        if self.main:
+            print(f"resuming {self.path} after epoch {len(ckpt['history'])}")
+        return Progress(ckpt["history"], ckpt.get("norm_history", []), ckpt["best"],
+                        ckpt.get("best_ema", dict(epoch=0, value=None)))
+
+    def start(self, progress, device, norms):
+        """config.json, and the CSVs rewritten from the checkpoint's rows: a row written after the last
+        checkpoint is dropped (that epoch is trained again) and one written before it restored."""
+        if not self.main:
+            return
+        save_json(dict(self.config, environment=environment(device), world_size=world_size()),
+                  self.path / "config.json")
+        write_csv(self.path / "metrics.csv", self.columns, progress.history)
+        if norms:
+            write_csv(self.path / "grad_norms.csv", NORM_COLUMNS, progress.norm_history)
+
+    def save_epoch(self, progress, new_norms, stateful, improved, ema_improved):
+        if not self.main:
+            return
+        epoch = len(progress.history)
+        append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])
+        if new_norms:
+            append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)
+        if improved:
+            save_torch(dict(model=stateful["model"].state_dict(), epoch=epoch), self.path / "best.pt")
+        if ema_improved:
+            save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
+        save_torch(dict({k: (v.state_dict() if v is not None else None) for k, v in stateful.items()},
+                        epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),
+                   self.path / "checkpoint.pt")
+
+    def load_weights(self, name):
+        state = load_torch(self.path / name)
+        check(isinstance(state, dict) and "model" in state, f"{self.path / name} holds no model weights")
+        return state["model"]
+
+
+def json_plain(value):
+    """JSON-compatible copy of a config value (for comparison across a save and load)."""
+    return json.loads(json.dumps(value))

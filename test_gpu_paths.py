@@ -1,0 +1,210 @@
+"""The CUDA paths, proved on a CPU: precision choice per GPU generation (CUDA queries replaced), the
+fp16 loss scaler's skipped steps, the loss's gradients in low precision, restoring random state
+saved on more GPUs, and a distributed job in which only one rank fails."""
+import json
+import os
+import subprocess
+import sys
+import time
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+import engine
+import utils
+from models import LanguageModel, linear_cross_entropy
+from test_data import TempDir, write_image_folder
+
+HERE = Path(__file__).resolve().parent
+CUDA = torch.device("cuda")
+
+
+def gpu(capability, emulated_bf16=True):
+    """The CUDA queries of a GPU of this compute capability (is_bf16_supported says yes where bf16 is
+    merely emulated, as torch's default including_emulation=True does on a T4 or V100)."""
+    return [mock.patch("torch.cuda.get_device_capability", return_value=capability),
+            mock.patch("torch.cuda.is_bf16_supported", return_value=capability >= (8, 0) or emulated_bf16)]
+
+
+class TestPrecision(unittest.TestCase):
+    def choose(self, name, capability, emulated_bf16=True):
+        patches = gpu(capability, emulated_bf16)
+        for p in patches:
+            p.start()
+        try:
+            return utils.choose_precision(name, CUDA)
+        finally:
+            for p in patches:
+                p.stop()
+
+    def test_auto_is_bf16_only_where_native_and_fp16_below(self):
+        for capability, emulated in (((7, 0), True), ((7, 5), True), ((7, 5), False)):
+            dtype, why = self.choose("auto", capability, emulated)
+            self.assertEqual(dtype, torch.float16, capability)
+            self.assertIn(f"{capability[0]}.{capability[1]}", why)
+            self.assertIn("loss scaling", why)
+        for capability in ((8, 0), (8, 6), (9, 0)):
+            dtype, why = self.choose("auto", capability)
+            self.assertEqual(dtype, torch.bfloat16, capability)
+            self.assertIn("native", why)
+        dtype, why = self.choose("bf16", (7, 5))
+        self.assertEqual(dtype, torch.bfloat16)  # asked for: honoured, and the reason says it is slow
+        self.assertIn("emulated", why)
+        self.assertEqual(self.choose("fp32", (9, 0))[0], None)
+        self.assertEqual(utils.choose_precision("auto", torch.device("cpu")), (None, "fp32: the device is a CPU"))
+
+
+class TestPrecisionInConfig(TempDir):
+    def test_the_choice_and_its_reason_are_in_config_json(self):
+        import train_vit
+        from test_train import VIT_TINY, run
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        code, _, err = run(train_vit.main, ["--data_folder", str(data), "--log_dir", str(self.tmp / "logs"),
+                                            "--exp_id", "p", *VIT_TINY, "--epochs", "1"])
+        self.assertEqual(code, 0, err)
+        config = json.loads((self.tmp / "logs" / "p" / "config.json").read_text())
+        self.assertEqual((config["precision_used"], config["precision_reason"]), ("float32", "fp32: the device is a CPU"))
+        self.assertEqual(config["model_args"]["num_classes"], len(config["classes"]))
+
+
+class TestLossScalerSteps(unittest.TestCase):
+    """A step the fp16 scaler skips (inf gradients) must leave the EMA alone, stay out of the
+    gradient-norm means, and be counted."""
+
+    def test_skipped_step_changes_neither_ema_nor_norms(self):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        step = engine.Step(opt, scaler=torch.amp.GradScaler("cpu", init_scale=4.0), ema=engine.EMA(model, 0.5),
+                           grad_norms=engine.LayerGradNorms([list(m.parameters()) for m in model]))
+        x = torch.randn(4, 3)
+        step(model, model(x).square().sum())
+        ema_before = [p.clone() for p in step.ema.model.parameters()]
+        weights_before = [p.clone() for p in model.parameters()]
+        step(model, model(x).square().sum() * float("inf"))  # every gradient inf or NaN: skipped
+        for a, b in zip(ema_before, step.ema.model.parameters()):
+            self.assertTrue(torch.equal(a, b))
+        for a, b in zip(weights_before, model.parameters()):
+            self.assertTrue(torch.equal(a, b))  # the scaler skipped the update itself
+        step(model, model(x).square().sum())
+        mean, first, skipped = step.grad_norms.read()
+        self.assertEqual((skipped, int(step.skipped)), (1, 1))
+        self.assertTrue(all(v == v and v < float("inf") for v in mean + first))
+        self.assertFalse(any(torch.equal(a, b) for a, b in zip(ema_before, step.ema.model.parameters())))
+
+
+class TestLossInLowPrecision(unittest.TestCase):
+    def setUp(self):
+        g = torch.Generator().manual_seed(0)
+        self.h = torch.randn(300, 32, generator=g)
+        self.w = 0.5 * torch.randn(5000, 32, generator=g)
+        self.t = torch.randint(0, 5000, (300,), generator=g)  # some 0s: padding, ignored
+
+    def reference(self):
+        h, w = self.h.clone().requires_grad_(), self.w.clone().requires_grad_()
+        loss = F.cross_entropy(h @ w.T, self.t, ignore_index=0, reduction="sum")
+        loss.backward()
+        return loss, h.grad, w.grad
+
+    def fused(self, dtype):
+        h, w = self.h.clone().to(dtype).requires_grad_(), self.w.clone().requires_grad_()
+        loss = linear_cross_entropy(h, w, self.t, chunk=128)
+        (loss * 1024).backward()  # a loss scaler's factor: it must not be applied before the gradients exist
+        return loss, h.grad.float() / 1024, w.grad / 1024
+
+    def test_exact_in_fp32_and_close_in_bf16_and_fp16(self):
+        ref_loss, ref_h, ref_w = self.reference()
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+            with self.subTest(dtype=dtype):
+                loss, grad_h, grad_w = self.fused(dtype)
+                self.assertEqual(grad_w.dtype, torch.float32)  # accumulated in fp32, as the weight is
+                torch.testing.assert_close(loss, ref_loss, rtol=tol, atol=0)
+                scale = ref_w.abs().max()
+                torch.testing.assert_close(grad_w / scale, ref_w / scale, rtol=0, atol=tol)
+                torch.testing.assert_close(grad_h / ref_h.abs().max(), ref_h / ref_h.abs().max(), rtol=0,
+                                           atol=tol)
+
+    def test_fp16_keeps_the_small_softmax_gradients(self):
+        # One token whose other 4,999 classes have logits 20 below the target's: probabilities of
+        # about 2e-9, below fp16's smallest subnormal (6e-8). Their weight gradients (p * h) vanish
+        # when formed in fp16, before any loss scaling; formed in fp32 they survive.
+        h = torch.tensor([[1.0, 0.0]], dtype=torch.float16, requires_grad=True)
+        w = torch.zeros(5000, 2)
+        w[:, 0] = -20.0
+        w[1, 0] = 0.0
+        w.requires_grad_()
+        linear_cross_entropy(h, w, torch.tensor([1])).backward()
+        p = torch.softmax(torch.tensor([[-20.0] + [0.0] + [-20.0] * 4998]), 1)[0]
+        self.assertGreater(w.grad[2:, 0].abs().min().item(), 0)
+        torch.testing.assert_close(w.grad[2:, 0], p[2:], rtol=1e-3, atol=0)
+
+
+class TestRecurrentCoreUnderAutocast(unittest.TestCase):
+    def test_the_lstm_runs_in_fp32_under_bf16_autocast(self):
+        torch.manual_seed(0)
+        model = LanguageModel("lstm", 2, vocab_size=50, embedding_size=16, hidden_size=16)
+        tokens = torch.randint(1, 50, (2, 7))
+        seen = []
+        model.core.rnn.register_forward_hook(lambda m, inputs, out: seen.append((inputs[0].dtype, out[0].dtype)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, state = model(tokens)
+        self.assertEqual(seen, [(torch.float32, torch.float32)])
+        self.assertEqual(state[0].dtype, torch.float32)  # the carried state stays fp32 too
+        plain, _ = model(tokens)
+        torch.testing.assert_close(logits.float(), plain, atol=0.05, rtol=0)
+
+
+class TestResumeOnOtherDevices(unittest.TestCase):
+    def test_cuda_states_of_two_gpus_restore_on_a_cpu_and_on_one_gpu(self):
+        state = utils.rng_state()
+        state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+        with mock.patch("torch.cuda.is_available", return_value=False):
+            utils.set_rng_state(state)  # a CPU: the CUDA states are skipped, the rest restored
+        self.assertTrue(torch.equal(torch.get_rng_state(), state["torch"]))
+        with mock.patch("torch.cuda.is_available", return_value=True), \
+                mock.patch("torch.cuda.device_count", return_value=1), \
+                mock.patch("torch.cuda.set_rng_state") as set_one:
+            utils.set_rng_state(state)
+        self.assertEqual(len(set_one.call_args_list), 1)  # only the GPU that exists
+        self.assertTrue(torch.equal(set_one.call_args.args[0], state["cuda"][0]))
+        self.assertEqual(set_one.call_args.args[1], 0)
+
+
+# Runs a trainer under torchrun where rank 1 alone cannot load its data (wrapped here, test-side).
+RANK1_FAILS = """
+import os, runpy, sys
+import data, utils
+real = data.load_cifar10
+def load(*args, **kwargs):
+    if os.environ.get("RANK") == "1":
+        raise utils.UserError("rank 1 cannot read its data")
+    return real(*args, **kwargs)
+data.load_cifar10 = load
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class TestDistributedFailure(TempDir):
+    def test_an_error_on_rank_1_alone_ends_the_job_at_once_with_its_message(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        launcher = self.tmp / "launcher.py"
+        launcher.write_text(RANK1_FAILS)
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
+                str(HERE / "train_vit.py"), "--data_folder", str(data), "--log_dir", str(self.tmp / "logs"),
+                "--device", "cpu", "--embed_dim", "32", "--hidden_dim", "32", "--num_heads", "4", "--batch_size",
+                "8"]
+        start = time.perf_counter()
+        proc = subprocess.run(argv, cwd=HERE, capture_output=True, text=True, timeout=240,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE)))
+        self.assertLess(time.perf_counter() - start, 120)  # not torchrun's or the collective's timeout
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertEqual(proc.stderr.count("[rank 1] error: rank 1 cannot read its data"), 1, proc.stderr[-3000:])
+        self.assertNotIn("[rank 0] error", proc.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

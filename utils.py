@@ -1,0 +1,269 @@
+"""What the trainers share that is not the training loop: errors and the CLI wrapper, device and
+precision, distributed helpers, seeding and the random state.
+
+    >>> device = get_device("auto"); dtype, why = choose_precision("auto", device)
+"""
+import contextlib
+import os
+import random
+import resource
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing data, existing run): one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite: not a user error, so it has its own exit code (3)."""
+
+
+def check(condition, message):
+    if not condition:
+        raise UserError(message)
+
+
+def first_line(exc):
+    """An exception as one short line, even when its message is empty."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0][:300] if lines else "") or type(exc).__name__
+
+
+def cli(main):
+    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C
+    a clean stop (130). Under torchrun every rank reports its own error, tagged with its rank, and
+    leaves at once (os._exit), so torchrun ends the other ranks instead of letting them wait in a
+    collective for its timeout. The process group is destroyed on the way out."""
+    def wrapped(argv=None):
+        code, message = 0, None
+        try:
+            result = main(argv)
+        except UserError as e:
+            code, message = EXIT_USER_ERROR, f"error: {first_line(e)}"
+        except Diverged as e:
+            code, message = EXIT_DIVERGED, f"diverged: {first_line(e)}"
+        except KeyboardInterrupt:
+            code, message = EXIT_INTERRUPTED, "interrupted: the last finished epoch is saved; continue with --resume"
+        distributed = dist.is_available() and dist.is_initialized()
+        if message:
+            # Before the process group exists every rank fails alike (flags, batch size): one message.
+            if distributed:
+                print(f"[rank {rank()}] {message}", file=sys.stderr, flush=True)
+            elif rank() == 0:
+                print(message, file=sys.stderr, flush=True)
+            if distributed:
+                sys.stdout.flush()
+                os._exit(code)  # the other ranks may be inside a collective that will never complete
+            sys.exit(code)
+        if distributed:
+            dist.destroy_process_group()
+        return result
+    return wrapped
+
+
+# --------------------------------------------------------------------------- device and precision
+
+def cuda_unusable_reason():
+    """Why torch sees no usable CUDA device, in words a user can act on."""
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build; install a CUDA build of torch"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.is_available()
+    said = " ".join(first_line(w.message) for w in caught)
+    if "driver" in said.lower():
+        return f"{said} (this torch is built for CUDA {torch.version.cuda})"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU (check GPUS)"
+    if not any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/dxg")):
+        return ("no NVIDIA device is visible to this process; in a container, start it with --gpus all "
+                "(docker) or --device nvidia.com/gpu=all (podman)")
+    return (f"CUDA reports no usable device{f' among CUDA_VISIBLE_DEVICES={visible}' if visible else ''}; "
+            f"this torch needs an NVIDIA driver recent enough for CUDA {torch.version.cuda} (see nvidia-smi)")
+
+
+def get_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        check(torch.cuda.is_available(), f"--device cuda asked for, but CUDA is not usable: {cuda_unusable_reason()}")
+    return torch.device(name)
+
+
+def choose_precision(name, device):
+    """(autocast dtype or None for fp32, the reason). auto: bf16 where the GPU runs it natively
+    (compute capability 8.0 and up), fp16 with loss scaling on older GPUs (where bf16 is only
+    emulated, without tensor cores), fp32 on a CPU."""
+    if device.type != "cuda":
+        check(name != "fp16", "--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+        if name == "auto":
+            return None, "fp32: the device is a CPU"
+        return {"fp32": None, "bf16": torch.bfloat16}[name], f"{name}: asked for"
+    major, minor = torch.cuda.get_device_capability(device)
+    native = major >= 8
+    if name == "auto":
+        if native:
+            return torch.bfloat16, f"bf16: native on compute capability {major}.{minor}"
+        return torch.float16, (f"fp16 with loss scaling: compute capability {major}.{minor} has no native bf16 "
+                               f"(it needs 8.0)")
+    reason = f"{name}: asked for"
+    if name == "bf16" and not native:
+        reason += f" (emulated on compute capability {major}.{minor}, slow; auto would choose fp16)"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name], reason
+
+
+def autocast(device, dtype):
+    """Mixed precision in dtype, or nothing when dtype is None (plain fp32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device):
+    """(peak MB, % of the device's memory): CUDA max allocated, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        used = torch.cuda.max_memory_allocated(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return used / 2 ** 20, 100.0 * used / total
+
+
+# -------------------------------------------------------------------------------------- distributed
+
+def rank():
+    """This process's rank: from the process group, or from torchrun's RANK before it exists."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def log(*args):
+    """print, from the first process only."""
+    if rank() == 0:
+        print(*args, flush=True)
+
+
+def barrier():
+    if world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def first_process_first():
+    """The first process runs the block (a download, a cache write) before the others start it."""
+    if rank() != 0:
+        barrier()
+    yield
+    if rank() == 0:
+        barrier()
+
+
+def init_distributed(device, batch_size):
+    """Under torchrun: the process group (NCCL on CUDA, gloo on CPU), bound to this rank's GPU.
+    Returns the device this process trains on."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or dist.is_initialized():
+        return device
+    check(batch_size % world == 0, f"--batch_size {batch_size} does not divide over {world} processes")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return device
+
+
+def distribute(model):
+    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    if world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def shard(batch):
+    """This process's slice of a global batch: tensors split along the first dimension; other items
+    (the global count of examples or tokens) are kept whole."""
+    world = world_size()
+    if world == 1:
+        return batch
+    return tuple(torch.tensor_split(b, world)[rank()] if torch.is_tensor(b) else b for b in batch)
+
+
+# ----------------------------------------------------------------------------------------- seeding
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)  # every device
+
+
+def epoch_generator(seed, epoch, purpose):
+    """A CPU generator for one purpose ("shuffle", "augment", ...) in one epoch. Deriving it from
+    (seed, epoch, purpose) keeps data order and augmentation independent of everything else (model
+    size, process count), and a resumed run draws exactly what the uninterrupted one drew."""
+    g = torch.Generator()
+    g.manual_seed(((seed * 1_000_003 + epoch) * 4_294_967_311 + zlib.crc32(purpose.encode())) % 2 ** 63)
+    return g
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = dict(python=random.getstate(), numpy=(np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                  *np_state[2:]), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore a saved state. CUDA states are restored for the GPUs that exist here: a checkpoint
+    from a machine with more GPUs (or one resumed on a CPU) restores what it can."""
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def setup(cfg):
+    """Device, precision, seeds and, under torchrun, the process group. Returns (device, autocast
+    dtype or None, why that precision). `--batch_size` stays the global batch. A full-length run
+    that `--device auto` puts on a CPU says so before it starts: the study takes days there."""
+    device = init_distributed(get_device(cfg.device), cfg.batch_size)
+    if cfg.device == "auto" and device.type == "cpu" and not cfg.limit_batches and rank() == 0:
+        print(f"warning: training on the CPU, since CUDA is not usable ({cuda_unusable_reason()}); a full run "
+              f"takes hours to days there (--device cpu silences this)", file=sys.stderr, flush=True)
+    dtype, why = choose_precision(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    seed_everything(cfg.seed)
+    return device, dtype, why
