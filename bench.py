@@ -1,7 +1,7 @@
-"""Throughput, FLOPs and MFU of every reference model, our trainer against plain loops and peer
-ViT implementations, batched against per-sample augmentation, a ViT-6 and an LSTM-1 epoch (on the
-real data when it is there, else on random data of the same sizes), and the reference study's
-total time extrapolated from them.
+"""Throughput, FLOPs and MFU of every reference model, our trainer against peer ViT
+implementations, the fused LM loss against full logits (time and memory), the augmentation's share
+of a ViT-2 step, a ViT-6 and an LSTM-1 epoch (on the real data when it is there, else on random
+data of the same sizes), and the reference study's total time extrapolated from them.
 
     python bench.py --quick                       # a few minutes on a CPU
     python bench.py --device cuda --json bench.json   # the GPU check: every GPU target in one run
@@ -9,8 +9,9 @@ total time extrapolated from them.
     python bench.py --only vit real --data ./data
 
 Everything is measured in this one process, so the ratios compare like with like. The ceiling is
-the device's dense matmul rate (fp32 on CPU, bf16 on CUDA), measured here too; MFU is the model's
-analytic training FLOPs (3x the forward's matmul FLOPs) per second over that ceiling.
+the device's dense matmul rate in the precision used (--precision auto: bf16 on a recent GPU), measured
+here, shown beside the GPU's published peak; MFU is the model's analytic training FLOPs (3x the
+forward's matmul FLOPs) per second over the measured ceiling.
 """
 import argparse
 import json
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +30,6 @@ import engine
 import utils
 from rundir import environment
 from augment import augment, normalize
-from data import Windows, index_batches
 from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_train_flops, vit_flops
 from train_lm import TextTask
 from train_vit import ImageTask
@@ -56,9 +55,22 @@ def timed(fn, device, steps, warmup):
     return (time.perf_counter() - start) / steps
 
 
-def matmul_ceiling(device, quick):
+# Published dense peaks (TFLOP/s, no sparsity) of common GPUs, for the precision a run uses.
+PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
+         "A100": dict(bf16=312, fp16=312, fp32=156), "L4": dict(bf16=121, fp16=121, fp32=60),
+         "A10": dict(bf16=125, fp16=125, fp32=62), "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
+
+
+def published_peak(device, dtype):
+    name = environment(device)["device_name"] if device.type == "cuda" else ""
+    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in name), None), kind
+
+
+def matmul_ceiling(device, quick, dtype=None):
+    """The measured dense matmul rate in the precision the run uses (fp32 is TF32 on a GPU)."""
     n = 2048 if device.type == "cpu" else 8192
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = dtype or torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = min(timed(lambda: a @ b, device, 3 if quick else 10, 2) for _ in range(3))
     return 2 * n ** 3 / best
@@ -155,58 +167,27 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     return rows
 
 
-def bench_lm_models(device, dtype, quick, batch=16, seq_len=256):
+def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):
+    """Each LM's training step, with learned embeddings (runs.sh's default) or frozen ones."""
     rows = []
     tokens = torch.randint(1, LM["vocab_size"], (batch, seq_len + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
-    frozen = torch.zeros(LM["vocab_size"], LM["embedding_size"])
+    table = torch.zeros(LM["vocab_size"], LM["embedding_size"]) if frozen else None
     for core, layers, block in (("lstm", 1, "prenorm"), ("lstm", 2, "prenorm"), ("lstm", 4, "prenorm"),
                                 ("gru", 1, "prenorm"), ("transformer", 2, "prenorm"), ("transformer", 2, "postnorm")):
         torch.manual_seed(0)
-        model = LanguageModel(core, layers, **LM, embeddings=frozen, max_len=seq_len, block=block).to(device)
+        model = LanguageModel(core, layers, **LM, embeddings=table, max_len=seq_len, block=block).to(device)
         opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
 
         def loss():  # the trainer's loss: summed in chunks, the full logits never exist
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 return model(x, targets=y)[0] / y.numel()
         sec = timed(train_step(model, opt, loss), device, 2 if quick else 5, 1)
-        flops = lm_train_flops(core, layers, seq_len=seq_len) * batch * seq_len / sec
+        flops = lm_train_flops(core, layers, frozen, seq_len=seq_len) * batch * seq_len / sec
         name = f"{core.upper() if core != 'transformer' else 'Transformer ' + block}-{layers}"
         rows.append(dict(model=f"LM {name}", params=count_params(model), unit="tokens/s",
                          throughput=batch * seq_len / sec, tflops=flops / 1e12))
     return rows
-
-
-def bench_lm_overhead(device, dtype, quick, batch=16, seq_len=256):
-    """The LSTM-1 step through TextTask + run_epoch against a plain loop over the same batches."""
-    steps = 2 if quick else 6
-    stream = torch.randint(1, LM["vocab_size"], (batch * seq_len * steps + 1,)).to(device)
-    corpus = type("C", (), {"splits": {"train": stream}})()
-    task = TextTask(corpus, seq_len, batch, seed=0)
-    frozen = torch.zeros(LM["vocab_size"], LM["embedding_size"])
-    torch.manual_seed(0)
-    model = LanguageModel("lstm", 1, **LM, embeddings=frozen, max_len=seq_len).to(device)
-    opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
-    windows = Windows(stream, seq_len)
-
-    def plain():
-        for idx, _ in index_batches(windows.num_windows, batch, torch.Generator().manual_seed(1), device):
-            inputs, targets = windows.batch(idx)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits, _ = model(inputs)
-                F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=0).backward()
-            opt.step()
-
-    engine.run_epoch(model, task, "train", 0, engine.Step(opt), limited(1), dtype)  # warm-up
-    ours, base = [], []
-    for _ in range(2):  # interleaved, so drift in the machine's speed hits both alike
-        ours.append(engine.run_epoch(model, task, "train", 1, engine.Step(opt), None, dtype)["seconds"])
-        base.append(timed(plain, device, 1, 0))
-    tokens = batch * seq_len * steps
-    return [dict(model="LM LSTM-1 train_lm.py path", unit="tokens/s", throughput=tokens / min(ours),
-                 ratio=min(base) / min(ours)),
-            dict(model="LM LSTM-1 plain loop", unit="tokens/s", throughput=tokens / min(base), ratio=1.0)]
 
 
 def loss_peak_mb(kind, device, batch=16, seq_len=256):
@@ -260,49 +241,57 @@ def bench_loss_memory(device, batch=16, seq_len=256):
     return rows
 
 
-def bench_augmentation(quick):
-    """One thread: the batched augmentation against the per-sample torchvision pipeline it replaces,
-    for the reference policy and for the strong one."""
-    from PIL import Image
-    from torchvision import transforms
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    rows = []
-    try:
-        n = 512 if quick else 2048
-        rng = np.random.default_rng(0)
-        arrays = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        pil = [Image.fromarray(a) for a in arrays]
-        batch = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
-        crop = [transforms.RandomHorizontalFlip(), transforms.RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1))]
-        tail = [transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]
-        policies = {"reference": transforms.Compose(crop + tail),
-                    "strong": transforms.Compose(crop + [transforms.RandomCrop(32, padding=4),
-                                                         transforms.TrivialAugmentWide()] + tail)}
-        cpu = torch.device("cpu")
-        # In the trainer the augmentation runs between steps whose activations (8-25 MB) have raised
-        # glibc's dynamic mmap threshold, so its 1.5 MB batch buffers are reused from the heap. A
-        # fresh process would instead fault in new pages for each: 1.4-2x slower, a cost the trainer
-        # never pays. One 16 MB buffer, allocated and freed, puts this process in the trainer's state.
-        torch.empty(2 ** 22).fill_(0)
-        for policy, per_sample_pipeline in policies.items():
-            gen = torch.Generator().manual_seed(0)
-            run_per_sample = lambda: torch.stack([per_sample_pipeline(im) for im in pil])  # noqa: E731
-            run_batched = lambda: [augment(batch[i:i + 128], gen, policy=policy) for i in range(0, n, 128)]  # noqa: E731
-            timed(run_per_sample, cpu, 1, 0), timed(run_batched, cpu, 3, 0)  # warm-up
-            # Alternated in short turns, best of many: this machine's noise only ever slows a
-            # measurement down, and alternating exposes both pipelines to the same drift.
-            per_sample, batched = math.inf, math.inf
-            for _ in range(6 if quick else 10):
-                per_sample = min(per_sample, timed(run_per_sample, cpu, 1, 0))
-                batched = min(batched, timed(run_batched, cpu, 3, 0))
-            rows += [dict(model=f"augmentation {policy}, per-sample torchvision (1 thread)", unit="images/s",
-                          throughput=n / per_sample, ratio=1.0),
-                     dict(model=f"augmentation {policy}, batched (1 thread)", unit="images/s",
-                          throughput=n / batched, ratio=per_sample / batched)]
-    finally:
-        torch.set_num_threads(threads)
+def bench_augmentation(device, dtype, quick, batch=128):
+    """The batched augmentation's cost as a share of a ViT-2 training step (the cheapest model it
+    feeds), for the reference and the strong policy, alternated, best of several."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=g).to(device)
+    torch.manual_seed(0)
+    model = VisionTransformer(2, "prenorm", **VIT).to(device)
+    opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4, device=device)
+
+    def loss():
+        with utils.autocast(device, dtype):
+            return F.cross_entropy(model(normalize(images)).float(), labels)
+    step = train_step(model, opt, loss)
+    runs = {policy: (lambda policy=policy: augment(images, g, policy=policy)) for policy in ("reference", "strong")}
+    best = dict(step=math.inf, **{p: math.inf for p in runs})
+    for _ in range(3 if quick else 10):
+        best["step"] = min(best["step"], timed(step, device, 2, 1))
+        for policy, run in runs.items():
+            best[policy] = min(best[policy], timed(run, device, 10, 2))
+    rows = [dict(model=f"ViT-2 training step, batch {batch}", unit="images/s", throughput=batch / best["step"])]
+    rows += [dict(model=f"augmentation {p}, batch {batch}, share of a ViT-2 step", unit="images/s",
+                  throughput=batch / best[p], share=best[p] / best["step"]) for p in runs]
     return rows
+
+
+def bench_loss_speed(device, dtype, quick, batch=16, seq_len=256):
+    """The LM loss through the tied 40,479-word output layer, forward and backward: fused and chunked
+    (the trainer's) against F.cross_entropy over the full logits."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(batch * seq_len, LM["embedding_size"], generator=g).to(device).requires_grad_()
+    w = (0.02 * torch.randn(LM["vocab_size"], LM["embedding_size"], generator=g)).to(device).requires_grad_()
+    t = torch.randint(1, LM["vocab_size"], (batch * seq_len,), generator=g).to(device)
+
+    def run(fused):
+        def step():
+            h.grad = w.grad = None
+            with utils.autocast(device, dtype):
+                loss = (linear_cross_entropy(h, w, t) if fused
+                        else F.cross_entropy((h @ w.T).float(), t, ignore_index=0, reduction="sum"))
+            loss.backward()
+        return step
+    best = dict(fused=math.inf, full=math.inf)
+    for _ in range(2 if quick else 5):
+        for kind in best:
+            best[kind] = min(best[kind], timed(run(kind == "fused"), device, 2 if quick else 5, 1))
+    n = batch * seq_len
+    return [dict(model=f"LM loss fwd+bwd, {n:,} tokens, fused chunks", unit="tokens/s", throughput=n / best["fused"],
+                 ratio=best["full"] / best["fused"]),
+            dict(model=f"LM loss fwd+bwd, {n:,} tokens, full logits", unit="tokens/s", throughput=n / best["full"],
+                 ratio=1.0)]
 
 
 CIFAR_SPLITS = dict(train=45_000, valid=5_000)
@@ -336,7 +325,7 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
     jobs = [(f"{source} ViT-6 epoch", "images", ImageTask(data, 128, seed=0),
              VisionTransformer(6, "prenorm", **VIT).to(device), "adamw", 20),
             (f"{lm_source} LSTM-1 epoch", "tokens", TextTask(corpus, 256, 16, seed=0),
-             LanguageModel("lstm", 1, **LM, embeddings=torch.zeros(LM["vocab_size"], LM["embedding_size"])).to(device),
+             LanguageModel("lstm", 1, **LM).to(device),
              "adam", 3)]
     for name, unit, task, model, optimizer, cpu_slice in jobs:
         opt, _ = engine.make_optimizer(optimizer, model.parameters(), 3e-4, weight_decay=5e-4, device=device)
@@ -383,21 +372,22 @@ def study_estimate(rows, compiled=False):
                  epoch_s=seconds)]
 
 
-def table(rows, ceiling, device):
+def table(rows, ceiling, device, dtype):
+    peak, kind = published_peak(device, dtype)
     print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ceiling {ceiling / 1e12:.3f} TFLOP/s "
-          f"({'fp32' if device.type == 'cpu' else 'bf16'} matmul)\n")
+          f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
+          f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}\n")
     width = max([72] + [len(r["model"]) for r in rows])
     print(f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | {'epoch s':>8} |")
     print(f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
     for r in rows:
         cell = lambda k, f: (f.format(r[k]) if r.get(k) is not None else "")  # noqa: E731
         print(f"| {r['model']:<{width}} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
-              f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | {cell('ratio', '{:.2f}x'):>6} | "
+              f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | {cell('ratio', '{:.2f}x') or cell('share', '{:.1%}'):>6} | "
               f"{cell('epoch_s', '{:.1f}'):>8} |")
 
 
-SECTIONS = ("vit", "peers", "lm", "overhead", "memory", "augment", "real")  # main's, in the order they run
+SECTIONS = ("vit", "peers", "lm", "loss", "augment", "real")  # main's, in the order they run
 
 
 def main(argv=None):
@@ -410,6 +400,8 @@ def main(argv=None):
                         "(random data of the same sizes where they are missing)")
     parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
                         "compiled in place, as the trainers' --compile (the warm-up reported apart)")
+    parser.add_argument("--frozen_embeddings", action="store_true", help="LMs with frozen embeddings (as with "
+                        "runs.sh's EMBEDDINGS); default: learned, as runs.sh trains them")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -421,14 +413,13 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ceiling = matmul_ceiling(device, args.quick)
+    ceiling = matmul_ceiling(device, args.quick, dtype)
     rows = []
     sections = dict(vit=lambda: bench_vit_models(device, dtype, args.quick),
                     peers=lambda: bench_vit_trainer(device, dtype, args.quick),
-                    lm=lambda: bench_lm_models(device, dtype, args.quick),
-                    overhead=lambda: bench_lm_overhead(device, dtype, args.quick),
-                    memory=lambda: bench_loss_memory(device),
-                    augment=lambda: bench_augmentation(args.quick),
+                    lm=lambda: bench_lm_models(device, dtype, args.quick, args.frozen_embeddings),
+                    loss=lambda: bench_loss_speed(device, dtype, args.quick) + bench_loss_memory(device),
+                    augment=lambda: bench_augmentation(device, dtype, args.quick),
                     real=lambda: bench_real(device, dtype, args.data, args.quick, args.compile))
     assert tuple(sections) == SECTIONS
     for name in args.only:
@@ -437,12 +428,12 @@ def main(argv=None):
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
         # The machine's rate drifts: the fastest of the ceilings measured at the start and after
         # every section (a few seconds each on a CPU) is what it can do.
-        ceiling = max(ceiling, matmul_ceiling(device, args.quick))
+        ceiling = max(ceiling, matmul_ceiling(device, args.quick, dtype))
     rows += study_estimate(rows) + study_estimate(rows, compiled=True)
     for r in rows:
         if r.get("tflops"):
             r["mfu"] = r["tflops"] * 1e12 / ceiling
-    table(rows, ceiling, device)
+    table(rows, ceiling, device, dtype)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
             device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,

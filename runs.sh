@@ -226,10 +226,21 @@ except utils.UserError as e:
   if printf '%s\n' "$@" | grep -q '|train_vit.py|'; then "$PYTHON" -c "$check" VIT_DATA "$VIT_DATA" || exit 2; fi
 }
 
-interrupted() {  # Ctrl-C or TERM: stop every run (background workers ignore Ctrl-C by themselves)
+descendants() {  # pid -> every process below it, deepest first (from /proc: no procps needed)
+  local child
+  for child in $(grep -l "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3); do
+    descendants "$child"
+    echo "$child"
+  done
+}
+
+interrupted() {  # Ctrl-C or TERM: stop every run, the parallel workers' too
   trap '' INT TERM
   echo "== interrupted: stopping every run; run the same command again to resume" >&2
-  kill -TERM 0 2>/dev/null
+  local pids
+  pids=$(descendants $$)
+  # shellcheck disable=SC2086
+  [[ -z $pids ]] || kill -TERM $pids 2>/dev/null
   wait
   exit 130
 }

@@ -3,8 +3,10 @@ failures, skip-if-done, tables against hand-made CSVs, and a real QUICK=1 sweep 
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import unittest
 from pathlib import Path
 
@@ -168,6 +170,53 @@ def vit_rows(accs, seconds=10.0):
     return [dict(epoch=i + 1, train_loss=2 - a, train_acc=a + 0.05, valid_loss=2 - a, valid_acc=a, lr=3e-4,
                  train_time=seconds, valid_time=1.0, elapsed=(i + 1) * (seconds + 1), images_per_s=4500.0,
                  peak_mem_mb=800.0 + i, mem_pct=1.0) for i, a in enumerate(accs)]
+
+
+class TestSweepStops(TempDir):
+    def test_gpus_without_a_gpu_stop_the_sweep_in_seconds_naming_the_cause(self):
+        if torch_cuda_available():
+            self.skipTest("this machine has a GPU")
+        start = time.perf_counter()
+        proc = sweep(dict(GPUS="0", LOG_DIR=str(self.tmp / "logs"), PYTHON=sys.executable))
+        self.assertLess(time.perf_counter() - start, 60)
+        self.assertEqual(proc.returncode, 2, proc.stdout + proc.stderr)
+        self.assertIn("error: DEVICE=cuda", proc.stderr)
+        self.assertIn("--gpus all", proc.stderr)
+        self.assertFalse((self.tmp / "logs").exists())
+
+    def test_ctrl_c_stops_every_parallel_run(self):
+        fake = self.tmp / "python"
+        pids = self.tmp / "pids"
+        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\necho $$ >> {pids}\nexec sleep 60\n")
+        fake.chmod(0o755)
+        env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2"}
+        proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and len(pids.read_text().split() if pids.exists() else []) < 2:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("interrupted", err)
+        time.sleep(0.5)
+        running = [p for p in pids.read_text().split() if alive(p)]
+        self.assertEqual(running, [])  # both workers' runs are gone, and no further run started
+        self.assertEqual(len(pids.read_text().split()), 2)
+
+
+def alive(pid):
+    """A process that exists and is not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        return "\tZ" not in next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                                if line.startswith("State:"))
+    except OSError:
+        return False
+
+
+def torch_cuda_available():
+    import torch
+    return torch.cuda.is_available()
 
 
 class TestPlot(TempDir):

@@ -139,7 +139,7 @@ def build(cfg, device, run_dir):
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
     model = build_model(model_args, embeddings)
     frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
-    log(f"model: {cfg.model}, {cfg.layers} layers, {frozen} embeddings, {count_params(model):,} learnable "
+    log(f"model: {cfg.model}, {cfg.layers} layer{'s' * (cfg.layers != 1)}, {frozen} embeddings, {count_params(model):,} learnable "
         f"of {count_params(model, False):,} parameters")
     return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size,
                              data_source=corpus.source)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import resource
+import signal
 import sys
 import warnings
 import zlib
@@ -45,6 +46,8 @@ def cli(main):
     leaves at once (os._exit), so torchrun ends the other ranks instead of letting them wait in a
     collective for its timeout. The process group is destroyed on the way out."""
     def wrapped(argv=None):
+        # A shell starts background jobs with Ctrl-C ignored (runs.sh's parallel workers): take it back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         code, message = 0, None
         try:
             result = main(argv)
