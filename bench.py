@@ -95,7 +95,7 @@ def bench_vit_models(device, dtype, quick, batch=128):
             opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
 
             def loss():
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with utils.autocast(device, dtype):
                     return F.cross_entropy(model(images).float(), labels)
             sec = timed(train_step(model, opt, loss), device, 3 if quick else 10, 2)
             flops = 3 * vit_flops(layers) * batch / sec
@@ -145,7 +145,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
         popt = torch.optim.AdamW(peer.parameters(), lr=3e-4, weight_decay=5e-4)
 
         def loss(peer=peer):
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with utils.autocast(device, dtype):
                 return F.cross_entropy(peer(images).float(), labels)
         step = train_step(peer, popt, loss)
         timed(step, device, 1, 2)  # warm-up
@@ -180,7 +180,7 @@ def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):
         opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
 
         def loss():  # the trainer's loss: summed in chunks, the full logits never exist
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with utils.autocast(device, dtype):
                 return model(x, targets=y)[0] / y.numel()
         sec = timed(train_step(model, opt, loss), device, 2 if quick else 5, 1)
         flops = lm_train_flops(core, layers, frozen, seq_len=seq_len) * batch * seq_len / sec

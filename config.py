@@ -6,6 +6,7 @@ both trainers share. Each trainer subclasses it with its own defaults.
 """
 import argparse
 import dataclasses
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ def option(default, help, choices=None, group="run and output"):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group})
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the whole usage block
         self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
 
@@ -40,7 +41,7 @@ GROUPS = ("model", "optimisation", "data", "run and output", "performance")
 
 def parse_config(cls, argv=None, description=None):
     """Build argparse from the dataclass `cls` (one flag per field, grouped), parse, validate."""
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = {g: parser.add_argument_group(g) for g in GROUPS}
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -118,8 +119,11 @@ class TrainConfig:
         check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
         check(0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
-        check(self.exp_id == "" or ("/" not in self.exp_id and self.exp_id not in (".", "..")),
-              f"--exp_id must be a plain name, got {self.exp_id!r}")
+        check(self.exp_id == "" or ("/" not in self.exp_id and "\0" not in self.exp_id
+                                    and self.exp_id not in (".", "..")), f"--exp_id must be a plain name, got {self.exp_id!r}")
+        check(len(self.exp_id.encode()) <= 200, f"--exp_id is {len(self.exp_id.encode())} bytes long; file systems "
+              f"take at most 255 and the run's files need the rest: give a name of at most 200")
+        check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
 
     def name_fields(self):
         """Fields spelled out in the default run name, in order."""
@@ -138,7 +142,11 @@ class TrainConfig:
                 continue
             parts.append(f.name if value is True else f.name + (text(value) if isinstance(value, float)
                                                                 else Path(str(value)).stem))
-        return "_".join(parts)
+        name = "_".join(parts)
+        if len(name.encode()) > 120:  # file systems take 255 bytes: the main settings and a hash of the rest
+            digest = hashlib.sha1("_".join(parts[len(self.name_fields()) + 1:]).encode()).hexdigest()[:10]
+            name = "_".join(parts[:len(self.name_fields()) + 1] + [digest])
+        return name
 
     def naming(self):
         """What config.json says about the run's name and settings, so readers need no list of their own."""

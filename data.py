@@ -76,11 +76,15 @@ def _read_npz(path):
 
 
 def _load_token_files(folder, device):
-    arrays, sizes = {}, set()
+    arrays, sizes_by_split = {}, []
     for split, name in TOKEN_FILES.items():
         arrays[split], size = _read_npz(folder / name)
-        sizes.add(size)
+        sizes_by_split.append(size)
+    sizes = set(sizes_by_split)
+    check(len(sizes - {None}) <= 1, f"the token files in {folder} disagree on the vocabulary size: "
+          f"{', '.join(f'{TOKEN_FILES[s]} {n}' for s, n in zip(arrays, sizes_by_split) if n is not None)}")
     vocab_size = max(sizes - {None}, default=GPT1_VOCAB_SIZE)
+    check(1 < vocab_size < 2 ** 31, f"the vocabulary size {vocab_size} in {folder} is out of range")
     for split, tokens in arrays.items():
         check(tokens.min() >= 1 and tokens.max() < vocab_size,
               f"{folder / TOKEN_FILES[split]}: token ids must lie in 1..{vocab_size - 1} (0 is padding), "
@@ -91,8 +95,13 @@ def _load_token_files(folder, device):
 
 def tokenize(path):
     """Whitespace words with <eos> ending every line, as pytorch/examples word_language_model."""
-    with open(path, encoding="utf-8-sig") as f:  # -sig: the real files begin with a byte-order mark
-        words = [w for line in f for w in line.split() + ["<eos>"]]
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: the real files begin with a byte-order mark
+            words = [w for line in f for w in line.split() + ["<eos>"]]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     check(any(w != "<eos>" for w in words), f"{path} is empty")
     return words
 
@@ -257,18 +266,26 @@ def _load_torchvision_cifar(folder, download):
 
 
 def _list_images(folder):
+    """(class names, [(image path, label)]): one class per visible sub-folder; hidden entries (such as
+    Jupyter's .ipynb_checkpoints) are not classes or images, and a class without images is refused,
+    since it would shift every label after it."""
     check(folder.is_dir(), f"{folder} is missing")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = [(p, label) for label, c in enumerate(classes) for p in sorted((folder / c).iterdir())
-             if p.suffix.lower() in IMAGE_EXTENSIONS]
+             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     check(files, f"{folder} holds no images (expected {folder}/<class>/*.jpg)")
+    empty = sorted(set(classes) - {classes[label] for _, label in files})
+    check(not empty, f"{folder}: class folder{'s' * (len(empty) > 1)} without images: {', '.join(empty)}")
     return classes, files
 
 
 def _fingerprint(files):
     h = hashlib.sha1()
     for p, label in files:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as e:  # a broken link, a file gone since the listing
+            raise UserError(f"cannot read image {p}: {e.strerror or e}") from None
         h.update(f"{p.parent.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}:{label}\n".encode())
     return h.hexdigest()
 
@@ -288,8 +305,9 @@ def _load_image_folder(folder):
     for path in _cache_paths(folder):  # decoded once, then read back in a second
         try:
             with np.load(path, allow_pickle=False) as d:
-                if str(d["fingerprint"]) == fingerprint:
-                    arrays = tuple(torch.from_numpy(d[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+                arrays = tuple(torch.from_numpy(d[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+                if str(d["fingerprint"]) == fingerprint and _cache_fits(arrays, train_files, test_files,
+                                                                         len(train_classes)):
                     return arrays, train_classes
         except Exception:  # noqa: BLE001, S112 - a missing or stale cache is simply rebuilt
             continue
@@ -302,6 +320,16 @@ def _load_image_folder(folder):
         if _save_cache(path, fingerprint, arrays):
             break
     return arrays, train_classes
+
+
+def _cache_fits(arrays, train_files, test_files, num_classes):
+    """A cache is used only when its arrays are what decoding would give: uint8 images, one per
+    file, labels in range."""
+    train_x, train_y, test_x, test_y = arrays
+    return (train_x.dtype == test_x.dtype == torch.uint8 and train_x.dim() == test_x.dim() == 4
+            and (len(train_x), len(train_y), len(test_x), len(test_y)) == (len(train_files),) * 2 + (len(test_files),) * 2
+            and all(y.dtype == torch.int64 and (len(y) == 0 or 0 <= int(y.min()) <= int(y.max()) < num_classes)
+                    for y in (train_y, test_y)))
 
 
 def _save_cache(path, fingerprint, arrays):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rundir import RunDir, prepare_run_dir, save_json
+from rundir import RunDir, atomic_write, existing_run, prepare_run_dir, run_lock, save_json
 from utils import Diverged, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, set_rng_state, \
     setup, shard, sync, unwrap, world_size
 
@@ -403,16 +403,21 @@ def test_and_summarise(model, task, cfg, run, progress, ema, dtype, device):
 
 def train(cfg, prefix, build):
     """What both trainers do around their task: name the run, set up the device, precision, seeds and
-    process group, prepare the run directory, `build(cfg, device, run_dir) -> (task, model, extra
-    config)`, make the optimizer, fit."""
+    process group, `build(cfg, device) -> (task, model, extra config, files to write)`, and only then,
+    with the data loaded and the model built, create the run directory, make the optimizer, fit."""
     cfg.exp_id = cfg.exp_id or cfg.default_exp_id(prefix)
     device, dtype, why = setup(cfg)
     log(f"device {device}; precision {why}")
-    run_dir = prepare_run_dir(cfg)
-    task, model, extra = build(cfg, device, run_dir)
+    existing_run(cfg)  # refused at once, before the data is loaded
+    task, model, extra, files = build(cfg, device)
     model = model.to(device)
     optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
                                              cfg.weight_decay, device)
     extra = dict(extra, effective_weight_decay=weight_decay, precision_used=str(dtype or torch.float32)[6:],
                  precision_reason=why)
-    return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra)
+    with run_lock(cfg):
+        run_dir = prepare_run_dir(cfg)
+        if rank() == 0:
+            for name, content in files.items():
+                atomic_write(run_dir / name, lambda f, content=content: f.write(content))
+        return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra)

@@ -1,4 +1,4 @@
-"""Sample from a trained language model run (its best-validation weights).
+r"""Sample from a trained language model run (its best-validation weights).
 
     python generate.py --run logs/lm_lstm_L1_adam_s42 --words 100 --temperature 0.8 --top_k 40 \
         --prompt "the meaning of" --seed 1
@@ -14,29 +14,46 @@ from pathlib import Path
 
 import torch
 
+from config import Parser
 from rundir import load_torch
 from train_lm import build_model
 from utils import UserError, check, cli
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring's examples as written, and every flag's default."""
+
+
 def load_run(run_dir):
+    """(model in eval mode, config, vocabulary or None) of a train_lm.py run; a damaged run is refused
+    in one line."""
     run_dir = Path(run_dir)
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir} is not a readable run directory ({e})") from None
-    check(config.get("task") == "lm", f"{run_dir} is not a language-model run")
-    check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
+    check(isinstance(config, dict) and config.get("task") == "lm", f"{run_dir} is not a language-model run")
     check(isinstance(config.get("model_args"), dict), f"{run_dir}/config.json has no model_args")
-    model = build_model(config["model_args"])
+    check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
+    try:
+        model = build_model(config["model_args"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{run_dir}/config.json: model_args do not describe a model ({e})") from None
     weights = load_torch(run_dir / "best.pt")
     try:
         model.load_state_dict(weights["model"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"{run_dir}/best.pt does not fit the model in its config.json: "
                         f"{str(e).strip().splitlines()[0][:200]}") from None
-    vocab_file = run_dir / "vocab.txt"
-    vocab = vocab_file.read_text(encoding="utf-8").split("\n")[:-1] if vocab_file.exists() else None
+    vocab = None
+    if (run_dir / "vocab.txt").exists():
+        try:
+            vocab = (run_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {run_dir}/vocab.txt: {e}") from None
+        size = config["model_args"].get("vocab_size")
+        check(len(vocab) == size and {"<unk>", "<eos>"} <= set(vocab), f"{run_dir}/vocab.txt is damaged: "
+              f"{len(vocab):,} words (the model has {size:,}), <unk> and <eos> must be among them")
     return model.eval(), config, vocab
 
 
@@ -80,7 +97,7 @@ def decode(ids, vocab):
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=Formatter)
     parser.add_argument("--run", required=True, help="a run directory of train_lm.py")
     parser.add_argument("--words", type=int, default=100, help="tokens to sample")
     parser.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder")
@@ -88,8 +105,9 @@ def main(argv=None):
     parser.add_argument("--prompt", default="", help="words (or token ids for token-id runs) to continue")
     parser.add_argument("--seed", type=int, default=1, help="the same seed gives the same sample")
     args = parser.parse_args(argv)
-    check(args.words >= 1, f"--words must be at least 1, got {args.words}")
-    check(args.temperature > 0, f"--temperature must be positive, got {args.temperature}")
+    check(1 <= args.words <= 100_000, f"--words must be in 1..100,000, got {args.words}")
+    check(0 < args.temperature < float("inf"), f"--temperature must be a positive number, got {args.temperature}")
+    check(0 <= args.seed < 2 ** 63, f"--seed must be in 0..2**63-1, got {args.seed}")
     check(args.top_k >= 0, f"--top_k must be >= 0, got {args.top_k}")
     model, config, vocab = load_run(args.run)
     ids, unknown = encode(args.prompt, vocab)
@@ -103,8 +121,8 @@ def main(argv=None):
         print("(this run was trained on token ids and has no vocab.txt, so the sample is token ids)",
               file=sys.stderr)
         print(" ".join(map(str, out)))
-    else:
-        print(decode(out, vocab))
+    else:  # the prompt, then its continuation
+        print(decode(ids, vocab) + " " + decode(out, vocab) if args.prompt.strip() else decode(out, vocab))
 
 
 if __name__ == "__main__":

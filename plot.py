@@ -39,22 +39,67 @@ class Run:
     problems: list = field(default_factory=list)
 
 
-def read_run(path):
-    """One run directory -> Run, or None if it is not a run. Damage is recorded, never raised."""
+REQUIRED = ("epoch", "train_loss", "train_{m}", "valid_loss", "valid_{m}", "train_time", "valid_time", "elapsed")
+OPTIONAL = ("peak_mem_mb", "mem_pct")  # older files lack them: NaN
+
+
+def read_rows(path, m, problems):
+    """metrics.csv as a list of dicts of floats; damaged rows (cut, short, long, not numbers) are left
+    out and named in problems, and a file without the columns the report needs gives no rows."""
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            lines = list(reader)
+            missing = [c.format(m=m) for c in REQUIRED if c.format(m=m) not in (reader.fieldnames or [])]
+            if lines and missing:
+                problems.append(f"metrics.csv lacks {', '.join(missing)}")
+                return []
+            rows = []
+            for i, row in enumerate(lines, 2):
+                try:
+                    if None in row or None in row.values():
+                        raise ValueError("wrong number of fields")
+                    rows.append({k: float(v) for k, v in row.items()})
+                except ValueError as e:
+                    problems.append(f"metrics.csv line {i} skipped ({e})")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        problems.append(f"metrics.csv unreadable ({e})")
+        return []
+    return [dict({k: math.nan for k in OPTIONAL}, **row) for row in rows]
+
+
+def read_json(path, problems):
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as e:
+        problems.append(f"{path.name} unreadable ({str(e)[:80]})")
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{path.name} is not a JSON object")
+        return None
+    return value
+
+
+def read_run(path):
+    """One run directory -> Run. Damage is recorded in run.problems, never raised; a run whose
+    config.json is unreadable or of an unknown task has no rows and is listed as skipped."""
+    problems = []
+    config = read_json(path / "config.json", problems) or {}
     task = config.get("task") or ("lm" if "model" in config else "vit")
+    if not config or task not in TASKS:
+        if not (path / "config.json").exists():
+            problems.append("no config.json: not plotted")
+        elif config and not problems:
+            problems.append(f"unknown task {task!r}: not plotted")
+        return Run(path, config, [], task=task, name=path.name, problems=problems or ["config.json is empty"])
     # the configuration's name, which seeds of the same configuration share
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
-    run = Run(path, config, [], task=task, name=name)
-    try:
-        with open(path / "metrics.csv") as f:
-            for row in csv.DictReader(f):
-                run.rows.append({k: float(v) for k, v in row.items()})
-    except (OSError, ValueError) as e:
-        run.problems.append(f"metrics.csv unreadable ({e})")
+    run = Run(path, config, read_rows(path / "metrics.csv", TASKS[task][0], problems), task=task, name=str(name),
+              problems=problems)
     try:
         with open(path / "grad_norms.csv") as f:
             for row in csv.DictReader(f):
@@ -62,29 +107,20 @@ def read_run(path):
         run.norms = {e: [layers[k] for k in sorted(layers)] for e, layers in sorted(run.norms.items())}
     except FileNotFoundError:
         pass
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         run.problems.append(f"grad_norms.csv unreadable ({e})")
         run.norms = {}
-    try:
-        run.summary = json.loads((path / "summary.json").read_text())
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as e:
-        run.problems.append(f"summary.json unreadable ({e})")
+    run.summary = read_json(path / "summary.json", run.problems)
     return run
 
 
 def find_runs(log_dirs, out_dir):
     """Every run under log_dirs, except anything inside the report folder out_dir."""
-    runs, out_dir = [], out_dir.resolve()
+    out_dir, folders = out_dir.resolve(), set()
     for log_dir in log_dirs:
-        for config in sorted(Path(log_dir).rglob("config.json")):
-            if out_dir in config.resolve().parents:
-                continue
-            run = read_run(config.parent)
-            if run is not None:
-                runs.append(run)
-    return runs
+        for name in ("config.json", "metrics.csv", "summary.json"):
+            folders |= {p.parent for p in Path(log_dir).rglob(name) if out_dir not in p.resolve().parents}
+    return [read_run(folder) for folder in sorted(folders)]
 
 
 def mean_std(values):
@@ -119,7 +155,8 @@ class Group:
         self.finished = [r for r in runs if r.summary]
 
     def best(self, values):
-        return (max if self.maximize else min)(values)
+        values = [v for v in values if v == v]  # NaN is no result
+        return (max if self.maximize else min)(values) if values else None
 
     def stat(self, per_run):
         """mean, std of per_run(run) over the runs where it is defined."""
@@ -129,7 +166,8 @@ class Group:
         return self.stat(lambda r: self.best([row[column] for row in r.rows]) if r.rows else None)
 
     def summary_value(self, key):
-        return self.stat(lambda r: r.summary.get(key) if r.summary else None)
+        number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+        return self.stat(lambda r: number(r.summary.get(key)) if r.summary else None)
 
     def curve(self, column, x="epoch"):
         """Mean (and std) of a column over seeds, for the epochs that every seed reached."""
@@ -329,10 +367,13 @@ def findings(groups, task):
     """The report's questions, answered from the numbers."""
     m, label, maximize, title = TASKS[task]
     lines = [f"## {title}", ""]
-    timed = [g for g in groups if all(r.rows for r in g.runs)]
+    speed = {g.name: g.stat(lambda r: np.mean([row["train_time"] for row in r.rows]) if r.rows else None)[0]
+             for g in groups}
+    timed = [g for g in groups if all(r.rows for r in g.runs) and speed[g.name] is not None
+             and g.best_of(f"valid_{m}")[0] is not None]
     if not timed:
-        return lines + ["No run of this study has finished an epoch yet.", ""]
-    speed = {g.name: g.stat(lambda r: np.mean([row["train_time"] for row in r.rows]))[0] for g in timed}
+        return lines + ["No run of this study has finished an epoch with numbers yet.", ""]
+    speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "
                  f"(slowest: {max(speed.values()):.2f} s).")
@@ -357,7 +398,8 @@ def findings(groups, task):
             pv, post_v = pre.best_of(f"valid_{m}"), post.best_of(f"valid_{m}")
             pt, post_t = pre.summary_value(f"best_test_{m}"), post.summary_value(f"best_test_{m}")
             gap = None if pt[0] is None or post_t[0] is None else pt[0] - post_t[0]
-            seeds = f"{len(pre.runs)} and {len(post.runs)} seeds"
+            seeds = (f"{len(pre.runs)} seed{'s' * (len(pre.runs) > 1)} each" if len(pre.runs) == len(post.runs)
+                     else f"{len(pre.runs)} and {len(post.runs)} seeds")
             lines.append(f"- Pre- vs post-norm ({pre.name} / {post.name}, {seeds}): best valid {label} "
                          f"{fmt(*pv)} vs {fmt(*post_v)}; test {fmt(*pt)} vs {fmt(*post_t)}"
                          + (f"; gap (pre - post) {gap:+.4f}." if gap is not None else "."))
@@ -371,7 +413,7 @@ def findings(groups, task):
     unfinished = [r for g in groups for r in g.runs if not r.summary]
     if unfinished:
         lines.append("- Unfinished (plotted as far as they got, no test result): "
-                     + ", ".join(f"{r.path.name} ({len(r.rows)} epochs)" for r in unfinished) + ".")
+                     + ", ".join(f"{r.path.name} ({len(r.rows)} epoch{'s' * (len(r.rows) != 1)})" for r in unfinished) + ".")
     return lines + [""]
 
 

@@ -5,6 +5,7 @@ best_ema.pt and summary.json.
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -89,13 +90,50 @@ def environment(device):
 
 
 
-def prepare_run_dir(cfg):
-    """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite."""
+def existing_run(cfg):
+    """Whether <log_dir>/<exp_id> holds something; refuse it unless --resume, or --overwrite of a run."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
     exists = run_dir.is_dir() and any(run_dir.iterdir())
+    check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
     if exists and not (cfg.resume or cfg.overwrite):
         raise UserError(f"run directory {run_dir} already exists; use --resume to continue it, "
                         f"--overwrite to start it again, or another --exp_id")
+    if exists and cfg.overwrite:  # never delete what is not recognisably a run of this project
+        check((run_dir / "config.json").is_file() or (run_dir / "checkpoint.pt").is_file(),
+              f"--overwrite refused: {run_dir} is not a run directory (it has no config.json or checkpoint.pt)")
+    return exists
+
+
+@contextlib.contextmanager
+def run_lock(cfg):
+    """Hold an advisory lock on <log_dir>/<exp_id> for the block (the first process only), so that a
+    second process on the same run is refused instead of interleaving its files. The lock file sits
+    beside the run directory (it survives --overwrite), and the kernel drops the lock when a
+    process dies, so a killed run leaves no stale lock."""
+    if rank() != 0:
+        yield
+        return
+    path = Path(cfg.log_dir) / f".{cfg.exp_id}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {Path(cfg.log_dir) / cfg.exp_id}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{Path(cfg.log_dir) / cfg.exp_id} is in use by another process (it holds {path}); "
+                            f"wait for it, or use another --exp_id") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(cfg):
+    """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite."""
+    run_dir = Path(cfg.log_dir) / cfg.exp_id
+    exists = existing_run(cfg)
     barrier()  # every process has looked before the first one changes anything
     if rank() != 0:
         barrier()

@@ -259,7 +259,7 @@ main() {
     fi
   done
   local -a runs
-  mapfile -t runs < <(select_runs)
+  mapfile -t runs < <(select_runs | awk -F'|' '!seen[$1]++')  # a repeated seed is one run, run once
   if (( ${#runs[@]} == 0 )); then
     echo "error: no configuration matches ONLY='$ONLY' in RUN_GROUPS='$RUN_GROUPS' (shard $SHARD)" >&2
     exit 2

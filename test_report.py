@@ -1,6 +1,8 @@
 """Tests of the sweep (runs.sh) and the report (plot.py): the configuration list, sharding, GPUs,
 failures, skip-if-done, tables against hand-made CSVs, and a real QUICK=1 sweep on fixture data."""
+import contextlib
 import csv
+import io
 import json
 import os
 import signal
@@ -290,6 +292,40 @@ class TestPlot(TempDir):
         self.assertEqual(rows[0], "| prenorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 1.00 ± 0.00 | 1.00 ± 0.00 |")
         self.assertEqual(rows[2], "| postnorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 4.00 ± 0.00 | 4.00 ± 0.00 |")
         self.assertEqual(rows[3].split(" | ")[5], "3.00 ± 0.00")
+
+    def test_damaged_runs_are_listed_and_the_rest_is_reported(self):
+        logs = self.make_logs()
+        base = dict(task="vit", layers=6, optimizer="adamw", lr=3e-4, batch_size=128, block="prenorm", seed=1)
+        cut = write_run(logs, "cut_s1", base, vit_rows([0.5, 0.6]), None)
+        text = (cut / "metrics.csv").read_text()
+        (cut / "metrics.csv").write_text(text[:-20])  # cut mid-line: the first row survives
+        long = write_run(logs, "long_s1", base, vit_rows([0.5, 0.6]), None)
+        (long / "metrics.csv").write_text((long / "metrics.csv").read_text().replace("\n2,", "\n2,9,", 1))
+        write_run(logs, "nan_s1", base, [{k: "nan" for k in vit_rows([0.5])[0]}], None)
+        old = write_run(logs, "old_s1", base, [{k: v for k, v in r.items() if k not in ("peak_mem_mb", "mem_pct")}
+                                               for r in vit_rows([0.5])], None)  # an older file: fewer columns
+        write_run(logs, "nocols_s1", base, [dict(epoch=1, loss=2.0)], None)
+        write_run(logs, "badsum_s1", base, vit_rows([0.5]), None)
+        (logs / "badsum_s1" / "summary.json").write_text("[1, 2]")
+        bad = logs / "badconfig"
+        bad.mkdir()
+        (bad / "config.json").write_text('["not", "a", "config"]')
+        write_run(logs, "unknown_s1", dict(base, task="speech"), vit_rows([0.5]), None)
+        orphan = logs / "orphan"
+        orphan.mkdir()
+        (orphan / "summary.json").write_text("{}")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        summary = (logs / "report" / "summary.md").read_text()
+        for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"), ("nocols_s1", "lacks"),
+                          ("badsum_s1", "not a JSON object"), ("badconfig", "not a JSON object"),
+                          ("unknown_s1", "unknown task"), ("orphan", "no config.json")):
+            self.assertIn(f"{name}: ", summary)
+            self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
+            self.assertIn(name, err.getvalue())
+        self.assertTrue((logs / "report" / "vit_epochs.png").exists())
+        self.assertIn("vit_L6", (logs / "report" / "summary_vit.md").read_text())
+        self.assertTrue(old.exists())
 
     def test_no_runs_is_an_error(self):
         self.assertEqual(plot.main(["--log_dir", str(self.tmp / "none")]), 2)

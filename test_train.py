@@ -28,7 +28,7 @@ import train_lm
 import train_vit
 from data import Windows
 from models import LanguageModel
-from test_data import TempDir, write_image_folder, write_text_files, write_token_files
+from test_data import CLASSES, TempDir, write_image_folder, write_text_files, write_token_files
 
 HERE = Path(__file__).resolve().parent
 LM_TINY = ["--embedding_size", "16", "--hidden_size", "16", "--seq_len", "8", "--batch_size", "4", "--no_progress",
@@ -795,3 +795,105 @@ class TestBf16OnCpu(CliCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def snapshot(root):
+    """Every file under root and its bytes."""
+    return {p: p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+class TestNothingLost(CliCase):
+    """Bad input through the real CLI: one `error:` line, exit 2, every file that existed untouched."""
+
+    def refused(self, script, argv, *fragments, watch=()):
+        before = {w: snapshot(w) for w in watch}
+        proc = subprocess.run([sys.executable, script, *argv], cwd=HERE, capture_output=True, text=True, timeout=300)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assert_refused(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "", *fragments)
+        self.assertNotIn("Traceback", proc.stderr)
+        for w, files in before.items():
+            self.assertEqual(snapshot(w), files, w)
+        return proc
+
+    def test_overwrite_deletes_only_a_run_and_only_once_the_new_one_can_start(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        # a folder that is not a run: never deleted
+        self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(data), "--exp_id", "train",
+                                      "--overwrite", *VIT_TINY], "not a run directory", watch=[data])
+        run_dir, _, _ = self.vit("--epochs", "1", exp_id="done")
+        # a run that cannot start (batch larger than the data, missing data): the old run stays whole
+        self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(self.logs), "--exp_id", "done",
+                                      "--overwrite", *VIT_TINY, "--batch_size", "100000"], "larger than", watch=[run_dir])
+        self.refused("train_vit.py", ["--data_folder", str(self.tmp / "nothing"), "--log_dir", str(self.logs),
+                                      "--exp_id", "done", "--overwrite", *VIT_TINY], watch=[run_dir])
+
+    def test_two_trainers_on_one_run_directory_one_runs_the_other_is_refused(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        argv = [sys.executable, "train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),
+                "--exp_id", "shared", "--epochs", "3", *VIT_TINY]
+        procs = [subprocess.Popen(argv + extra, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for extra in (["--lr", "1e-3"], ["--lr", "2e-3"])]
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+        results_ = [(p.returncode, err) for p, err in zip(procs, errs)]
+        codes = sorted(code for code, _ in results_)
+        self.assertEqual(codes, [0, 2], results_)
+        err = next(e for code, e in results_ if code == 2)
+        self.assertIn("in use by another process", err)
+        self.assertEqual(len(read_csv(self.logs / "shared" / "metrics.csv")), 3)  # one run's rows, not two
+        lr = json.loads((self.logs / "shared" / "config.json").read_text())["lr"]
+        self.assertIn(lr, (1e-3, 2e-3))
+
+    def test_folders_that_are_not_classes(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        for split in ("train", "test"):  # what Jupyter leaves behind: ignored
+            (data / split / ".ipynb_checkpoints").mkdir()
+            (data / split / ".ipynb_checkpoints" / "x.png").write_bytes((data / "train" / CLASSES[0] / "0000.png").read_bytes())
+        run_dir, out, _ = self.vit("--epochs", "1", exp_id="hidden")
+        config = json.loads((run_dir / "config.json").read_text())
+        self.assertNotIn(".ipynb_checkpoints", config["classes"])
+        self.assertIn(", ".join(config["classes"]), out)  # the classes found are logged
+        (data / "train" / "zebra").mkdir()  # a class without images shifts every label: refused
+        (data / "test" / "zebra").mkdir()
+        self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(self.logs), "--exp_id", "empty",
+                                      *VIT_TINY], "without images", "zebra")
+
+    def test_damaged_data_files(self):
+        text = write_text_files(self.tmp / "text")
+        (text / "valid.txt").write_bytes(b"caf\xe9 \xff\xfe\n")
+        self.refused("train_lm.py", ["--data_folder", str(text), "--log_dir", str(self.logs), *LM_TINY], "not UTF-8")
+        (text / "valid.txt").unlink()
+        (text / "valid.txt").mkdir()
+        self.refused("train_lm.py", ["--data_folder", str(text), "--log_dir", str(self.logs), *LM_TINY], "valid.txt")
+        tokens = write_token_files(self.tmp / "tokens")
+        np.savez(tokens / "wiki.validation.npz", tokens=np.arange(1, 40, dtype=np.uint16), vocab_size=np.array(300))
+        self.refused("train_lm.py", ["--data_folder", str(tokens), "--log_dir", str(self.logs), *LM_TINY],
+                     "disagree on the vocabulary size")
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        (data / "train" / CLASSES[0] / "0000.png").unlink()
+        (data / "train" / CLASSES[0] / "0000.png").symlink_to(self.tmp / "gone.png")
+        self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(self.logs), *VIT_TINY],
+                     "cannot read image")
+
+    def test_damaged_checkpoints_and_names(self):
+        run_dir, _, _ = self.vit("--epochs", "1", exp_id="r")
+        for content in (b"", b"not a checkpoint", None):
+            if content is None:
+                torch.save({"model": {}}, run_dir / "checkpoint.pt")
+            else:
+                (run_dir / "checkpoint.pt").write_bytes(content)
+            self.refused("train_vit.py", ["--data_folder", str(self.tmp / "images"), "--log_dir", str(self.logs),
+                                          "--exp_id", "r", "--resume", "--epochs", "2", *VIT_TINY], "checkpoint",
+                         watch=[run_dir])
+        self.refused("train_vit.py", ["--data_folder", str(self.tmp / "images"), "--log_dir", str(self.logs),
+                                      "--exp_id", "x" * 300, *VIT_TINY], "at most 200")
+        for flag, value in (("--seed", str(2 ** 70)), ("--mixup", "inf"), ("--lr", "nan")):
+            self.refused("train_vit.py", ["--data_folder", str(self.tmp / "images"), "--log_dir", str(self.logs),
+                                          *VIT_TINY, flag, value], flag.lstrip("-"))
+        self.assertFalse(any(p.name.startswith("vit_") for p in self.logs.iterdir()))
+        long = config.parse_config(train_vit.Config, [f"--{k}" if v is True else f"--{k}={v}" for k, v in dict(
+            dropout=0.1, drop_path=0.2, label_smoothing=0.1, mixup=0.8, cutmix=1.0, ema=0.999, grad_clip=1.0,
+            warmup_epochs=5, scheduler="cosine", min_lr=1e-5, augment="strong", grad_norms=True, momentum=0.8,
+            embed_dim=128, hidden_dim=256, weight_decay=0.05).items()])
+        name = long.default_exp_id("vit")
+        self.assertLessEqual(len(name), 120)
+        self.assertTrue(name.startswith("vit_prenorm_L2_adamw_lr0.0003_bs128_s42_"))

@@ -1,4 +1,4 @@
-"""Train a language model on Wikitext-2 (LSTM, GRU or causal Transformer core) and log per-epoch
+r"""Train a language model on Wikitext-2 (LSTM, GRU or causal Transformer core) and log per-epoch
 perplexity, the best model and test results.
 
     python train_lm.py --model lstm --layers 2 --optimizer adamw
@@ -20,8 +20,7 @@ from config import TrainConfig, option, parse_config
 from data import Windows, index_batches, load_wikitext
 from engine import train
 from models import CORES, LanguageModel, count_params
-from rundir import atomic_write
-from utils import UserError, check, cli, epoch_generator, first_process_first, log, rank
+from utils import UserError, check, cli, epoch_generator, first_process_first, log
 
 
 @dataclasses.dataclass
@@ -124,7 +123,7 @@ def build_model(args, embeddings=None):
                          args["block"], args["num_heads"], args["mlp_dim"])
 
 
-def build(cfg, device, run_dir):
+def build(cfg, device):
     with first_process_first():  # under torchrun one process downloads, then the rest read
         corpus = load_wikitext(cfg.data_folder, device)
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
@@ -133,16 +132,16 @@ def build(cfg, device, run_dir):
     smallest = min(w.num_windows for w in task.windows.values())
     check(cfg.batch_size <= smallest,
           f"--batch_size {cfg.batch_size} is larger than the smallest split ({smallest} windows of {cfg.seq_len})")
-    if corpus.vocab is not None and rank() == 0:  # so samples from this run can be decoded later
-        atomic_write(run_dir / "vocab.txt", lambda f: f.write(("\n".join(corpus.vocab) + "\n").encode()))
     embeddings = load_embeddings(cfg.embeddings, corpus.vocab_size, cfg.embedding_size) if cfg.embeddings else None
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
     model = build_model(model_args, embeddings)
     frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
     log(f"model: {cfg.model}, {cfg.layers} layer{'s' * (cfg.layers != 1)}, {frozen} embeddings, {count_params(model):,} learnable "
         f"of {count_params(model, False):,} parameters")
+    # word-level runs keep their vocabulary, so that samples can be decoded later
+    files = {"vocab.txt": ("\n".join(corpus.vocab) + "\n").encode()} if corpus.vocab is not None else {}
     return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size,
-                             data_source=corpus.source)
+                             data_source=corpus.source), files
 
 
 @cli

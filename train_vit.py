@@ -1,4 +1,4 @@
-"""Train a Vision Transformer on CIFAR-10 and log per-epoch metrics, the best model and test results.
+r"""Train a Vision Transformer on CIFAR-10 and log per-epoch metrics, the best model and test results.
 
     python train_vit.py --layers 4 --optimizer adamw
     python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ./data/cifar10
@@ -49,7 +49,7 @@ class Config(TrainConfig):
               f"--patch_size must divide the image size 32, got {self.patch_size}")
         check(0 <= self.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(0 <= self.drop_path < 1, f"--drop_path must be in [0, 1), got {self.drop_path}")
-        check(self.mixup >= 0 and self.cutmix >= 0, f"--mixup and --cutmix are Beta alphas >= 0, got "
+        check(0 <= self.mixup < math.inf and 0 <= self.cutmix < math.inf, f"--mixup and --cutmix are Beta alphas >= 0, got "
               f"{self.mixup} and {self.cutmix}")
 
     def name_fields(self):
@@ -110,7 +110,7 @@ def build_model(args):
                              drop_path=args["drop_path"])
 
 
-def build(cfg, device, run_dir):
+def build(cfg, device):
     with first_process_first():  # under torchrun one process downloads and caches, then the rest read
         data = load_cifar10(cfg.data_folder, device)
     sizes = {s: len(y) for s, (_, y) in data.splits.items()}
@@ -124,7 +124,7 @@ def build(cfg, device, run_dir):
     model = build_model(model_args)
     log(f"model: ViT, {cfg.layers} {cfg.block} block{'s' * (cfg.layers > 1)}, {count_params(model):,} parameters")
     task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
-    return task, model, dict(task="vit", model_args=model_args, classes=data.classes, data_source=data.source)
+    return task, model, dict(task="vit", model_args=model_args, classes=data.classes, data_source=data.source), {}
 
 
 @cli

@@ -6,6 +6,7 @@ precision, distributed helpers, seeding and the random state.
 import contextlib
 import os
 import random
+import re
 import resource
 import signal
 import sys
@@ -55,6 +56,10 @@ def cli(main):
             code, message = EXIT_USER_ERROR, f"error: {first_line(e)}"
         except Diverged as e:
             code, message = EXIT_DIVERGED, f"diverged: {first_line(e)}"
+        except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeErrors
+            if not isinstance(e, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(e)):
+                raise
+            code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
         except KeyboardInterrupt:
             code, message = EXIT_INTERRUPTED, "interrupted: the last finished epoch is saved; continue with --resume"
         distributed = dist.is_available() and dist.is_initialized()
