@@ -212,9 +212,9 @@ def run_epoch(model, task, split, epoch=1, step=None, cfg=None, dtype=None, refr
             sums += torch.stack([loss_sum.detach().double(), correct.double()])
             count += batch_count
             if i % refresh_every == 0 or i == n or i == 1:
-                check_finite(sums[0], count, f"{split} loss", f"in epoch {epoch} by step {i} (of {n})")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{sums[0].item() * world / count:.4f}", refresh=False)
+                total = check_finite(sums[0], f"{split} loss", f"in epoch {epoch} by step {i} (of {n})")
+                if bar is not None:  # this process's running mean
+                    bar.set_postfix(loss=f"{total * world / count:.4f}", refresh=False)
             if bar is not None:
                 bar.update()
     if world > 1:
@@ -229,13 +229,16 @@ def run_epoch(model, task, split, epoch=1, step=None, cfg=None, dtype=None, refr
                 seconds=seconds)
 
 
-def check_finite(total, count, what, where):
-    """Raise Diverged on every process together when any process's running loss is not finite."""
-    bad = (~torch.isfinite(total)).float()
+def check_finite(total, what, where):
+    """The running loss sum as a float (one host read); Diverged on every process together when any
+    process's is not finite, so that no rank is left waiting in a collective."""
+    both = torch.stack([total.float(), (~torch.isfinite(total)).float()])
     if world_size() > 1:
-        dist.all_reduce(bad)
-    if bad.item():
-        raise Diverged(f"{what} became {total.item()} {where}; the logs and the last good checkpoint are kept")
+        dist.all_reduce(both[1:])
+    value, bad = both.tolist()
+    if bad:
+        raise Diverged(f"{what} became {value} {where}; the logs and the last good checkpoint are kept")
+    return value
 
 
 def progress_bar(n, split, cfg):

@@ -3,12 +3,10 @@
     python plot.py --log_dir logs                      # writes logs/report/
     python plot.py --log_dir logs machine2/logs --out_dir report   # merge runs from several machines
 
-Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so run folders
-copied from other machines merge. Runs with several seeds are one configuration (mean +- std).
-Unfinished runs are plotted as far as they got; runs without a single epoch are listed, not plotted.
-Writes PNG figures ({lm,vit}_{epochs,time}.png, and {lm,vit}_grad_norms.png for runs with
---grad_norms), summary_{lm,vit}.{md,csv} and summary.md (findings, including pre- vs post-norm
-with and without warmup) into the output folder.
+Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied
+from other machines merge; seeds of one configuration are averaged (mean +- std). Writes the
+figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv} and summary.md (the
+findings, and every run or file left out and why).
 """
 import argparse
 import csv
@@ -22,8 +20,7 @@ import numpy as np
 
 TASKS = {"lm": ("ppl", "perplexity", False, "Language model (Wikitext-2)"),
          "vit": ("acc", "accuracy", True, "Vision Transformer (CIFAR-10)")}
-# config.json keys that describe a run's context, not a setting (each run also lists its own
-# non-settings in config["naming"]["not_settings"]).
+# config.json keys that are context, not settings (besides each run's config["naming"]["not_settings"])
 CONTEXT = {"environment", "data_source", "classes", "naming", "model_args", "precision_reason", "world_size"}
 
 
@@ -50,37 +47,34 @@ def read_rows(path, m, problems):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             lines = list(reader)
-            missing = [c.format(m=m) for c in REQUIRED if c.format(m=m) not in (reader.fieldnames or [])]
-            if lines and missing:
-                problems.append(f"metrics.csv lacks {', '.join(missing)}")
-                return []
-            rows = []
-            for i, row in enumerate(lines, 2):
-                try:
-                    if None in row or None in row.values():
-                        raise ValueError("wrong number of fields")
-                    rows.append({k: float(v) for k, v in row.items()})
-                except ValueError as e:
-                    problems.append(f"metrics.csv line {i} skipped ({e})")
+        missing = [c.format(m=m) for c in REQUIRED if c.format(m=m) not in (reader.fieldnames or [])]
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        problems.append(f"metrics.csv unreadable ({e})")
-        return []
-    return [dict({k: math.nan for k in OPTIONAL}, **row) for row in rows]
+        return problems.append(f"metrics.csv unreadable ({e})") or []
+    if lines and missing:
+        return problems.append(f"metrics.csv lacks {', '.join(missing)}") or []
+    rows = []
+    for i, row in enumerate(lines, 2):
+        try:
+            if None in row or None in row.values():
+                raise ValueError("wrong number of fields")
+            rows.append(dict({k: math.nan for k in OPTIONAL}, **{k: float(v) for k, v in row.items()}))
+        except ValueError as e:
+            problems.append(f"metrics.csv line {i} skipped ({e})")
+    return rows
 
 
 def read_json(path, problems):
+    """A JSON object, or None (missing, or damaged and named in problems)."""
     try:
         value = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        problems.append(f"{path.name} unreadable ({str(e)[:80]})")
-        return None
-    if not isinstance(value, dict):
-        problems.append(f"{path.name} is not a JSON object")
-        return None
+        value = problems.append(f"{path.name} unreadable ({str(e)[:80]})")
+    if value is not None and not isinstance(value, dict):
+        value = problems.append(f"{path.name} is not a JSON object")
     return value
 
 
@@ -144,15 +138,9 @@ class Group:
         self.name, self.runs = name, runs
         self.task = runs[0].task
         self.m, _, self.maximize, _ = TASKS[self.task]
-        c = runs[0].config
-        self.config = c
-        if self.task == "vit":
-            self.architecture = f"ViT {c.get('block')}"
-        elif c.get("model") == "transformer":
-            self.architecture = f"Transformer {c.get('block')}"
-        else:
-            self.architecture = c.get("model", "?").upper()
-        self.finished = [r for r in runs if r.summary]
+        c = self.config = runs[0].config
+        self.architecture = (f"ViT {c.get('block')}" if self.task == "vit" else f"Transformer {c.get('block')}"
+                             if c.get("model") == "transformer" else str(c.get("model", "?")).upper())
 
     def best(self, values):
         values = [v for v in values if v == v]  # NaN is no result
@@ -178,10 +166,7 @@ class Group:
 
     def norm_epochs(self):
         """The grad-norm epochs every seed logged, or []."""
-        common = None
-        for r in self.runs:
-            common = set(r.norms) if common is None else common & set(r.norms)
-        return sorted(common or [])
+        return sorted(set.intersection(*(set(r.norms) for r in self.runs)))
 
     def norms_at(self, epoch):
         """Per-layer gradient norms at an epoch: mean and std over seeds (arrays over layers)."""
@@ -190,11 +175,8 @@ class Group:
 
     def time_to(self, target):
         """Mean elapsed seconds until the valid metric first reaches target (None if it never does)."""
-        times = []
-        for r in self.runs:
-            hit = [row["elapsed"] for row in r.rows
-                   if (row[f"valid_{self.m}"] >= target if self.maximize else row[f"valid_{self.m}"] <= target)]
-            times.append(hit[0] if hit else None)
+        reached = (lambda v: v >= target) if self.maximize else (lambda v: v <= target)
+        times = [next((row["elapsed"] for row in r.rows if reached(row[f"valid_{self.m}"])), None) for r in self.runs]
         return None if None in times else float(np.mean(times))
 
 
@@ -238,10 +220,16 @@ def markdown(columns, rows):
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(groups, task, out_dir):
+def pyplot():
+    """matplotlib's pyplot, headless; imported only when a figure is drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(groups, task, out_dir):
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
     m, label, _, title = TASKS[task]
@@ -306,9 +294,7 @@ def plot_grad_norms(groups, task, out_dir):
     groups = [g for g in groups if g.norm_epochs()]
     if not groups:
         return []
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     last = max(max(g.norm_epochs()) for g in groups)
     panels = [(0, "first step (initialisation)"), (1, "mean over epoch 1")] + ([(last, f"mean over epoch {last}")]
@@ -349,17 +335,14 @@ def norm_findings(groups, task):
                   "", f"| block | warmup epochs | seeds | best valid {label} | test {label} (best-valid model) | "
                   "grad norm, last / first layer, first step | same, epoch 1 mean |", "|---|---|---|---|---|---|---|"]
         for (block, warmup), g in sorted(table.items(), key=lambda kv: (kv[0][0] != "prenorm", kv[0][1] or 0)):
-            ratio = {}
-            for epoch in (0, 1):
-                ratio[epoch] = g.stat(lambda r: r.norms[epoch][-1] / r.norms[epoch][0]
-                                      if epoch in r.norms and r.norms[epoch][0] > 0 else None)
+            ratio = {e: g.stat(lambda r, e=e: r.norms[e][-1] / r.norms[e][0] if e in r.norms and r.norms[e][0] > 0
+                               else None) for e in (0, 1)}
             lines.append(f"| {block} | {warmup or 0:g} | {len(g.runs)} | {fmt(*g.best_of(f'valid_{m}'))} | "
                          f"{fmt(*g.summary_value(f'best_test_{m}'))} | {fmt(*ratio[0], digits=2)} | "
                          f"{fmt(*ratio[1], digits=2)} |")
-        lines.append("")
-        lines.append("Xiong et al. (2020) predict that post-norm's gradients at initialisation grow towards the "
+        lines += ["", "Xiong et al. (2020) predict that post-norm's gradients at initialisation grow towards the "
                      "output (a last/first ratio above 1) so that it needs warmup, while pre-norm's do not; "
-                     "the figure " + f"{task}_grad_norms.png" + " shows every layer.")
+                  f"the figure {task}_grad_norms.png shows every layer."]
     return lines
 
 
