@@ -149,6 +149,11 @@ class TrainConfig:
         return name
 
     def naming(self):
-        """What config.json says about the run's name and settings, so readers need no list of their own."""
-        return dict(configuration=re.sub(rf"_s{self.seed}(?=_|$)", "", self.exp_id),
+        """What config.json says about the run's name and settings, so readers need no list of their own:
+        the configuration's name (shared by its seeds), the settings that differ from the defaults (the
+        reference report's), which keys are not settings and which may differ on resume."""
+        defaults = type(self)()
+        changed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name not in self.NOT_SETTINGS and getattr(self, f.name) != getattr(defaults, f.name)}
+        return dict(configuration=re.sub(rf"_s{self.seed}(?=_|$)", "", self.exp_id), changed=changed,
                     not_settings=list(self.NOT_SETTINGS), may_differ_on_resume=list(self.MAY_DIFFER_ON_RESUME))

@@ -8,6 +8,7 @@ Everything a model sees is decoded once and kept on the training device; a batch
 gather, never a per-sample Python call.
 """
 import hashlib
+import http.client
 import io
 import math
 import os
@@ -21,11 +22,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rundir import atomic_write
 from utils import UserError, check
 
 # ------------------------------------------------------------------------------------ Wikitext-2
 
 TOKEN_FILES = {"train": "wiki.train.npz", "valid": "wiki.validation.npz", "test": "wiki.test.npz"}
+# The reference report's token files, from a pinned public copy, verified by sha256 before use.
+TOKEN_URL = "https://raw.githubusercontent.com/SamuelA-L/IFT6135-HW2/5b174a84d83334f273cdded5965f609e5a111274/data/"
+TOKEN_SHA256 = {"wiki.train.npz": "64513a83b2f7bc952318aea06c63e9fabf349352ccdcc972cf7d40a0522f1131",
+                "wiki.validation.npz": "b1ac035ce1b48ef98bb64cc58e48eadcb12c9affaf38ba6a32f287a8c3501ab3",
+                "wiki.test.npz": "8222625565bfb25cb36f5135c2a9c9c9934ba305cf02d004edfc8a2e3df58152"}
 TEXT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
 GPT1_VOCAB_SIZE = 40479  # OpenAI GPT-1 BPE, as the reference model (ids 1..40472 occur)
 # The Wikitext-2 word-level archive (Merity et al.); MD5 as published by torchtext.
@@ -44,20 +51,61 @@ class Corpus:
     source: str = ""
 
 
-def load_wikitext(folder, device, download=True):
-    """Token files if the folder has them, else word-level text, else download the text."""
+def load_wikitext(folder, device, data_format="auto", download=True):
+    """The reference's token files (GPT-1 ids) or word-level text, whichever `data_format` asks for
+    (auto: token files first). What is missing is downloaded: the token files, else (auto) the text."""
     folder = Path(folder)
-    if all((folder / f).exists() for f in TOKEN_FILES.values()):
-        return _load_token_files(folder, device)
-    if not all((folder / f).exists() for f in TEXT_FILES.values()):
-        present = [f for f in list(TOKEN_FILES.values()) + list(TEXT_FILES.values()) if (folder / f).exists()]
-        if present or not download:
-            missing = [f for f in TEXT_FILES.values() if not (folder / f).exists()]
-            raise UserError(f"{folder} is incomplete: has {', '.join(present) or 'nothing'}; put either "
-                            f"{', '.join(TOKEN_FILES.values())} or {', '.join(TEXT_FILES.values())} there "
-                            f"(missing: {', '.join(missing)})")
-        download_wikitext(folder)
-    return _load_text_files(folder, device)
+    kinds = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
+    wanted = ["tokens", "words"] if data_format == "auto" else [data_format]
+    for kind in wanted:
+        if all((folder / f).exists() for f in kinds[kind].values()):
+            return (_load_token_files if kind == "tokens" else _load_text_files)(folder, device)
+    present = [f for k in wanted for f in kinds[k].values() if (folder / f).exists()]
+    names = " or ".join(", ".join(kinds[k].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
+                                                         else " (word-level text)") for k in wanted)
+    check(not present, f"{folder} is incomplete: has {', '.join(present)}; put {names} there (missing: "
+          f"{', '.join(f for k in wanted for f in kinds[k].values() if not (folder / f).exists())})")
+    errors = []
+    for kind in wanted if download else []:
+        try:
+            (download_token_files if kind == "tokens" else download_wikitext)(folder)
+            return (_load_token_files if kind == "tokens" else _load_text_files)(folder, device)
+        except OSError as e:
+            errors.append(f"{kind}: {e}")
+    raise UserError(f"Wikitext-2 not found in {folder}{' and the download failed (' + '; '.join(errors) + ')' if errors else ''}; "
+                    f"put {names} into {folder}")
+
+
+def fetch(url, timeout=60):
+    """The bytes at url. OSError when offline, on an HTTP error, or when the transfer is cut short."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            content = response.read()
+            length = response.headers.get("Content-Length")
+    except (OSError, http.client.HTTPException) as e:  # offline, refused, HTTP error, cut short
+        raise OSError(f"{url}: {getattr(e, 'reason', None) or e!r}") from None
+    if isinstance(length, str) and length.isdigit() and len(content) != int(length):
+        raise OSError(f"{url}: the transfer was cut short ({len(content):,} of {int(length):,} bytes)")
+    return content
+
+
+def atomic_bytes(path, content):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(content))
+
+
+def download_token_files(folder, base=None, sha256=None):
+    """Fetch the reference's three token files, verify each against its pinned sha256, and move them
+    into place only once all three are good: a failed or corrupt download leaves nothing behind."""
+    contents, base = {}, base or TOKEN_URL
+    for name, digest in (sha256 or TOKEN_SHA256).items():
+        contents[name] = fetch(base + name)
+        got = hashlib.sha256(contents[name]).hexdigest()
+        if got != digest:
+            raise OSError(f"{base + name}: sha256 {got} is not the pinned {digest}")
+    for name, content in contents.items():
+        atomic_bytes(Path(folder) / name, content)
+    print(f"data: downloaded the reference's token files from {base} into {folder}")
 
 
 def _read_npz(path):
@@ -125,34 +173,28 @@ def _load_text_files(folder, device):
 
 def download_wikitext(folder, urls=None, md5=None):
     """Fetch the word-level archive over HTTPS, verify its checksum, then move the three files into
-    place atomically. Offline, fail with a message naming the files to put where."""
-    folder, urls, md5 = Path(folder), urls or WIKITEXT_URLS, md5 or WIKITEXT_MD5
-    errors = []
-    for url in urls:
+    place atomically. OSError naming every address tried when none gives the archive."""
+    folder, errors = Path(folder), []
+    for url in urls or WIKITEXT_URLS:
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                blob = response.read()
+            blob = fetch(url)
         except OSError as e:
-            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            errors.append(str(e))
             continue
         digest = hashlib.md5(blob).hexdigest()
-        if digest != md5:
-            errors.append(f"{url}: checksum {digest} is not the expected {md5}")
+        if digest != (md5 or WIKITEXT_MD5):
+            errors.append(f"{url}: checksum {digest} is not the expected {md5 or WIKITEXT_MD5}")
             continue
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(io.BytesIO(blob)) as z:
-                for split, member in WIKITEXT_MEMBERS.items():
-                    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
-                        tmp.write(z.read(member))
-                    os.replace(tmp.name, folder / TEXT_FILES[split])
-        except (OSError, KeyError, zipfile.BadZipFile) as e:
-            raise UserError(f"could not unpack Wikitext-2 into {folder}: {e}") from None
+                members = {split: z.read(member) for split, member in WIKITEXT_MEMBERS.items()}
+        except (KeyError, zipfile.BadZipFile) as e:
+            raise OSError(f"{url}: not the Wikitext-2 archive ({e})") from None
+        for split, content in members.items():
+            atomic_bytes(folder / TEXT_FILES[split], content)
         print(f"data: downloaded Wikitext-2 from {url} into {folder}")
         return
-    raise UserError(f"Wikitext-2 not found in {folder} and the download failed ({'; '.join(errors)}); put "
-                    f"{', '.join(TOKEN_FILES.values())} (token ids) or {', '.join(TEXT_FILES.values())} "
-                    f"(word-level text) into {folder}, or pass --data_folder")
+    raise OSError("; ".join(errors))
 
 
 class Windows:

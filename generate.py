@@ -4,8 +4,9 @@ r"""Sample from a trained language model run (its best-validation weights).
         --prompt "the meaning of" --seed 1
 
 Word-level runs keep their vocabulary (vocab.txt), so samples come back as text and unknown
-prompt words become <unk> with a warning. Runs on token-id files have no vocabulary: the prompt is
-then token ids and the sample is printed as ids.
+prompt words become <unk> with a warning. Runs on the token files use GPT-1's byte-pair vocabulary,
+found (or fetched) beside the token files: the prompt may be text or token ids, and the sample is
+text; without the vocabulary it is printed as ids.
 """
 import argparse
 import json
@@ -15,9 +16,10 @@ from pathlib import Path
 import torch
 
 from config import Parser
+from gpt1 import Vocabulary
 from rundir import load_torch
 from train_lm import build_model
-from utils import UserError, check, cli
+from utils import UserError, check, cli, first_line
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -57,17 +59,31 @@ def load_run(run_dir):
     return model.eval(), config, vocab
 
 
-def encode(prompt, vocab):
-    """Prompt -> token ids, and the words that were not in the vocabulary."""
+def encode(prompt, vocab, bpe=None):
+    """Prompt -> token ids, and the words that were not in the vocabulary. Token-id runs take ids, or
+    text when GPT-1's vocabulary (`bpe`) is at hand."""
     if vocab is None:
         try:
             return [int(t) for t in prompt.split()], []
         except ValueError:
-            raise UserError("this run was trained on token ids and has no vocab.txt: give --prompt as "
-                            "space-separated token ids") from None
+            check(bpe is not None, "this run was trained on token ids and GPT-1's vocabulary files are not at "
+                  "hand: give --prompt as space-separated token ids")
+            return bpe.encode(prompt), []
     index = {w: i for i, w in enumerate(vocab)}
     words = prompt.split() or ["<eos>"]  # an empty prompt starts a new line
     return [index.get(w, index["<unk>"]) for w in words], [w for w in words if w not in index]
+
+
+def gpt1_vocabulary(config):
+    """GPT-1's vocabulary for a run on the token files: beside them, fetched there when missing, or None
+    (offline) with a note of what would turn ids into text."""
+    folder = Path(config.get("data_folder") or ".")
+    try:
+        return Vocabulary.find(folder)
+    except (OSError, UserError) as e:
+        print(f"note: the sample stays token ids: GPT-1's vocabulary could not be had ({first_line(e)[:160]}); "
+              f"encoder_bpe_40000.json and vocab_40000.bpe in {folder} turn them into text", file=sys.stderr)
+        return None
 
 
 @torch.no_grad()
@@ -110,20 +126,20 @@ def main(argv=None):
     check(0 <= args.seed < 2 ** 63, f"--seed must be in 0..2**63-1, got {args.seed}")
     check(args.top_k >= 0, f"--top_k must be >= 0, got {args.top_k}")
     model, config, vocab = load_run(args.run)
-    ids, unknown = encode(args.prompt, vocab)
+    bpe = gpt1_vocabulary(config) if vocab is None else None
+    ids, unknown = encode(args.prompt, vocab, bpe)
     check(ids, "--prompt is empty: give token ids to start from")
     check(all(0 < i < config["vocab_size"] for i in ids), f"prompt ids must lie in 1..{config['vocab_size'] - 1}")
     if unknown:
         print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
     out = sample(model, ids, args.words, args.temperature, args.top_k,
                  torch.Generator().manual_seed(args.seed), config["seq_len"])
-    if vocab is None:
-        print("(this run was trained on token ids and has no vocab.txt, so the sample is token ids)",
-              file=sys.stderr)
+    if bpe is not None:  # the prompt, then its continuation
+        print(bpe.decode(ids + out))
+    elif vocab is None:
         print(" ".join(map(str, out)))
-    else:  # the prompt, then its continuation
+    else:
         print(decode(ids, vocab) + " " + decode(out, vocab) if args.prompt.strip() else decode(out, vocab))
-
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import compare, load_reference, markdown, reference_config, table_cells, write_html
+
 TASKS = {"lm": ("ppl", "perplexity", False, "Language model (Wikitext-2)"),
          "vit": ("acc", "accuracy", True, "Vision Transformer (CIFAR-10)")}
 # config.json keys that are context, not settings (besides each run's config["naming"]["not_settings"])
@@ -28,11 +30,11 @@ CONTEXT = {"environment", "data_source", "classes", "naming", "model_args", "pre
 class Run:
     path: Path
     config: dict
-    rows: list
+    rows: list                                  # metrics.csv, as floats
     summary: dict = None
     norms: dict = field(default_factory=dict)  # epoch -> [norm of layer 1, 2, ...] (grad_norms.csv)
     task: str = ""
-    name: str = ""
+    name: str = ""                              # the configuration's: seeds share it
     problems: list = field(default_factory=list)
 
 
@@ -85,12 +87,9 @@ def read_run(path):
     config = read_json(path / "config.json", problems) or {}
     task = config.get("task") or ("lm" if "model" in config else "vit")
     if not config or task not in TASKS:
-        if not (path / "config.json").exists():
-            problems.append("no config.json: not plotted")
-        elif config and not problems:
-            problems.append(f"unknown task {task!r}: not plotted")
-        return Run(path, config, [], task=task, name=path.name, problems=problems or ["config.json is empty"])
-    # the configuration's name, which seeds of the same configuration share
+        why = ("no config.json" if not (path / "config.json").exists() else f"unknown task {task!r}" if config
+               else "config.json is empty")
+        return Run(path, config, [], task=task, name=path.name, problems=problems or [f"{why}: not plotted"])
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
     run = Run(path, config, read_rows(path / "metrics.csv", TASKS[task][0], problems), task=task, name=str(name),
               problems=problems)
@@ -119,16 +118,13 @@ def find_runs(log_dirs, out_dir):
 
 def mean_std(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None
-    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return (float(np.mean(values)), std) if values else (None, None)
 
 
 def fmt(mean, std=None, digits=4):
-    if mean is None:
-        return "-"
-    text = f"{mean:,.{digits}f}" if abs(mean) < 1e5 else f"{mean:,.0f}"
-    return text if std is None else f"{text} ± {std:.{digits}f}"
+    text = "-" if mean is None else f"{mean:,.{digits}f}" if abs(mean) < 1e5 else f"{mean:,.0f}"
+    return text if std is None or mean is None else f"{text} ± {std:.{digits}f}"
 
 
 class Group:
@@ -180,13 +176,13 @@ class Group:
         return None if None in times else float(np.mean(times))
 
 
-def tables(groups, task):
+def tables(groups, task, ref=None):
     m, label, maximize, _ = TASKS[task]
+    with_ref = any(reference_config(g, ref) for g in groups) if ref else False
     results_cols = ["architecture", "layers", "optimizer", "experiment", "seeds", "epochs", f"best train {label}",
                     f"best valid {label}", f"test {label} (final model)", f"test {label} (best-valid model)"]
     with_ema = any(g.summary_value(f"ema_best_test_{m}")[0] is not None for g in groups)
-    if with_ema:
-        results_cols.append(f"test {label} (best-valid EMA)")
+    results_cols += [f"test {label} (best-valid EMA)"] * with_ema + ["report", "difference"] * with_ref
     cost_cols = ["architecture", "layers", "optimizer", "experiment", "learnable parameters", "peak memory (MB)",
                  "memory (%)", "train s/epoch", "valid s/epoch"]
     results, costs, flat = [], [], []
@@ -204,7 +200,7 @@ def tables(groups, task):
         epochs = sorted({len(r.rows) for r in g.runs})
         results.append(head + [len(g.runs), "/".join(map(str, epochs))] +
                        [fmt(*stats[k]) for k in ("best_train", "best_valid", "test", "best_test")] +
-                       ([fmt(*stats["ema_best_test"])] if with_ema else []))
+                       ([fmt(*stats["ema_best_test"])] if with_ema else []) + (table_cells(g, ref) if with_ref else []))
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
                              fmt(*stats["valid_s"], digits=2)])
@@ -212,12 +208,6 @@ def tables(groups, task):
                          epochs=max(epochs), **{f"{k}_{s}": v for k, (mean, std) in stats.items()
                                                 for s, v in (("mean", mean), ("std", std))}))
     return (results_cols, results), (cost_cols, costs), flat
-
-
-def markdown(columns, rows):
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def pyplot():
@@ -228,7 +218,7 @@ def pyplot():
     return plt
 
 
-def plot_curves(groups, task, out_dir):
+def plot_curves(groups, task, out_dir, ref=None):
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -246,6 +236,9 @@ def plot_curves(groups, task, out_dir):
                             label=g.name if split == "valid" else None)
                     if std is not None:
                         ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15)
+            reported = (reference_config(g, ref) or {}).get(f"best_valid_{m}") if ref else None
+            if reported is not None:  # the report's best valid value, at our last epoch
+                axes[0].plot(xs[-1:], [reported], "*", ms=11, color=colour, markeredgecolor="k")
         for ax, kind in zip(axes, (label, "loss")):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(kind)
@@ -258,6 +251,9 @@ def plot_curves(groups, task, out_dir):
         handles, labels = axes[0].get_legend_handles_labels()
         handles += [Line2D([], [], color="k", ls="--"), Line2D([], [], color="k", ls="-")]
         labels += ["train", "valid"]
+        if ref and any((reference_config(g, ref) or {}).get(f"best_valid_{m}") for g in groups):
+            handles.append(Line2D([], [], color="grey", marker="*", ls="", ms=11, markeredgecolor="k"))
+            labels.append("the report's best valid")
         written.append(finish(fig, handles, labels,
                               f"{title}: {label} and loss over {'epochs' if x == 'epoch' else 'wall-clock time'}",
                               out_dir / f"{task}_{'epochs' if x == 'epoch' else 'time'}.png"))
@@ -411,38 +407,43 @@ def main(argv=None):
         print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
-    empty = [r for r in runs if not r.rows]
-    summary = ["# Summary", "", f"Generated by plot.py from {len(runs)} runs in {', '.join(args.log_dir)}.", ""]
+    ref, opening, body, figures, pages = load_reference(), [], [], [], []
     for task in TASKS:
         by_name = {}
         for r in runs:
             if r.task == task and r.rows:
                 by_name.setdefault(r.name, []).append(r)
-        groups = [Group(name, rs) for name, rs in by_name.items()]
-        if not groups:
-            continue
-        (rc, results), (cc, costs), flat = tables(groups, task)
-        title = TASKS[task][3]
-        (out_dir / f"summary_{task}.md").write_text(
-            f"# {title}\n\n## Results\n\n{markdown(rc, results)}\n## Cost\n\n{markdown(cc, costs)}")
-        with open(out_dir / f"summary_{task}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(flat[0]))
-            writer.writeheader()
-            writer.writerows(flat)
-        figures = plot_curves(groups, task, out_dir) + plot_grad_norms(groups, task, out_dir)
-        summary += findings(groups, task)
-        summary += [f"Tables: summary_{task}.md, summary_{task}.csv. Figures: "
-                    + ", ".join(p.name for p in figures) + ".", ""]
-        print(f"{task}: {len(groups)} configurations, {sum(len(g.runs) for g in groups)} runs -> {out_dir}")
+        if by_name:
+            groups = [Group(name, rs) for name, rs in by_name.items()]
+            opening += compare(groups, task, ref)
+            lines, figs, page = report_task(task, groups, out_dir, ref)
+            body, figures, pages = body + lines, figures + figs, pages + [page]
+            print(f"{task}: {len(groups)} configurations, {sum(len(g.runs) for g in groups)} runs -> {out_dir}")
     problems = [f"{r.path}: " + ("; ".join(r.problems) or "no finished epoch (failed or still starting)")
                 for r in runs if not r.rows or r.problems]
-    if problems:
-        summary += ["## Missing or damaged", ""] + [f"- {p}" for p in problems] + [""]
-        for p in problems:
-            print(f"warning: {p}", file=sys.stderr)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    summary = (["# Summary", "", f"Generated by plot.py from {len(runs)} runs in {', '.join(args.log_dir)}.", ""]
+               + opening + body + (["## Missing or damaged", ""] + [f"- {p}" for p in problems] + [""]) * bool(problems))
     (out_dir / "summary.md").write_text("\n".join(summary))
-    return 0 if len(empty) < len(runs) else 1
+    write_html(out_dir, ["\n".join(summary)] + pages, figures)
+    return 0 if any(r.rows for r in runs) else 1
 
+
+def report_task(task, groups, out_dir, ref):
+    """One study's tables (markdown and CSV), figures and findings: (summary lines, figures, tables)."""
+    (rc, results), (cc, costs), flat = tables(groups, task, ref)
+    note = f"\n{ref['note']}\n" if ref and "report" in rc and task == "vit" else ""
+    page = f"# {TASKS[task][3]}\n\n## Results\n\n{markdown(rc, results)}{note}\n## Cost\n\n{markdown(cc, costs)}"
+    (out_dir / f"summary_{task}.md").write_text(page)
+    with open(out_dir / f"summary_{task}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    figures = plot_curves(groups, task, out_dir, ref) + plot_grad_norms(groups, task, out_dir)
+    lines = findings(groups, task) + [f"Tables: summary_{task}.md, summary_{task}.csv. Figures: "
+                                      + ", ".join(p.name for p in figures) + ".", ""]
+    return lines, figures, page
 
 if __name__ == "__main__":
     sys.exit(main())

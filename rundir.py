@@ -187,8 +187,9 @@ class RunDir:
               f"{', '.join(missing) or 'everything'}); start again with --overwrite")
         differ = set(self.cfg.MAY_DIFFER_ON_RESUME)
         saved, now = json_plain(ckpt["config"]), json_plain(self.config)
+        defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
         diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-                 if k not in differ and saved.get(k) != now.get(k)]
+                 if k not in differ and saved.get(k, defaults.get(k)) != now.get(k)]
         check(not diffs, f"cannot resume {self.path} with a different configuration ({'; '.join(diffs)})")
         for key, obj in stateful.items():
             if obj is not None and ckpt.get(key) is not None:

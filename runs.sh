@@ -23,8 +23,9 @@
 #                                                                      or in the image, else auto)
 #   LOG_DIR        logs (logs/quick with QUICK=1)         PYTHON       the interpreter (python3)
 #   LM_DATA        ./data/wikitext2                       VIT_DATA     ./data/cifar10
-#   EMBEDDINGS     .npz of pretrained LM embeddings (the reference's frozen GPT-1 embeddings); unset:
-#                  embeddings are learned
+#   EMBEDDINGS     the reference group's LM embeddings, frozen: gpt1 (GPT-1's, as the report), an .npz,
+#                  or none (learned); auto (default): gpt1 when LM_DATA holds the token files, except
+#                  with QUICK
 #   GPUS           "0 1 ...": run configurations in parallel, one per GPU (each with its share of
 #                  the CPU threads); Ctrl-C stops them all
 #   TRAIN_ARGS     flags added to every run after its own, e.g. "--compile" or "--precision fp32"
@@ -56,7 +57,7 @@ DEVICE=${DEVICE:-$([[ -n $GPUS ]] && echo cuda || echo auto)}
 PYTHON=${PYTHON:-python3}
 LM_DATA=${LM_DATA:-./data/wikitext2}
 VIT_DATA=${VIT_DATA:-./data/cifar10}
-EMBEDDINGS=${EMBEDDINGS:-}
+EMBEDDINGS=${EMBEDDINGS:-auto}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 SHARD=${SHARD:-0/1}
 if [[ $QUICK == 1 ]]; then
@@ -123,15 +124,15 @@ select_runs() {
     [[ $group == norms ]] && seeds=$NORMS_SEEDS
     for seed in $seeds; do
       if (( index % shard_n == shard_i )); then
-        echo "${name}_s${seed}|$script|$args --seed $seed"
+        echo "${name}_s${seed}|$script|$args --seed $seed|$group"
       fi
       index=$((index + 1))
     done
   done
 }
 
-command_for() {  # exp_id script args -> the full command line, one word per line
-  local exp_id=$1 script=$2 args=$3 extra=()
+command_for() {  # exp_id script args group -> the full command line, one word per line
+  local exp_id=$1 script=$2 args=$3 group=$4 extra=()
   local -a flags train_args
   read -r -a flags <<<"$args"
   read -r -a train_args <<<"$TRAIN_ARGS"
@@ -143,7 +144,8 @@ command_for() {  # exp_id script args -> the full command line, one word per lin
   fi
   if [[ $script == train_lm.py ]]; then
     extra=(--epochs "$EPOCHS_LM" --data_folder "$LM_DATA" "${QUICK_LM[@]}")
-    [[ -z $EMBEDDINGS ]] || extra+=(--embeddings "$EMBEDDINGS")
+    # the report's LMs froze GPT-1's embeddings; the other groups learn theirs
+    [[ $group != reference || $EMB == none ]] || extra+=(--embeddings "$EMB")
   else
     extra=(--epochs "$EPOCHS_VIT" --data_folder "$VIT_DATA" "${QUICK_VIT[@]}")
   fi
@@ -158,11 +160,11 @@ finished() {  # a summary.json with at least the requested epochs
   [[ -n $have ]] && (( have >= want ))
 }
 
-run_one() {  # exp_id script args [gpu]
-  local exp_id=$1 script=$2 args=$3 gpu=${4:-} epochs=$EPOCHS_VIT
+run_one() {  # exp_id script args group [gpu]
+  local exp_id=$1 script=$2 args=$3 group=$4 gpu=${5:-} epochs=$EPOCHS_VIT
   local -a cmd
   [[ $script == train_lm.py ]] && epochs=$EPOCHS_LM
-  mapfile -t cmd < <(command_for "$exp_id" "$script" "$args")
+  mapfile -t cmd < <(command_for "$exp_id" "$script" "$args" "$group")
   if [[ $DRY_RUN == 1 ]]; then
     echo "${gpu:+CUDA_VISIBLE_DEVICES=$gpu }${cmd[*]}"
     return 0
@@ -234,6 +236,16 @@ descendants() {  # pid -> every process below it, deepest first (from /proc: no 
   done
 }
 
+embeddings() {  # EMBEDDINGS, with auto resolved: GPT-1's when the LM data is the token files
+  if [[ $EMBEDDINGS != auto ]]; then
+    echo "$EMBEDDINGS"
+  elif [[ $QUICK != 1 && -f $LM_DATA/wiki.train.npz ]]; then
+    echo gpt1
+  else
+    echo none
+  fi
+}
+
 interrupted() {  # Ctrl-C or TERM: stop every run, the parallel workers' too
   trap '' INT TERM
   echo "== interrupted: stopping every run; run the same command again to resume" >&2
@@ -247,6 +259,7 @@ interrupted() {  # Ctrl-C or TERM: stop every run, the parallel workers' too
 
 main() {
   check_settings
+  EMB=$(embeddings)
   if ! [[ $SHARD =~ ^[0-9]+/[1-9][0-9]*$ ]] || (( ${SHARD%/*} >= ${SHARD#*/} )); then
     echo "error: SHARD must be i/N with 0 <= i < N, got '$SHARD'" >&2
     exit 2
@@ -265,14 +278,23 @@ main() {
     exit 2
   fi
   [[ $DRY_RUN == 1 ]] || preflight "${runs[@]}"
+  EMB=$(embeddings)
+  if [[ $DRY_RUN != 1 && $EMB == gpt1 ]] && printf '%s\n' "${runs[@]}" | grep -q '|train_lm.py|.*|reference$'; then
+    # shellcheck disable=SC2016
+    "$PYTHON" -c 'import sys, gpt1, utils
+try:
+    gpt1.gpt1_embeddings(sys.argv[1])
+except utils.UserError as e:
+    sys.exit(f"error: EMBEDDINGS=gpt1: {e} (EMBEDDINGS=none learns them instead)")' "$LM_DATA" || exit 2
+  fi
   FAILED=$(mktemp)
   trap 'rm -f "$FAILED"' EXIT
   trap interrupted INT TERM
-  local line exp_id script args
+  local line exp_id script args group
   if [[ -z $GPUS ]]; then
     for line in "${runs[@]}"; do
-      IFS='|' read -r exp_id script args <<<"$line"
-      run_one "$exp_id" "$script" "$args"
+      IFS='|' read -r exp_id script args group <<<"$line"
+      run_one "$exp_id" "$script" "$args" "$group"
     done
   else
     # One worker per GPU, each taking every k-th run of the list; the workers run in parallel.
@@ -284,8 +306,8 @@ main() {
       (
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}
         for (( i = k; i < ${#runs[@]}; i += ${#gpus[@]} )); do
-          IFS='|' read -r exp_id script args <<<"${runs[i]}"
-          run_one "$exp_id" "$script" "$args" "${gpus[k]}"
+          IFS='|' read -r exp_id script args group <<<"${runs[i]}"
+          run_one "$exp_id" "$script" "$args" "$group" "${gpus[k]}"
         done
       ) &
     done

@@ -285,6 +285,15 @@ class TestCifar(TempDir):
             second = load_cifar10(folder, CPU)
         for s in first.splits:
             torch.testing.assert_close(first.splits[s][0], second.splits[s][0])
+        # a cache whose arrays do not fit (dtype, labels out of range) is rebuilt, not used
+        with np.load(folder / data.CACHE_NAME) as z:
+            arrays = dict(z)
+        for damage in (dict(train_x=arrays["train_x"].astype(np.float32)), dict(test_y=arrays["test_y"] + 7)):
+            np.savez(folder / data.CACHE_NAME, **dict(arrays, **damage))
+            third = load_cifar10(folder, CPU)
+            for s in first.splits:
+                self.assertTrue(torch.equal(first.splits[s][0], third.splits[s][0]))
+                self.assertTrue(torch.equal(first.splits[s][1], third.splits[s][1]))
         # a changed folder invalidates the cache
         write_image_folder(self.tmp / "cifar", per_class=(13, 4), suffix=".jpg", seed=1)
         changed = load_cifar10(folder, CPU).splits

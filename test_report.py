@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,10 +115,20 @@ class TestSweepList(unittest.TestCase):
 
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
-                              (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'")):
+                              (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'"),
+                              (dict(QUICK="2"), "QUICK must be"), (dict(SEEDS="1 x"), "integers, got 'x'"),
+                              (dict(EPOCHS_LM="0"), "EPOCHS_LM must be a positive integer"),
+                              (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(ONLY="(vit"), "not a valid grep"),
+                              (dict(DEVICE="tpu"), "DEVICE must be")):
             proc = sweep(dict(DRY_RUN="1", **env))
-            self.assertEqual(proc.returncode, 2)
+            self.assertEqual(proc.returncode, 2, env)
+            self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
             self.assertIn(fragment, proc.stderr)
+        proc = sweep(dict(DRY_RUN="maybe"))
+        self.assertEqual((proc.returncode, proc.stderr.strip()), (2, "error: DRY_RUN must be 1, true or yes (or 0, "
+                                                                      "false, no), got 'maybe'"))
+        self.assertEqual(len(dry_run(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference")), 1)
+        self.assertEqual(len(dry_run(SEEDS="7 7 8", ONLY="^vit_L2_sgd$")), 2)  # a repeated seed runs once
 
 
 class TestSweepMechanics(TempDir):
@@ -152,11 +163,12 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(proc.stdout.count("done, skipped"), 3)
 
 
-def write_run(root, exp_id, config, rows, summary=None):
+def write_run(root, exp_id, config, rows, summary=None, changed=None):
     run = Path(root) / exp_id
     run.mkdir(parents=True)
     # as the trainers write it: the configuration's name (the seeds' common name) and the non-settings
-    naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"])
+    naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"],
+                  **({} if changed is None else dict(changed=changed)))
     (run / "config.json").write_text(json.dumps(dict(exp_id=exp_id, naming=naming, **config)))
     if rows is not None:
         with open(run / "metrics.csv", "w", newline="") as f:
@@ -329,6 +341,66 @@ class TestPlot(TempDir):
 
     def test_no_runs_is_an_error(self):
         self.assertEqual(plot.main(["--log_dir", str(self.tmp / "none")]), 2)
+
+
+class TestAgainstTheReport(TempDir):
+    def make_logs(self):
+        logs = self.tmp / "logs"
+        vit = dict(task="vit", block="prenorm", optimizer="adamw", lr=3e-4, batch_size=128)
+        rows = vit_rows([0.5 + 0.0048 * e for e in range(50)])  # best valid 0.7352
+        write_run(logs, "vit_L6_adamw_s42", dict(vit, layers=6, epochs=50), rows,
+                  dict(best_test_acc=0.7301, test_acc=0.7290, params_learnable=3195146), changed=dict(layers=6))
+        write_run(logs, "vit_L2_sgd_s42", dict(vit, layers=2, optimizer="sgd", epochs=50), vit_rows([0.2]),
+                  dict(best_test_acc=0.2), changed=dict(optimizer="sgd", limit_batches=2))
+        lm = dict(task="lm", model="lstm", layers=1, optimizer="adam", epochs=10, embeddings="gpt1")
+        lm_rows = [dict(epoch=e, train_loss=5.0, train_ppl=150.0, valid_loss=5.1, valid_ppl=165.0, lr=1e-3,
+                        train_time=60.0, valid_time=3.0, elapsed=63.0 * e, tokens_per_s=1e4, peak_mem_mb=900.0,
+                        mem_pct=1.0) for e in range(1, 11)]
+        write_run(logs, "lm_lstm_L1_adam_s42", lm, lm_rows, dict(best_test_ppl=160.0, test_ppl=161.0),
+                  changed=dict(optimizer="adam", embeddings="gpt1"))
+        return logs
+
+    def test_the_summary_opens_with_what_was_reproduced_and_the_tables_show_the_report(self):
+        logs = self.make_logs()
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        summary = (logs / "report" / "summary.md").read_text()
+        self.assertLess(summary.index("against the reference report"), summary.index("Fastest per epoch"))
+        self.assertIn("Config 6 (layers 6 block prenorm optimizer adamw): **reproduced**, test acc 0.7301 against "
+                      "the report's 0.7288 (+0.0013", summary)
+        self.assertIn("Config 3 (layers 2 block prenorm optimizer sgd): not measured here (vit_L2_sgd: 1 of the "
+                      "report's 50 epochs; other settings (limit_batches))", summary)
+        self.assertIn("Config 7 (layers 6 block postnorm optimizer adamw): not measured here (no run of it)", summary)
+        self.assertIn("Config 1 (model lstm layers 1 optimizer adam): **not reproduced**, test ppl 160 against the "
+                      "report's 148.5 (+11.47", summary)
+        self.assertIn("overlapped its training split", summary)
+        table = (logs / "report" / "summary_vit.md").read_text()
+        self.assertIn("| report | difference |", table)
+        row = next(line for line in table.splitlines() if "| vit_L6_adamw |" in line)
+        self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 |"), row)
+        smoke = next(line for line in table.splitlines() if "| vit_L2_sgd |" in line)
+        self.assertTrue(smoke.endswith("| 0.2352 (best valid acc) | -0.0352 (other settings) |"), smoke)
+
+    def test_one_self_contained_page(self):
+        logs = self.make_logs()
+        plot.main(["--log_dir", str(logs)])
+        page = (logs / "report" / "index.html").read_text()
+        self.assertEqual(page.count('src="data:image/png;base64,'), len(list((logs / "report").glob("*.png"))))
+        self.assertNotIn("<script", page)
+        self.assertNotIn("http", page)  # nothing fetched from a network
+        self.assertIn("<table>", page)
+        self.assertIn("<b>reproduced</b>", page)
+
+    @unittest.skipUnless(shutil.which("chromium") or shutil.which("chromium-browser"), "no browser installed")
+    def test_the_page_renders_in_a_browser(self):
+        logs = self.make_logs()
+        plot.main(["--log_dir", str(logs)])
+        shot = self.tmp / "page.png"
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                        "--window-size=1280,2400", (logs / "report" / "index.html").as_uri()],
+                       capture_output=True, timeout=120)
+        self.assertEqual(shot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(shot.stat().st_size, 50_000)  # a page with figures, not a blank one
 
 
 class TestQuickSweep(TempDir):

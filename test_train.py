@@ -684,15 +684,18 @@ class TestGenerate(CliCase):
 
     def test_token_id_runs_print_ids_and_say_why(self):
         run_dir, _, _ = self.lm("--epochs", "1", data=write_token_files(self.tmp / "tok"))
-        code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "5", "--prompt", "3 7 9"])
+        offline = mock.patch.object(generate.Vocabulary, "find", side_effect=OSError("no network"))
+        with offline:
+            code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "5", "--prompt", "3 7 9"])
         self.assertEqual(code, 0, err)
-        self.assertIn("no vocab.txt", err)
+        self.assertIn("encoder_bpe_40000.json and vocab_40000.bpe in", err)
         ids = [int(t) for t in out.split()]
         self.assertEqual(len(ids), 5)
         self.assertTrue(all(0 < i < 50 for i in ids))
-        code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "the cat"])
+        with offline:
+            code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "the cat"])
         self.assertEqual(code, 2)
-        self.assert_refused(err, "token ids")
+        self.assertIn("error: this run was trained on token ids", err)
 
 
 class TestDefaults(unittest.TestCase):
@@ -873,6 +876,25 @@ class TestNothingLost(CliCase):
         (data / "train" / CLASSES[0] / "0000.png").symlink_to(self.tmp / "gone.png")
         self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(self.logs), *VIT_TINY],
                      "cannot read image")
+
+    def test_generate_on_damaged_runs(self):
+        run_dir, _, _ = self.lm("--epochs", "1", exp_id="words")
+        other, _, _ = self.lm("--epochs", "1", "--hidden_size", "8", exp_id="other")
+        vocab = (run_dir / "vocab.txt").read_text()
+        cases = [("vocab.txt", vocab.splitlines(keepends=True)[:-3], "vocab.txt is damaged"),
+                 ("vocab.txt", [w for w in vocab.splitlines(keepends=True) if w != "<unk>\n"] + ["extra\n"],
+                  "vocab.txt is damaged"),
+                 ("best.pt", (other / "best.pt").read_bytes(), "does not fit the model"),
+                 ("best.pt", b"", "cannot load"), ("config.json", "[]", "not a language-model run")]
+        for name, content, fragment in cases:
+            with self.subTest(name=name, fragment=fragment):
+                original = (run_dir / name).read_bytes()
+                data = content if isinstance(content, bytes) else "".join(content).encode()
+                (run_dir / name).write_bytes(data)
+                self.refused("generate.py", ["--run", str(run_dir), "--words", "3"], fragment)
+                (run_dir / name).write_bytes(original)
+        self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], "not a readable run directory")
+        self.refused("generate.py", ["--run", str(run_dir), "--temperature", "inf"], "temperature")
 
     def test_damaged_checkpoints_and_names(self):
         run_dir, _, _ = self.vit("--epochs", "1", exp_id="r")

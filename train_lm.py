@@ -19,6 +19,7 @@ import torch
 from config import TrainConfig, option, parse_config
 from data import Windows, index_batches, load_wikitext
 from engine import train
+from gpt1 import gpt1_embeddings
 from models import CORES, LanguageModel, count_params
 from utils import UserError, check, cli, epoch_generator, first_process_first, log
 
@@ -31,10 +32,14 @@ class Config(TrainConfig):
                         ["prenorm", "postnorm"], group="model")
     batch_size: int = option(16, "windows of seq_len tokens per optimizer step", group="optimisation")
     lr: float = option(1e-3, "learning rate", group="optimisation")
-    data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt", group="data")
+    data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt; "
+                              "what is missing is downloaded there", group="data")
+    data_format: str = option("auto", "tokens: the reference's GPT-1 token ids; words: word-level text; auto: "
+                              "whichever is there, token files first", ["auto", "tokens", "words"], group="data")
     seq_len: int = option(256, "tokens per window (each predicts the next token)", group="data")
-    embeddings: str = option("", ".npz with array 'tokens' (vocab x embedding_size); frozen unless "
-                             "--learn_embeddings", group="model")
+    embeddings: str = option("", "gpt1: GPT-1's pretrained token embeddings (the reference's; fetched once "
+                             "beside the token files), or an .npz with array 'tokens' (vocab x embedding_size); "
+                             "frozen unless --learn_embeddings", group="model")
     learn_embeddings: bool = option(False, "train embeddings loaded with --embeddings", group="model")
     embedding_size: int = option(768, "embedding width (tied to the output layer)", group="model")
     hidden_size: int = option(512, "recurrent state or transformer width", group="model")
@@ -125,14 +130,15 @@ def build_model(args, embeddings=None):
 
 def build(cfg, device):
     with first_process_first():  # under torchrun one process downloads, then the rest read
-        corpus = load_wikitext(cfg.data_folder, device)
+        corpus = load_wikitext(cfg.data_folder, device, cfg.data_format)
+        path = gpt1_embeddings(cfg.data_folder) if cfg.embeddings == "gpt1" else cfg.embeddings
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
         + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
     smallest = min(w.num_windows for w in task.windows.values())
     check(cfg.batch_size <= smallest,
           f"--batch_size {cfg.batch_size} is larger than the smallest split ({smallest} windows of {cfg.seq_len})")
-    embeddings = load_embeddings(cfg.embeddings, corpus.vocab_size, cfg.embedding_size) if cfg.embeddings else None
+    embeddings = load_embeddings(path, corpus.vocab_size, cfg.embedding_size) if path else None
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
     model = build_model(model_args, embeddings)
     frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"

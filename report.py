@@ -1,0 +1,165 @@
+"""The reference report's numbers beside ours, and the whole report as one HTML page. plot.py calls
+these; the report's numbers are data, in reference.json.
+
+    python plot.py --log_dir logs      # summary.md opens with what was reproduced; report/index.html
+
+A configuration of ours measures one of the report's when it has the same identity (layers, block,
+optimizer; the LM's core), changed no other setting from the defaults (which are the report's), ran
+the report's epochs to the end, and, for the LM, used GPT-1's frozen embeddings as the report did.
+"""
+import base64
+import html
+import json
+import re
+from pathlib import Path
+
+REFERENCE = Path(__file__).resolve().parent / "reference.json"
+IDENTITY = {"vit": ("layers", "block", "optimizer"), "lm": ("model", "layers", "optimizer")}
+ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings"}}
+
+
+def load_reference(path=REFERENCE):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def reference_config(group, ref):
+    """The report's configuration with this group's identity, or None."""
+    configs = (ref or {}).get(group.task, {}).get("configs", [])
+    return next((rc for rc in configs if all(group.config.get(k) == rc.get(k) for k in IDENTITY[group.task])), None)
+
+
+def not_comparable(group, ref):
+    """Why this group's runs do not measure the report's configuration ('' when they do)."""
+    task, reasons = group.task, set()
+    want = ref[task]["settings"]["epochs"]
+    for r in group.runs:
+        changed = (r.config.get("naming") or {}).get("changed")
+        other = sorted(set(changed or {}) - ALLOWED[task])
+        if changed is None or other:
+            reasons.add("other settings" + (f" ({', '.join(other)})" if other else ""))
+        if task == "lm" and "gpt1" not in str(r.config.get("embeddings", "")):
+            reasons.add("not GPT-1's frozen embeddings")
+        if r.config.get("epochs") != want or len(r.rows) < want:
+            reasons.add(f"{len(r.rows)} of the report's {want} epochs")
+    return "; ".join(sorted(reasons))
+
+
+def reported(task, rc):
+    """(what is compared, the report's value): its test metric where it gives one, else best valid."""
+    m = "acc" if task == "vit" else "ppl"
+    return (f"test {m}", rc[f"test_{m}"]) if f"test_{m}" in rc else (f"best valid {m}", rc.get(f"best_valid_{m}"))
+
+
+def ours(group, what):
+    """Our value (mean over seeds) of what the report gives: the test of our best-valid model, or the best valid."""
+    kind, m = what.rsplit(" ", 1)
+    return group.summary_value(f"best_test_{m}")[0] if kind == "test" else group.best_of(f"valid_{m}")[0]
+
+
+def verdict(task, ours, theirs, ref):
+    """(difference, reproduced / better / not reproduced) within the stated tolerance."""
+    tol = ref["tolerance"]
+    if task == "vit":
+        diff, close = ours - theirs, abs(ours - theirs) <= tol["acc"]
+        better = diff > 0
+    else:
+        diff, close = ours - theirs, abs(ours / theirs - 1) <= tol["ppl_relative"]
+        better = diff < 0
+    return diff, "reproduced" if close else "better than the report" if better else "not reproduced"
+
+
+def compare(groups, task, ref):
+    """One line per configuration the report measured: what our runs say about it."""
+    if not ref or task not in ref:
+        return []
+    tol = ref["tolerance"]
+    within = f"{tol['acc'] * 100:g} accuracy points" if task == "vit" else f"{tol['ppl_relative']:.0%} perplexity"
+    lines = [f"### {'ViT' if task == 'vit' else 'LM'} against the reference report (reproduced: within {within})", ""]
+    for rc in ref[task]["configs"]:
+        name = " ".join(f"{k} {rc[k]}" for k in IDENTITY[task])
+        what, theirs = reported(task, rc)
+        if theirs is None:
+            continue  # the report gives no metric for this configuration (only its time)
+        matching = [g for g in groups if reference_config(g, ref) is rc]
+        fair = [g for g in matching if not not_comparable(g, ref)]
+        value = ours(fair[0], what) if fair else None
+        if not fair:
+            why = "; ".join(f"{g.name}: {not_comparable(g, ref)}" for g in matching) or "no run of it"
+            lines.append(f"- Config {rc['config']} ({name}): not measured here ({why}).")
+        elif value is None:
+            lines.append(f"- Config {rc['config']} ({name}): {fair[0].name} has no {what} yet.")
+        else:
+            diff, status = verdict(task, value, theirs, ref)
+            seeds = len(fair[0].runs)
+            lines.append(f"- Config {rc['config']} ({name}): **{status}**, {what} {value:.4g} against the report's "
+                         f"{theirs:.4g} ({diff:+.4g}; {fair[0].name}, {seeds} seed{'s' * (seeds > 1)}).")
+    return lines + ([""] + [ref.get("note", "")] if task == "vit" else []) + [""]
+
+
+def table_cells(group, ref):
+    """The report column and our difference from it, for a results table row."""
+    rc = reference_config(group, ref) if ref else None
+    if rc is None:
+        return ["", ""]
+    what, theirs = reported(group.task, rc)
+    value = ours(group, what)
+    if theirs is None:
+        return ["", ""]
+    why = not_comparable(group, ref)
+    diff = "" if value is None else f"{value - theirs:+.4f}" + (" (other settings)" if why else "")
+    return [f"{theirs:.4f} ({what})", diff]
+
+
+def markdown(columns, rows):
+    """A markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]) + "\n"
+
+
+def markdown_to_html(text):
+    """The summaries' own markdown (headings, lists, tables, bold, paragraphs) as HTML."""
+    out, table = [], []
+    inline = lambda s: re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(s))  # noqa: E731
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(re.fullmatch(r"-+", c) for c in cells):
+                table.append(cells)
+            continue
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
+                       + "</table>")
+            table = []
+        level = len(line) - len(line.lstrip("#"))
+        if level and line[level:level + 1] == " ":
+            out.append(f"<h{level}>{inline(line[level + 1:])}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    return "\n".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}li{margin:.2em 0}"""
+
+
+def write_html(out_dir, sections, figures):
+    """report/index.html: one self-contained page (figures embedded as PNG data; no network, no
+    scripts) with the summary, the tables and every figure."""
+    body = [markdown_to_html(text) for text in sections]
+    for path in figures:
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        body.append(f'<h3>{html.escape(Path(path).stem)}</h3><img alt="{html.escape(Path(path).name)}" '
+                    f'src="data:image/png;base64,{data}">')
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report</title><style>{STYLE}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
+    path = Path(out_dir) / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

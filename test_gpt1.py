@@ -1,0 +1,183 @@
+"""The reference's LM set-up from public sources, against a local HTTP server serving fixtures in the
+real formats: the token files (sha256), GPT-1's parameters and vocabulary (git blob ids), corrupted
+and interrupted downloads; and, when the real files are here, GPT-1's decoding of Wikitext-2."""
+import functools
+import hashlib
+import http.server
+import io
+import json
+import threading
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+import gpt1
+from test_data import TempDir, write_token_files
+from utils import UserError
+
+REAL = Path(__file__).resolve().parent.parent / "shared" / "data"
+SHAPES = ((4, 3), (6, 3), (5,))  # positions, tokens, the rest: 35 numbers over three files
+
+
+class Server:
+    """http.server on 127.0.0.1 serving a folder; `cut` names files sent with a Content-Length larger
+    than their body, then the connection closed (an interrupted download)."""
+
+    def __init__(self, root, cut=()):
+        cut = set(cut)
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = Path(root) / self.path.lstrip("/")
+                if path.name in cut:
+                    body = path.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body) * 2))
+                    self.end_headers()
+                    self.wfile.write(body[:len(body) // 2])
+                    self.close_connection = True
+                    return
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def write_params(folder):
+    """params_{0,1,2}.npy: the concatenation 0, 1, ..., 34 split 16 / 16 / 3, and their blob ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    flat = np.arange(35, dtype=np.float32)
+    blobs = {}
+    for i, piece in enumerate(np.split(flat, [16, 32])):
+        buf = io.BytesIO()
+        np.save(buf, piece)
+        (folder / f"params_{i}.npy").write_bytes(buf.getvalue())
+        blobs[f"params_{i}.npy"] = gpt1.git_blob_id(buf.getvalue())
+    return blobs
+
+
+class TestEmbeddings(TempDir):
+    def test_the_token_table_is_read_at_its_offset_with_a_padding_row(self):
+        blobs = write_params(self.tmp / "served")
+        with Server(self.tmp / "served") as server:
+            path = gpt1.gpt1_embeddings(self.tmp / "data", server.url, blobs, SHAPES)
+        with np.load(path, allow_pickle=False) as d:
+            table = d["tokens"]
+        expected = np.concatenate([np.zeros((1, 3)), np.arange(12, 30).reshape(6, 3)]).astype(np.float32)
+        np.testing.assert_array_equal(table, expected)
+        # made once: later runs reuse it, with no server
+        self.assertEqual(gpt1.gpt1_embeddings(self.tmp / "data", "http://127.0.0.1:9/", blobs, SHAPES), path)
+
+    def test_a_corrupted_or_interrupted_download_leaves_nothing(self):
+        blobs = write_params(self.tmp / "served")
+        good = (self.tmp / "served" / "params_1.npy").read_bytes()
+        (self.tmp / "served" / "params_1.npy").write_bytes(good[:-4] + b"\0\0\0\0")
+        with Server(self.tmp / "served") as server, self.assertRaisesRegex(UserError, "not the pinned file"):
+            gpt1.gpt1_embeddings(self.tmp / "data", server.url, blobs, SHAPES)
+        (self.tmp / "served" / "params_1.npy").write_bytes(good)
+        with Server(self.tmp / "served", cut={"params_1.npy"}) as server, \
+                self.assertRaisesRegex(UserError, "cannot fetch GPT-1's parameters"):
+            gpt1.gpt1_embeddings(self.tmp / "data", server.url, blobs, SHAPES)
+        self.assertEqual(list((self.tmp / "data").glob("*")) if (self.tmp / "data").exists() else [], [])
+
+    def test_offline_names_the_file_to_put_where(self):
+        with self.assertRaises(UserError) as ctx:
+            gpt1.gpt1_embeddings(self.tmp / "data", "http://127.0.0.1:9/", None, SHAPES)
+        self.assertIn(f"put gpt1_embeddings.npz (array 'tokens', 40,479 x 768) into {self.tmp / 'data'}",
+                      str(ctx.exception))
+
+
+class TestTokenFiles(TempDir):
+    def test_download_is_verified_and_moved_in_only_when_all_three_are_good(self):
+        served = write_token_files(self.tmp / "served")
+        sha = {name: hashlib.sha256((served / name).read_bytes()).hexdigest() for name in data.TOKEN_SHA256}
+        with Server(served) as server:
+            data.download_token_files(self.tmp / "good", server.url, sha)
+            for name in sha:
+                self.assertEqual((self.tmp / "good" / name).read_bytes(), (served / name).read_bytes())
+            bad = dict(sha, **{"wiki.test.npz": "0" * 64})
+            with self.assertRaisesRegex(OSError, "sha256"):
+                data.download_token_files(self.tmp / "bad", server.url, bad)
+        with Server(served, cut={"wiki.validation.npz"}) as server, self.assertRaisesRegex(OSError, "wiki.validation"):
+            data.download_token_files(self.tmp / "cut", server.url, sha)
+        for folder in ("bad", "cut"):
+            self.assertFalse((self.tmp / folder).exists() and any((self.tmp / folder).iterdir()))
+
+    def test_auto_downloads_the_token_files_and_offline_names_both_formats(self):
+        served = write_token_files(self.tmp / "served")
+        sha = {name: hashlib.sha256((served / name).read_bytes()).hexdigest() for name in data.TOKEN_SHA256}
+        with Server(served) as server, unittest.mock.patch.object(data, "TOKEN_URL", server.url), \
+                unittest.mock.patch.object(data, "TOKEN_SHA256", sha):
+            corpus = data.load_wikitext(self.tmp / "wiki", torch.device("cpu"))
+        self.assertIsNone(corpus.vocab)  # the token files, not the text
+        with unittest.mock.patch.object(data, "TOKEN_URL", "http://127.0.0.1:9/"), \
+                unittest.mock.patch.object(data, "WIKITEXT_URLS", ("http://127.0.0.1:9/w.zip",)), \
+                self.assertRaises(UserError) as ctx:
+            data.load_wikitext(self.tmp / "offline", torch.device("cpu"))
+        for fragment in ("wiki.train.npz", "(GPT-1 token ids, the reference's)", "train.txt", "(word-level text)"):
+            self.assertIn(fragment, str(ctx.exception))
+
+
+class TestVocabulary(TempDir):
+    def vocabulary(self):
+        encoder = {"<unk>": 0, "a": 1, "b": 2, "a</w>": 3, "b</w>": 4, "ab</w>": 5, "ba": 6, "bab</w>": 7}
+        return gpt1.Vocabulary(encoder, ["b a", "a b</w>", "ba b</w>", ""])
+
+    def test_merges_by_rank_word_ends_and_ids_plus_one(self):
+        vocab = self.vocabulary()
+        self.assertEqual(vocab.bpe("ab"), ["ab</w>"])
+        self.assertEqual(vocab.bpe("bab"), ["bab</w>"])  # "b a" first (rank 0), then "ba b</w>"
+        self.assertEqual(vocab.bpe("aab"), ["a", "ab</w>"])
+        ids = vocab.encode("AB bab a")
+        self.assertEqual(ids, [6, 8, 4])  # GPT-1 ids 5, 7, 3, plus one
+        self.assertEqual(vocab.decode(ids), "ab bab a")
+        self.assertEqual(vocab.encode("c"), [1])  # unknown: <unk>
+
+    def test_files_are_fetched_verified_and_kept_beside_the_data(self):
+        served = self.tmp / "served"
+        served.mkdir()
+        (served / "encoder_bpe_40000.json").write_text(json.dumps({"<unk>": 0, "a</w>": 1}))
+        (served / "vocab_40000.bpe").write_text("#version: 0.2\n")
+        blobs = {n: gpt1.git_blob_id((served / n).read_bytes()) for n in ("encoder_bpe_40000.json", "vocab_40000.bpe")}
+        with Server(served) as server:
+            vocab = gpt1.Vocabulary.find(self.tmp / "data", server.url, blobs)
+            self.assertEqual(vocab.encode("a a"), [2, 2])
+            with self.assertRaisesRegex(OSError, "not the pinned file"):
+                gpt1.Vocabulary.find(self.tmp / "other", server.url, dict(blobs, **{"vocab_40000.bpe": "0" * 40}))
+        self.assertTrue((self.tmp / "data" / "vocab_40000.bpe").exists())
+
+    @unittest.skipUnless((REAL / "gpt1" / "encoder_bpe_40000.json").exists(), "the real GPT-1 vocabulary is not here")
+    def test_real_token_files_decode_to_wikitext_and_text_round_trips(self):
+        vocab = gpt1.Vocabulary.find(REAL / "gpt1")
+        with np.load(REAL / "wikitext2" / "wiki.validation.npz") as d:
+            tokens, sizes = d["tokens"], d["sizes"]
+        self.assertEqual(vocab.decode(tokens[:sizes[0]].tolist()), "= homarus gammarus =")
+        lines = (REAL / "wikitext2-words" / "valid.txt").read_text(encoding="utf-8-sig").splitlines()[:1000]
+        checked = 0
+        for line in lines:
+            text = " ".join(line.lower().split())
+            text = text.replace("—", "-").replace("–", "-").replace("‘", "'").replace("’", "'").replace("′", "'")
+            if "♭" in text:  # not in GPT-1's vocabulary
+                continue
+            self.assertEqual(vocab.decode(vocab.encode(text)), text)
+            checked += 1
+        self.assertGreater(checked, 990)
+
+
+if __name__ == "__main__":
+    unittest.main()
