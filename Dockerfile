@@ -39,7 +39,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --no-cache-dir -r requirements.txt; \
     fi
 
-COPY *.py runs.sh README.md ./
+COPY *.py *.json runs.sh README.md ./
 RUN useradd --create-home --uid 1000 trainer \
     && mkdir -p /app/data /app/logs \
     && chown trainer:trainer /app/data /app/logs

@@ -90,6 +90,8 @@ class TrainConfig:
     no_progress: bool = option(False, "no progress bars")
     resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint")
     overwrite: bool = option(False, "delete an existing run directory of the same name and start again")
+    keep_checkpoint: bool = option(False, "keep checkpoint.pt when the run finishes, so that it can be extended "
+                                   "with --resume --epochs N (best weights and logs stay either way)")
     device: str = option("auto", "auto picks CUDA when there is one", ["auto", "cpu", "cuda"], group="performance")
     precision: str = option("auto", "auto: bf16 on GPUs that run it natively (compute capability 8.0+), fp16 "
                             "with loss scaling on older GPUs, fp32 on CPU", ["auto", "fp32", "bf16", "fp16"],
@@ -99,7 +101,7 @@ class TrainConfig:
 
     # Settings that do not change what a run computes: they may differ on resume and stay out of
     # default names. NOT_SETTINGS are, besides, never compared between runs (seeds are averaged).
-    MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite")
+    MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite", "keep_checkpoint")
     NOT_IN_NAME = MAY_DIFFER_ON_RESUME + ("exp_id", "device")
     NOT_SETTINGS = NOT_IN_NAME + ("seed",)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rundir import RunDir, atomic_write, existing_run, prepare_run_dir, run_lock, save_json
+from rundir import RunDir, atomic_write, existing_run, prepare_run_dir, run_lock
 from utils import Diverged, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, set_rng_state, \
     setup, shard, sync, unwrap, world_size
 
@@ -353,8 +353,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, dtype=None, extra_config=N
     check(progress.history, "no epoch was trained")
     summary = test_and_summarise(model, task, cfg, run, progress, step.ema, dtype, device)
     summary["compile_seconds"] = compile_seconds
-    if run.main:
-        save_json(summary, run.path / "summary.json")
+    run.finish(summary)
     barrier()
     return summary
 
@@ -376,7 +375,7 @@ def test_and_summarise(model, task, cfg, run, progress, ema, dtype, device):
     def test(net, weights=None):
         barrier()  # best.pt and best_ema.pt are written by the first process
         if weights is not None:
-            net.load_state_dict(run.load_weights(weights))
+            run.load_weights(net, weights)
         return run_epoch(net, task, "test", 0, None, cfg, dtype)
 
     final = test(model)

@@ -17,8 +17,8 @@ import torch
 
 from config import Parser
 from gpt1 import Vocabulary
-from rundir import load_torch
-from train_lm import build_model
+from rundir import load_torch, load_trained
+from train_lm import build_model, embeddings_path, file_sha256, load_embeddings
 from utils import UserError, check, cli, first_line
 
 
@@ -37,16 +37,19 @@ def load_run(run_dir):
     check(isinstance(config, dict) and config.get("task") == "lm", f"{run_dir} is not a language-model run")
     check(isinstance(config.get("model_args"), dict), f"{run_dir}/config.json has no model_args")
     check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
+    embeddings = None
+    if config.get("embeddings_sha256"):  # frozen embeddings: not in best.pt, reloaded from their file
+        path = embeddings_path(config)
+        check(path.is_file() and file_sha256(path) == config["embeddings_sha256"], f"{run_dir} was trained with "
+              f"frozen embeddings from {path}, which is missing or has changed since")
+        embeddings = load_embeddings(path, config["model_args"]["vocab_size"], config["model_args"]["embedding_size"])
     try:
-        model = build_model(config["model_args"])
+        model = build_model(config["model_args"], embeddings)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{run_dir}/config.json: model_args do not describe a model ({e})") from None
     weights = load_torch(run_dir / "best.pt")
-    try:
-        model.load_state_dict(weights["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise UserError(f"{run_dir}/best.pt does not fit the model in its config.json: "
-                        f"{str(e).strip().splitlines()[0][:200]}") from None
+    check(isinstance(weights, dict) and "model" in weights, f"{run_dir}/best.pt holds no model weights")
+    load_trained(model, weights["model"], f"{run_dir}/best.pt (for the model in its config.json)")
     vocab = None
     if (run_dir / "vocab.txt").exists():
         try:

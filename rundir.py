@@ -179,9 +179,13 @@ class RunDir:
     def resume(self, stateful):
         """Load checkpoint.pt into the stateful objects and the RNGs; a Progress, empty when starting."""
         path = self.path / "checkpoint.pt"
+        check(not (self.cfg.resume and not path.exists() and (self.path / "summary.json").exists()),
+              f"{self.path} is finished and its checkpoint.pt was removed (--keep_checkpoint keeps it): it cannot "
+              f"be continued; start another run")
         if not (self.cfg.resume and path.exists()):
             return Progress()
         ckpt = load_torch(path)
+        ckpt = ckpt if isinstance(ckpt, dict) else {}
         missing = [k for k in ("config", "model", "history", "best", "rng") if k not in ckpt]
         check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
               f"{', '.join(missing) or 'everything'}); start again with --overwrite")
@@ -193,7 +197,7 @@ class RunDir:
         check(not diffs, f"cannot resume {self.path} with a different configuration ({'; '.join(diffs)})")
         for key, obj in stateful.items():
             if obj is not None and ckpt.get(key) is not None:
-                obj.load_state_dict(ckpt[key])
+                load_trained(obj, ckpt[key]) if key == "model" else obj.load_state_dict(ckpt[key])
         set_rng_state(ckpt["rng"])
         if self.main:
             print(f"resuming {self.path} after epoch {len(ckpt['history'])}")
@@ -219,17 +223,45 @@ class RunDir:
         if new_norms:
             append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)
         if improved:
-            save_torch(dict(model=stateful["model"].state_dict(), epoch=epoch), self.path / "best.pt")
+            save_torch(dict(model=trained_state(stateful["model"]), epoch=epoch), self.path / "best.pt")
         if ema_improved:
             save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
-        save_torch(dict({k: (v.state_dict() if v is not None else None) for k, v in stateful.items()},
+        states = {k: (trained_state(v) if k == "model" else v.state_dict()) if v is not None else None
+                  for k, v in stateful.items()}
+        save_torch(dict(states,
                         epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),
                    self.path / "checkpoint.pt")
 
-    def load_weights(self, name):
+    def load_weights(self, model, name):
         state = load_torch(self.path / name)
         check(isinstance(state, dict) and "model" in state, f"{self.path / name} holds no model weights")
-        return state["model"]
+        load_trained(model, state["model"], self.path / name)
+
+    def finish(self, summary):
+        """summary.json; checkpoint.pt is for resuming, so a finished run drops it unless --keep_checkpoint."""
+        if self.main:
+            save_json(summary, self.path / "summary.json")
+            if not self.cfg.keep_checkpoint:
+                (self.path / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def trained_state(model):
+    """The model's weights without its frozen parameters (loaded from a file and never trained, such as
+    GPT-1's embeddings): the run reloads them from that file, so no checkpoint repeats them."""
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items() if id(v) not in frozen}
+
+
+def load_trained(model, state, source="the checkpoint"):
+    """Load weights saved by trained_state: every key but the frozen parameters' must be there."""
+    frozen = {k for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.nn.Parameter)
+              and not v.requires_grad}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"{source} does not fit the model: {first_line(e)[:200]}") from None
+    check(not unexpected and set(missing) <= frozen, f"{source} does not fit the model (missing "
+          f"{', '.join(sorted(set(missing) - frozen)[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'})")
 
 
 def json_plain(value):

@@ -377,7 +377,7 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("| report | difference |", table)
         row = next(line for line in table.splitlines() if "| vit_L6_adamw |" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 |"), row)
-        smoke = next(line for line in table.splitlines() if "| vit_L2_sgd |" in line)
+        smoke = next(line for line in table.splitlines() if "| vit_L2_sgd (smoke) |" in line)
         self.assertTrue(smoke.endswith("| 0.2352 (best valid acc) | -0.0352 (other settings) |"), smoke)
 
     def test_one_self_contained_page(self):
@@ -415,7 +415,11 @@ class TestQuickSweep(TempDir):
         for name in [f"{n}_s42" for n in set(REFERENCE) | EXTRAS | IMPROVED] + [f"{n}_s1" for n in NORMS]:
             self.assertTrue((logs / name / "summary.json").exists(), name)
         report = logs / "report"
-        self.assertIn("Pre- vs post-norm, with and without warmup", (report / "summary.md").read_text())
+        summary = (report / "summary.md").read_text()
+        self.assertIn("Smoke runs (`--limit_batches`, or fewer epochs than asked), tabulated but not compared", summary)
+        self.assertNotIn("Fastest per epoch", summary)  # no finding drawn from two batches
+        self.assertNotIn("Pre- vs post-norm", summary)
+        self.assertIn("(smoke)", (report / "summary_vit.md").read_text())
         for name in ("lm_epochs.png", "lm_time.png", "vit_epochs.png", "vit_time.png", "vit_grad_norms.png"):
             self.assertEqual((report / name).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
         for name in ("summary_lm.md", "summary_lm.csv", "summary_vit.md", "summary_vit.csv", "summary.md"):

@@ -32,9 +32,9 @@ from test_data import CLASSES, TempDir, write_image_folder, write_text_files, wr
 
 HERE = Path(__file__).resolve().parent
 LM_TINY = ["--embedding_size", "16", "--hidden_size", "16", "--seq_len", "8", "--batch_size", "4", "--no_progress",
-           "--num_heads", "4", "--mlp_dim", "32", "--device", "cpu"]
+           "--num_heads", "4", "--mlp_dim", "32", "--device", "cpu", "--keep_checkpoint"]
 VIT_TINY = ["--embed_dim", "32", "--hidden_dim", "64", "--num_heads", "4", "--batch_size", "8", "--no_progress",
-            "--device", "cpu"]
+            "--device", "cpu", "--keep_checkpoint"]
 LM_COLUMNS = ["epoch", "train_loss", "train_ppl", "valid_loss", "valid_ppl", "lr", "train_time", "valid_time",
               "elapsed", "tokens_per_s", "peak_mem_mb", "mem_pct"]
 VIT_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "train_time", "valid_time",
@@ -138,7 +138,8 @@ class TestLanguageModelCli(CliCase):
         np.savez(self.tmp / "emb.npz", tokens=table)
         run_dir, out, _ = self.lm("--embeddings", str(self.tmp / "emb.npz"), "--optimizer", "adam", data=data)
         weights = torch.load(run_dir / "best.pt", weights_only=True)["model"]
-        torch.testing.assert_close(weights["embedding.weight"], torch.from_numpy(table))
+        self.assertNotIn("embedding.weight", weights)  # frozen: reloaded from the file, not saved again
+        torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, torch.from_numpy(table))
         summary = json.loads((run_dir / "summary.json").read_text())
         self.assertEqual(summary["params_total"] - summary["params_learnable"], 50 * 16)
         config = json.loads((run_dir / "config.json").read_text())
@@ -260,7 +261,9 @@ class TestRefusals(CliCase):
 
     def test_unwritable_log_dir(self):
         (self.tmp / "file").write_text("not a folder")
-        code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file"), "--exp_id", "x", "--device", "cpu"])
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file"), "--exp_id", "x", "--data_folder",
+                                            str(data), *VIT_TINY])
         self.assertEqual(code, 2)
         self.assert_refused(err, "cannot write the run directory")
 
@@ -803,6 +806,40 @@ if __name__ == "__main__":
 def snapshot(root):
     """Every file under root and its bytes."""
     return {p: p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+class TestDisk(CliCase):
+    def test_a_finished_run_keeps_its_logs_and_best_weights_not_its_checkpoint(self):
+        argv = [a for a in VIT_TINY if a != "--keep_checkpoint"]
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        code, _, err = run(train_vit.main, ["--data_folder", str(data), "--log_dir", str(self.logs), "--exp_id", "d",
+                                            "--epochs", "1", *argv])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(p.name for p in (self.logs / "d").iterdir()),
+                         ["best.pt", "config.json", "metrics.csv", "summary.json"])
+        code, _, err = run(train_vit.main, ["--data_folder", str(data), "--log_dir", str(self.logs), "--exp_id", "d",
+                                            "--epochs", "2", "--resume", *argv])
+        self.assertEqual(code, 2)
+        self.assert_refused(err, "--keep_checkpoint")
+        self.assertEqual(len(read_csv(self.logs / "d" / "metrics.csv")), 1)  # nothing lost
+
+    def test_frozen_embeddings_are_not_saved_again_and_come_back_from_their_file(self):
+        data = write_token_files(self.tmp / "tok")
+        table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+        np.savez(self.tmp / "emb.npz", tokens=table)
+        run_dir, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npz"), "--epochs", "2", data=data)
+        for name in ("best.pt", "checkpoint.pt"):
+            keys = torch.load(run_dir / name, weights_only=True)["model"].keys()
+            self.assertFalse({"embedding.weight", "out.weight"} & set(keys), name)
+        model, _, _ = generate.load_run(run_dir)
+        torch.testing.assert_close(model.embedding.weight, torch.from_numpy(table))
+        resumed, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npz"), "--epochs", "3", "--resume", data=data)
+        np.savez(self.tmp / "emb.npz", tokens=table + 1)  # the file changed: neither resume nor sampling use it
+        _, _, err = self.lm("--embeddings", str(self.tmp / "emb.npz"), "--epochs", "4", "--resume", data=data, expect=2)
+        self.assert_refused(err, "embeddings_sha256")
+        code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "3"])
+        self.assertEqual(code, 2)
+        self.assert_refused(err, "has changed")
 
 
 class TestNothingLost(CliCase):

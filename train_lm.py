@@ -11,7 +11,9 @@ vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test
 or train/valid/test.txt (word-level text); with neither, the word-level text is downloaded.
 """
 import dataclasses
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ import torch
 from config import TrainConfig, option, parse_config
 from data import Windows, index_batches, load_wikitext
 from engine import train
-from gpt1 import gpt1_embeddings
+from gpt1 import EMBEDDINGS_FILE, gpt1_embeddings
 from models import CORES, LanguageModel, count_params
 from utils import UserError, check, cli, epoch_generator, first_process_first, log
 
@@ -102,6 +104,20 @@ class TextTask:
         return math.exp(loss) if loss < 700 else math.inf
 
 
+def embeddings_path(config):
+    """The embeddings file a run (its config.json) loaded."""
+    name = config.get("embeddings") or ""
+    return Path(config.get("data_folder") or ".") / EMBEDDINGS_FILE if name == "gpt1" else Path(name)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_embeddings(path, vocab_size, width):
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
@@ -146,8 +162,10 @@ def build(cfg, device):
         f"of {count_params(model, False):,} parameters")
     # word-level runs keep their vocabulary, so that samples can be decoded later
     files = {"vocab.txt": ("\n".join(corpus.vocab) + "\n").encode()} if corpus.vocab is not None else {}
+    # frozen embeddings are not saved with the weights: the file's checksum ties the run to it
+    frozen = dict(embeddings_sha256=file_sha256(path)) if path and not cfg.learn_embeddings else {}
     return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size,
-                             data_source=corpus.source), files
+                             data_source=corpus.source, **frozen), files
 
 
 @cli

@@ -38,7 +38,7 @@ def check(condition, message):
 def first_line(exc):
     """An exception as one short line, even when its message is empty."""
     lines = str(exc).strip().splitlines()
-    return (lines[0][:300] if lines else "") or type(exc).__name__
+    return (lines[0][:1500] if lines else "") or type(exc).__name__
 
 
 def cli(main):
