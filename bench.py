@@ -330,8 +330,10 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
     for name, unit, task, model, optimizer, cpu_slice in jobs:
         opt, _ = engine.make_optimizer(optimizer, model.parameters(), 3e-4, weight_decay=5e-4, device=device)
         limit = 0 if full else cpu_slice
-        for compiled in (False, True) if with_compile else (False,):
-            warm_up = engine.compile_model(model, task, dtype) if compiled else None
+        # eager, then compiled in place as --compile does, and on a GPU with CUDA graphs too
+        modes = ["default"] + ["reduce-overhead"] * (device.type == "cuda") if with_compile else []
+        for compiled in [False] + modes:
+            warm_up = engine.compile_model(model, task, dtype, mode=compiled) if compiled else None
             runs = []
             for epoch in (1, 2) if full else (1,):
                 train = engine.run_epoch(model, task, "train", epoch, engine.Step(opt), limited(limit), dtype)
@@ -340,7 +342,7 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
             train, valid = runs[-1]
             scale = lambda split: task.num_batches(split) / (limit or task.num_batches(split))  # noqa: E731
             seconds = train["seconds"] * scale("train") + valid["seconds"] * scale("valid")
-            how = f", compiled (warm-up {warm_up:.0f} s)" if compiled else ""
+            how = f", compiled, {compiled} (warm-up {warm_up:.0f} s)" if compiled else ""
             rows.append(dict(model=f"{name} ({train['count']:,} {unit}{', extrapolated' if limit else ''}{how}), "
                                    "train + valid", unit=f"{unit}/s", throughput=train["count"] / train["seconds"],
                              epoch_s=seconds, compiled=compiled, compile_s=warm_up))
@@ -367,7 +369,7 @@ def study_estimate(rows, compiled=False):
         a, b = by_name.get(f"LM LSTM-{layers}"), by_name.get("LM LSTM-1")
         return lstm1["epoch_s"] * (b["throughput"] / a["throughput"] if a and b else 1.0)
     seconds = 50 * sum(vit_epoch(L) for L in (2, 2, 2, 2, 4, 6, 6)) + 10 * sum(lstm_epoch(L) for L in (1, 1, 1, 1, 2, 4))
-    how = ", compiled" if compiled else ""
+    how = f", compiled ({compiled})" if compiled else ""
     return [dict(model=f"runs.sh reference group{how}, extrapolated (13 runs; total s)", unit="", throughput=None,
                  epoch_s=seconds)]
 
@@ -429,7 +431,7 @@ def main(argv=None):
         # The machine's rate drifts: the fastest of the ceilings measured at the start and after
         # every section (a few seconds each on a CPU) is what it can do.
         ceiling = max(ceiling, matmul_ceiling(device, args.quick, dtype))
-    rows += study_estimate(rows) + study_estimate(rows, compiled=True)
+    rows += sum((study_estimate(rows, mode) for mode in (False, "default", "reduce-overhead")), [])
     for r in rows:
         if r.get("tflops"):
             r["mfu"] = r["tflops"] * 1e12 / ceiling

@@ -63,8 +63,9 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     present = [f for k in wanted for f in kinds[k].values() if (folder / f).exists()]
     names = " or ".join(", ".join(kinds[k].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
                                                          else " (word-level text)") for k in wanted)
+    started = [k for k in wanted if any((folder / f).exists() for f in kinds[k].values())]  # the format begun
     check(not present, f"{folder} is incomplete: has {', '.join(present)}; put {names} there (missing: "
-          f"{', '.join(f for k in wanted for f in kinds[k].values() if not (folder / f).exists())})")
+          f"{', '.join(f for k in started for f in kinds[k].values() if not (folder / f).exists())})")
     errors = []
     for kind in wanted if download else []:
         try:

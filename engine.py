@@ -247,7 +247,7 @@ def progress_bar(n, split, cfg):
     return tqdm(total=n, desc=split, leave=False, dynamic_ncols=True)
 
 
-def compile_model(model, task, dtype):
+def compile_model(model, task, dtype, mode=None):
     """torch.compile in place (state_dict keys stay those of the plain model; a DDP module is compiled
     whole, so its gradient all-reduce still overlaps the backward pass), then training and
     evaluation passes on this process's slice of a batch and of a batch one example smaller, so
@@ -258,7 +258,7 @@ def compile_model(model, task, dtype):
     state = rng_state()
     sync(device)
     start = time.perf_counter()
-    model.compile()
+    model.compile(mode=mode)
     for training in (True, False):
         model.train(training)
         for smaller in (False, True):

@@ -290,6 +290,8 @@ except utils.UserError as e:
   FAILED=$(mktemp)
   trap 'rm -f "$FAILED"' EXIT
   trap interrupted INT TERM
+  [[ $DRY_RUN == 1 ]] || echo "== ${#runs[@]} runs on DEVICE=$DEVICE${GPUS:+ (GPUS $GPUS)}, logs in $LOG_DIR" \
+    "(finished ones are skipped, interrupted ones resumed)"
   local line exp_id script args group
   if [[ -z $GPUS ]]; then
     for line in "${runs[@]}"; do
@@ -314,6 +316,10 @@ except utils.UserError as e:
     wait
   fi
   [[ $DRY_RUN == 1 ]] && return 0
+  if (( $(wc -l <"$FAILED") == ${#runs[@]} )); then
+    echo "== every run failed (logs in $LOG_DIR/*.log); no report"
+    exit 1
+  fi
   echo "== plots and tables"
   "$PYTHON" plot.py --log_dir "$LOG_DIR" || echo "plot.py failed" >>"$FAILED"
   if [[ -s $FAILED ]]; then

@@ -127,7 +127,8 @@ class TestSweepList(unittest.TestCase):
         proc = sweep(dict(DRY_RUN="maybe"))
         self.assertEqual((proc.returncode, proc.stderr.strip()), (2, "error: DRY_RUN must be 1, true or yes (or 0, "
                                                                       "false, no), got 'maybe'"))
-        self.assertEqual(len(dry_run(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference")), 1)
+        proc = sweep(dict(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference"))
+        self.assertEqual(len(proc.stdout.splitlines()), 1, proc.stderr)
         self.assertEqual(len(dry_run(SEEDS="7 7 8", ONLY="^vit_L2_sgd$")), 2)  # a repeated seed runs once
 
 
@@ -161,6 +162,10 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(proc.returncode, 0)
         self.assertEqual([e for e, _ in calls][4:], ["vit_L2_sgd_s42"])  # only the failed one ran again
         self.assertEqual(proc.stdout.count("done, skipped"), 3)
+        proc, _ = self.fake(ONLY="^vit_L4", FAIL="vit_L4")  # every run fails: one line, no report attempted
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("every run failed", proc.stdout)
+        self.assertNotIn("plot", proc.stdout)
 
 
 def write_run(root, exp_id, config, rows, summary=None, changed=None):
