@@ -223,34 +223,34 @@ def plot_curves(groups, task, out_dir, ref=None):
     plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
-    m, label, _, title = TASKS[task]
+    (m, label, _, title), written = TASKS[task], []
     colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
-    written = []
     for x, xlabel in (("epoch", "epoch"), ("elapsed", "training + validation time (s)")):
         fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
         for i, g in enumerate(groups):
             colour = colours(i % colours.N)
             for ax, kind in zip(axes, (m, "loss")):
-                for split, style in (("train", "--"), ("valid", "-")):
-                    xs, mean, std = g.curve(f"{split}_{kind}", x)
-                    ax.plot(xs, mean, style, color=colour, marker="." if len(xs) < 3 else None,
-                            label=g.name if split == "valid" else None)
+                for split, style, marker in (("train", "--", "v"), ("valid", "-", "o")):
+                    xs, mean, std = g.curve(f"{split}_{kind}", x)  # later runs thinner, on top: ties stay visible
+                    ax.plot(xs, mean, style, color=colour, marker=marker if len(xs) < 3 else None, ms=5,
+                            lw=2.4 - 1.4 * i / len(groups), label=g.name if split == "valid" else None)
                     if std is not None:
                         ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15)
             reported = (reference_config(g, ref) or {}).get(f"best_valid_{m}") if ref else None
             if reported is not None:  # the report's best valid value, at our last epoch
                 axes[0].plot(xs[-1:], [reported], "*", ms=11, color=colour, markeredgecolor="k")
-        for ax, kind in zip(axes, (label, "loss")):
+        for ax, kind in zip(axes, (label + " (fraction, 0 to 1)" * (task == "vit"), "loss")):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(kind)
             ax.grid(alpha=0.3)
         if task == "lm":
             axes[0].set_yscale("log")
-        if x == "epoch":
-            for ax in axes:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        n = max(len(r.rows) for g in groups for r in g.runs)
+        for ax in axes if x == "epoch" else []:  # whole epochs, with room around a single one
+            ax.set_xticks(range(1, n + 1)) if n <= 12 else ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.5, n + 0.5)
         handles, labels = axes[0].get_legend_handles_labels()
-        handles += [Line2D([], [], color="k", ls="--"), Line2D([], [], color="k", ls="-")]
+        handles += [Line2D([], [], color="k", ls="--", marker="v"), Line2D([], [], color="k", ls="-", marker="o")]
         labels += ["train", "valid"]
         if ref and any((reference_config(g, ref) or {}).get(f"best_valid_{m}") for g in groups):
             handles.append(Line2D([], [], color="grey", marker="*", ls="", ms=11, markeredgecolor="k"))
@@ -315,8 +315,8 @@ def plot_grad_norms(groups, task, out_dir):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    return [finish(fig, handles, labels, f"{TASKS[task][3]}: per-layer gradient norms",
-                   out_dir / f"{task}_grad_norms.png")]
+    why = "" if last > 1 else " (one epoch: no last-epoch panel)"
+    return [finish(fig, handles, labels, f"{TASKS[task][3]}: per-layer gradient norms{why}", out_dir / f"{task}_grad_norms.png")]
 
 
 def norm_findings(groups, task):
@@ -353,7 +353,7 @@ def findings(groups, task):
     timed = [g for g in groups if all(r.rows for r in g.runs) and speed[g.name] is not None
              and g.best_of(f"valid_{m}")[0] is not None]
     if not timed:
-        return lines + ["No run of this study has finished an epoch with numbers yet.", ""]
+        return lines + [f"No {'full ' if smoke else ''}run of this study has finished an epoch yet: nothing to compare.", ""]
     speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "

@@ -122,7 +122,9 @@ def markdown(columns, rows):
 def markdown_to_html(text):
     """The summaries' own markdown (headings, lists, tables, bold, paragraphs) as HTML."""
     out, table = [], []
-    inline = lambda s: re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(s))  # noqa: E731
+    def inline(s):
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(s)))
+
     for line in text.splitlines() + [""]:
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]

@@ -18,6 +18,7 @@
 #   EPOCHS_LM      LM epochs (10, as the reference)       EPOCHS_VIT   ViT epochs (50, as the reference)
 #   RUN_GROUPS     groups to run ("reference extras improved norms")
 #   SEEDS          seeds per configuration ("42")         ONLY         a grep -E pattern on the names
+#                                                                      (with or without the _s<seed>)
 #   NORMS_SEEDS    seeds of the norms group ("1 2 3")
 #   DRY_RUN=1      print the commands only                DEVICE       auto | cpu | cuda (cuda with GPUS
 #                                                                      or in the image, else auto)
@@ -113,16 +114,17 @@ CONFIGS=(
   "norms|vit_L6_norms_postnorm_warmup|train_vit.py|--layers 6 --block postnorm --grad_norms --warmup_epochs 5"
 )
 
-# The selected runs, one "exp_id|script|flags" line each: RUN_GROUPS, ONLY, then the seeds, then SHARD.
+# The selected runs, one "exp_id|script|flags|group" line each: RUN_GROUPS, the seeds, ONLY (on the
+# configuration's name or the run's, with its seed), then SHARD.
 select_runs() {
   local entry group name script args seed seeds index=0 shard_i=${SHARD%/*} shard_n=${SHARD#*/}
   for entry in "${CONFIGS[@]}"; do
     IFS='|' read -r group name script args <<<"$entry"
     [[ " $RUN_GROUPS " == *" $group "* ]] || continue
-    [[ -z $ONLY ]] || grep -Eq -- "$ONLY" <<<"$name" || continue
     seeds=$SEEDS
     [[ $group == norms ]] && seeds=$NORMS_SEEDS
     for seed in $seeds; do
+      [[ -z $ONLY ]] || printf '%s\n' "$name" "${name}_s$seed" | grep -Eq -- "$ONLY" || continue
       if (( index % shard_n == shard_i )); then
         echo "${name}_s${seed}|$script|$args --seed $seed|$group"
       fi

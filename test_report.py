@@ -130,6 +130,7 @@ class TestSweepList(unittest.TestCase):
         proc = sweep(dict(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference"))
         self.assertEqual(len(proc.stdout.splitlines()), 1, proc.stderr)
         self.assertEqual(len(dry_run(SEEDS="7 7 8", ONLY="^vit_L2_sgd$")), 2)  # a repeated seed runs once
+        self.assertEqual(exp_ids(dry_run(SEEDS="7 8", ONLY="^vit_L2_sgd_s8$")), ["vit_L2_sgd_s8"])  # printed names match
 
 
 class TestSweepMechanics(TempDir):
