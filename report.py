@@ -15,7 +15,7 @@ from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent / "reference.json"
 IDENTITY = {"vit": ("layers", "block", "optimizer"), "lm": ("model", "layers", "optimizer")}
-ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings"}}
+ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings", "data_format"}}
 
 
 def load_reference(path=REFERENCE):
@@ -42,6 +42,8 @@ def not_comparable(group, ref):
             reasons.add("other settings" + (f" ({', '.join(other)})" if other else ""))
         if task == "lm" and "gpt1" not in str(r.config.get("embeddings", "")):
             reasons.add("not GPT-1's frozen embeddings")
+        if task == "lm" and not str(r.config.get("data_source", "token files")).startswith("token files"):
+            reasons.add("word-level text, not the report's token files")
         if r.config.get("epochs") != want or len(r.rows) < want:
             reasons.add(f"{len(r.rows)} of the report's {want} epochs")
     return "; ".join(sorted(reasons))
