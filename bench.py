@@ -278,9 +278,10 @@ def bench_loss_speed(device, dtype, quick, batch=16, seq_len=256):
     def run(fused):
         def step():
             h.grad = w.grad = None
-            with utils.autocast(device, dtype):
-                loss = (linear_cross_entropy(h, w, t) if fused
-                        else F.cross_entropy((h @ w.T).float(), t, ignore_index=0, reduction="sum"))
+            with utils.autocast(device, dtype):  # the hidden states in the autocast dtype, as in the model
+                hh = h.to(dtype or h.dtype)
+                loss = (linear_cross_entropy(hh, w, t) if fused
+                        else F.cross_entropy((hh @ w.T).float(), t, ignore_index=0, reduction="sum"))
             loss.backward()
         return step
     best = dict(fused=math.inf, full=math.inf)
@@ -333,12 +334,14 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
         # eager, then compiled in place as --compile does, and on a GPU with CUDA graphs too
         modes = ["default"] + ["reduce-overhead"] * (device.type == "cuda") if with_compile else []
         for compiled in [False] + modes:
-            warm_up = engine.compile_model(model, task, dtype, mode=compiled) if compiled else None
-            runs = []
-            for epoch in (1, 2) if full else (1,):
-                train = engine.run_epoch(model, task, "train", epoch, engine.Step(opt), limited(limit), dtype)
-                valid = engine.run_epoch(model, task, "valid", epoch, None, limited(limit), dtype)
-                runs.append((train, valid))
+            try:  # a compile mode that fails here is one row of the table, not the end of the check
+                warm_up = engine.compile_model(model, task, dtype, mode=compiled) if compiled else None
+                runs = [(engine.run_epoch(model, task, "train", epoch, engine.Step(opt), limited(limit), dtype),
+                         engine.run_epoch(model, task, "valid", epoch, None, limited(limit), dtype))
+                        for epoch in ((1, 2) if full else (1,))]
+            except Exception as e:  # noqa: BLE001
+                rows.append(dict(model=f"{name}, compiled, {compiled}: failed ({utils.first_line(e)[:80]})", unit=""))
+                continue
             train, valid = runs[-1]
             scale = lambda split: task.num_batches(split) / (limit or task.num_batches(split))  # noqa: E731
             seconds = train["seconds"] * scale("train") + valid["seconds"] * scale("valid")
