@@ -808,6 +808,20 @@ def snapshot(root):
     return {p: p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
+def data_module_token_files():
+    from data import TOKEN_FILES
+    return TOKEN_FILES.values()
+
+
+class TestErrorLines(unittest.TestCase):
+    def test_an_error_without_a_message_is_still_one_line(self):
+        for exc, code, start in ((utils.UserError(""), 2, "error: UserError"), (utils.Diverged("  "), 3, "diverged: Diverged")):
+            def main(argv=None, exc=exc):
+                raise exc
+            status, _, err = run(utils.cli(main), [])
+            self.assertEqual((status, err.strip()), (code, start))
+
+
 class TestDisk(CliCase):
     def test_a_finished_run_keeps_its_logs_and_best_weights_not_its_checkpoint(self):
         argv = [a for a in VIT_TINY if a != "--keep_checkpoint"]
@@ -908,6 +922,10 @@ class TestNothingLost(CliCase):
         np.savez(tokens / "wiki.validation.npz", tokens=np.arange(1, 40, dtype=np.uint16), vocab_size=np.array(300))
         self.refused("train_lm.py", ["--data_folder", str(tokens), "--log_dir", str(self.logs), *LM_TINY],
                      "disagree on the vocabulary size")
+        for name in data_module_token_files():
+            np.savez(tokens / name, tokens=np.arange(1, 40, dtype=np.uint16), vocab_size=np.array(10 ** 12))
+        self.refused("train_lm.py", ["--data_folder", str(tokens), "--log_dir", str(self.logs), *LM_TINY],
+                     "out of range")
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
         (data / "train" / CLASSES[0] / "0000.png").unlink()
         (data / "train" / CLASSES[0] / "0000.png").symlink_to(self.tmp / "gone.png")
