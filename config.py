@@ -121,8 +121,8 @@ class TrainConfig:
         check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
         check(0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
-        check(self.exp_id == "" or ("/" not in self.exp_id and "\0" not in self.exp_id
-                                    and self.exp_id not in (".", "..")), f"--exp_id must be a plain name, got {self.exp_id!r}")
+        plain = "/" not in self.exp_id and "\0" not in self.exp_id and self.exp_id not in (".", "..")
+        check(self.exp_id == "" or plain, f"--exp_id must be a plain name, got {self.exp_id!r}")
         check(len(self.exp_id.encode()) <= 200, f"--exp_id is {len(self.exp_id.encode())} bytes long; file systems "
               f"take at most 255 and the run's files need the rest: give a name of at most 200")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")

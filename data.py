@@ -73,8 +73,8 @@ def load_wikitext(folder, device, data_format="auto", download=True):
             return (_load_token_files if kind == "tokens" else _load_text_files)(folder, device)
         except OSError as e:
             errors.append(f"{kind}: {e}")
-    raise UserError(f"Wikitext-2 not found in {folder}{' and the download failed (' + '; '.join(errors) + ')' if errors else ''}; "
-                    f"put {names} into {folder}")
+    failed = f" and the download failed ({'; '.join(errors)})" if errors else ""
+    raise UserError(f"Wikitext-2 not found in {folder}{failed}; put {names} into {folder}")
 
 
 def fetch(url, timeout=60):
@@ -370,7 +370,8 @@ def _cache_fits(arrays, train_files, test_files, num_classes):
     file, labels in range."""
     train_x, train_y, test_x, test_y = arrays
     return (train_x.dtype == test_x.dtype == torch.uint8 and train_x.dim() == test_x.dim() == 4
-            and (len(train_x), len(train_y), len(test_x), len(test_y)) == (len(train_files),) * 2 + (len(test_files),) * 2
+            and (len(train_x), len(train_y)) == (len(train_files),) * 2
+            and (len(test_x), len(test_y)) == (len(test_files),) * 2
             and all(y.dtype == torch.int64 and (len(y) == 0 or 0 <= int(y.min()) <= int(y.max()) < num_classes)
                     for y in (train_y, test_y)))
 

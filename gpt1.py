@@ -41,7 +41,8 @@ def fetch_verified(name, base=GPT1_URL, blobs=None):
     blob_id = (blobs or BLOBS)[name]
     content = fetch(base + name)
     if git_blob_id(content) != blob_id:
-        raise OSError(f"{name} from {base} is not the pinned file (git blob {git_blob_id(content)}, expected {blob_id})")
+        raise OSError(f"{name} from {base} is not the pinned file (git blob {git_blob_id(content)}, "
+                      f"expected {blob_id})")
     return content
 
 

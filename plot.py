@@ -315,8 +315,8 @@ def plot_grad_norms(groups, task, out_dir):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    why = "" if last > 1 else " (one epoch: no last-epoch panel)"
-    return [finish(fig, handles, labels, f"{TASKS[task][3]}: per-layer gradient norms{why}", out_dir / f"{task}_grad_norms.png")]
+    title = f"{TASKS[task][3]}: per-layer gradient norms" + ("" if last > 1 else " (one epoch: no last-epoch panel)")
+    return [finish(fig, handles, labels, title, out_dir / f"{task}_grad_norms.png")]
 
 
 def norm_findings(groups, task):

@@ -260,8 +260,9 @@ def load_trained(model, state, source="the checkpoint"):
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"{source} does not fit the model: {first_line(e)[:200]}") from None
-    check(not unexpected and set(missing) <= frozen, f"{source} does not fit the model (missing "
-          f"{', '.join(sorted(set(missing) - frozen)[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'})")
+    lacking = sorted(set(missing) - frozen)
+    check(not unexpected and not lacking, f"{source} does not fit the model (missing {', '.join(lacking[:3]) or 'nothing'}"
+          f", unexpected {', '.join(unexpected[:3]) or 'nothing'})")
 
 
 def json_plain(value):

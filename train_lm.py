@@ -157,9 +157,9 @@ def build(cfg, device):
     embeddings = load_embeddings(path, corpus.vocab_size, cfg.embedding_size) if path else None
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
     model = build_model(model_args, embeddings)
-    frozen = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
-    log(f"model: {cfg.model}, {cfg.layers} layer{'s' * (cfg.layers != 1)}, {frozen} embeddings, {count_params(model):,} learnable "
-        f"of {count_params(model, False):,} parameters")
+    kind = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
+    log(f"model: {cfg.model}, {cfg.layers} layer{'s' * (cfg.layers != 1)}, {kind} embeddings, "
+        f"{count_params(model):,} learnable of {count_params(model, False):,} parameters")
     # word-level runs keep their vocabulary, so that samples can be decoded later
     files = {"vocab.txt": ("\n".join(corpus.vocab) + "\n").encode()} if corpus.vocab is not None else {}
     # frozen embeddings are not saved with the weights: the file's checksum ties the run to it
