@@ -167,8 +167,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     return rows
 
 
-def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):
-    """Each LM's training step, with learned embeddings (runs.sh's default) or frozen ones."""
+def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):  # each LM's training step
     rows = []
     tokens = torch.randint(1, LM["vocab_size"], (batch, seq_len + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -299,7 +298,7 @@ CIFAR_SPLITS = dict(train=45_000, valid=5_000)
 WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of Wikitext-2
 
 
-def bench_real(device, dtype, data_root, quick, with_compile=False):
+def bench_real(device, dtype, data_root, quick, with_compile=False, frozen=True):
     """A ViT-6 epoch and an LSTM-1 epoch (train + valid) through the trainers' path, on the real data
     when it is there and otherwise on random data of the same sizes (the time of an epoch does not
     depend on the pixel or token values). On CPU a slice is timed and extrapolated; on CUDA the
@@ -326,7 +325,8 @@ def bench_real(device, dtype, data_root, quick, with_compile=False):
     jobs = [(f"{source} ViT-6 epoch", "images", ImageTask(data, 128, seed=0),
              VisionTransformer(6, "prenorm", **VIT).to(device), "adamw", 20),
             (f"{lm_source} LSTM-1 epoch", "tokens", TextTask(corpus, 256, 16, seed=0),
-             LanguageModel("lstm", 1, **LM).to(device),
+             LanguageModel("lstm", 1, **LM, embeddings=torch.zeros(LM["vocab_size"], LM["embedding_size"]) if frozen
+                           else None).to(device),
              "adam", 3)]
     for name, unit, task, model, optimizer, cpu_slice in jobs:
         opt, _ = engine.make_optimizer(optimizer, model.parameters(), 3e-4, weight_decay=5e-4, device=device)
@@ -405,8 +405,8 @@ def main(argv=None):
                         "(random data of the same sizes where they are missing)")
     parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
                         "compiled in place, as the trainers' --compile (the warm-up reported apart)")
-    parser.add_argument("--frozen_embeddings", action="store_true", help="LMs with frozen embeddings (as with "
-                        "runs.sh's EMBEDDINGS); default: learned, as runs.sh trains them")
+    parser.add_argument("--lm_embeddings", default="frozen", choices=["frozen", "learned"], help="frozen: GPT-1's, "
+                        "as runs.sh's reference LMs on the token files; learned: as its other LMs, or EMBEDDINGS=none")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -422,10 +422,10 @@ def main(argv=None):
     rows = []
     sections = dict(vit=lambda: bench_vit_models(device, dtype, args.quick),
                     peers=lambda: bench_vit_trainer(device, dtype, args.quick),
-                    lm=lambda: bench_lm_models(device, dtype, args.quick, args.frozen_embeddings),
+                    lm=lambda: bench_lm_models(device, dtype, args.quick, args.lm_embeddings == "frozen"),
                     loss=lambda: bench_loss_speed(device, dtype, args.quick) + bench_loss_memory(device),
                     augment=lambda: bench_augmentation(device, dtype, args.quick),
-                    real=lambda: bench_real(device, dtype, args.data, args.quick, args.compile))
+                    real=lambda: bench_real(device, dtype, args.data, args.quick, args.compile, args.lm_embeddings == "frozen"))
     assert tuple(sections) == SECTIONS
     for name in args.only:
         start = time.perf_counter()
