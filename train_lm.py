@@ -1,14 +1,16 @@
 r"""Train a language model on Wikitext-2 (LSTM, GRU or causal Transformer core) and log per-epoch
 perplexity, the best model and test results.
 
+    python train_lm.py --optimizer adam --embeddings gpt1    # the reference report's LM (frozen GPT-1 embeddings)
     python train_lm.py --model lstm --layers 2 --optimizer adamw
     python train_lm.py --model transformer --layers 2 --block postnorm --data_folder ./data/wikitext2
     python train_lm.py --batching streams --dropout 0.4 --grad_clip 0.25 --scheduler cosine --warmup_epochs 0.5 \
         --batch_size 32 --seq_len 128 --lr 2e-3 --weight_decay 0.01   # the improved LM (runs.sh group 'improved')
 
-Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}, and
-vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test}.npz (token ids)
-or train/valid/test.txt (word-level text); with neither, the word-level text is downloaded.
+Writes <log_dir>/<exp_id>/{config.json, metrics.csv, best.pt, summary.json}, checkpoint.pt while it
+runs, and vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test}.npz (the
+report's GPT-1 token ids) or train/valid/test.txt (word-level text); with neither, the token files
+are downloaded (else the text).
 """
 import dataclasses
 import hashlib

@@ -3,10 +3,11 @@ r"""Train a Vision Transformer on CIFAR-10 and log per-epoch metrics, the best m
     python train_vit.py --layers 4 --optimizer adamw
     python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ./data/cifar10
     python train_vit.py --layers 6 --epochs 50 --lr 1e-3 --weight_decay 0.05 --scheduler cosine \
-        --warmup_epochs 5 --label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 \
-        --cutmix 1.0 --ema 0.999 --grad_clip 1.0          # the improved recipe (runs.sh group 'improved')
+        --warmup_epochs 5 --min_lr 1e-5 --label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 \
+        --cutmix 1.0 --ema 0.999 --grad_clip 1.0 --grad_norms   # the improved recipe (runs.sh group 'improved')
 
-Writes <log_dir>/<exp_id>/{config.json, metrics.csv, checkpoint.pt, best.pt, summary.json}.
+Writes <log_dir>/<exp_id>/{config.json, metrics.csv, best.pt, summary.json}, and checkpoint.pt while
+it runs (kept at the end with --keep_checkpoint).
 `--data_folder` is an ImageFolder tree (train/<class>/*, test/<class>/*) or a folder for
 torchvision's CIFAR-10 (downloaded there when missing).
 """
