@@ -27,7 +27,7 @@ WORDS = "the cat sat on the mat and the dog sat on the log".split()
 
 
 def write_token_files(folder, n=(400, 90, 70), vocab_size=50, seed=0):
-    """wiki.{train,validation,test}.npz as in ../shared/data/wikitext2 (uint16 ids from 1, line sizes);
+    """wiki.{train,validation,test}.npz in the reference's format (uint16 ids from 1, line sizes);
     `vocab_size` is stored too, so the model stays small."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)

@@ -241,7 +241,7 @@ class TestRefusals(CliCase):
                 self.assert_refused(err, fragment)
         self.assertFalse(self.logs.exists())
 
-    @unittest.skipIf(torch.cuda.is_available(), "this machine has CUDA")
+    @unittest.skipIf(torch.cuda.is_available(), "CUDA is present")
     def test_cuda_without_cuda(self):
         _, _, err = self.vit("--device", "cuda", expect=2)
         self.assert_refused(err, "CUDA is not usable")
