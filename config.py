@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import textwrap
 from pathlib import Path
 
 from utils import EXIT_USER_ERROR, check
@@ -40,22 +41,37 @@ GROUPS = ("model", "optimisation", "data", "run and output", "performance")
 
 
 def parse_config(cls, argv=None, description=None):
-    """Build argparse from the dataclass `cls` (one flag per field, grouped), parse, validate."""
-    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Build argparse from the dataclass `cls` (one flag per field, grouped), parse, validate. A
+    `--recipe` replaces the defaults of the settings it names; flags given explicitly still win."""
+    names = ["reference", *cls.RECIPES]
+    pre = Parser(add_help=False)
+    pre.add_argument("--recipe", default="reference", choices=names)
+    recipe = cls.RECIPES.get(pre.parse_known_args(argv)[0].recipe, {})
+    recipes = "".join("\n" + textwrap.fill(f"--recipe {name}: " + " ".join(flag_text(k, v) for k, v in values.items()),
+                                            100, initial_indent="  ", subsequent_indent="      ")
+                      for name, values in cls.RECIPES.items())
+    parser = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog=f"recipes (defaults that explicit flags override):{recipes}" if recipes else None)
     groups = {g: parser.add_argument_group(g) for g in GROUPS}
     for f in dataclasses.fields(cls):
         meta = f.metadata
         where = groups[meta.get("group", "run and output")]
+        default = recipe.get(f.name, f.default)
         if f.type in (bool, "bool"):
-            where.add_argument(f"--{f.name}", action="store_true", help=meta.get("help"))
+            where.add_argument(f"--{f.name}", action="store_true", default=default, help=meta.get("help"))
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-        shown = f" (default: {f.default})" if f.default not in ("", None) else ""
-        where.add_argument(f"--{f.name}", type=_number(kind) if kind in (int, float) else kind, default=f.default,
-                           choices=meta.get("choices"), help=f"{meta.get('help', '')}{shown}")
+        choices = names if f.name == "recipe" else meta.get("choices")
+        shown = f" (default: {default})" if default not in ("", None) else ""
+        where.add_argument(f"--{f.name}", type=_number(kind) if kind in (int, float) else kind, default=default,
+                           choices=choices, help=f"{meta.get('help', '')}{shown}")
     cfg = cls(**vars(parser.parse_args(argv)))
     cfg.validate()
     return cfg
+
+
+def flag_text(name, value):
+    return f"--{name}" if value is True else f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
 
 
 @dataclasses.dataclass
@@ -81,6 +97,8 @@ class TrainConfig:
     ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.999; 0: off), evaluated and logged beside the model", group="optimisation")
     seed: int = option(42, "seed of every random generator", group="optimisation")
+    recipe: str = option("reference", "the defaults to start from: the reference report's, or a stronger recipe "
+                         "(listed below)", group="optimisation")
     data_folder: str = option("", "dataset folder", group="data")
     exp_id: str = option("", "run name; default: derived from the settings")
     log_dir: str = option("logs", "folder that holds one sub-folder per run")
@@ -104,6 +122,9 @@ class TrainConfig:
     MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite", "keep_checkpoint")
     NOT_IN_NAME = MAY_DIFFER_ON_RESUME + ("exp_id", "device")
     NOT_SETTINGS = NOT_IN_NAME + ("seed",)
+    RECIPES = {}  # name -> the settings it changes (each trainer's own)
+    PREFIX = "run"  # the default name's start, formatted with the settings
+    NAMED = ("model", "layers", "optimizer", "recipe", "seed")  # spelled out in every default name
 
     def validate(self):
         for name in ("layers", "batch_size", "epochs"):
@@ -127,27 +148,25 @@ class TrainConfig:
               f"take at most 255 and the run's files need the rest: give a name of at most 200")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
 
-    def name_fields(self):
-        """Fields spelled out in the default run name, in order."""
-        return ["layers", "optimizer", "lr", "batch_size", "seed"]
+    def default_exp_id(self):
+        """A readable run name, the same one runs.sh gives the configuration: <PREFIX>_L<layers>_<optimizer>,
+        the recipe unless it is the reference, every other setting that changes the result and differs
+        from the recipe's default, then _s<seed>. `--epochs` is left out so that a run can be extended."""
+        defaults = dataclasses.replace(type(self)(), **self.RECIPES.get(self.recipe, {}))
 
-    def default_exp_id(self, prefix):
-        """A readable run name: the main settings, then any other setting that changes the result
-        and differs from its default. `--epochs` is left out so that a run can be extended."""
-        short = {"layers": "L", "lr": "lr", "batch_size": "bs", "seed": "s"}
-        text = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
-        parts = [prefix] + [short.get(k, "") + text(getattr(self, k)) for k in self.name_fields()]
-        defaults = type(self)()
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in self.name_fields() or f.name in self.NOT_IN_NAME or value == getattr(defaults, f.name):
-                continue
-            parts.append(f.name if value is True else f.name + (text(value) if isinstance(value, float)
-                                                                else Path(str(value)).stem))
-        name = "_".join(parts)
+        def text(f, value):
+            if isinstance(value, bool):
+                return f.name if value else f"no_{f.name}"
+            if f.metadata.get("choices"):
+                return value
+            return f"{f.name}-{Path(value).stem}" if isinstance(value, str) else f"{f.name}{value:g}"
+        head = [self.PREFIX.format(**dataclasses.asdict(self)), f"L{self.layers}", self.optimizer]
+        head += [self.recipe] * (self.recipe != "reference")
+        rest = [text(f, getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in self.NAMED + self.NOT_IN_NAME and getattr(self, f.name) != getattr(defaults, f.name)]
+        name = "_".join(head + rest + [f"s{self.seed}"])
         if len(name.encode()) > 120:  # file systems take 255 bytes: the main settings and a hash of the rest
-            digest = hashlib.sha1("_".join(parts[len(self.name_fields()) + 1:]).encode()).hexdigest()[:10]
-            name = "_".join(parts[:len(self.name_fields()) + 1] + [digest])
+            name = "_".join(head + [hashlib.sha1("_".join(rest).encode()).hexdigest()[:10], f"s{self.seed}"])
         return name
 
     def naming(self):

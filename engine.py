@@ -212,9 +212,11 @@ def run_epoch(model, task, split, epoch=1, step=None, cfg=None, dtype=None, refr
             sums += torch.stack([loss_sum.detach().double(), correct.double()])
             count += batch_count
             if i % refresh_every == 0 or i == n or i == 1:
-                total = check_finite(sums[0], f"{split} loss", f"in epoch {epoch} by step {i} (of {n})")
-                if bar is not None:  # this process's running mean
-                    bar.set_postfix(loss=f"{total * world / count:.4f}", refresh=False)
+                check_finite(sums[0], f"{split} loss", f"in epoch {epoch} by step {i} (of {n})")
+                if bar is not None:  # this process's running means
+                    loss, accuracy = (sums * world / count).tolist()
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False,
+                                    **{task.metric: shown(task.metric, task.metric_value(loss, accuracy))})
             if bar is not None:
                 bar.update()
     if world > 1:
@@ -358,13 +360,18 @@ def fit(model, task, cfg, run_dir, optimizer, device, dtype=None, extra_config=N
     return summary
 
 
+def shown(m, value):
+    """A metric as the console shows it: perplexity to two decimals (with thousands separators), accuracy to four."""
+    return f"{value:,.2f}" if m == "ppl" else f"{value:.4f}"
+
+
 def log_epoch(row, m, epochs):
     if rank() != 0:
         return
-    ema = f"ema {m} {row[f'ema_valid_{m}']:.4f}  " if f"ema_valid_{m}" in row else ""
+    ema = f"ema {m} {shown(m, row[f'ema_valid_{m}'])}  " if f"ema_valid_{m}" in row else ""
     skipped = f"{row['skipped_steps']} steps skipped by the fp16 scaler  " if row.get("skipped_steps") else ""
-    print(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {row[f'train_{m}']:.4f}  "
-          f"valid loss {row['valid_loss']:.4f} {m} {row[f'valid_{m}']:.4f}  {ema}{skipped}"
+    print(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(m, row[f'train_{m}'])}  "
+          f"valid loss {row['valid_loss']:.4f} {m} {shown(m, row[f'valid_{m}'])}  {ema}{skipped}"
           f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)", flush=True)
 
 
@@ -388,10 +395,11 @@ def test_and_summarise(model, task, cfg, run, progress, ema, dtype, device):
     mem_mb, mem_pct = peak_memory(device)
     history = progress.history
     if rank() == 0:
-        print(f"test {m}: final {final['metric']:.4f}, best-valid model (epoch {progress.best['epoch']}) "
-              f"{best['metric']:.4f}" + (f"; EMA final {ema_tests[f'ema_test_{m}']:.4f}, best-valid EMA (epoch "
-                                         f"{progress.best_ema['epoch']}) {ema_tests[f'ema_best_test_{m}']:.4f}"
-                                         if ema is not None else "") + f"; logs in {run.path}")
+        with_ema = "" if ema is None else (f"; EMA final {shown(m, ema_tests[f'ema_test_{m}'])}, best-valid EMA "
+                                           f"(epoch {progress.best_ema['epoch']}) "
+                                           f"{shown(m, ema_tests[f'ema_best_test_{m}'])}")
+        print(f"test {m}: final {shown(m, final['metric'])}, best-valid model (epoch {progress.best['epoch']}) "
+              f"{shown(m, best['metric'])}{with_ema}; logs in {run.path}")
     return dict(
         params_total=sum(p.numel() for p in raw.parameters()),
         params_learnable=sum(p.numel() for p in raw.parameters() if p.requires_grad),
@@ -403,11 +411,11 @@ def test_and_summarise(model, task, cfg, run, progress, ema, dtype, device):
         elapsed=history[-1]["elapsed"], peak_mem_mb=mem_mb, mem_pct=mem_pct)
 
 
-def train(cfg, prefix, build):
+def train(cfg, build):
     """What both trainers do around their task: name the run, set up the device, precision, seeds and
     process group, `build(cfg, device) -> (task, model, extra config, files to write)`, and only then,
     with the data loaded and the model built, create the run directory, make the optimizer, fit."""
-    cfg.exp_id = cfg.exp_id or cfg.default_exp_id(prefix)
+    cfg.exp_id = cfg.exp_id or cfg.default_exp_id()
     device, dtype, why = setup(cfg)
     log(f"device {device}; precision {why}")
     existing_run(cfg)  # refused at once, before the data is loaded

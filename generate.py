@@ -1,6 +1,6 @@
 r"""Sample from a trained language model run (its best-validation weights).
 
-    python generate.py --run logs/lm_lstm_L1_adam_s42 --words 100 --temperature 0.8 --top_k 40 \
+    python generate.py --run logs/lm_lstm_L1_adam_embeddings-gpt1_s42 --words 100 --temperature 0.8 --top_k 40 \
         --prompt "the meaning of" --seed 1
 
 Word-level runs keep their vocabulary (vocab.txt), so samples come back as text and unknown

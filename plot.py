@@ -3,10 +3,9 @@
     python plot.py --log_dir logs                      # writes logs/report/
     python plot.py --log_dir logs machine2/logs --out_dir report   # merge runs from several machines
 
-Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied
-from other machines merge; seeds of one configuration are averaged (mean +- std). Writes the
-figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv} and summary.md (the
-findings, and every run or file left out and why).
+Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
+other machines merge; seeds of one configuration are averaged (mean +- std). Writes the figures
+({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv}, summary.md and index.html.
 """
 import argparse
 import csv
@@ -219,51 +218,52 @@ def pyplot():  # headless, imported only when a figure is drawn
     return plt
 
 
-def plot_curves(groups, task, out_dir, ref=None):
-    plt = pyplot()
+def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
+    """The metric and the loss over epochs and over time, a row of panels per (at most) per_panel
+    configurations, so that every curve and legend entry stays readable; rows share their y axes."""
+    plt, (m, label, _, title), written = pyplot(), TASKS[task], []
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
-    (m, label, _, title), written = TASKS[task], []
-    colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
+    size = math.ceil(len(groups) / math.ceil(len(groups) / per_panel))  # balanced: 13 -> 7 + 6
+    chunks = [groups[i:i + size] for i in range(0, len(groups), size)]
+    n = max(len(r.rows) for g in groups for r in g.runs)
+    keys = [(Line2D([], [], color="k", ls="--", marker="v"), "train"), (Line2D([], [], color="k", marker="o"), "valid")]
+    if ref and any((reference_config(g, ref) or {}).get(f"best_valid_{m}") for g in groups):
+        keys.append((Line2D([], [], color="grey", marker="*", ls="", ms=11, markeredgecolor="k"),
+                     "the report's best valid (of its whole run)"))
     for x, xlabel in (("epoch", "epoch"), ("elapsed", "training + validation time (s)")):
-        fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-        for i, g in enumerate(groups):
-            colour = colours(i % colours.N)
-            for ax, kind in zip(axes, (m, "loss")):
-                for split, style, marker in (("train", "--", "v"), ("valid", "-", "o")):
-                    xs, mean, std = g.curve(f"{split}_{kind}", x)  # later runs thinner, on top: ties stay visible
-                    ax.plot(xs, mean, style, color=colour, marker=marker if len(xs) < 3 else None, ms=5,
-                            lw=2.4 - 1.4 * i / len(groups), label=g.name if split == "valid" else None)
-                    if std is not None:
-                        ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15)
-            reported = (reference_config(g, ref) or {}).get(f"best_valid_{m}") if ref else None
-            if reported is not None:  # the report's best valid value, at our last epoch
-                axes[0].plot(xs[-1:], [reported], "*", ms=11, color=colour, markeredgecolor="k")
-        for ax, kind in zip(axes, (label + " (fraction, 0 to 1)" * (task == "vit"), "loss")):
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(kind)
-            ax.grid(alpha=0.3)
-        if task == "lm":
-            axes[0].set_yscale("log")
-        n = max(len(r.rows) for g in groups for r in g.runs)
-        for ax in axes if x == "epoch" else []:  # whole epochs, with room around a single one
-            ax.set_xticks(range(1, n + 1)) if n <= 12 else ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlim(0.5, n + 0.5)
-        handles, labels = axes[0].get_legend_handles_labels()
-        handles += [Line2D([], [], color="k", ls="--", marker="v"), Line2D([], [], color="k", ls="-", marker="o")]
-        labels += ["train", "valid"]
-        if ref and any((reference_config(g, ref) or {}).get(f"best_valid_{m}") for g in groups):
-            handles.append(Line2D([], [], color="grey", marker="*", ls="", ms=11, markeredgecolor="k"))
-            labels.append("the report's best valid")
-        written.append(finish(fig, handles, labels,
-                              f"{title}: {label} and loss over {'epochs' if x == 'epoch' else 'wall-clock time'}",
+        fig, rows = plt.subplots(len(chunks), 2, figsize=(14, 5.5 * len(chunks)), squeeze=False, sharey="col")
+        for axes, chunk in zip(rows, chunks):
+            for i, g in enumerate(chunk):
+                colour = f"C{i % 10}"  # tab10: at most per_panel configurations in a row
+                for ax, kind in zip(axes, (m, "loss")):
+                    for split, style, marker in (("train", "--", "v"), ("valid", "-", "o")):
+                        xs, mean, std = g.curve(f"{split}_{kind}", x)  # later runs thinner, on top: ties stay visible
+                        ax.plot(xs, mean, style, color=colour, marker=marker if len(xs) < 3 else None, ms=5,
+                                lw=2.4 - 1.4 * i / len(chunk), label=g.name if split == "valid" else None)
+                        if std is not None:
+                            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15)
+                reported = (reference_config(g, ref) or {}).get(f"best_valid_{m}") if ref else None
+                if reported is not None:  # the report's best valid value, at our last epoch
+                    axes[0].plot(xs[-1:], [reported], "*", ms=11, color=colour, markeredgecolor="k")
+            for ax, kind in zip(axes, (label + " (fraction, 0 to 1)" * (task == "vit"), "loss")):
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(kind)
+                ax.grid(alpha=0.3)
+                if x == "epoch":  # whole epochs, with room around a single one
+                    ax.set_xticks(range(1, n + 1)) if n <= 12 else ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                    ax.set_xlim(0.5, n + 0.5)
+            axes[0].set_yscale("log" if task == "lm" else "linear")
+            handles, labels = axes[0].get_legend_handles_labels()
+            axes[1].legend(handles + [k for k, _ in keys], labels + [t for _, t in keys], loc="center left",
+                           bbox_to_anchor=(1.02, 0.5), fontsize=8)
+        written.append(finish(fig, f"{title}: {label} and loss over {'epochs' if x == 'epoch' else 'wall-clock time'}",
                               out_dir / f"{task}_{'epochs' if x == 'epoch' else 'time'}.png"))
     return written
 
 
-def finish(fig, handles, labels, title, path):
-    """Legend on the right, title, save (headless), close; returns the path."""
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+def finish(fig, title, path):
+    """Title, save (headless), close; returns the path."""
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -291,10 +291,9 @@ def plot_grad_norms(groups, task, out_dir):
     if not groups:
         return []
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
     last = max(max(g.norm_epochs()) for g in groups)
-    panels = [(0, "first step (initialisation)"), (1, "mean over epoch 1")] + ([(last, f"mean over epoch {last}")]
-                                                                             if last > 1 else [])
+    panels = [(0, "first step (initialisation)"), (1, "mean over epoch 1"), (last, f"mean over epoch {last}")]
+    panels = panels[:2 + (last > 1)]
     colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (epoch, title) in zip(axes[0], panels):
@@ -312,11 +311,12 @@ def plot_grad_norms(groups, task, out_dir):
         ax.set_title(title)
         ax.set_xlabel("layer (1 = next to the input)")
         ax.set_ylabel("gradient L2 norm")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       fontsize=8)
     title = f"{TASKS[task][3]}: per-layer gradient norms" + ("" if last > 1 else " (one epoch: no last-epoch panel)")
-    return [finish(fig, handles, labels, title, out_dir / f"{task}_grad_norms.png")]
+    return [finish(fig, title, out_dir / f"{task}_grad_norms.png")]
 
 
 def norm_findings(groups, task):
@@ -416,7 +416,7 @@ def main(argv=None):
             if r.task == task and r.rows:
                 by_name.setdefault(r.name, []).append(r)
         if by_name:
-            groups = [Group(name, rs) for name, rs in by_name.items()]
+            groups = [Group(name, rs) for name, rs in sorted(by_name.items())]
             opening += compare(groups, task, ref)
             lines, figs, page = report_task(task, groups, out_dir, ref)
             body, figures, pages = body + lines, figures + figs, pages + [page]

@@ -4,7 +4,7 @@
 #   bash runs.sh                         # the whole study at the reference epochs
 #   QUICK=1 bash runs.sh                 # every configuration, 2 small batches, 1 epoch: minutes on a CPU
 #   ONLY='^vit_L6' bash runs.sh          # only configurations whose name matches (grep -E)
-#   DRY_RUN=1 bash runs.sh               # print the commands, run nothing
+#   DRY_RUN=1 bash runs.sh               # print the commands and the plan, run nothing
 #   SEEDS="1 2 3" GPUS="0 1" bash runs.sh
 #   RUN_GROUPS=reference bash runs.sh        # only the report's 13 configurations
 #
@@ -13,26 +13,28 @@
 # (ViT-6 pre/post-norm x with/without warmup, 3 seeds each, with per-layer gradient norms).
 #
 # Settings (environment variables):
-#   QUICK=1        smoke sweep: --limit_batches 2 --epochs 1, small LM windows, warmups of one
+#   QUICK=1        smoke sweep: --limit_batches 2 --epochs 1, small and narrow LMs, warmups of one
 #                  epoch; logs go to logs/quick
 #   EPOCHS_LM      LM epochs (10, as the reference)       EPOCHS_VIT   ViT epochs (50, as the reference)
 #   RUN_GROUPS     groups to run ("reference extras improved norms")
 #   SEEDS          seeds per configuration ("42")         ONLY         a grep -E pattern on the names
 #                                                                      (with or without the _s<seed>)
 #   NORMS_SEEDS    seeds of the norms group ("1 2 3")
-#   DRY_RUN=1      print the commands only                DEVICE       auto | cpu | cuda (cuda with GPUS
+#   DRY_RUN=1      the commands and the plan only         DEVICE       auto | cpu | cuda (cuda with GPUS
 #                                                                      or in the image, else auto)
 #   LOG_DIR        logs (logs/quick with QUICK=1)         PYTHON       the interpreter (python3)
 #   LM_DATA        ./data/wikitext2                       VIT_DATA     ./data/cifar10
 #   EMBEDDINGS     the reference group's LM embeddings, frozen: gpt1 (GPT-1's, as the report), an .npz,
-#                  or none (learned); auto (default): gpt1 when LM_DATA holds the token files, except
-#                  with QUICK
+#                  or none (learned); auto (default): gpt1 unless LM_DATA holds word-level text only,
+#                  or with QUICK
 #   GPUS           "0 1 ...": run configurations in parallel, one per GPU (each with its share of
 #                  the CPU threads); Ctrl-C stops them all
 #   TRAIN_ARGS     flags added to every run after its own, e.g. "--compile" or "--precision fp32"
 #   SHARD          i/N: run only every N-th configuration starting at the i-th (0-based), for N machines
 #
-# A configuration whose summary.json exists (with enough epochs) is skipped; an interrupted one is
+# Before the first run, plan.py checks the device and the data (fetching it once) and prints the plan:
+# runs, device, estimated time and disk. Each run is named as its trainer names it by default. A
+# configuration whose summary.json exists (with enough epochs) is skipped; an interrupted one is
 # resumed from its checkpoint. A failing configuration does not stop the sweep: the failures are
 # listed at the end and the exit code is 1.
 set -uo pipefail
@@ -71,23 +73,16 @@ else
   QUICK_LM=() QUICK_VIT=()
 fi
 
-# The improved recipes. ViT: Lee et al. (2021)'s small-dataset recipe, shortened to 50
-# epochs; LM: stream batching with carried state, dropout, clipping and a cosine schedule.
-VIT_IMPROVED="--layers 6 --lr 1e-3 --weight_decay 0.05 --scheduler cosine --warmup_epochs 5 --min_lr 1e-5 \
---label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 --cutmix 1.0 --ema 0.999 --grad_clip 1.0 \
---grad_norms"
-LM_IMPROVED="--model lstm --layers 1 --optimizer adamw --batching streams --batch_size 32 --seq_len 128 \
---dropout 0.4 --lr 2e-3 --weight_decay 0.01 --scheduler cosine --warmup_epochs 0.5 --grad_clip 0.25"
-
-# group | name | script | the flags that differ from the script's defaults
+# group | name | script | the flags that differ from the script's defaults. The name is the one the
+# script derives from those flags (a test checks it), so a run made by hand finds the sweep's and back.
 CONFIGS=(
   # Language model, the reference study (LSTM, batch 16, lr 1e-3)
-  "reference|lm_lstm_L1_adam|train_lm.py|--model lstm --layers 1 --optimizer adam"
-  "reference|lm_lstm_L1_adamw|train_lm.py|--model lstm --layers 1 --optimizer adamw"
-  "reference|lm_lstm_L1_sgd|train_lm.py|--model lstm --layers 1 --optimizer sgd"
-  "reference|lm_lstm_L1_momentum|train_lm.py|--model lstm --layers 1 --optimizer momentum"
-  "reference|lm_lstm_L2_adamw|train_lm.py|--model lstm --layers 2 --optimizer adamw"
-  "reference|lm_lstm_L4_adamw|train_lm.py|--model lstm --layers 4 --optimizer adamw"
+  "reference|lm_lstm_L1_adam|train_lm.py|--optimizer adam"
+  "reference|lm_lstm_L1_adamw|train_lm.py|--optimizer adamw"
+  "reference|lm_lstm_L1_sgd|train_lm.py|--optimizer sgd"
+  "reference|lm_lstm_L1_momentum|train_lm.py|--optimizer momentum"
+  "reference|lm_lstm_L2_adamw|train_lm.py|--layers 2 --optimizer adamw"
+  "reference|lm_lstm_L4_adamw|train_lm.py|--layers 4 --optimizer adamw"
   # ViT, the reference study (batch 128, lr 3e-4)
   "reference|vit_L2_adam|train_vit.py|--layers 2 --optimizer adam"
   "reference|vit_L2_adamw|train_vit.py|--layers 2 --optimizer adamw"
@@ -97,30 +92,38 @@ CONFIGS=(
   "reference|vit_L6_adamw|train_vit.py|--layers 6 --optimizer adamw"
   "reference|vit_L6_adamw_postnorm|train_vit.py|--layers 6 --optimizer adamw --block postnorm"
   # Beyond the report: the other cores at LM configurations 1 and 5
-  "extras|lm_gru_L1_adam|train_lm.py|--model gru --layers 1 --optimizer adam"
+  "extras|lm_gru_L1_adam|train_lm.py|--model gru --optimizer adam"
   "extras|lm_gru_L2_adamw|train_lm.py|--model gru --layers 2 --optimizer adamw"
-  "extras|lm_transformer_prenorm_L1_adam|train_lm.py|--model transformer --block prenorm --layers 1 --optimizer adam"
-  "extras|lm_transformer_prenorm_L2_adamw|train_lm.py|--model transformer --block prenorm --layers 2 --optimizer adamw"
-  "extras|lm_transformer_postnorm_L1_adam|train_lm.py|--model transformer --block postnorm --layers 1 --optimizer adam"
-  "extras|lm_transformer_postnorm_L2_adamw|train_lm.py|--model transformer --block postnorm --layers 2 --optimizer adamw"
-  # The stronger recipes, beside the reference runs they improve on
-  "improved|vit_L6_improved_prenorm|train_vit.py|$VIT_IMPROVED --block prenorm"
-  "improved|vit_L6_improved_postnorm|train_vit.py|$VIT_IMPROVED --block postnorm"
-  "improved|lm_lstm_L1_improved|train_lm.py|$LM_IMPROVED"
+  "extras|lm_transformer_L1_adam|train_lm.py|--model transformer --optimizer adam"
+  "extras|lm_transformer_L2_adamw|train_lm.py|--model transformer --layers 2 --optimizer adamw"
+  "extras|lm_transformer_L1_adam_postnorm|train_lm.py|--model transformer --optimizer adam --block postnorm"
+  "extras|lm_transformer_L2_adamw_postnorm|train_lm.py|--model transformer --layers 2 --optimizer adamw --block postnorm"
+  # The stronger recipes (--help lists what they set), beside the reference runs they improve on
+  "improved|vit_L6_adamw_improved|train_vit.py|--recipe improved --layers 6"
+  "improved|vit_L6_adamw_improved_postnorm|train_vit.py|--recipe improved --layers 6 --block postnorm"
+  "improved|lm_lstm_L1_adamw_improved|train_lm.py|--recipe improved"
   # Pre- vs post-norm with and without warmup, at the reference settings, with gradient norms (NORMS_SEEDS)
-  "norms|vit_L6_norms_prenorm|train_vit.py|--layers 6 --block prenorm --grad_norms"
-  "norms|vit_L6_norms_prenorm_warmup|train_vit.py|--layers 6 --block prenorm --grad_norms --warmup_epochs 5"
-  "norms|vit_L6_norms_postnorm|train_vit.py|--layers 6 --block postnorm --grad_norms"
-  "norms|vit_L6_norms_postnorm_warmup|train_vit.py|--layers 6 --block postnorm --grad_norms --warmup_epochs 5"
+  "norms|vit_L6_adamw_grad_norms|train_vit.py|--layers 6 --grad_norms"
+  "norms|vit_L6_adamw_warmup_epochs5_grad_norms|train_vit.py|--layers 6 --warmup_epochs 5 --grad_norms"
+  "norms|vit_L6_adamw_postnorm_grad_norms|train_vit.py|--layers 6 --block postnorm --grad_norms"
+  "norms|vit_L6_adamw_postnorm_warmup_epochs5_grad_norms|train_vit.py|--layers 6 --block postnorm --warmup_epochs 5 --grad_norms"
 )
+
+frozen() {  # group script -> whether the run freezes EMBEDDINGS: the report's LMs did; the others learn theirs
+  [[ $1 == reference && $2 == train_lm.py && $EMB != none ]]
+}
 
 # The selected runs, one "exp_id|script|flags|group" line each: RUN_GROUPS, the seeds, ONLY (on the
 # configuration's name or the run's, with its seed), then SHARD.
 select_runs() {
-  local entry group name script args seed seeds index=0 shard_i=${SHARD%/*} shard_n=${SHARD#*/}
+  local entry group name script args seed seeds file index=0 shard_i=${SHARD%/*} shard_n=${SHARD#*/}
   for entry in "${CONFIGS[@]}"; do
     IFS='|' read -r group name script args <<<"$entry"
     [[ " $RUN_GROUPS " == *" $group "* ]] || continue
+    if frozen "$group" "$script"; then  # named as the script names --embeddings: by the file's stem
+      file=${EMB##*/}
+      name+=_embeddings-${file%.*}
+    fi
     seeds=$SEEDS
     [[ $group == norms ]] && seeds=$NORMS_SEEDS
     for seed in $seeds; do
@@ -143,11 +146,17 @@ command_for() {  # exp_id script args group -> the full command line, one word p
     for i in "${!flags[@]}"; do
       [[ ${flags[i]} == --warmup_epochs ]] && flags[i+1]=1
     done
+    if [[ " ${flags[*]} " == *" --recipe "* && " ${flags[*]} " != *" --warmup_epochs "* ]]; then
+      flags+=(--warmup_epochs 1)  # the recipes warm up for longer
+    fi
   fi
   if [[ $script == train_lm.py ]]; then
     extra=(--epochs "$EPOCHS_LM" --data_folder "$LM_DATA" "${QUICK_LM[@]}")
-    # the report's LMs froze GPT-1's embeddings; the other groups learn theirs
-    [[ $group != reference || $EMB == none ]] || extra+=(--embeddings "$EMB")
+    if frozen "$group" "$script"; then
+      extra+=(--embeddings "$EMB")
+    elif [[ $QUICK == 1 ]]; then  # learned embeddings, narrow: a smoke run's weights take megabytes
+      extra+=(--embedding_size 64 --hidden_size 64)
+    fi
   else
     extra=(--epochs "$EPOCHS_VIT" --data_folder "$VIT_DATA" "${QUICK_VIT[@]}")
   fi
@@ -210,24 +219,16 @@ check_settings() {
   [[ $SHARD =~ ^0*[0-9]+/0*[1-9][0-9]*$ ]] && SHARD="$((10#${SHARD%/*}))/$((10#${SHARD#*/}))"
 }
 
-preflight() {  # runs... -> the device and the data, checked once before any run starts (seconds)
-  local check
-  # shellcheck disable=SC2016
-  check='import sys, torch, utils
-if not torch.cuda.is_available():
-    if sys.argv[1] == "cuda":
-        sys.exit("error: DEVICE=cuda (the default with GPUS and in the image), but " + utils.cuda_unusable_reason())
-    print("warning: no usable GPU (" + utils.cuda_unusable_reason() + "): the sweep runs on the CPU, "
-          "where the full study takes days", file=sys.stderr)'
-  if [[ $DEVICE != cpu ]]; then "$PYTHON" -c "$check" "$DEVICE" || exit 2; fi
-  # shellcheck disable=SC2016
-  check='import sys, torch, data, utils
-try:
-    (data.load_wikitext if sys.argv[1] == "LM_DATA" else data.load_cifar10)(sys.argv[2], torch.device("cpu"))
-except utils.UserError as e:
-    sys.exit(f"error: {sys.argv[1]}={sys.argv[2]}: {e}")'
-  if printf '%s\n' "$@" | grep -q '|train_lm.py|'; then "$PYTHON" -c "$check" LM_DATA "$LM_DATA" || exit 2; fi
-  if printf '%s\n' "$@" | grep -q '|train_vit.py|'; then "$PYTHON" -c "$check" VIT_DATA "$VIT_DATA" || exit 2; fi
+plan() {  # runs... -> plan.py's input: the name, group and command of each run, one line each
+  local line exp_id script args group
+  local -a cmd
+  for line in "$@"; do
+    IFS='|' read -r exp_id script args group <<<"$line"
+    mapfile -t cmd < <(command_for "$exp_id" "$script" "$args" "$group")
+    printf '%s\t%s\t' "$exp_id" "$group"
+    printf '%q ' "${cmd[@]:1}"
+    echo
+  done
 }
 
 descendants() {  # pid -> every process below it, deepest first (from /proc: no procps needed)
@@ -238,10 +239,10 @@ descendants() {  # pid -> every process below it, deepest first (from /proc: no 
   done
 }
 
-embeddings() {  # EMBEDDINGS, with auto resolved: GPT-1's when the LM data is the token files
+embeddings() {  # EMBEDDINGS, with auto resolved: GPT-1's for the token files (there, or to be fetched)
   if [[ $EMBEDDINGS != auto ]]; then
     echo "$EMBEDDINGS"
-  elif [[ $QUICK != 1 && -f $LM_DATA/wiki.train.npz ]]; then
+  elif [[ $QUICK != 1 && ( -f $LM_DATA/wiki.train.npz || ! -f $LM_DATA/train.txt ) ]]; then
     echo gpt1
   else
     echo none
@@ -279,21 +280,15 @@ main() {
     echo "error: no configuration matches ONLY='$ONLY' in RUN_GROUPS='$RUN_GROUPS' (shard $SHARD)" >&2
     exit 2
   fi
-  [[ $DRY_RUN == 1 ]] || preflight "${runs[@]}"
-  EMB=$(embeddings)
-  if [[ $DRY_RUN != 1 && $EMB == gpt1 ]] && printf '%s\n' "${runs[@]}" | grep -q '|train_lm.py|.*|reference$'; then
-    # shellcheck disable=SC2016
-    "$PYTHON" -c 'import sys, gpt1, utils
-try:
-    gpt1.gpt1_embeddings(sys.argv[1])
-except utils.UserError as e:
-    sys.exit(f"error: EMBEDDINGS=gpt1: {e} (EMBEDDINGS=none learns them instead)")' "$LM_DATA" || exit 2
+  local -a gpus
+  read -r -a gpus <<<"$GPUS"
+  # the device, the data and the embeddings checked (fetched once) before any run starts, and the cost
+  if [[ $DRY_RUN != 1 ]]; then
+    plan "${runs[@]}" | "$PYTHON" plan.py --workers "${#gpus[@]}" || exit 2
   fi
   FAILED=$(mktemp)
   trap 'rm -f "$FAILED"' EXIT
   trap interrupted INT TERM
-  [[ $DRY_RUN == 1 ]] || echo "== ${#runs[@]} runs on DEVICE=$DEVICE${GPUS:+ (GPUS $GPUS)}, logs in $LOG_DIR" \
-    "(finished ones are skipped, interrupted ones resumed)"
   local line exp_id script args group
   if [[ -z $GPUS ]]; then
     for line in "${runs[@]}"; do
@@ -302,8 +297,6 @@ except utils.UserError as e:
     done
   else
     # One worker per GPU, each taking every k-th run of the list; the workers run in parallel.
-    local -a gpus
-    read -r -a gpus <<<"$GPUS"
     local k i threads
     threads=$(( $(nproc) / ${#gpus[@]} ))
     for k in "${!gpus[@]}"; do
@@ -317,7 +310,10 @@ except utils.UserError as e:
     done
     wait
   fi
-  [[ $DRY_RUN == 1 ]] && return 0
+  if [[ $DRY_RUN == 1 ]]; then  # the same plan, from what is in place (nothing is fetched)
+    plan "${runs[@]}" | "$PYTHON" plan.py --workers "${#gpus[@]}" --dry_run
+    return
+  fi
   if (( $(wc -l <"$FAILED") == ${#runs[@]} )); then
     echo "== every run failed (logs in $LOG_DIR/*.log); no report"
     exit 1

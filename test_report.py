@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 from pathlib import Path
@@ -18,12 +19,12 @@ from test_data import TempDir, write_image_folder, write_text_files
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = {
-    "lm_lstm_L1_adam": "--model lstm --layers 1 --optimizer adam",
-    "lm_lstm_L1_adamw": "--model lstm --layers 1 --optimizer adamw",
-    "lm_lstm_L1_sgd": "--model lstm --layers 1 --optimizer sgd",
-    "lm_lstm_L1_momentum": "--model lstm --layers 1 --optimizer momentum",
-    "lm_lstm_L2_adamw": "--model lstm --layers 2 --optimizer adamw",
-    "lm_lstm_L4_adamw": "--model lstm --layers 4 --optimizer adamw",
+    "lm_lstm_L1_adam": "--optimizer adam",
+    "lm_lstm_L1_adamw": "--optimizer adamw",
+    "lm_lstm_L1_sgd": "--optimizer sgd",
+    "lm_lstm_L1_momentum": "--optimizer momentum",
+    "lm_lstm_L2_adamw": "--layers 2 --optimizer adamw",
+    "lm_lstm_L4_adamw": "--layers 4 --optimizer adamw",
     "vit_L2_adam": "--layers 2 --optimizer adam",
     "vit_L2_adamw": "--layers 2 --optimizer adamw",
     "vit_L2_sgd": "--layers 2 --optimizer sgd",
@@ -32,18 +33,29 @@ REFERENCE = {
     "vit_L6_adamw": "--layers 6 --optimizer adamw",
     "vit_L6_adamw_postnorm": "--layers 6 --optimizer adamw --block postnorm",
 }
-IMPROVED = {"vit_L6_improved_prenorm", "vit_L6_improved_postnorm", "lm_lstm_L1_improved"}
-NORMS = {f"vit_L6_norms_{block}{warmup}" for block in ("prenorm", "postnorm") for warmup in ("", "_warmup")}
-EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_prenorm_L1_adam", "lm_transformer_prenorm_L2_adamw",
-          "lm_transformer_postnorm_L1_adam", "lm_transformer_postnorm_L2_adamw"}
+IMPROVED = {"vit_L6_adamw_improved", "vit_L6_adamw_improved_postnorm", "lm_lstm_L1_adamw_improved"}
+NORMS = {f"vit_L6_adamw{block}{warmup}_grad_norms" for block in ("", "_postnorm") for warmup in ("", "_warmup_epochs5")}
+EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_transformer_L2_adamw",
+          "lm_transformer_L1_adam_postnorm", "lm_transformer_L2_adamw_postnorm"}
 # A stand-in for python: records how it was called, writes a summary (or fails when asked to).
 FAKE_PYTHON = """#!/usr/bin/env bash
-[[ $1 == plot.py || $1 == -c ]] && exit 0
+[[ $1 == plan.py ]] && { cat >/dev/null; exit 0; }
+[[ $1 == plot.py ]] && exit 0
 args="$*"; exp=${args##*--exp_id }; exp=${exp%% *}
 echo "$exp ${CUDA_VISIBLE_DEVICES:-none}" >> "$CALLS"
 [[ -n ${FAIL:-} && $exp == $FAIL* ]] && exit 3
 mkdir -p "$LOG_DIR/$exp" && echo '{"epochs": 50}' > "$LOG_DIR/$exp/summary.json"
 """
+# For dry runs that test the command list: python3 and py whose plan.py prints nothing (the plan has its tests).
+STUBS = Path(tempfile.mkdtemp(prefix="runs-stubs-"))
+for stub in ("python3", "py"):
+    (STUBS / stub).write_text(f'#!/usr/bin/env bash\n[[ $1 == plan.py ]] && {{ cat >/dev/null; exit 0; }}\n'
+                              f'exec {sys.executable} "$@"\n')
+    (STUBS / stub).chmod(0o755)
+
+
+def tearDownModule():
+    shutil.rmtree(STUBS, ignore_errors=True)
 
 
 def sweep(env, timeout=120):
@@ -52,9 +64,10 @@ def sweep(env, timeout=120):
 
 
 def dry_run(**env):
-    proc = sweep(dict(DRY_RUN="1", **env))
+    """The commands of a dry run (EMBEDDINGS=none unless given: auto depends on the data in place)."""
+    proc = sweep(dict(dict(DRY_RUN="1", EMBEDDINGS="none", PATH=f"{STUBS}:{os.environ['PATH']}"), **env))
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.splitlines()
+    return [line for line in proc.stdout.splitlines() if " --exp_id " in line]
 
 
 def exp_ids(lines):
@@ -69,14 +82,13 @@ class TestSweepList(unittest.TestCase):
                          sorted(f"{n}_s42" for n in set(REFERENCE) | EXTRAS | IMPROVED))
         self.assertEqual(sorted(e for e in ids if not e.endswith("_s42")),  # norms: three seeds each
                          sorted(f"{n}_s{s}" for n in NORMS for s in (1, 2, 3)))
-        norms = [line for line in lines if "_norms_" in line]
+        norms = [line for line in lines if "_grad_norms_s" in line]
         self.assertTrue(all("--layers 6 " in line and "--grad_norms" in line for line in norms))
         self.assertEqual(sum("--warmup_epochs 5 " in line for line in norms), 6)
-        improved = [line for line in lines if "_improved_" in line and "vit" in line]
-        for flag in ("--augment strong", "--mixup", "--cutmix", "--drop_path", "--ema", "--scheduler cosine",
-                     "--label_smoothing", "--epochs 50"):
-            self.assertTrue(all(flag in line for line in improved), flag)
-        self.assertIn("--batching streams", next(line for line in lines if "lm_lstm_L1_improved" in line))
+        improved = [line for line in lines if "_improved" in line]
+        self.assertEqual(len(improved), 3)
+        self.assertTrue(all("--recipe improved " in line for line in improved))
+        self.assertTrue(all("--epochs 50 " in line for line in improved if "vit_" in line))
         lines = dry_run(RUN_GROUPS="reference extras")
         names = [e.removesuffix("_s42") for e in exp_ids(lines)]
         self.assertEqual(sorted(names), sorted(set(REFERENCE) | EXTRAS))
@@ -90,20 +102,49 @@ class TestSweepList(unittest.TestCase):
         # only differences from the defaults: batch size and learning rate come from the Config
         self.assertFalse(any("--batch_size" in line or "--lr" in line for line in lines))
 
+    def test_the_sweep_names_each_run_as_its_trainer_would(self):
+        import config
+        import train_lm
+        import train_vit
+        for embeddings in ("none", "gpt1", "/x/glove.6B.npz"):
+            lines = dry_run(EMBEDDINGS=embeddings, SEEDS="42 7")
+            self.assertEqual(len(lines), 2 * 22 + 12)
+            for line in lines:
+                _, script, *flags = line.split()
+                i = flags.index("--exp_id")
+                exp_id, flags = flags[i + 1], flags[:i] + flags[i + 2:]
+                cfg = config.parse_config((train_lm if script == "train_lm.py" else train_vit).Config, flags)
+                self.assertEqual(exp_id, cfg.default_exp_id(), line)
+        self.assertIn("lm_lstm_L1_adam_embeddings-gpt1_s42", exp_ids(lines := dry_run(EMBEDDINGS="gpt1")))
+        self.assertIn("lm_lstm_L1_adam_embeddings-glove.6B_s42", exp_ids(dry_run(EMBEDDINGS="/x/glove.6B.npz")))
+        self.assertIn("lm_gru_L1_adam_s42", exp_ids(lines))  # the other groups learn theirs
+        # smoke runs keep their configuration's names (in their own folder)
+        self.assertEqual(sorted(exp_ids(dry_run(QUICK="1"))), sorted(exp_ids(dry_run())))
+
+    def test_auto_embeddings_are_gpt1s_for_the_token_files_there_or_to_be_fetched(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            words = write_text_files(Path(tmp) / "words")
+            for env, name in ((dict(LM_DATA=tmp), "lm_lstm_L1_adam_embeddings-gpt1_s42"),
+                              (dict(LM_DATA=str(words)), "lm_lstm_L1_adam_s42"),
+                              (dict(LM_DATA=tmp, QUICK="1"), "lm_lstm_L1_adam_s42")):
+                lines = dry_run(EMBEDDINGS="auto", ONLY="^lm_lstm_L1_adam(_embeddings-gpt1)?$", **env)
+                self.assertEqual(exp_ids(lines), [name], env)
+
     def test_settings_reach_the_commands(self):
         lines = dry_run(EPOCHS_LM="3", EPOCHS_VIT="7", DEVICE="cpu", LOG_DIR="/x", LM_DATA="/lm", VIT_DATA="/vit",
-                        PYTHON="py", EMBEDDINGS="/e.npz", ONLY="lstm_L1_adam$|vit_L2_sgd")
-        self.assertEqual(exp_ids(lines), ["lm_lstm_L1_adam_s42", "vit_L2_sgd_s42"])
+                        PYTHON="py", EMBEDDINGS="/e.npz", ONLY="lstm_L1_adam_embeddings-e$|vit_L2_sgd")
+        self.assertEqual(exp_ids(lines), ["lm_lstm_L1_adam_embeddings-e_s42", "vit_L2_sgd_s42"])
         self.assertIn("--epochs 3 --data_folder /lm --embeddings /e.npz --device cpu --log_dir /x", lines[0])
         self.assertIn("--epochs 7 --data_folder /vit --device cpu --log_dir /x", lines[1])
         self.assertTrue(all(line.startswith("py ") for line in lines))
-        extra = dry_run(TRAIN_ARGS="--compile --precision fp32", ONLY="lm_lstm_L1_adam$|vit_L6_improved_prenorm")
+        extra = dry_run(TRAIN_ARGS="--compile --precision fp32", ONLY="lm_lstm_L1_adam$|vit_L6_adamw_improved$")
         self.assertIn("--optimizer adam --seed 42 --compile --precision fp32 --epochs 10", extra[0])
-        self.assertIn("--block prenorm --seed 42 --compile --precision fp32 --epochs 50", extra[1])
-        quick = dry_run(QUICK="1", ONLY="lm_lstm_L1_adam$")
+        self.assertIn("--recipe improved --layers 6 --seed 42 --compile --precision fp32 --epochs 50", extra[1])
+        quick = dry_run(QUICK="1", ONLY="lm_lstm_L1_adam$|vit_L6_adamw_improved$")
         self.assertIn("--epochs 1 --data_folder ./data/wikitext2 --limit_batches 2", quick[0])
+        self.assertIn("--embedding_size 64 --hidden_size 64", quick[0])  # a smoke run's weights take megabytes
         self.assertIn("--log_dir logs/quick", quick[0])
-
+        self.assertIn("--recipe improved --layers 6 --seed 42 --warmup_epochs 1 ", quick[1])  # fits in its epoch
     def test_seeds_and_shards_partition_the_list(self):
         full = exp_ids(dry_run(SEEDS="1 2"))
         self.assertEqual(len(full), 2 * 22 + 3 * 4)
@@ -127,8 +168,7 @@ class TestSweepList(unittest.TestCase):
         proc = sweep(dict(DRY_RUN="maybe"))
         self.assertEqual((proc.returncode, proc.stderr.strip()), (2, "error: DRY_RUN must be 1, true or yes (or 0, "
                                                                       "false, no), got 'maybe'"))
-        proc = sweep(dict(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference"))
-        self.assertEqual(len(proc.stdout.splitlines()), 1, proc.stderr)
+        self.assertEqual(len(dry_run(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference")), 1)
         self.assertEqual(len(dry_run(SEEDS="7 7 8", ONLY="^vit_L2_sgd$")), 2)  # a repeated seed runs once
         self.assertEqual(exp_ids(dry_run(SEEDS="7 8", ONLY="^vit_L2_sgd_s8$")), ["vit_L2_sgd_s8"])  # printed names match
 
@@ -207,7 +247,8 @@ class TestSweepStops(TempDir):
     def test_ctrl_c_stops_every_parallel_run(self):
         fake = self.tmp / "python"
         pids = self.tmp / "pids"
-        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\necho $$ >> {pids}\nexec sleep 60\n")
+        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == plan.py ]] && {{ cat >/dev/null; exit 0; }}\n"
+                        f"echo $$ >> {pids}\nexec sleep 60\n")
         fake.chmod(0o755)
         env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2"}
         proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
@@ -237,6 +278,59 @@ def alive(pid):
 def torch_cuda_available():
     import torch
     return torch.cuda.is_available()
+
+
+class TestPlan(TempDir):
+    """runs.sh's plan (plan.py): what the sweep will run, and about how long and how much disk."""
+
+    def plan(self, **env):
+        defaults = dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu")
+        proc = sweep(dict(defaults, **env))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        return proc.stdout[proc.stdout.index("== plan"):]
+
+    def test_estimated_from_finished_epochs_of_the_configuration(self):
+        logs = self.tmp / "logs"
+        rows = lambda n: [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * n))]  # noqa: E731
+        for seed, n in ((7, 10), (42, 4)):  # another seed finished, and this one half-way (to resume)
+            write_run(logs, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=0), rows(n))
+        (logs / "vit_L2_adam_s7" / "best.pt").write_bytes(b"w" * 3_000_000)
+        out = self.plan(ONLY="^vit_L2_adam$", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
+        self.assertIn("== plan: 1 run on cpu", out)
+        self.assertIn("reference 1; 1 to resume", out)
+        self.assertIn("time: about 3 min (1 from finished epochs", out)  # 6 epochs left, 30 s each
+        self.assertIn("disk: 2 MB when done", out)  # the mean of the two runs' weights and logs
+        out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
+        self.assertIn("not estimated: 1 runs, as nothing is fetched in a dry run: VIT_DATA=", out)
+
+    def test_a_damaged_run_list_or_bad_flags_are_one_error_line(self):
+        for text, fragment in (("a\tb\n", "line 1 of the run list"), ("a\tb\tfoo.py --x\n", "unknown script 'foo.py'"),
+                               ("r_s1\treference\ttrain_vit.py --lr x\n", "r_s1: argument --lr: invalid float value")):
+            proc = subprocess.run([sys.executable, "plan.py"], input=text, cwd=HERE, capture_output=True, text=True)
+            self.assertEqual((proc.returncode, proc.stdout), (2, ""), proc.stderr)
+            self.assertEqual(len(proc.stderr.splitlines()), 1, proc.stderr)
+            self.assertIn(fragment, proc.stderr)
+        proc = sweep(dict(DRY_RUN="1", TRAIN_ARGS="--bogus", ONLY="^vit_L2_sgd$", PYTHON=sys.executable))
+        self.assertEqual(proc.returncode, 2)
+        self.assertEqual(proc.stderr.strip(), "error: vit_L2_sgd_s42: unrecognized arguments: --bogus (see --help)")
+
+    def test_timed_steps_of_each_model_shape_and_the_sizes_they_save(self):
+        lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
+        vit, _ = write_image_folder(self.tmp / "images", per_class=(440, 44))
+        env = dict(QUICK="1", LM_DATA=str(lm), VIT_DATA=str(vit), ONLY="^vit_L2_(adam|sgd)$|^lm_lstm_L1_adam$")
+        out = self.plan(**env)
+        self.assertIn("== plan: 3 runs on cpu", out)
+        self.assertIn("2 model shapes timed", out)  # Adam and SGD share the ViT's
+        done = float(out.split("disk: ")[1].split(" MB")[0])
+        proc = sweep(dict(env, PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu"), timeout=300)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn("== plan: 3 runs on cpu", proc.stdout)
+        runs = [p for p in (self.tmp / "logs").iterdir() if p.is_dir() and p.name != "report"]
+        self.assertEqual(len(runs), 3)
+        self.assertFalse(any((p / "checkpoint.pt").exists() for p in runs))
+        actual = sum(f.stat().st_size for p in runs for f in p.iterdir()) / 1e6
+        self.assertLess(abs(done - actual), 0.1 * actual + 0.5, (done, actual))  # MB, as printed
+        self.assertIn("3 finished (skipped)", self.plan(**env))
 
 
 class TestPlot(TempDir):
@@ -310,6 +404,19 @@ class TestPlot(TempDir):
         self.assertEqual(rows[0], "| prenorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 1.00 ± 0.00 | 1.00 ± 0.00 |")
         self.assertEqual(rows[2], "| postnorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 4.00 ± 0.00 | 4.00 ± 0.00 |")
         self.assertEqual(rows[3].split(" | ")[5], "3.00 ± 0.00")
+
+    def test_more_than_eight_configurations_split_into_rows_of_panels(self):
+        import matplotlib.image
+        heights = {}
+        for n in (3, 13):
+            logs = self.tmp / f"logs{n}"
+            for i in range(n):
+                write_run(logs, f"vit_L2_c{i:02d}_s1", dict(task="vit", layers=2, lr=1e-4 * (i + 1), seed=1),
+                          vit_rows([0.3, 0.4 + i / 100]), dict(best_test_acc=0.4))
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+            heights[n] = matplotlib.image.imread(logs / "report" / "vit_epochs.png").shape[0]
+        self.assertGreater(heights[13], 1.7 * heights[3])  # two rows (7 + 6 configurations), each with its legend
+        self.assertLess(heights[13], 2.3 * heights[3])
 
     def test_damaged_runs_are_listed_and_the_rest_is_reported(self):
         logs = self.make_logs()

@@ -7,12 +7,14 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
 import time
 import unittest
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -218,6 +220,30 @@ class TestExactMetrics(unittest.TestCase):
         with self.assertRaisesRegex(engine.Diverged, "epoch 4 by step 3"):
             engine.run_epoch(model, NanTask(), "train", 4, engine.Step(torch.optim.SGD(model.parameters(), lr=0.1)))
 
+
+    def test_the_progress_bar_shows_the_running_loss_and_metric_from_the_first_batch(self):
+        if engine.tqdm is None:
+            self.skipTest("tqdm is not installed")
+
+        class Terminal(io.StringIO):
+            def isatty(self):
+                return True
+
+        class Slow(train_lm.TextTask):  # each batch outlasts tqdm's minimum interval between redraws
+            def loss(self, model, batch):
+                time.sleep(0.15)
+                return super().loss(model, batch)
+
+        torch.manual_seed(0)
+        stream = torch.randint(1, 40, (203,))
+        corpus = type("C", (), {"splits": {"train": stream, "valid": stream, "test": stream}})()
+        task = Slow(corpus, seq_len=10, batch_size=7, seed=0)
+        model = LanguageModel("gru", 1, vocab_size=40, embedding_size=8, hidden_size=8)
+        with mock.patch("sys.stderr", new=Terminal()) as err:
+            engine.run_epoch(model, task, "valid", cfg=SimpleNamespace(limit_batches=0, no_progress=False))
+        first = next(line for line in re.split(r"[\r\n]", err.getvalue()) if "ppl=" in line)
+        self.assertIn("valid", first)
+        self.assertRegex(first, r"1/3 .*loss=3\.\d{4}, ppl=\d{2}\.\d{2}\b")  # after the first of three batches
 
 class TestRefusals(CliCase):
     def test_bad_flags_exit_2_with_one_line(self):
@@ -709,10 +735,29 @@ class TestDefaults(unittest.TestCase):
         vit = config.parse_config(train_vit.Config, [])
         self.assertEqual((vit.batch_size, vit.lr, vit.weight_decay, vit.momentum, vit.data_folder),
                          (128, 3e-4, 5e-4, 0.9, "./data/cifar10"))
-        self.assertEqual(vit.default_exp_id("vit"), "vit_prenorm_L2_adamw_lr0.0003_bs128_s42")
+        self.assertEqual(vit.default_exp_id(), "vit_L2_adamw_s42")
         lm = config.parse_config(train_lm.Config, ["--model", "transformer", "--block", "postnorm", "--epochs", "3",
-                                                   "--dropout", "0.1"])
-        self.assertEqual(lm.default_exp_id("lm"), "lm_transformer_postnorm_L1_adamw_lr0.001_bs16_s42_dropout0.1")
+                                                   "--dropout", "0.1", "--embeddings", "/x/glove.6B.npz"])
+        self.assertEqual(lm.default_exp_id(), "lm_transformer_L1_adamw_postnorm_dropout0.1_embeddings-glove.6B_s42")
+
+    def test_a_recipe_sets_defaults_that_flags_override_and_names_only_the_overrides(self):
+        vit = config.parse_config(train_vit.Config, ["--recipe", "improved", "--layers", "6", "--ema", "0.99"])
+        self.assertEqual((vit.lr, vit.augment, vit.mixup, vit.warmup_epochs, vit.grad_norms, vit.ema),
+                         (1e-3, "strong", 0.8, 5.0, True, 0.99))
+        self.assertEqual(vit.default_exp_id(), "vit_L6_adamw_improved_ema0.99_s42")
+        self.assertEqual(vit.naming()["changed"]["augment"], "strong")  # compared with the reference's defaults
+        lm = config.parse_config(train_lm.Config, ["--recipe=improved", "--seed", "3"])
+        self.assertEqual((lm.batching, lm.batch_size, lm.seq_len, lm.dropout), ("streams", 32, 128, 0.4))
+        self.assertEqual(lm.default_exp_id(), "lm_lstm_L1_adamw_improved_s3")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            config.parse_config(train_vit.Config, ["--recipe", "improved", "--help"])
+        self.assertIn("--augment strong", out.getvalue())  # --help lists what the recipe sets
+        self.assertIn("(default: 0.001)", out.getvalue())  # and shows the defaults it makes
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit):
+            config.parse_config(train_vit.Config, ["--recipe", "best"])
+        self.assertIn("invalid choice: 'best'", err.getvalue())
 
     def test_optimizers_are_the_references(self):
         params = [torch.nn.Parameter(torch.zeros(2))]
@@ -971,6 +1016,6 @@ class TestNothingLost(CliCase):
             dropout=0.1, drop_path=0.2, label_smoothing=0.1, mixup=0.8, cutmix=1.0, ema=0.999, grad_clip=1.0,
             warmup_epochs=5, scheduler="cosine", min_lr=1e-5, augment="strong", grad_norms=True, momentum=0.8,
             embed_dim=128, hidden_dim=256, weight_decay=0.05).items()])
-        name = long.default_exp_id("vit")
+        name = long.default_exp_id()
         self.assertLessEqual(len(name), 120)
-        self.assertTrue(name.startswith("vit_prenorm_L2_adamw_lr0.0003_bs128_s42_"))
+        self.assertRegex(name, r"^vit_L2_adamw_[0-9a-f]{10}_s42$")

@@ -2,10 +2,9 @@ r"""Train a language model on Wikitext-2 (LSTM, GRU or causal Transformer core) 
 perplexity, the best model and test results.
 
     python train_lm.py --optimizer adam --embeddings gpt1    # the reference report's LM (frozen GPT-1 embeddings)
-    python train_lm.py --model lstm --layers 2 --optimizer adamw
+    python train_lm.py --layers 2 --optimizer adamw          # logs/lm_lstm_L2_adamw_s42
     python train_lm.py --model transformer --layers 2 --block postnorm --data_folder ./data/wikitext2
-    python train_lm.py --batching streams --dropout 0.4 --grad_clip 0.25 --scheduler cosine --warmup_epochs 0.5 \
-        --batch_size 32 --seq_len 128 --lr 2e-3 --weight_decay 0.01   # the improved LM (runs.sh group 'improved')
+    python train_lm.py --recipe improved                     # runs.sh's lm_lstm_L1_adamw_improved_s42
 
 Writes <log_dir>/<exp_id>/{config.json, metrics.csv, best.pt, summary.json}, checkpoint.pt while it
 runs, and vocab.txt for word-level text. `--data_folder` holds wiki.{train,validation,test}.npz (the
@@ -61,8 +60,10 @@ class Config(TrainConfig):
         check(self.model != "transformer" or (self.num_heads >= 1 and self.hidden_size % self.num_heads == 0),
               f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
 
-    def name_fields(self):
-        return ["model"] + (["block"] if self.model == "transformer" else []) + super().name_fields()
+    PREFIX = "lm_{model}"
+    # streams with carried state, dropout, clipping and a cosine schedule (after Merity et al., 2018)
+    RECIPES = {"improved": dict(batching="streams", batch_size=32, seq_len=128, dropout=0.4, lr=2e-3,
+                                weight_decay=0.01, scheduler="cosine", warmup_epochs=0.5, grad_clip=0.25)}
 
 
 class TextTask:
@@ -172,7 +173,7 @@ def build(cfg, device):
 
 @cli
 def main(argv=None):
-    return train(parse_config(Config, argv, __doc__), "lm", build)
+    return train(parse_config(Config, argv, __doc__), build)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@ r"""Train a Vision Transformer on CIFAR-10 and log per-epoch metrics, the best m
 
     python train_vit.py --layers 4 --optimizer adamw
     python train_vit.py --layers 6 --block postnorm --epochs 50 --data_folder ./data/cifar10
-    python train_vit.py --layers 6 --epochs 50 --lr 1e-3 --weight_decay 0.05 --scheduler cosine \
-        --warmup_epochs 5 --min_lr 1e-5 --label_smoothing 0.1 --drop_path 0.1 --augment strong --mixup 0.8 \
-        --cutmix 1.0 --ema 0.999 --grad_clip 1.0 --grad_norms   # the improved recipe (runs.sh group 'improved')
+    python train_vit.py --recipe improved --layers 6 --epochs 50   # runs.sh's vit_L6_adamw_improved_s42
 
 Writes <log_dir>/<exp_id>/{config.json, metrics.csv, best.pt, summary.json}, and checkpoint.pt while
 it runs (kept at the end with --keep_checkpoint).
@@ -53,8 +51,11 @@ class Config(TrainConfig):
         check(0 <= self.mixup < math.inf and 0 <= self.cutmix < math.inf, f"--mixup and --cutmix are Beta alphas >= 0, got "
               f"{self.mixup} and {self.cutmix}")
 
-    def name_fields(self):
-        return ["block"] + super().name_fields()
+    PREFIX = "vit"
+    # Lee et al. (2021)'s small-dataset recipe, shortened to 50 epochs
+    RECIPES = {"improved": dict(lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_epochs=5.0, min_lr=1e-5,
+                                label_smoothing=0.1, drop_path=0.1, augment="strong", mixup=0.8, cutmix=1.0,
+                                ema=0.999, grad_clip=1.0, grad_norms=True)}
 
 
 class ImageTask:
@@ -130,7 +131,7 @@ def build(cfg, device):
 
 @cli
 def main(argv=None):
-    return train(parse_config(Config, argv, __doc__), "vit", build)
+    return train(parse_config(Config, argv, __doc__), build)
 
 
 if __name__ == "__main__":
