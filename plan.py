@@ -100,7 +100,7 @@ def check_data(runs, dry_run):
                 load_s[key] = time.perf_counter() - start
             except UserError as e:
                 check(dry_run, f"{setting}={cfg.data_folder}: {e}")
-                missing.append(f"{setting}={cfg.data_folder} (the sweep fetches it)")
+                missing.append(f"{setting}={cfg.data_folder} is not there yet (the sweep fetches it)")
                 load_s[key] = None
             if run.script == "train_lm.py" and load_s[key] is not None:
                 check(cfg.embeddings != "gpt1" or data.vocab is None, f"EMBEDDINGS=gpt1 needs the token files, but "
@@ -108,7 +108,7 @@ def check_data(runs, dry_run):
         if getattr(cfg, "embeddings", "") != "gpt1" or load_s[key] is None:
             continue
         if dry_run and not (Path(cfg.data_folder) / EMBEDDINGS_FILE).exists():
-            missing.append(f"GPT-1's embeddings in {cfg.data_folder} (the sweep fetches them)")
+            missing.append(f"GPT-1's embeddings are not in {cfg.data_folder} yet (the sweep fetches them)")
         elif not dry_run:
             try:
                 with contextlib.redirect_stdout(sys.stderr):
@@ -250,16 +250,16 @@ def report(runs, shapes, workers, missing, device):
         groups[run.group] = groups.get(run.group, 0) + 1
     finished = sum(r.done >= r.cfg.epochs for r in runs)
     resumed = sum(0 < r.done < r.cfg.epochs for r in runs)
-    where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                           f" ({torch.get_num_threads()} threads)")
+    where = ("cuda (not here)" if device is None else f"{device} ({torch.cuda.get_device_name(device)})"
+             if device.type == "cuda" else f"{device} ({torch.get_num_threads()} threads)")
     print(f"== plan: {len(runs)} run{'s' * (len(runs) != 1)} on {where}"
           + (f", {workers} in parallel" if workers > 1 else "") + f", logs in {runs[0].cfg.log_dir}")
     print("   " + ", ".join(f"{g} {n}" for g, n in groups.items())
           + (f"; {finished} finished (skipped)" if finished else "") + (f"; {resumed} to resume" if resumed else ""))
     known = [r for r in runs if r.seconds is not None]
     if missing and len(known) < len(runs):
-        print(f"   not estimated: {len(runs) - len(known)} runs, as nothing is fetched in a dry run: "
-              f"{'; '.join(missing)}")
+        left = len(runs) - len(known)
+        print(f"   not estimated ({left} run{'s' * (left != 1)}): {'; '.join(missing)}")
     if not known:
         return
     # runs.sh gives worker k every k-th run; the sweep lasts as long as its busiest worker
@@ -289,7 +289,11 @@ def main(argv=None):
           "shows the plan")
     runs = read_runs(sys.stdin)
     check(runs, "no runs given")
-    check_device(runs[0].cfg.device)
+    try:
+        check_device(runs[0].cfg.device)
+    except UserError as e:
+        check(args.dry_run, str(e))  # a dry run may plan a GPU sweep on a machine without one
+        return report(runs, 0, max(1, args.workers), [str(e)], None)
     load_s, missing = check_data(runs, args.dry_run)
     device = get_device(runs[0].cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the trainers

@@ -178,7 +178,7 @@ class Group:
 
 
 def tables(groups, task, ref=None):
-    m, label, maximize, _ = TASKS[task]
+    (m, label, _, _), digits = TASKS[task], 2 if task == "lm" else 4  # perplexity to two decimals
     with_ref = any(reference_config(g, ref) for g in groups) if ref else False
     results_cols = ["architecture", "layers", "optimizer", "experiment", "seeds", "epochs", f"best train {label}",
                     f"best valid {label}", f"test {label} (final model)", f"test {label} (best-valid model)"]
@@ -200,8 +200,8 @@ def tables(groups, task, ref=None):
                      valid_s=g.stat(lambda r: np.mean([row["valid_time"] for row in r.rows]) if r.rows else None))
         epochs = sorted({len(r.rows) for r in g.runs})
         results.append(head + [len(g.runs), "/".join(map(str, epochs))] +
-                       [fmt(*stats[k]) for k in ("best_train", "best_valid", "test", "best_test")] +
-                       ([fmt(*stats["ema_best_test"])] if with_ema else []) + (table_cells(g, ref) if with_ref else []))
+                       [fmt(*stats[k], digits) for k in ("best_train", "best_valid", "test", "best_test")] +
+                       ([fmt(*stats["ema_best_test"], digits)] if with_ema else []) + (table_cells(g, ref) if with_ref else []))
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
                              fmt(*stats["valid_s"], digits=2)])

@@ -111,8 +111,9 @@ def table_cells(group, ref):
     if theirs is None:
         return ["", ""]
     why = not_comparable(group, ref)
-    diff = "" if value is None else f"{value - theirs:+.4f}" + (" (other settings)" if why else "")
-    return [f"{theirs:.4f} ({what})", diff]
+    digits = 2 if "ppl" in what else 4  # perplexity to two decimals, accuracy and loss to four
+    diff = "" if value is None else f"{value - theirs:+,.{digits}f}" + (" (other settings)" if why else "")
+    return [f"{theirs:,.{digits}f} ({what})", diff]
 
 
 def markdown(columns, rows):

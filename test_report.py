@@ -301,7 +301,15 @@ class TestPlan(TempDir):
         self.assertIn("time: about 3 min (1 from finished epochs", out)  # 6 epochs left, 30 s each
         self.assertIn("disk: 2 MB when done", out)  # the mean of the two runs' weights and logs
         out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
-        self.assertIn("not estimated: 1 runs, as nothing is fetched in a dry run: VIT_DATA=", out)
+        self.assertIn("not estimated (1 run): VIT_DATA=", out)
+        self.assertIn("is not there yet (the sweep fetches it)", out)
+
+    def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
+        if torch_cuda_available():
+            self.skipTest("a GPU is present")
+        out = self.plan(GPUS="0 1", DEVICE="cuda", ONLY="^vit_L2")
+        self.assertIn("== plan: 4 runs on cuda (not here), 2 in parallel", out)
+        self.assertIn("not estimated (4 runs): DEVICE=cuda", out)
 
     def test_a_damaged_run_list_or_bad_flags_are_one_error_line(self):
         for text, fragment in (("a\tb\n", "line 1 of the run list"), ("a\tb\tfoo.py --x\n", "unknown script 'foo.py'"),
@@ -492,6 +500,8 @@ class TestAgainstTheReport(TempDir):
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 |"), row)
         smoke = next(line for line in table.splitlines() if "| vit_L2_sgd (smoke) |" in line)
         self.assertTrue(smoke.endswith("| 0.2352 (best valid acc) | -0.0352 (other settings) |"), smoke)
+        lm_row = next(line for line in (logs / "report" / "summary_lm.md").read_text().splitlines() if "lstm_L1" in line)
+        self.assertTrue(lm_row.endswith("| 161.00 | 160.00 | 148.53 (test ppl) | +11.47 |"), lm_row)  # two decimals
 
     def test_one_self_contained_page(self):
         logs = self.make_logs()
