@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rundir import RunDir, atomic_write, existing_run, prepare_run_dir, run_lock
+from rundir import RunDir, atomic_write, existing_run, keep_or_remove, prepare_run_dir, run_lock
 from utils import Diverged, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, set_rng_state, \
     setup, shard, sync, unwrap, world_size
 
@@ -239,7 +239,7 @@ def check_finite(total, what, where):
         dist.all_reduce(both[1:])
     value, bad = both.tolist()
     if bad:
-        raise Diverged(f"{what} became {value} {where}; the logs and the last good checkpoint are kept")
+        raise Diverged(f"{what} became {value} {where}")
     return value
 
 
@@ -426,8 +426,15 @@ def train(cfg, build):
     extra = dict(extra, effective_weight_decay=weight_decay, precision_used=str(dtype or torch.float32)[6:],
                  precision_reason=why)
     with run_lock(cfg):
-        run_dir = prepare_run_dir(cfg)
-        if rank() == 0:
-            for name, content in files.items():
-                atomic_write(run_dir / name, lambda f, content=content: f.write(content))
-        return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra)
+        run_dir, fresh = prepare_run_dir(cfg)
+        try:
+            if rank() == 0:
+                for name, content in files.items():
+                    atomic_write(run_dir / name, lambda f, content=content: f.write(content))
+            return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra)
+        except BaseException as e:  # Ctrl-C too
+            kept = keep_or_remove(run_dir, fresh)
+            if isinstance(e, Diverged):
+                raise Diverged(f"{e}; " + ("the logs and the last good checkpoint are kept" if kept else
+                                           f"no epoch had finished, so {run_dir} was removed")) from None
+            raise

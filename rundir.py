@@ -131,13 +131,15 @@ def run_lock(cfg):
 
 
 def prepare_run_dir(cfg):
-    """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite."""
+    """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite. Returns the
+    path, and whether the run starts afresh (nothing of an earlier run is in it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
     exists = existing_run(cfg)
+    fresh = not exists or cfg.overwrite
     barrier()  # every process has looked before the first one changes anything
     if rank() != 0:
         barrier()
-        return run_dir
+        return run_dir, fresh
     try:
         if exists and cfg.overwrite:
             shutil.rmtree(run_dir)
@@ -148,7 +150,16 @@ def prepare_run_dir(cfg):
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
     barrier()
-    return run_dir
+    return run_dir, fresh
+
+
+def keep_or_remove(run_dir, fresh):
+    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind, so the same
+    command can simply run again (the first process removes it). Returns whether the directory stays."""
+    kept = not fresh or (run_dir / "checkpoint.pt").exists()
+    if not kept and rank() == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return kept
 
 
 @dataclasses.dataclass

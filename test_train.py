@@ -453,13 +453,17 @@ class TestCrashes(CliCase):
         self.assertGreaterEqual(ckpt["epoch"], 1)
         self.assertIn(len(rows), (ckpt["epoch"], ckpt["epoch"] + 1))
 
-    def test_divergence_through_the_cli_keeps_the_logs(self):
+    def test_divergence_through_the_cli_keeps_the_logs_of_finished_epochs_only(self):
         run_dir, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", expect=3)
         lines = err.strip().splitlines()
         self.assertEqual(len(lines), 1, err)
         self.assertTrue(lines[0].startswith("diverged: ") and "loss became" in lines[0] and "epoch 1" in lines[0])
-        self.assertEqual(read_csv(run_dir / "metrics.csv"), [])  # the header, and no invented row
-        self.assertTrue((run_dir / "config.json").exists())
+        self.assertIn(f"no epoch had finished, so {run_dir} was removed", lines[0])
+        self.assertFalse(run_dir.exists())  # nothing empty left behind: the same command runs again
+        self.vit("--epochs", "1")
+        _, _, err = self.vit("--epochs", "2", "--resume", "--lr", "1e12", expect=2)  # a failure on resume
+        self.assertIn("cannot resume", err)
+        self.assertTrue((run_dir / "summary.json").exists())  # never removes what it did not just create
 
 
 class TestDistributed(CliCase):
