@@ -11,7 +11,9 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import torch
@@ -19,17 +21,38 @@ import torch
 from utils import UserError, barrier, check, first_line, rank, rng_state, set_rng_state, world_size
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Ctrl-C during the block takes effect at its end: a file is finished first (and torch.save's
+    own clean-up cannot turn the interrupt into a different error)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    previous = signal.SIG_DFL if previous is None else previous  # a handler installed outside Python
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)  # Python's own: KeyboardInterrupt
+    elif received and previous == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
+
+
 def atomic_write(path, write):
     """Write through `write(file)` to a temporary file, fsync, then rename over `path`: a crash or a
-    full disk leaves the previous file intact."""
+    full disk leaves the previous file intact, and Ctrl-C waits for the file to be complete."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with ctrl_c_deferred():
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {path}: {e.strerror or e}; the previous version is intact") from None

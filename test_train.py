@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 from pathlib import Path
@@ -903,6 +904,23 @@ class TestDisk(CliCase):
         code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "3"])
         self.assertEqual(code, 2)
         self.assert_refused(err, "has changed")
+
+
+class TestCtrlCDuringAWrite(unittest.TestCase):
+    def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_stops(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "checkpoint.pt"
+            state = {"w": torch.arange(100_000.0)}
+
+            def write(f):  # Ctrl-C arrives in the middle of torch.save
+                f.write(b"")
+                os.kill(os.getpid(), signal.SIGINT)
+                torch.save(state, f)
+            with self.assertRaises(KeyboardInterrupt):
+                rundir.atomic_write(path, write)
+            self.assertTrue(torch.equal(torch.load(path, weights_only=True)["w"], state["w"]))  # whole, in place
+            self.assertEqual([p.name for p in Path(tmp).iterdir()], ["checkpoint.pt"])  # no temporary left
+            self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)  # the handler is back
 
 
 class TestNothingLost(CliCase):
