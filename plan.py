@@ -9,7 +9,6 @@ and evaluation steps of its model shape; its disk from the size of the weights i
 """
 import argparse
 import contextlib
-import csv
 import dataclasses
 import io
 import json
@@ -26,6 +25,7 @@ START = time.perf_counter()
 import torch  # timed from START: each run pays for these imports too
 
 import engine
+import plot
 import train_lm
 import train_vit
 from config import parse_config
@@ -118,47 +118,27 @@ def check_data(runs, dry_run):
     return load_s, list(dict.fromkeys(missing))
 
 
-def progress(run):
-    """Epochs already run: all of them when its summary.json says so, else its metrics.csv rows."""
-    path = Path(run.cfg.log_dir) / run.exp_id
-    try:
-        if json.loads((path / "summary.json").read_text()).get("epochs", 0) >= run.cfg.epochs:
-            return run.cfg.epochs
-    except (OSError, ValueError, AttributeError):
-        pass
-    return len(read_rows(path / "metrics.csv"))
+def progress(run, previous):
+    """Epochs already run: all of them when its summary.json says so, else its metrics.csv rows.
+    `previous`: the runs in its log folder (plot.py's reading of them), by directory name."""
+    done = previous.get(run.exp_id)
+    if done is None:
+        return 0
+    finished = isinstance((done.summary or {}).get("epochs"), int) and done.summary["epochs"] >= run.cfg.epochs
+    return run.cfg.epochs if finished else len(done.rows)
 
 
-def read_rows(path):
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-
-
-def measured(run):
-    """Seconds per epoch and bytes of finished runs of this configuration (other seeds, or this run's
+def measured(run, previous):
+    """Seconds per epoch and bytes of finished epochs of this configuration (other seeds, or this run's
     own epochs): the mean over the runs found, or None."""
-    name = run.cfg.naming()["configuration"]
-    found = []
-    for config in Path(run.cfg.log_dir).glob("*/config.json"):
-        try:
-            saved = json.loads(config.read_text())
-            same = saved["naming"]["configuration"] == name and saved.get("limit_batches") == run.cfg.limit_batches
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        rows = read_rows(config.parent / "metrics.csv")
-        try:
-            per_epoch = float(rows[-1]["elapsed"]) / len(rows) if same and rows else None
-        except (KeyError, ValueError):
-            per_epoch = None
-        if per_epoch:
-            files = [p for p in config.parent.iterdir() if p.name != "checkpoint.pt" and p.is_file()]
-            found.append((per_epoch, sum(p.stat().st_size for p in files)))
-    if not found:
+    same = [r for r in previous.values() if r.rows and r.name == run.cfg.naming()["configuration"]
+            and r.config.get("limit_batches") == run.cfg.limit_batches]
+    if not same:
         return None
-    return sum(s for s, _ in found) / len(found), int(sum(b for _, b in found) / len(found))
+    per_epoch = sum(r.rows[-1]["elapsed"] / len(r.rows) for r in same) / len(same)
+    sizes = [sum(p.stat().st_size for p in r.path.iterdir() if p.is_file() and p.name != "checkpoint.pt")
+             for r in same]
+    return per_epoch, int(sum(sizes) / len(sizes))
 
 
 def timed_shape(run, device):
@@ -203,12 +183,15 @@ def existing(path):
 
 def estimate(runs, load_s, device):
     """Each run's time left, disk and checkpoint size; returns how many model shapes were timed."""
-    shapes = {}
+    shapes, previous = {}, {}
     for run in runs:
         cfg = run.cfg
-        run.done = progress(run)
+        if cfg.log_dir not in previous:  # every run there, read once
+            found = plot.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")
+            previous[cfg.log_dir] = {r.path.name: r for r in found}
+        run.done = progress(run, previous[cfg.log_dir])
         left = cfg.epochs - run.done
-        found = measured(run)
+        found = measured(run, previous[cfg.log_dir])
         if found:
             per_epoch, run.disk = found
             run.seconds, run.source = left * per_epoch, "finished epochs"
