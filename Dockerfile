@@ -1,7 +1,8 @@
-# The study in a container. Build and run (GPU; data and logs are volumes):
+# The study in a container. Build and run (GPU; data and logs are volumes, made by you first so that
+# they are yours, and written as you with --user):
 #   docker build -t vit-lm-study .
-#   docker run --gpus all -v "$PWD/data:/app/data" -v "$PWD/logs:/app/logs" vit-lm-study
-#   docker run --gpus all -v "$PWD/data:/app/data" -v "$PWD/logs:/app/logs" -e QUICK=1 vit-lm-study
+#   mkdir -p data logs && docker run --gpus all --user "$(id -u):$(id -g)" \
+#     -v "$PWD/data:/app/data" -v "$PWD/logs:/app/logs" vit-lm-study
 # The default torch wheel is a CUDA 13 build (NVIDIA driver 580 or newer, compute capability 7.5 and
 # up). For an older driver or a V100, install a CUDA 12 build from PyTorch's own index:
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t vit-lm-study .
@@ -39,10 +40,11 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --no-cache-dir -r requirements.txt; \
     fi
 
-COPY *.py *.json runs.sh README.md ./
+COPY *.py *.json runs.sh entrypoint.sh README.md ./
 RUN useradd --create-home --uid 1000 trainer \
     && mkdir -p /app/data /app/logs \
     && chown trainer:trainer /app/data /app/logs
 USER 1000:1000
 VOLUME ["/app/data", "/app/logs"]
+ENTRYPOINT ["bash", "/app/entrypoint.sh"]
 CMD ["bash", "runs.sh"]

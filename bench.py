@@ -11,7 +11,8 @@ data of the same sizes), and the reference study's total time extrapolated from 
 Everything is measured in this one process, so the ratios compare like with like. The ceiling is
 the device's dense matmul rate in the precision used (--precision auto: bf16 on a recent GPU), measured
 here, shown beside the GPU's published peak; MFU is the model's analytic training FLOPs (3x the
-forward's matmul FLOPs) per second over the measured ceiling.
+forward's matmul FLOPs) per second over the measured ceiling, each part of a model against the
+ceiling of the precision it runs in (the recurrent cores run in fp32, TF32 on a GPU, under autocast).
 """
 import argparse
 import json
@@ -30,7 +31,8 @@ import engine
 import utils
 from rundir import environment
 from augment import augment, normalize
-from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_train_flops, vit_flops
+from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_recurrent_share, \
+    lm_train_flops, vit_flops
 from train_lm import TextTask
 from train_vit import ImageTask
 
@@ -55,16 +57,9 @@ def timed(fn, device, steps, warmup):
     return (time.perf_counter() - start) / steps
 
 
-# Published dense peaks (TFLOP/s, no sparsity) of common GPUs, for the precision a run uses.
-PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
-         "A100": dict(bf16=312, fp16=312, fp32=156), "L4": dict(bf16=121, fp16=121, fp32=60),
-         "A10": dict(bf16=125, fp16=125, fp32=62), "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
-
-
 def published_peak(device, dtype):
-    name = environment(device)["device_name"] if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in name), None), kind
+    return utils.published_peak(environment(device)["device_name"] if device.type == "cuda" else "", kind), kind
 
 
 def matmul_ceiling(device, quick, dtype=None):
@@ -92,7 +87,7 @@ def bench_vit_models(device, dtype, quick, batch=128):
         for block in ("prenorm", "postnorm"):
             torch.manual_seed(0)
             model = VisionTransformer(layers, block, **VIT).to(device)
-            opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
+            opt, _, _ = engine.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
 
             def loss():
                 with utils.autocast(device, dtype):
@@ -132,7 +127,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     task = ImageTask(data, batch, seed=0)
     torch.manual_seed(0)
     model = VisionTransformer(layers, "prenorm", **VIT).to(device)
-    opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4)
+    opt, _, _ = engine.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
     engine.run_epoch(model, task, "train", 0, engine.Step(opt), limited(2), dtype)  # warm-up
     images, labels = normalize(x[:batch]), y[:batch]
     peers = {}
@@ -176,7 +171,7 @@ def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):  # eac
                                 ("gru", 1, "prenorm"), ("transformer", 2, "prenorm"), ("transformer", 2, "postnorm")):
         torch.manual_seed(0)
         model = LanguageModel(core, layers, **LM, embeddings=table, max_len=seq_len, block=block).to(device)
-        opt, _ = engine.make_optimizer("adam", model.parameters(), 1e-3)
+        opt, _, _ = engine.make_optimizer("adam", model, 1e-3)
 
         def loss():  # the trainer's loss: summed in chunks, the full logits never exist
             with utils.autocast(device, dtype):
@@ -185,7 +180,8 @@ def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):  # eac
         flops = lm_train_flops(core, layers, frozen, seq_len=seq_len) * batch * seq_len / sec
         name = f"{core.upper() if core != 'transformer' else 'Transformer ' + block}-{layers}"
         rows.append(dict(model=f"LM {name}", params=count_params(model), unit="tokens/s",
-                         throughput=batch * seq_len / sec, tflops=flops / 1e12))
+                         throughput=batch * seq_len / sec, tflops=flops / 1e12,
+                         fp32_share=lm_recurrent_share(core, layers, frozen, seq_len)))
     return rows
 
 
@@ -248,7 +244,7 @@ def bench_augmentation(device, dtype, quick, batch=128):
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
     torch.manual_seed(0)
     model = VisionTransformer(2, "prenorm", **VIT).to(device)
-    opt, _ = engine.make_optimizer("adamw", model.parameters(), 3e-4, weight_decay=5e-4, device=device)
+    opt, _, _ = engine.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4, device=device)
 
     def loss():
         with utils.autocast(device, dtype):
@@ -329,7 +325,7 @@ def bench_real(device, dtype, data_root, quick, with_compile=False, frozen=True)
                            else None).to(device),
              "adam", 3)]
     for name, unit, task, model, optimizer, cpu_slice in jobs:
-        opt, _ = engine.make_optimizer(optimizer, model.parameters(), 3e-4, weight_decay=5e-4, device=device)
+        opt, _, _ = engine.make_optimizer(optimizer, model, 3e-4, weight_decay=5e-4, device=device)
         limit = 0 if full else cpu_slice
         # eager, then compiled in place as --compile does, and on a GPU with CUDA graphs too
         modes = ["default"] + ["reduce-overhead"] * (device.type == "cuda") if with_compile else []
@@ -377,11 +373,13 @@ def study_estimate(rows, compiled=False):
                  epoch_s=seconds)]
 
 
-def table(rows, ceiling, device, dtype):
+def table(rows, ceiling, ceiling_fp32, device, dtype):
     peak, kind = published_peak(device, dtype)
+    fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
+                                     f"{published_peak(device, None)[0] or 'unknown'}")
     print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
-          f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}\n")
+          f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
     width = max([72] + [len(r["model"]) for r in rows])
     print(f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | {'epoch s':>8} |")
     print(f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
@@ -419,6 +417,7 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     ceiling = matmul_ceiling(device, args.quick, dtype)
+    ceiling_fp32 = ceiling if dtype is None else matmul_ceiling(device, args.quick)
     rows = []
     sections = dict(vit=lambda: bench_vit_models(device, dtype, args.quick),
                     peers=lambda: bench_vit_trainer(device, dtype, args.quick),
@@ -434,15 +433,16 @@ def main(argv=None):
         # The machine's rate drifts: the fastest of the ceilings measured at the start and after
         # every section (a few seconds each on a CPU) is what it can do.
         ceiling = max(ceiling, matmul_ceiling(device, args.quick, dtype))
+        ceiling_fp32 = ceiling if dtype is None else max(ceiling_fp32, matmul_ceiling(device, args.quick))
     rows += sum((study_estimate(rows, mode) for mode in (False, "default", "reduce-overhead")), [])
     for r in rows:
         if r.get("tflops"):
-            r["mfu"] = r["tflops"] * 1e12 / ceiling
-    table(rows, ceiling, device, dtype)
+            r["mfu"] = utils.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
+    table(rows, ceiling, ceiling_fp32, device, dtype)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
             device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
-            ceiling_flops=ceiling, results=rows, argv=sys.argv[1:], python=platform.python_version()), indent=2))
+            ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:], python=platform.python_version()), indent=2))
     return 0
 
 

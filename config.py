@@ -96,6 +96,9 @@ class TrainConfig:
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", group="optimisation")
     ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.999; 0: off), evaluated and logged beside the model", group="optimisation")
+    decay_exempt: bool = option(False, "no weight decay on biases, LayerNorm weights, position embeddings and the "
+                                "CLS token (as DeiT, timm and nanoGPT; the reference decayed every parameter)",
+                                group="optimisation")
     seed: int = option(42, "seed of every random generator", group="optimisation")
     recipe: str = option("reference", "the defaults to start from: the reference report's, or a stronger recipe "
                          "(listed below)", group="optimisation")
@@ -117,10 +120,12 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model; the warm-up is timed apart from the epochs",
                            group="performance")
 
-    # Settings that do not change what a run computes: they may differ on resume and stay out of
-    # default names. NOT_SETTINGS are, besides, never compared between runs (seeds are averaged).
-    MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite", "keep_checkpoint")
-    NOT_IN_NAME = MAY_DIFFER_ON_RESUME + ("exp_id", "device")
+    # Settings that do not change what a run computes: they may differ on resume (a run folder moved
+    # or renamed, data moved, another device of the same precision) and stay out of default names.
+    # NOT_SETTINGS are, besides, never compared between runs (seeds are averaged).
+    MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite", "keep_checkpoint",
+                            "exp_id", "device")
+    NOT_IN_NAME = MAY_DIFFER_ON_RESUME
     NOT_SETTINGS = NOT_IN_NAME + ("seed",)
     RECIPES = {}  # name -> the settings it changes (each trainer's own)
     PREFIX = "run"  # the default name's start, formatted with the settings

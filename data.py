@@ -10,6 +10,7 @@ gather, never a per-sample Python call.
 import hashlib
 import http.client
 import io
+import json
 import math
 import os
 import tempfile
@@ -49,6 +50,7 @@ class Corpus:
     vocab_size: int
     vocab: list = None    # id -> word for word-level text; None for token-id files
     source: str = ""
+    sha256: str = ""      # of the vocabulary and every split's tokens: the data's identity, wherever they lie
 
 
 def load_wikitext(folder, device, data_format="auto", download=True):
@@ -138,8 +140,9 @@ def _load_token_files(folder, device):
         check(tokens.min() >= 1 and tokens.max() < vocab_size,
               f"{folder / TOKEN_FILES[split]}: token ids must lie in 1..{vocab_size - 1} (0 is padding), "
               f"found {tokens.min()}..{tokens.max()}")
-    splits = {s: torch.from_numpy(t.astype(np.int64)).to(device) for s, t in arrays.items()}
-    return Corpus(splits, vocab_size, None, f"token files (wiki.*.npz) in {folder}")
+    splits = {s: torch.from_numpy(t.astype(np.int64)) for s, t in arrays.items()}
+    return Corpus({s: t.to(device) for s, t in splits.items()}, vocab_size, None,
+                  f"token files (wiki.*.npz) in {folder}", content_sha256(vocab_size, *splits.values()))
 
 
 def tokenize(path):
@@ -167,9 +170,21 @@ def _load_text_files(folder, device):
     vocab = build_vocab(words["train"])
     index = {w: i for i, w in enumerate(vocab)}
     unk = index["<unk>"]
-    splits = {s: torch.tensor([index.get(w, unk) for w in ws], dtype=torch.int64, device=device)
-              for s, ws in words.items()}
-    return Corpus(splits, len(vocab), vocab, f"word-level text (train/valid/test.txt) in {folder}")
+    splits = {s: torch.tensor([index.get(w, unk) for w in ws], dtype=torch.int64) for s, ws in words.items()}
+    return Corpus({s: t.to(device) for s, t in splits.items()}, len(vocab), vocab,
+                  f"word-level text (train/valid/test.txt) in {folder}", content_sha256(vocab, *splits.values()))
+
+
+def content_sha256(*parts):
+    """A checksum of tensors (their bytes, in order) and JSON-able values: what a dataset is."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if torch.is_tensor(part):
+            digest.update(memoryview(part.contiguous().numpy()).cast("B"))
+        else:
+            digest.update(json.dumps(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def download_wikitext(folder, urls=None, md5=None):
@@ -201,7 +216,8 @@ def download_wikitext(folder, urls=None, md5=None):
 class Windows:
     """A token stream cut into windows of `seq_len` inputs and the `seq_len` next tokens as targets
     (the reference's break_mode=none). The last window is padded with id 0, and padding is never a
-    target, so every token after the first is scored exactly once per pass.
+    target, so every token after the first is scored exactly once per pass. Window `num_windows`
+    has no target at all: it fills up a short last batch.
 
     With `streams` = B, the windows are also read as B contiguous streams of `per_stream` windows
     each (the number of windows is rounded up to B * per_stream, the extra ones all padding):
@@ -217,7 +233,7 @@ class Windows:
         if streams:
             self.per_stream = math.ceil(self.num_windows / streams)
             self.num_windows = streams * self.per_stream
-        self.padded = F.pad(stream, (0, self.num_windows * seq_len + 1 - n))
+        self.padded = F.pad(stream, (0, (self.num_windows + 1) * seq_len + 1 - n))
         self.offsets = torch.arange(seq_len + 1, device=stream.device)
 
     def batch(self, idx):
@@ -266,6 +282,7 @@ class ImageData:
     splits: dict    # split -> (uint8 images (N, C, H, W), int64 labels (N,)) on the device
     classes: list
     source: str = ""
+    sha256: str = ""  # of the class names and every split's images and labels
 
 
 def split_train_valid(n, valid_fraction=0.1, seed=SPLIT_SEED):
@@ -292,7 +309,7 @@ def load_cifar10(folder, device, download=True):
     arrays = dict(train=(train_x[train_idx], train_y[train_idx]), valid=(train_x[valid_idx], train_y[valid_idx]),
                   test=(test_x[test_idx], test_y[test_idx]))
     splits = {s: (x.to(device), y.to(device)) for s, (x, y) in arrays.items()}
-    return ImageData(splits, classes, source)
+    return ImageData(splits, classes, source, content_sha256(classes, *(t for pair in arrays.values() for t in pair)))
 
 
 def _load_torchvision_cifar(folder, download):

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rundir import RunDir, atomic_write, existing_run, keep_or_remove, prepare_run_dir, run_lock
-from utils import Diverged, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, set_rng_state, \
-    setup, shard, sync, unwrap, world_size
+from rundir import RunDir, existing_run, keep_or_remove, prepare_run_dir, run_lock
+from utils import Diverged, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, seed_dropout, \
+    set_rng_state, setup, shard, sync, unwrap, world_size
 
 try:
     from tqdm import tqdm
@@ -33,22 +33,37 @@ except ImportError:  # progress bars are a convenience, never a reason to fail
 
 # ------------------------------------------------------------------------------------- optimizers
 
-def make_optimizer(name, params, lr, momentum=0.9, weight_decay=0.0, device=None):
-    """The reference's four optimizers. Returns (optimizer, effective weight decay). They use the
+def parameter_groups(model, exempt=False):
+    """The learnable parameters as (decayed, not decayed). With `exempt`, what shifts or scales rather
+    than mixes (every tensor of fewer than 2 dimensions: biases, LayerNorm weights) and what the model
+    names in `no_weight_decay()` (position embeddings, the CLS token) take no weight decay, as in
+    DeiT, timm and nanoGPT; without it every parameter decays, as the reference's AdamW did."""
+    skip = set(getattr(model, "no_weight_decay", lambda: ())()) if exempt else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight once
+    exempted = [exempt and (p.ndim < 2 or n in skip) for n, p in named]
+    return [p for (_, p), e in zip(named, exempted) if not e], [p for (_, p), e in zip(named, exempted) if e]
+
+
+def make_optimizer(name, model, lr, momentum=0.9, weight_decay=0.0, device=None, exempt=False):
+    """The reference's four optimizers over `model`'s learnable parameters (see parameter_groups).
+    Returns (optimizer, effective weight decay, what config.json records of the groups). They use the
     fused kernels (one launch for all parameters) where this torch has them for the device, else
     foreach on CUDA and the defaults elsewhere. A new optimizer goes here."""
-    params = [p for p in params if p.requires_grad]
     kinds = dict(sgd=(torch.optim.SGD, dict(weight_decay=weight_decay)),
                  momentum=(torch.optim.SGD, dict(momentum=momentum, weight_decay=weight_decay)),
                  adam=(torch.optim.Adam, dict(weight_decay=0.0)),  # the reference's Adam has no weight decay
                  adamw=(torch.optim.AdamW, dict(weight_decay=weight_decay)))
     check(name in kinds, f"unknown optimizer {name!r}; choose from {', '.join(kinds)}")
     cls, kwargs = kinds[name]
+    decay, no_decay = parameter_groups(model, exempt)
+    groups = [dict(params=decay)] + [dict(params=no_decay, weight_decay=0.0)] * bool(no_decay)
+    recorded = {label: dict(tensors=len(ps), parameters=sum(p.numel() for p in ps))
+                for label, ps in (("decay", decay), ("no_decay", no_decay))}
     try:
-        return cls(params, lr=lr, fused=True, **kwargs), kwargs["weight_decay"]
+        optimizer = cls(groups, lr=lr, fused=True, **kwargs)
     except (TypeError, RuntimeError, ValueError):  # a torch or device without this fused kernel
-        foreach = device is not None and device.type == "cuda"
-        return cls(params, lr=lr, foreach=foreach, **kwargs), kwargs["weight_decay"]
+        optimizer = cls(groups, lr=lr, foreach=device is not None and device.type == "cuda", **kwargs)
+    return optimizer, kwargs["weight_decay"], recorded
 
 
 def lr_factor(step, total_steps, warmup_steps, kind="constant", min_ratio=0.0):
@@ -251,24 +266,21 @@ def progress_bar(n, split, cfg):
 
 def compile_model(model, task, dtype, mode=None):
     """torch.compile in place (state_dict keys stay those of the plain model; a DDP module is compiled
-    whole, so its gradient all-reduce still overlaps the backward pass), then training and
-    evaluation passes on this process's slice of a batch and of a batch one example smaller, so
-    compiling is not billed to the first epoch (an epoch's last batch is usually smaller, the shape
-    that makes torch.compile recompile with dynamic shapes). The random state is put back: a
-    compiled run draws the same numbers as a plain one."""
+    whole, so its gradient all-reduce still overlaps the backward pass), then a training pass for
+    each batch size the train split yields and an evaluation pass for each that valid and test
+    yield (`task.batch_sizes`), each on this process's slice of it as the epochs will cut it, so no
+    compiling is billed to an epoch. The random state is put back: a compiled run draws the same
+    numbers as a plain one."""
     device = next(model.parameters()).device
     state = rng_state()
     sync(device)
     start = time.perf_counter()
     model.compile(mode=mode)
-    for training in (True, False):
+    for training, splits in ((True, ["train"]), (False, ["valid", "test"])):
         model.train(training)
-        for smaller in (False, True):
-            batch = next(iter(task.batches("train" if training else "valid", 0)))  # a fresh pass: fresh state
-            if smaller:
-                if not all(b.shape[0] > 1 for b in batch if torch.is_tensor(b)):
-                    continue
-                batch = tuple(b[:-1] if torch.is_tensor(b) else b for b in batch)
+        for size in sorted(set().union(*(task.batch_sizes(s) for s in splits)), reverse=True):
+            batch = next(iter(task.batches(splits[0], 0)))  # a fresh pass: fresh state
+            batch = tuple(b[:size] if torch.is_tensor(b) else b for b in batch)
             with torch.set_grad_enabled(training), autocast(device, dtype):
                 loss, _, _ = task.loss(model, shard(batch))
             if training:
@@ -277,8 +289,7 @@ def compile_model(model, task, dtype, mode=None):
     sync(device)
     set_rng_state(state)
     seconds = time.perf_counter() - start
-    if rank() == 0:
-        print(f"compiled the model in {seconds:.1f}s (not counted in the epoch times)")
+    log(f"compiled the model in {seconds:.1f}s (not counted in the epoch times)")
     return seconds
 
 
@@ -301,6 +312,7 @@ def train_one_epoch(model, task, cfg, step, dtype, progress, epoch):
     m, device = task.metric, next(model.parameters()).device
     if step.grad_norms is not None:
         step.grad_norms.reset()
+    seed_dropout(cfg.seed, epoch)
     train = run_epoch(model, task, "train", epoch, step, cfg, dtype)
     valid = run_epoch(model, task, "valid", epoch, None, cfg, dtype)
     elapsed = (progress.history[-1]["elapsed"] if progress.history else 0.0) + train["seconds"] + valid["seconds"]
@@ -324,13 +336,14 @@ def train_one_epoch(model, task, cfg, step, dtype, progress, epoch):
     return row, new_norms
 
 
-def fit(model, task, cfg, run_dir, optimizer, device, dtype=None, extra_config=None):
+def fit(model, task, cfg, run_dir, optimizer, device, dtype=None, extra_config=None, files=None):
     """The epoch loop: train, validate, append a metrics.csv row, keep best.pt, checkpoint; then test
     the final and the best-validation model and write summary.json. Resumes from checkpoint.pt with
-    cfg.resume. Returns the summary dict."""
+    cfg.resume; `files` (name -> bytes) are written beside the logs once the run may go on. Returns
+    the summary dict."""
     config = dict(dataclasses.asdict(cfg), naming=cfg.naming(), **(extra_config or {}))
     step = make_step(model, task, cfg, optimizer, dtype)
-    run = RunDir(run_dir, task, cfg, config, fp16=step.scaler is not None)
+    run = RunDir(run_dir, task, cfg, config, fp16=step.scaler is not None, files=files)
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
     stateful = dict(model=raw, optimizer=optimizer, scheduler=step.scheduler, scaler=step.scaler, ema=step.ema)
     progress = run.resume(stateful)
@@ -421,17 +434,14 @@ def train(cfg, build):
     existing_run(cfg)  # refused at once, before the data is loaded
     task, model, extra, files = build(cfg, device)
     model = model.to(device)
-    optimizer, weight_decay = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                             cfg.weight_decay, device)
-    extra = dict(extra, effective_weight_decay=weight_decay, precision_used=str(dtype or torch.float32)[6:],
-                 precision_reason=why)
+    optimizer, weight_decay, groups = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                                     device, cfg.decay_exempt)
+    extra = dict(extra, effective_weight_decay=weight_decay, weight_decay_groups=groups,
+                 precision_used=str(dtype or torch.float32)[6:], precision_reason=why)
     with run_lock(cfg):
         run_dir, fresh = prepare_run_dir(cfg)
         try:
-            if rank() == 0:
-                for name, content in files.items():
-                    atomic_write(run_dir / name, lambda f, content=content: f.write(content))
-            return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra)
+            return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra, files)
         except BaseException as e:  # Ctrl-C too
             kept = keep_or_remove(run_dir, fresh)
             if isinstance(e, Diverged):

@@ -136,6 +136,10 @@ class VisionTransformer(nn.Module):
         """One list of parameters per Block, input side first (for per-layer gradient norms)."""
         return [list(b.parameters()) for b in self.blocks]
 
+    def no_weight_decay(self):
+        """Parameters of 2 or more dimensions that an exempting optimizer leaves undecayed."""
+        return {"pos_embed", "cls_token"}
+
     def forward(self, images):
         x = self.patch_embed(self.patchify(images))  # (B, N, E)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
@@ -200,10 +204,16 @@ class LinearCrossEntropy(torch.autograd.Function):
     holding the full logits: each chunk of rows is one fused log-softmax, and its gradients for h
     and weight (softmax - one-hot) are formed in the forward pass, so nothing is recomputed.
     The gradients accumulate in fp32. Under fp16 they are also formed in fp32: they are computed
-    before the loss scaler scales anything, and a 40k-way softmax's small values vanish in fp16."""
+    before the loss scaler scales anything, and a 40k-way softmax's small values vanish in fp16.
+    Autocast is off inside, so each matmul runs in the dtype chosen here."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, chunk, grads):
+        with torch.autocast(h.device.type, enabled=False):
+            return LinearCrossEntropy.chunked(ctx, h, weight, targets, chunk, grads)
+
+    @staticmethod
+    def chunked(ctx, h, weight, targets, chunk, grads):
         need_h, need_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
         ctx.dtypes = h.dtype, weight.dtype
         w = weight.to(h.dtype)
@@ -287,6 +297,9 @@ class LanguageModel(nn.Module):
         self.out = nn.Linear(embedding_size, vocab_size, bias=False)
         self.out.weight = self.embedding.weight  # tied: the same Parameter, counted once
 
+    def no_weight_decay(self):
+        return {"core.pos_embed"} if isinstance(self.core, TransformerCore) else set()
+
     def layer_parameters(self):
         """One list of parameters per Block or recurrent layer, input side first."""
         if isinstance(self.core, TransformerCore):
@@ -324,6 +337,15 @@ def lm_train_flops(core, layers, frozen=True, **shape):
     v, e = shape.get("v", 40479), shape.get("e", 768)
     head = 2 * e * v
     return 3 * (lm_flops(core, layers, **shape) - head) + (2 if frozen else 3) * head
+
+
+def lm_recurrent_share(core, layers, frozen=True, seq_len=256):
+    """The fraction of an LM's training FLOPs in its recurrence, which runs in fp32 (TF32 on a GPU)
+    under autocast too; the rest runs in the autocast dtype."""
+    if core == "transformer":
+        return 0.0
+    body = lm_flops(core, layers, seq_len) - lm_flops(core, 0, seq_len)
+    return 3 * body / lm_train_flops(core, layers, frozen, seq_len=seq_len)
 
 
 def lm_flops(core, layers, seq_len=256, v=40479, e=768, h=512, mlp=2048):

@@ -77,7 +77,10 @@ def read_runs(lines):
 
 
 def check_device(name):
-    if torch.cuda.is_available() or name == "cpu":
+    if name == "cpu":
+        return
+    if torch.cuda.is_available():
+        get_device("cuda")  # a GPU this torch has no kernels for is refused here, before any run
         return
     check(name != "cuda", f"DEVICE=cuda (the default with GPUS and in the image), but {cuda_unusable_reason()}")
     print(f"warning: no usable GPU ({cuda_unusable_reason()}): the sweep runs on the CPU, where the full study "
@@ -151,8 +154,8 @@ def timed_shape(run, device):
     with contextlib.redirect_stdout(io.StringIO()):
         task, model, _, _ = SCRIPTS[run.script][0].build(cfg, device)
     model = model.to(device)
-    optimizer, _ = engine.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum,
-                                         cfg.weight_decay, device)
+    optimizer, _, _ = engine.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay, device,
+                                            cfg.decay_exempt)
     step = engine.make_step(model, task, cfg, optimizer, dtype)
     built = time.perf_counter() - start
     n = {s: min(task.num_batches(s), cfg.limit_batches or math.inf) for s in ("train", "valid", "test")}

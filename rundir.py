@@ -195,6 +195,7 @@ class Progress:
 
 
 NORM_COLUMNS = ["epoch", "layer", "norm"]
+DATA_KEYS = ("data_sha256", "vocab_size", "classes")  # config.json's records of what the data are
 
 
 class RunDir:
@@ -202,8 +203,9 @@ class RunDir:
     (everything needed to resume), best.pt and best_ema.pt (weights), summary.json. Under torchrun
     only the first process writes."""
 
-    def __init__(self, path, task, cfg, config, fp16=False):
+    def __init__(self, path, task, cfg, config, fp16=False, files=None):
         self.path, self.cfg, self.config, self.main = Path(path), cfg, config, rank() == 0
+        self.files = files or {}
         m = task.metric
         self.columns = ["epoch", "train_loss", f"train_{m}", "valid_loss", f"valid_{m}", "lr", "train_time",
                         "valid_time", "elapsed", f"{task.unit}_per_s", "peak_mem_mb", "mem_pct"]
@@ -223,12 +225,7 @@ class RunDir:
         missing = [k for k in ("config", "model", "history", "best", "rng") if k not in ckpt]
         check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
               f"{', '.join(missing) or 'everything'}); start again with --overwrite")
-        differ = set(self.cfg.MAY_DIFFER_ON_RESUME)
-        saved, now = json_plain(ckpt["config"]), json_plain(self.config)
-        defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
-        diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-                 if k not in differ and saved.get(k, defaults.get(k)) != now.get(k)]
-        check(not diffs, f"cannot resume {self.path} with a different configuration ({'; '.join(diffs)})")
+        self.check_same_run(json_plain(ckpt["config"]))
         for key, obj in stateful.items():
             if obj is not None and ckpt.get(key) is not None:
                 load_trained(obj, ckpt[key]) if key == "model" else obj.load_state_dict(ckpt[key])
@@ -238,11 +235,33 @@ class RunDir:
         return Progress(ckpt["history"], ckpt.get("norm_history", []), ckpt["best"],
                         ckpt.get("best_ema", dict(epoch=0, value=None)))
 
+    def check_same_run(self, saved):
+        """Refuse to resume onto what would change the numbers: other data (its checksum, vocabulary or
+        classes), another precision, other settings. Where the data lie, the folder's name, the device
+        and why a precision was chosen may all change (a run moved to another machine or GPU)."""
+        now = json_plain(self.config)
+        defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
+        context = set(self.cfg.MAY_DIFFER_ON_RESUME) | {"naming", "data_source", "precision_reason"}
+        diffs = [k for k in sorted(set(saved) | set(now)) if k not in context and (k in saved or k in defaults)
+                 and saved.get(k, defaults.get(k)) != now.get(k)]  # a record added since: not compared
+        data = [k for k in diffs if k in DATA_KEYS]
+        check(not data, f"cannot resume {self.path}: it was trained on other data (its {', '.join(data)} differ from "
+              f"those of {self.cfg.data_folder}); put its data back, or start another run")
+
+        def short(value):
+            text = repr(value)
+            return text if len(text) <= 40 else text[:37] + "..."
+        check(not diffs, f"cannot resume {self.path} with a different configuration ("
+              + "; ".join(f"{k}: {short(saved.get(k, defaults.get(k)))} -> {short(now.get(k))}" for k in diffs) + ")")
+
     def start(self, progress, device, norms):
-        """config.json, and the CSVs rewritten from the checkpoint's rows: a row written after the last
-        checkpoint is dropped (that epoch is trained again) and one written before it restored."""
+        """The run's files (config.json, and vocab.txt and the like), once a resume is accepted, and
+        the CSVs rewritten from the checkpoint's rows: a row written after the last checkpoint is
+        dropped (that epoch is trained again) and one written before it restored."""
         if not self.main:
             return
+        for name, content in self.files.items():
+            atomic_write(self.path / name, lambda f, content=content: f.write(content))
         save_json(dict(self.config, environment=environment(device), world_size=world_size()),
                   self.path / "config.json")
         write_csv(self.path / "metrics.csv", self.columns, progress.history)

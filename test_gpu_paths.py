@@ -1,6 +1,9 @@
-"""The CUDA paths, proved on a CPU: precision choice per GPU generation (CUDA queries replaced), the
-fp16 loss scaler's skipped steps, the loss's gradients in low precision, restoring random state
-saved on more GPUs, and a distributed job in which only one rank fails."""
+"""The CUDA paths, proved on a CPU: precision choice per GPU generation (CUDA queries replaced), a GPU
+this torch has no kernels for, the fp16 loss scaler's skipped steps, the loss's gradients in low
+precision and under fp16 autocast, restoring random state saved on more GPUs, per-process dropout
+and a distributed job in which only one rank fails, the benchmark's peaks and MFU, the container's
+entrypoint."""
+import contextlib
 import json
 import os
 import subprocess
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 
 import engine
 import utils
-from models import LanguageModel, linear_cross_entropy
+from models import LanguageModel, linear_cross_entropy, lm_recurrent_share
 from test_data import TempDir, write_image_folder
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +58,41 @@ class TestPrecision(unittest.TestCase):
         self.assertIn("emulated", why)
         self.assertEqual(self.choose("fp32", (9, 0))[0], None)
         self.assertEqual(utils.choose_precision("auto", torch.device("cpu")), (None, "fp32: the device is a CPU"))
+
+
+def v100(arch_list=("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")):
+    """A V100 (compute capability 7.0) under a torch built without kernels for it (CUDA 13)."""
+    return [mock.patch("torch.cuda.is_available", return_value=True),
+            mock.patch("torch.cuda.get_device_capability", return_value=(7, 0)),
+            mock.patch("torch.cuda.get_arch_list", return_value=list(arch_list)),
+            mock.patch("torch.cuda.get_device_name", return_value="Tesla V100-SXM2-16GB")]
+
+
+class TestGpuWithoutKernels(TempDir):
+    def test_a_v100_under_a_cuda_13_build_is_refused_in_one_line_before_anything_runs(self):
+        import plan
+        import train_vit
+        from test_train import VIT_TINY, run
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        with contextlib.ExitStack() as stack:
+            for p in v100():
+                stack.enter_context(p)
+            for device in ("cuda", "auto"):
+                code, out, err = run(train_vit.main, ["--data_folder", str(data), "--log_dir", str(self.tmp / "logs"),
+                                                      *VIT_TINY, "--device", device])
+                self.assertEqual(code, 2, err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+                for fragment in ("error: ", "Tesla V100", "compute capability 7.0", "whl/cu126"):
+                    self.assertIn(fragment, err)
+                self.assertFalse((self.tmp / "logs").exists())
+            with self.assertRaisesRegex(utils.UserError, "compute capability 7.0.*cu126"):
+                plan.check_device("cuda")  # the sweep's check, before its first run
+            plan.check_device("cpu")
+        with mock.patch("torch.cuda.get_device_capability", return_value=(8, 9)):
+            self.assertIsNone(utils.cuda_arch_problem())  # an L40S runs sm_86 kernels
+        with mock.patch("torch.cuda.get_device_capability", return_value=(7, 0)), \
+                mock.patch("torch.cuda.get_arch_list", return_value=["sm_80", "compute_70"]):
+            self.assertIsNone(utils.cuda_arch_problem())  # PTX for 7.0 is compiled for it
 
 
 class TestPrecisionInConfig(TempDir):
@@ -127,19 +165,32 @@ class TestLossInLowPrecision(unittest.TestCase):
                 torch.testing.assert_close(grad_h / ref_h.abs().max(), ref_h / ref_h.abs().max(), rtol=0,
                                            atol=tol)
 
-    def test_fp16_keeps_the_small_softmax_gradients(self):
+    def test_fp16_keeps_the_small_softmax_gradients_with_and_without_autocast(self):
         # One token whose other 4,999 classes have logits 20 below the target's: probabilities of
         # about 2e-9, below fp16's smallest subnormal (6e-8). Their weight gradients (p * h) vanish
-        # when formed in fp16, before any loss scaling; formed in fp32 they survive.
-        h = torch.tensor([[1.0, 0.0]], dtype=torch.float16, requires_grad=True)
-        w = torch.zeros(5000, 2)
-        w[:, 0] = -20.0
-        w[1, 0] = 0.0
-        w.requires_grad_()
-        linear_cross_entropy(h, w, torch.tensor([1])).backward()
+        # when formed in fp16, before any loss scaling; formed in fp32 they survive. Under fp16
+        # autocast, as a training step runs it, too: autocast must not cast those matmuls down.
         p = torch.softmax(torch.tensor([[-20.0] + [0.0] + [-20.0] * 4998]), 1)[0]
-        self.assertGreater(w.grad[2:, 0].abs().min().item(), 0)
-        torch.testing.assert_close(w.grad[2:, 0], p[2:], rtol=1e-3, atol=0)
+        for autocast in (False, True):
+            h = torch.tensor([[1.0, 0.0]], dtype=torch.float16, requires_grad=True)
+            w = torch.zeros(5000, 2)
+            w[:, 0] = -20.0
+            w[1, 0] = 0.0
+            w.requires_grad_()
+            with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+                linear_cross_entropy(h, w, torch.tensor([1])).backward()
+            self.assertGreater(w.grad[2:, 0].abs().min().item(), 0, f"autocast {autocast}")
+            torch.testing.assert_close(w.grad[2:, 0], p[2:], rtol=1e-3, atol=0)
+
+    def test_under_fp16_autocast_it_matches_cross_entropy(self):
+        ref_loss, ref_h, ref_w = self.reference()
+        h, w = self.h.clone().requires_grad_(), self.w.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = linear_cross_entropy(h.half(), w, self.t, chunk=128)
+        loss.backward()
+        torch.testing.assert_close(loss, ref_loss, rtol=2e-3, atol=0)
+        for got, ref in ((h.grad, ref_h), (w.grad, ref_w)):
+            torch.testing.assert_close(got / ref.abs().max(), ref / ref.abs().max(), rtol=0, atol=2e-3)
 
 
 class TestRecurrentCoreUnderAutocast(unittest.TestCase):
@@ -188,22 +239,101 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def torchrun_vit(tmp, launcher, *args):
+    """A tiny ViT on two CPU processes under torchrun, through `launcher` (a test-side wrapper)."""
+    data, _ = write_image_folder(tmp / "images", per_class=(40, 10))
+    (tmp / "launcher.py").write_text(launcher)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(tmp / "launcher.py"),
+            str(HERE / "train_vit.py"), "--data_folder", str(data), "--log_dir", str(tmp / "logs"), "--device", "cpu",
+            "--embed_dim", "32", "--hidden_dim", "32", "--num_heads", "4", "--batch_size", "8", *args]
+    return subprocess.run(argv, cwd=HERE, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE), MASKS=str(tmp)))
+
+
 class TestDistributedFailure(TempDir):
     def test_an_error_on_rank_1_alone_ends_the_job_at_once_with_its_message(self):
-        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
-        launcher = self.tmp / "launcher.py"
-        launcher.write_text(RANK1_FAILS)
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
-                str(HERE / "train_vit.py"), "--data_folder", str(data), "--log_dir", str(self.tmp / "logs"),
-                "--device", "cpu", "--embed_dim", "32", "--hidden_dim", "32", "--num_heads", "4", "--batch_size",
-                "8"]
         start = time.perf_counter()
-        proc = subprocess.run(argv, cwd=HERE, capture_output=True, text=True, timeout=240,
-                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE)))
+        proc = torchrun_vit(self.tmp, RANK1_FAILS)
         self.assertLess(time.perf_counter() - start, 120)  # not torchrun's or the collective's timeout
         self.assertNotEqual(proc.returncode, 0)
         self.assertEqual(proc.stderr.count("[rank 1] error: rank 1 cannot read its data"), 1, proc.stderr[-3000:])
         self.assertNotIn("[rank 0] error", proc.stderr)
+
+
+# Runs a trainer under torchrun and appends each drop-path mask this rank draws to masks_<rank>.txt.
+RECORD_MASKS = """
+import os, runpy, sys
+import models
+real = models.DropPath.forward
+def forward(self, x):
+    y = real(self, x)
+    if self.training:
+        dropped = (y.flatten(1) == 0).all(1) & (x.flatten(1) != 0).any(1)
+        with open(os.path.join(os.environ["MASKS"], f"masks_{os.environ['RANK']}.txt"), "a") as f:
+            f.write("".join("01"[int(d)] for d in dropped) + "\\n")
+    return y
+models.DropPath.forward = forward
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class TestDropoutPerProcess(TempDir):
+    def test_each_rank_draws_its_own_masks(self):
+        proc = torchrun_vit(self.tmp, RECORD_MASKS, "--drop_path", "0.5", "--epochs", "1", "--limit_batches", "3",
+                            "--no_progress")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        masks = [(self.tmp / f"masks_{r}.txt").read_text().split() for r in (0, 1)]
+        self.assertEqual(len(masks[0]), 3 * 2 * 2)  # 3 steps, 2 blocks, 2 branches each
+        self.assertEqual(len(masks[0]), len(masks[1]))
+        self.assertTrue(all(len(m) == 4 for m in masks[0] + masks[1]))  # each rank's half of 8 images
+        self.assertNotEqual(masks[0], masks[1])
+        self.assertTrue(any("1" in m for m in masks[0]) and any("0" in m for m in masks[0]))
+
+
+class TestBenchPeaks(unittest.TestCase):
+    def test_names_match_whole_words_and_mfu_uses_each_precisions_ceiling(self):
+        for name, peak in (("NVIDIA L40S", 362), ("NVIDIA L4", 121), ("NVIDIA A100-SXM4-80GB", 312),
+                           ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA GeForce RTX 4090", None), ("", None)):
+            self.assertEqual(utils.published_peak(name, "bf16"), peak, name)
+        self.assertEqual(utils.published_peak("Tesla V100-SXM2-16GB", "fp32"), 16)
+        self.assertAlmostEqual(utils.mfu(100e12, 0.0, 400e12, 200e12), 0.25)
+        self.assertAlmostEqual(utils.mfu(100e12, 1.0, 400e12, 200e12), 0.5)  # all of it in fp32
+        share = lm_recurrent_share("lstm", 1, True, 256)
+        self.assertTrue(0.1 < share < 0.5, share)  # the recurrence is a fair part, the 40k-way head the rest
+        self.assertLess(lm_recurrent_share("lstm", 1, True, 256), lm_recurrent_share("lstm", 4, True, 256))
+        self.assertEqual(lm_recurrent_share("transformer", 2, True, 256), 0.0)
+
+
+class TestContainerEntrypoint(TempDir):
+    """docker creates a missing host folder of a volume as root: the image's user cannot write it."""
+
+    def test_an_unwritable_mounted_folder_is_one_line_and_a_writable_one_runs_the_command(self):
+        if os.geteuid() == 0 and not Path("/usr/bin/setpriv").exists():
+            self.skipTest("as root, setpriv is needed to run the entrypoint as an ordinary user")
+        app = self.tmp / "app"
+        (app / "data").mkdir(parents=True)
+        (app / "logs").mkdir()
+        (app / "entrypoint.sh").write_bytes((HERE / "entrypoint.sh").read_bytes())
+        self.tmp.chmod(0o755)
+        app.chmod(0o777)
+        (app / "data").chmod(0o777)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+
+        def entrypoint(*command):
+            return subprocess.run([*as_user, "bash", str(app / "entrypoint.sh"), *command], capture_output=True,
+                                  text=True, timeout=30, env=dict(PATH=os.environ["PATH"], HOME="/nonexistent"))
+        (app / "logs").chmod(0o755)  # as docker makes it: root's, not the user's
+        proc = entrypoint("echo", "ran")
+        self.assertEqual(proc.returncode, 2)
+        self.assertEqual(proc.stdout, "")
+        self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
+        self.assertRegex(proc.stderr, r"^error: .*/logs is not writable by uid \d+ .*mkdir -p data logs")
+        self.assertIn('--user "$(id -u):$(id -g)"', proc.stderr)
+        (app / "logs").chmod(0o777)
+        proc = entrypoint("bash", "-c", "echo ran in $PWD with HOME=$HOME")
+        self.assertEqual((proc.returncode, proc.stderr), (0, ""))
+        self.assertEqual(proc.stdout, f"ran in {app} with HOME=/tmp\n")  # a home it cannot write: /tmp
 
 
 if __name__ == "__main__":

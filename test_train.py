@@ -29,7 +29,7 @@ import rundir
 import utils
 import train_lm
 import train_vit
-from data import Windows
+from data import Windows, load_wikitext
 from models import LanguageModel
 from test_data import CLASSES, TempDir, write_image_folder, write_text_files, write_token_files
 
@@ -765,21 +765,21 @@ class TestDefaults(unittest.TestCase):
         self.assertIn("invalid choice: 'best'", err.getvalue())
 
     def test_optimizers_are_the_references(self):
-        params = [torch.nn.Parameter(torch.zeros(2))]
-        opt, wd = engine.make_optimizer("sgd", params, 0.1, 0.9, 1e-4)
+        params = torch.nn.Linear(2, 1, bias=False)
+        opt, wd, _ = engine.make_optimizer("sgd", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["momentum"], opt.defaults["weight_decay"], wd),
                          (torch.optim.SGD, 0, 1e-4, 1e-4))
-        opt, _ = engine.make_optimizer("momentum", params, 0.1, 0.9, 1e-4)
+        opt, _, _ = engine.make_optimizer("momentum", params, 0.1, 0.9, 1e-4)
         self.assertEqual(opt.defaults["momentum"], 0.9)
-        opt, wd = engine.make_optimizer("adam", params, 0.1, 0.9, 1e-4)
+        opt, wd, _ = engine.make_optimizer("adam", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"], wd), (torch.optim.Adam, 0, 0.0))
-        opt, wd = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
+        opt, wd, _ = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"]), (torch.optim.AdamW, 1e-4))
         # Fused where this torch has the CPU kernel (Adam/AdamW since 2.4, SGD since 2.5).
         for name, cls in (("sgd", torch.optim.SGD), ("momentum", torch.optim.SGD), ("adam", torch.optim.Adam),
                           ("adamw", torch.optim.AdamW)):
             try:
-                cls(params, lr=0.1, fused=True)
+                cls(params.parameters(), lr=0.1, fused=True)
                 has_kernel = True
             except RuntimeError:
                 has_kernel = False
@@ -788,7 +788,7 @@ class TestDefaults(unittest.TestCase):
         self.assertTrue(engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
 
     def test_fused_kernels_asked_for_and_fallbacks(self):
-        params = [torch.nn.Parameter(torch.zeros(2))]
+        params = torch.nn.Linear(2, 1, bias=False)
         made = []
 
         class NoFused(torch.optim.AdamW):
@@ -799,11 +799,11 @@ class TestDefaults(unittest.TestCase):
                 super().__init__(params, **kwargs)
 
         with mock.patch("torch.optim.AdamW", NoFused):
-            opt, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
+            opt, _, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
             self.assertEqual([k.get("fused") for k in made], [True, None])
             self.assertTrue(opt.defaults["foreach"])
             made.clear()
-            opt, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))
+            opt, _, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))
             self.assertEqual([k.get("fused") for k in made], [True, None])
             self.assertFalse(opt.defaults["foreach"])
 
@@ -831,8 +831,9 @@ class TestCompile(CliCase):
             run_dir, out, _ = self.vit("--compile", "--dropout", "0.1", "--epochs", "2", exp_id="compiled")
         plain, _, _ = self.vit("--dropout", "0.1", "--epochs", "2", exp_id="plain")
         self.assertEqual(compiled, ["VisionTransformer"])
-        # the warm-up: both modes, a full batch and a smaller one (an epoch's last batch recompiles otherwise)
-        self.assertEqual(seen[:4], [(True, 8), (True, 7), (False, 8), (False, 7)])
+        # the warm-up: each batch size an epoch will see, in its mode (108 train images in batches of 8:
+        # 8 and 4; 12 valid: 8 and 4; 30 test: 8 and 6)
+        self.assertEqual(seen[:5], [(True, 8), (True, 4), (False, 8), (False, 6), (False, 4)])
         self.assertIn("not counted in the epoch times", out)
         summary = json.loads((run_dir / "summary.json").read_text())
         self.assertGreater(summary["compile_seconds"], 0)
@@ -841,6 +842,169 @@ class TestCompile(CliCase):
         self.assertFalse(any("_orig_mod" in k for k in keys))
         # the warm-up pass neither trains nor consumes random numbers
         self.assertEqual(results(run_dir)[0], results(plain)[0])
+
+
+class TestWarmUpShapesPerProcess(unittest.TestCase):
+    def test_each_rank_warms_up_on_the_slices_it_will_really_see(self):
+        class Task:  # batches of 8 and a last one of 5 in train; 8 and 3 in valid, 8 and 6 in test
+            sizes = dict(train={8, 5}, valid={8, 3}, test={8, 6})
+
+            def batch_sizes(self, split):
+                return self.sizes[split]
+
+            def batches(self, split, epoch):
+                yield torch.arange(8.0)[:, None], 8
+
+            def loss(self, model, batch):
+                seen.append((model.training, len(batch[0])))
+                return model(batch[0]).sum(), batch[1], torch.zeros(())
+        model = torch.nn.Linear(1, 1)
+        for rank, expected in ((0, [(True, 4), (True, 3), (False, 4), (False, 3), (False, 2)]),
+                               (1, [(True, 4), (True, 2), (False, 4), (False, 3), (False, 1)])):
+            seen = []
+            with mock.patch("torch.nn.Module.compile"), mock.patch("utils.world_size", return_value=2), \
+                    mock.patch("utils.rank", return_value=rank), contextlib.redirect_stdout(io.StringIO()):
+                engine.compile_model(model, Task(), None)
+            self.assertEqual(seen, expected, f"rank {rank}")  # tensor_split of 5, 8, 6, 3 over 2 processes
+
+
+class TestCompiledLmShapes(CliCase):
+    def test_after_the_warm_up_an_epoch_with_a_partial_last_batch_valid_and_test_compile_nothing(self):
+        # 2,400 train tokens in windows of 64: 38 windows, batches of 32 and 6, so the last batch holds
+        # fewer tokens than the loss's chunk of 1,024 (its chunk loop is a shape of the graph); test
+        # ends on a batch of 1. Padded with empty windows, every batch has one shape.
+        import torch._dynamo
+        data = write_token_files(self.tmp / "tokens", n=(2400, 2100, 2200))
+        real = engine.compile_model
+
+        def compile_then_forbid_recompiling(*args, **kwargs):
+            seconds = real(*args, **kwargs)
+            torch._dynamo.config.error_on_recompile = True
+            return seconds
+        torch._dynamo.reset()
+        try:
+            with mock.patch.object(engine, "compile_model", compile_then_forbid_recompiling):
+                run_dir, out, _ = self.lm("--compile", "--seq_len", "64", "--batch_size", "32", "--epochs", "1",
+                                          data=data)
+        finally:
+            torch._dynamo.config.error_on_recompile = False
+            torch._dynamo.reset()
+        self.assertIn("compiled the model", out)
+        plain, _, _ = self.lm("--seq_len", "64", "--batch_size", "32", "--epochs", "1", data=data, exp_id="plain")
+        for (a, b) in zip(results(run_dir)[0], results(plain)[0]):
+            for k in a:
+                self.assertLessEqual(abs(float(a[k]) - float(b[k])), 1e-5 * abs(float(b[k])), k)
+
+    def test_padding_windows_change_no_number(self):
+        data = write_token_files(self.tmp / "tokens", n=(2400, 2100, 2200))
+        corpus = load_wikitext(data, torch.device("cpu"))
+        task = train_lm.TextTask(corpus, 64, 32, seed=0)
+        torch.manual_seed(0)
+        model = LanguageModel("lstm", 1, corpus.vocab_size, 16, 16)
+        batches = list(task.batches("train", 1))
+        self.assertEqual([len(b[0]) for b in batches], [32, 32])
+        self.assertEqual(sum(b[2] for b in batches), 2399)  # every real target once, padding never
+        inputs, targets, count = batches[-1]
+        self.assertTrue((targets[6:] == 0).all())  # windows 6.. are padding
+        self.assertEqual(int((targets != 0).sum()), count)
+        with torch.no_grad():
+            padded = model(inputs, targets=targets)[0]
+            alone = model(inputs[:6], targets=targets[:6])[0]
+        torch.testing.assert_close(padded, alone)
+
+
+class TestWeightDecayGroups(CliCase):
+    def decayed(self, run_dir):
+        config = json.loads((run_dir / "config.json").read_text())
+        return config["weight_decay_groups"]
+
+    def test_the_reference_decays_everything_the_improved_recipe_not_norms_biases_positions_cls(self):
+        model = train_vit.build_model(dict(layers=2, block="prenorm", embed_dim=32, hidden_dim=64, num_heads=4,
+                                           patch_size=4, dropout=0.0, drop_path=0.0, num_classes=3))
+        names = {id(p): n for n, p in model.named_parameters()}
+        for exempt in (False, True):
+            opt, wd, groups = engine.make_optimizer("adamw", model, 1e-3, weight_decay=0.05, exempt=exempt)
+            decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+            kept = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+            if not exempt:
+                self.assertEqual((decayed, kept), (set(names.values()), set()))
+                continue
+            self.assertEqual(decayed, {"patch_embed.weight", "head.weight"} | {
+                f"blocks.{i}.{w}.weight" for i in (0, 1) for w in ("qkv", "proj", "mlp.0", "mlp.3")})
+            self.assertEqual(decayed | kept, set(names.values()))
+            self.assertTrue({"pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.1.qkv.bias", "norm.bias"}
+                            <= kept)
+            self.assertEqual(groups["no_decay"], dict(tensors=len(kept), parameters=sum(
+                p.numel() for p in model.parameters() if names[id(p)] in kept)))
+        lm = LanguageModel("transformer", 1, 50, 16, 16, num_heads=4, mlp_dim=32)
+        _, _, groups = engine.make_optimizer("adamw", lm, 1e-3, weight_decay=0.01, exempt=True)
+        kept = [n for n, p in lm.named_parameters() if p.ndim < 2 or n == "core.pos_embed"]
+        self.assertEqual(groups["no_decay"]["tensors"], len(kept))
+
+    def test_config_json_records_the_groups_of_each_recipe(self):
+        reference, _, _ = self.vit("--epochs", "1", "--limit_batches", "1", exp_id="reference")
+        improved, _, _ = self.vit("--recipe", "improved", "--epochs", "1", "--limit_batches", "1",
+                                  "--warmup_epochs", "1", exp_id="improved")
+        total = json.loads((reference / "config.json").read_text())
+        self.assertEqual(self.decayed(reference)["no_decay"], dict(tensors=0, parameters=0))
+        groups = self.decayed(improved)
+        self.assertEqual(groups["decay"]["tensors"], 10)  # patch embedding, head, 4 matrices per block
+        self.assertEqual(groups["decay"]["parameters"] + groups["no_decay"]["parameters"],
+                         self.decayed(reference)["decay"]["parameters"])
+        self.assertTrue(total["decay_exempt"] is False)
+
+
+class TestResumeChecksWhatMatters(CliCase):
+    """Resume refuses what changes the numbers (other data, another precision) and accepts what does
+    not (the data moved, the run folder renamed, another GPU of the same precision); a refusal
+    changes no file of the run."""
+
+    def test_moved_data_renamed_folder_and_another_precision_reason_are_accepted(self):
+        data = write_text_files(self.tmp / "text")
+        whole, _, _ = self.lm("--epochs", "3", "--dropout", "0.2", data=data, exp_id="whole")
+        self.lm("--epochs", "1", "--dropout", "0.2", data=data, exp_id="cfg")
+        moved = self.tmp / "elsewhere"
+        data.rename(moved)
+        (self.logs / "cfg").rename(self.logs / "cfg_a")
+        _, out, _ = self.lm("--epochs", "2", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
+        self.assertIn("resuming", out)
+        with mock.patch("utils.choose_precision", return_value=(None, "fp32: asked for, on another GPU")):
+            _, out, _ = self.lm("--epochs", "3", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
+        self.assertIn("resuming", out)
+        self.assertEqual(results(self.logs / "cfg_a"), results(whole))
+
+    def test_other_data_or_precision_are_refused_and_nothing_changes(self):
+        data = write_text_files(self.tmp / "text")
+        run_dir, _, _ = self.lm("--epochs", "1", data=data)
+        before = snapshot(run_dir)
+        lines = (data / "train.txt").read_text().splitlines(keepends=True)
+        (data / "train.txt").write_text("".join(lines[::-1]))  # the same words, so the same vocabulary size
+        _, _, err = self.lm("--epochs", "2", "--resume", data=data, expect=2)
+        self.assert_refused(err, "trained on other data", "data_sha256")
+        self.assertNotIn("--resume", err.split("trained on other data")[1])
+        self.assertEqual(snapshot(run_dir), before)
+        (run_dir / "checkpoint.pt").unlink()  # a finished run, as --keep_checkpoint does not leave it
+        before = snapshot(run_dir)
+        _, _, err = self.lm("--epochs", "2", "--resume", data=data, expect=2)
+        self.assert_refused(err, "is finished")
+        self.assertEqual(snapshot(run_dir), before)  # vocab.txt too: the run can still be sampled
+
+    def test_another_precision_is_refused(self):
+        run_dir, _, _ = self.vit("--epochs", "1")
+        before = snapshot(run_dir)
+        with mock.patch("utils.choose_precision", return_value=(torch.bfloat16, "bf16: native on compute capability "
+                                                                "9.0")):
+            _, _, err = self.vit("--epochs", "2", "--resume", expect=2)
+        self.assert_refused(err, "different configuration", "precision_used: 'float32' -> 'bfloat16'")
+        self.assertLess(len(err), 300)
+        self.assertEqual(snapshot(run_dir), before)
+
+    def test_other_images_are_refused(self):
+        run_dir, _, _ = self.vit("--epochs", "1")
+        victim = next((self.tmp / "images" / "train").rglob("*.png"))
+        victim.write_bytes(next((self.tmp / "images" / "test").rglob("*.png")).read_bytes())
+        _, _, err = self.vit("--epochs", "2", "--resume", expect=2)
+        self.assert_refused(err, "trained on other data")
 
 
 class TestBf16OnCpu(CliCase):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from config import TrainConfig, option, parse_config
 from data import Windows, index_batches, load_wikitext
@@ -63,7 +64,8 @@ class Config(TrainConfig):
     PREFIX = "lm_{model}"
     # streams with carried state, dropout, clipping and a cosine schedule (after Merity et al., 2018)
     RECIPES = {"improved": dict(batching="streams", batch_size=32, seq_len=128, dropout=0.4, lr=2e-3,
-                                weight_decay=0.01, scheduler="cosine", warmup_epochs=0.5, grad_clip=0.25)}
+                                weight_decay=0.01, decay_exempt=True, scheduler="cosine", warmup_epochs=0.5,
+                                grad_clip=0.25)}
 
 
 class TextTask:
@@ -82,6 +84,9 @@ class TextTask:
     def num_batches(self, split):
         return math.ceil(self.windows[split].num_windows / self.batch_size)
 
+    def batch_sizes(self, split):
+        return {self.batch_size}  # a short last batch is filled up with empty windows
+
     def batches(self, split, epoch):
         w = self.windows[split]
         self.state = None  # every pass starts from a fresh state
@@ -91,6 +96,8 @@ class TextTask:
             generator = epoch_generator(self.seed, epoch, "shuffle") if split == "train" else None
             batches = index_batches(w.num_windows, self.batch_size, generator, w.padded.device)
         for idx, idx_host in batches:
+            if len(idx) < self.batch_size:  # windows of padding alone: one shape per epoch (torch.compile)
+                idx, idx_host = (F.pad(i, (0, self.batch_size - len(i)), value=w.num_windows) for i in (idx, idx_host))
             inputs, targets = w.batch(idx)
             yield inputs, targets, w.targets_in(idx_host)
 
@@ -168,7 +175,7 @@ def build(cfg, device):
     # frozen embeddings are not saved with the weights: the file's checksum ties the run to it
     frozen = dict(embeddings_sha256=file_sha256(path)) if path and not cfg.learn_embeddings else {}
     return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size,
-                             data_source=corpus.source, **frozen), files
+                             data_source=corpus.source, data_sha256=corpus.sha256, **frozen), files
 
 
 @cli

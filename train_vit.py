@@ -53,8 +53,8 @@ class Config(TrainConfig):
 
     PREFIX = "vit"
     # Lee et al. (2021)'s small-dataset recipe, shortened to 50 epochs
-    RECIPES = {"improved": dict(lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_epochs=5.0, min_lr=1e-5,
-                                label_smoothing=0.1, drop_path=0.1, augment="strong", mixup=0.8, cutmix=1.0,
+    RECIPES = {"improved": dict(lr=1e-3, weight_decay=0.05, decay_exempt=True, scheduler="cosine", warmup_epochs=5.0,
+                                min_lr=1e-5, label_smoothing=0.1, drop_path=0.1, augment="strong", mixup=0.8, cutmix=1.0,
                                 ema=0.999, grad_clip=1.0, grad_norms=True)}
 
 
@@ -70,6 +70,10 @@ class ImageTask:
 
     def num_batches(self, split):
         return math.ceil(len(self.data.splits[split][1]) / self.batch_size)
+
+    def batch_sizes(self, split):
+        """The sizes of the split's batches: full ones, and a smaller last one where it does not divide."""
+        return {self.batch_size, len(self.data.splits[split][1]) % self.batch_size or self.batch_size}
 
     def batches(self, split, epoch):
         images, labels = self.data.splits[split]
@@ -126,7 +130,8 @@ def build(cfg, device):
     model = build_model(model_args)
     log(f"model: ViT, {cfg.layers} {cfg.block} block{'s' * (cfg.layers > 1)}, {count_params(model):,} parameters")
     task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
-    return task, model, dict(task="vit", model_args=model_args, classes=data.classes, data_source=data.source), {}
+    return task, model, dict(task="vit", model_args=model_args, classes=data.classes, data_source=data.source,
+                             data_sha256=data.sha256), {}
 
 
 @cli

@@ -101,12 +101,34 @@ def cuda_unusable_reason():
             f"this torch needs an NVIDIA driver recent enough for CUDA {torch.version.cuda} (see nvidia-smi)")
 
 
+def cuda_arch_problem(device=None):
+    """Why this torch cannot run kernels on the GPU (its build has none for the GPU's compute
+    capability, e.g. a CUDA 13 build on a V100), or None. A cubin runs on its own major
+    generation at the same or a higher minor version; PTX is compiled for any newer GPU."""
+    major, minor = torch.cuda.get_device_capability(device)
+    found = (re.fullmatch(r"(sm|compute)_(\d+)[a-z]?", arch) for arch in torch.cuda.get_arch_list())
+    archs = [(f[1], *divmod(int(f[2]), 10)) for f in found if f]  # sm_90a: ("sm", 9, 0)
+    if not archs or any((kind == "sm" and m == major and n <= minor) or (kind == "compute" and (m, n) <= (major, minor))
+                        for kind, m, n in archs):
+        return None
+    built = " ".join(sorted({f"{m}.{n}" for _, m, n in archs}, key=lambda v: tuple(map(int, v.split(".")))))
+    return (f"this torch (CUDA {torch.version.cuda}) has no kernels for {torch.cuda.get_device_name(device)}, compute "
+            f"capability {major}.{minor} (it is built for {built}); install a build that has them, for example "
+            f"the CUDA 12.6 one: pip install torch torchvision --index-url https://download.pytorch.org/whl/cu126")
+
+
 def get_device(name):
+    """The torch device for --device: auto picks CUDA when there is one. A GPU this torch has no
+    kernels for is refused in one line before anything runs on it, with auto too."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name.startswith("cuda"):
         check(torch.cuda.is_available(), f"--device cuda asked for, but CUDA is not usable: {cuda_unusable_reason()}")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        problem = cuda_arch_problem(device)
+        check(problem is None, problem)
+    return device
 
 
 def choose_precision(name, device):
@@ -129,6 +151,27 @@ def choose_precision(name, device):
     if name == "bf16" and not native:
         reason += f" (emulated on compute capability {major}.{minor}, slow; auto would choose fp16)"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name], reason
+
+
+# Published dense peaks (TFLOP/s, no sparsity) of common GPUs in the precision a run uses (fp32: TF32
+# on tensor cores where the GPU has them), by the model's word in the device's name.
+PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
+         "A100": dict(bf16=312, fp16=312, fp32=156), "L40S": dict(bf16=362, fp16=362, fp32=183),
+         "L4": dict(bf16=121, fp16=121, fp32=60), "A10": dict(bf16=125, fp16=125, fp32=62),
+         "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
+
+
+def published_peak(device_name, kind):
+    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None. A model matches as a
+    whole word of the name: "NVIDIA L40S" is no L4, "NVIDIA A100-SXM4-80GB" is an A100."""
+    words = set(re.split(r"[^A-Za-z0-9]+", device_name))
+    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in words), None)
+
+
+def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
+    """The FLOP rate over the rate the device could reach for the same work: each part against the
+    ceiling of the precision it runs in (fp32_share of the FLOPs in fp32, the rest in autocast's)."""
+    return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
 
 
 def autocast(device, dtype):
@@ -231,13 +274,23 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # every device
 
 
+def epoch_seed(seed, epoch, purpose):
+    return ((seed * 1_000_003 + epoch) * 4_294_967_311 + zlib.crc32(purpose.encode())) % 2 ** 63
+
+
 def epoch_generator(seed, epoch, purpose):
     """A CPU generator for one purpose ("shuffle", "augment", ...) in one epoch. Deriving it from
     (seed, epoch, purpose) keeps data order and augmentation independent of everything else (model
     size, process count), and a resumed run draws exactly what the uninterrupted one drew."""
-    g = torch.Generator()
-    g.manual_seed(((seed * 1_000_003 + epoch) * 4_294_967_311 + zlib.crc32(purpose.encode())) % 2 ** 63)
-    return g
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, purpose))
+
+
+def seed_dropout(seed, epoch):
+    """Seed torch's global generator, which dropout and drop-path draw from, for one training epoch
+    of this process: every process draws masks of its own for its own slice of the batch (the same
+    seed on every rank would repeat one mask pattern across the slices), and a resumed run draws
+    what the uninterrupted one drew."""
+    torch.manual_seed(epoch_seed(seed, epoch, f"dropout, rank {rank()}"))
 
 
 def rng_state():
