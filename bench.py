@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
+import optim
 import utils
 from rundir import environment
 from augment import augment, normalize
@@ -57,11 +58,6 @@ def timed(fn, device, steps, warmup):
     return (time.perf_counter() - start) / steps
 
 
-def published_peak(device, dtype):
-    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    return utils.published_peak(environment(device)["device_name"] if device.type == "cuda" else "", kind), kind
-
-
 def matmul_ceiling(device, quick, dtype=None):
     """The measured dense matmul rate in the precision the run uses (fp32 is TF32 on a GPU)."""
     n = 2048 if device.type == "cpu" else 8192
@@ -87,7 +83,7 @@ def bench_vit_models(device, dtype, quick, batch=128):
         for block in ("prenorm", "postnorm"):
             torch.manual_seed(0)
             model = VisionTransformer(layers, block, **VIT).to(device)
-            opt, _, _ = engine.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
+            opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
 
             def loss():
                 with utils.autocast(device, dtype):
@@ -127,7 +123,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     task = ImageTask(data, batch, seed=0)
     torch.manual_seed(0)
     model = VisionTransformer(layers, "prenorm", **VIT).to(device)
-    opt, _, _ = engine.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
+    opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
     engine.run_epoch(model, task, "train", 0, engine.Step(opt), limited(2), dtype)  # warm-up
     images, labels = normalize(x[:batch]), y[:batch]
     peers = {}
@@ -171,7 +167,7 @@ def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):  # eac
                                 ("gru", 1, "prenorm"), ("transformer", 2, "prenorm"), ("transformer", 2, "postnorm")):
         torch.manual_seed(0)
         model = LanguageModel(core, layers, **LM, embeddings=table, max_len=seq_len, block=block).to(device)
-        opt, _, _ = engine.make_optimizer("adam", model, 1e-3)
+        opt, _, _ = optim.make_optimizer("adam", model, 1e-3)
 
         def loss():  # the trainer's loss: summed in chunks, the full logits never exist
             with utils.autocast(device, dtype):
@@ -244,7 +240,7 @@ def bench_augmentation(device, dtype, quick, batch=128):
     labels = torch.randint(0, 10, (batch,), generator=g).to(device)
     torch.manual_seed(0)
     model = VisionTransformer(2, "prenorm", **VIT).to(device)
-    opt, _, _ = engine.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4, device=device)
+    opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4, device=device)
 
     def loss():
         with utils.autocast(device, dtype):
@@ -325,7 +321,7 @@ def bench_real(device, dtype, data_root, quick, with_compile=False, frozen=True)
                            else None).to(device),
              "adam", 3)]
     for name, unit, task, model, optimizer, cpu_slice in jobs:
-        opt, _, _ = engine.make_optimizer(optimizer, model, 3e-4, weight_decay=5e-4, device=device)
+        opt, _, _ = optim.make_optimizer(optimizer, model, 3e-4, weight_decay=5e-4, device=device)
         limit = 0 if full else cpu_slice
         # eager, then compiled in place as --compile does, and on a GPU with CUDA graphs too
         modes = ["default"] + ["reduce-overhead"] * (device.type == "cuda") if with_compile else []
@@ -374,9 +370,11 @@ def study_estimate(rows, compiled=False):
 
 
 def table(rows, ceiling, ceiling_fp32, device, dtype):
-    peak, kind = published_peak(device, dtype)
+    name = environment(device)["device_name"] if device.type == "cuda" else ""
+    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    peak = utils.published_peak(name, kind)
     fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
-                                     f"{published_peak(device, None)[0] or 'unknown'}")
+                                     f"{utils.published_peak(name, 'fp32') or 'unknown'}")
     print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
           f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")

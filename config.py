@@ -38,6 +38,8 @@ def _number(kind):
 
 
 GROUPS = ("model", "optimisation", "data", "run and output", "performance")
+NAME = r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*"  # a run's name: a folder, a table row, a line of the sweep's list
+REPORT = "report"  # the folder plot.py writes into, beside the runs
 
 
 def parse_config(cls, argv=None, description=None):
@@ -147,8 +149,9 @@ class TrainConfig:
         check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
         check(0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
-        plain = "/" not in self.exp_id and "\0" not in self.exp_id and self.exp_id not in (".", "..")
-        check(self.exp_id == "" or plain, f"--exp_id must be a plain name, got {self.exp_id!r}")
+        check(self.exp_id == "" or re.fullmatch(NAME, self.exp_id), f"--exp_id {self.exp_id!r} is not a plain name: "
+              f"letters, digits and -_.=+, not starting with -.=+ (it names a folder and a table row)")
+        check(self.exp_id != REPORT, f"--exp_id {REPORT} is the name of plot.py's report folder; choose another")
         check(len(self.exp_id.encode()) <= 200, f"--exp_id is {len(self.exp_id.encode())} bytes long; file systems "
               f"take at most 255 and the run's files need the rest: give a name of at most 200")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
@@ -164,7 +167,9 @@ class TrainConfig:
                 return f.name if value else f"no_{f.name}"
             if f.metadata.get("choices"):
                 return value
-            return f"{f.name}-{Path(value).stem}" if isinstance(value, str) else f"{f.name}{value:g}"
+            # a file by its stem, with what a run name may not hold as -
+            return f"{f.name}-{re.sub(r'[^A-Za-z0-9_.=+-]', '-', Path(value).stem)}" if isinstance(value, str) \
+                else f"{f.name}{value:g}"
         head = [self.PREFIX.format(**dataclasses.asdict(self)), f"L{self.layers}", self.optimizer]
         head += [self.recipe] * (self.recipe != "reference")
         rest = [text(f, getattr(self, f.name)) for f in dataclasses.fields(self)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rundir import atomic_write
+from rundir import atomic_write, free_space
 from utils import UserError, check
 
 # ------------------------------------------------------------------------------------ Wikitext-2
@@ -409,9 +410,11 @@ def _save_cache(path, fingerprint, arrays):
         os.chmod(tmp, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; a cache may be shared
         os.replace(tmp, path)
         return True
-    except OSError:
+    except OSError as e:  # a full disk, say: the next run decodes the images again
         if tmp:
             Path(tmp).unlink(missing_ok=True)
+        print(f"warning: could not cache the decoded images in {path}: {e.strerror or e}; "
+              f"{free_space(path.parent)} free on its disk", file=sys.stderr)
         return False
 
 

@@ -5,14 +5,13 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
 
     task.metric          "acc" or "ppl"      task.maximize   True when higher is better
     task.unit            "images" or "tokens"
-    task.num_batches(split) -> int
+    task.num_batches(split) -> int       task.batch_sizes(split) -> the set of its batches' sizes
     task.batches(split, epoch) -> iterator of batches (device tensors, order seeded by epoch)
     task.loss(model, batch) -> (summed loss: tensor, count: int, correct: tensor)
     task.metric_value(mean_loss, accuracy) -> float
 """
-import copy
 import dataclasses
-import math
+import signal
 import sys
 import time
 from itertools import islice
@@ -21,106 +20,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from optim import EMA, make_optimizer, make_scheduler
 from rundir import RunDir, existing_run, keep_or_remove, prepare_run_dir, run_lock
-from utils import Diverged, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, seed_dropout, \
-    set_rng_state, setup, shard, sync, unwrap, world_size
+from utils import Diverged, Stopped, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, \
+    seed_dropout, set_rng_state, setup, shard, sync, unwrap, world_size
 
 try:
     from tqdm import tqdm
 except ImportError:  # progress bars are a convenience, never a reason to fail
     tqdm = None
-
-
-# ------------------------------------------------------------------------------------- optimizers
-
-def parameter_groups(model, exempt=False):
-    """The learnable parameters as (decayed, not decayed). With `exempt`, what shifts or scales rather
-    than mixes (every tensor of fewer than 2 dimensions: biases, LayerNorm weights) and what the model
-    names in `no_weight_decay()` (position embeddings, the CLS token) take no weight decay, as in
-    DeiT, timm and nanoGPT; without it every parameter decays, as the reference's AdamW did."""
-    skip = set(getattr(model, "no_weight_decay", lambda: ())()) if exempt else set()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight once
-    exempted = [exempt and (p.ndim < 2 or n in skip) for n, p in named]
-    return [p for (_, p), e in zip(named, exempted) if not e], [p for (_, p), e in zip(named, exempted) if e]
-
-
-def make_optimizer(name, model, lr, momentum=0.9, weight_decay=0.0, device=None, exempt=False):
-    """The reference's four optimizers over `model`'s learnable parameters (see parameter_groups).
-    Returns (optimizer, effective weight decay, what config.json records of the groups). They use the
-    fused kernels (one launch for all parameters) where this torch has them for the device, else
-    foreach on CUDA and the defaults elsewhere. A new optimizer goes here."""
-    kinds = dict(sgd=(torch.optim.SGD, dict(weight_decay=weight_decay)),
-                 momentum=(torch.optim.SGD, dict(momentum=momentum, weight_decay=weight_decay)),
-                 adam=(torch.optim.Adam, dict(weight_decay=0.0)),  # the reference's Adam has no weight decay
-                 adamw=(torch.optim.AdamW, dict(weight_decay=weight_decay)))
-    check(name in kinds, f"unknown optimizer {name!r}; choose from {', '.join(kinds)}")
-    cls, kwargs = kinds[name]
-    decay, no_decay = parameter_groups(model, exempt)
-    groups = [dict(params=decay)] + [dict(params=no_decay, weight_decay=0.0)] * bool(no_decay)
-    recorded = {label: dict(tensors=len(ps), parameters=sum(p.numel() for p in ps))
-                for label, ps in (("decay", decay), ("no_decay", no_decay))}
-    try:
-        optimizer = cls(groups, lr=lr, fused=True, **kwargs)
-    except (TypeError, RuntimeError, ValueError):  # a torch or device without this fused kernel
-        optimizer = cls(groups, lr=lr, foreach=device is not None and device.type == "cuda", **kwargs)
-    return optimizer, kwargs["weight_decay"], recorded
-
-
-def lr_factor(step, total_steps, warmup_steps, kind="constant", min_ratio=0.0):
-    """The learning rate at optimizer step `step` (0-based) as a fraction of the peak: a linear
-    warmup to 1 over warmup_steps, then constant or a cosine decay to min_ratio at total_steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_scheduler(cfg, optimizer, steps_per_epoch):
-    """A per-step LambdaLR for --scheduler/--warmup_epochs/--min_lr, or None when the rate is fixed."""
-    if cfg.scheduler == "constant" and cfg.warmup_epochs == 0:
-        return None
-    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.scheduler, cfg.min_lr / cfg.lr))
-
-
-class EMA:
-    """An exponential moving average of a model's weights, updated after every optimizer step:
-    ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n)) at the n-th update, so
-    the average forgets the random initialisation early in a run (TensorFlow's num_updates rule).
-    Buffers are copied. `model` is a frozen copy in eval mode, to evaluate like any model."""
-
-    def __init__(self, model, decay):
-        self.decay, self.updates = decay, 0
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.params = list(self.model.parameters())  # listed once, not every step
-
-    def rate(self):
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def update(self, model, taken=None):
-        """taken: a device bool, False where the fp16 loss scaler skipped the step; the average then
-        stays as it is (decided on the device: no host read per step)."""
-        self.updates += 1
-        params = list(model.parameters())
-        if taken is None:
-            torch._foreach_lerp_(self.params, params, 1 - self.rate())
-        else:
-            step = torch._foreach_sub(params, self.params)
-            torch._foreach_mul_(step, taken.float() * (1 - self.rate()))
-            torch._foreach_add_(self.params, step)
-        for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
-
-    def state_dict(self):
-        return dict(model=self.model.state_dict(), updates=self.updates)
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.updates = state["updates"]
 
 
 class LayerGradNorms:
@@ -429,10 +337,13 @@ def train(cfg, build):
     process group, `build(cfg, device) -> (task, model, extra config, files to write)`, and only then,
     with the data loaded and the model built, create the run directory, make the optimizer, fit."""
     cfg.exp_id = cfg.exp_id or cfg.default_exp_id()
-    device, dtype, why = setup(cfg)
-    log(f"device {device}; precision {why}")
-    existing_run(cfg)  # refused at once, before the data is loaded
-    task, model, extra, files = build(cfg, device)
+    try:
+        device, dtype, why = setup(cfg)
+        log(f"device {device}; precision {why}")
+        existing_run(cfg)  # refused at once, before the data is loaded
+        task, model, extra, files = build(cfg, device)
+    except KeyboardInterrupt as e:
+        raise Stopped(getattr(e, "signum", signal.SIGINT), "nothing of the run was written yet") from None
     model = model.to(device)
     optimizer, weight_decay, groups = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay,
                                                      device, cfg.decay_exempt)
@@ -442,9 +353,13 @@ def train(cfg, build):
         run_dir, fresh = prepare_run_dir(cfg)
         try:
             return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra, files)
-        except BaseException as e:  # Ctrl-C too
+        except BaseException as e:  # Ctrl-C and SIGTERM too
             kept = keep_or_remove(run_dir, fresh)
             if isinstance(e, Diverged):
                 raise Diverged(f"{e}; " + ("the logs and the last good checkpoint are kept" if kept else
                                            f"no epoch had finished, so {run_dir} was removed")) from None
+            if isinstance(e, KeyboardInterrupt):
+                raise Stopped(getattr(e, "signum", signal.SIGINT), "the last finished epoch is saved; continue with "
+                              "--resume" if kept else f"no epoch had finished, so {run_dir} was removed; the same "
+                              f"command starts it again") from None
             raise

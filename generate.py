@@ -51,6 +51,9 @@ def load_run(run_dir):
     check(isinstance(weights, dict) and "model" in weights, f"{run_dir}/best.pt holds no model weights")
     load_trained(model, weights["model"], f"{run_dir}/best.pt (for the model in its config.json)")
     vocab = None
+    word_level = str(config.get("data_source", "")).startswith("word-level")
+    check(not word_level or (run_dir / "vocab.txt").exists(), f"{run_dir} was trained on word-level text, but its "
+          f"vocab.txt is missing: without it no sample can be decoded (put it back from a copy of the run)")
     if (run_dir / "vocab.txt").exists():
         try:
             vocab = (run_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]

@@ -25,7 +25,8 @@ START = time.perf_counter()
 import torch  # timed from START: each run pays for these imports too
 
 import engine
-import plot
+import optim
+import results
 import train_lm
 import train_vit
 from config import parse_config
@@ -123,7 +124,7 @@ def check_data(runs, dry_run):
 
 def progress(run, previous):
     """Epochs already run: all of them when its summary.json says so, else its metrics.csv rows.
-    `previous`: the runs in its log folder (plot.py's reading of them), by directory name."""
+    `previous`: the runs in its log folder (results.py's reading of them), by directory name."""
     done = previous.get(run.exp_id)
     if done is None:
         return 0
@@ -154,7 +155,7 @@ def timed_shape(run, device):
     with contextlib.redirect_stdout(io.StringIO()):
         task, model, _, _ = SCRIPTS[run.script][0].build(cfg, device)
     model = model.to(device)
-    optimizer, _, _ = engine.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay, device,
+    optimizer, _, _ = optim.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay, device,
                                             cfg.decay_exempt)
     step = engine.make_step(model, task, cfg, optimizer, dtype)
     built = time.perf_counter() - start
@@ -190,7 +191,7 @@ def estimate(runs, load_s, device):
     for run in runs:
         cfg = run.cfg
         if cfg.log_dir not in previous:  # every run there, read once
-            found = plot.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")
+            found = results.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")
             previous[cfg.log_dir] = {r.path.name: r for r in found}
         run.done = progress(run, previous[cfg.log_dir])
         left = cfg.epochs - run.done

@@ -9,110 +9,21 @@ other machines merge; seeds of one configuration are averaged (mean +- std). Wri
 """
 import argparse
 import csv
+import io
 import json
 import math
+import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from report import compare, load_reference, markdown, reference_config, table_cells, write_html
+from report import DamagedReference, compare, load_reference, markdown, reference_config, table_cells, write_file, \
+    write_html
+from results import TASKS, find_runs
 
-TASKS = {"lm": ("ppl", "perplexity", False, "Language model (Wikitext-2)"),
-         "vit": ("acc", "accuracy", True, "Vision Transformer (CIFAR-10)")}
 # config.json keys that are context, not settings (besides each run's config["naming"]["not_settings"])
 CONTEXT = {"environment", "data_source", "classes", "naming", "model_args", "precision_reason", "world_size"}
-
-
-@dataclass
-class Run:
-    path: Path
-    config: dict
-    rows: list                                  # metrics.csv, as floats
-    summary: dict = None
-    norms: dict = field(default_factory=dict)  # epoch -> [norm of layer 1, 2, ...] (grad_norms.csv)
-    task: str = ""
-    name: str = ""                              # the configuration's: seeds share it
-    problems: list = field(default_factory=list)
-
-
-REQUIRED = ("epoch", "train_loss", "train_{m}", "valid_loss", "valid_{m}", "train_time", "valid_time", "elapsed")
-OPTIONAL = ("peak_mem_mb", "mem_pct")  # older files lack them: NaN
-
-
-def read_rows(path, m, problems):
-    """metrics.csv as a list of dicts of floats; damaged rows (cut, short, long, not numbers) are left
-    out and named in problems, and a file without the columns the report needs gives no rows."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            lines = list(reader)
-        missing = [c.format(m=m) for c in REQUIRED if c.format(m=m) not in (reader.fieldnames or [])]
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        return problems.append(f"metrics.csv unreadable ({e})") or []
-    if lines and missing:
-        return problems.append(f"metrics.csv lacks {', '.join(missing)}") or []
-    rows = []
-    for i, row in enumerate(lines, 2):
-        try:
-            if None in row or None in row.values():
-                raise ValueError("wrong number of fields")
-            rows.append(dict({k: math.nan for k in OPTIONAL}, **{k: float(v) for k, v in row.items()}))
-        except ValueError as e:
-            problems.append(f"metrics.csv line {i} skipped ({e})")
-    return rows
-
-
-def read_json(path, problems):
-    """A JSON object, or None (missing, or damaged and named in problems)."""
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        value = problems.append(f"{path.name} unreadable ({str(e)[:80]})")
-    if value is not None and not isinstance(value, dict):
-        value = problems.append(f"{path.name} is not a JSON object")
-    return value
-
-
-def read_run(path):
-    """One run directory -> Run. Damage is recorded in run.problems, never raised; a run whose
-    config.json is unreadable or of an unknown task has no rows and is listed as skipped."""
-    problems = []
-    config = read_json(path / "config.json", problems) or {}
-    task = config.get("task") or ("lm" if "model" in config else "vit")
-    if not config or task not in TASKS:
-        why = ("no config.json" if not (path / "config.json").exists() else f"unknown task {task!r}" if config
-               else "config.json is empty")
-        return Run(path, config, [], task=task, name=path.name, problems=problems or [f"{why}: not plotted"])
-    name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
-    run = Run(path, config, read_rows(path / "metrics.csv", TASKS[task][0], problems), task=task, name=str(name),
-              problems=problems)
-    try:
-        with open(path / "grad_norms.csv") as f:
-            for row in csv.DictReader(f):
-                run.norms.setdefault(int(row["epoch"]), {})[int(row["layer"])] = float(row["norm"])
-        run.norms = {e: [layers[k] for k in sorted(layers)] for e, layers in sorted(run.norms.items())}
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        run.problems.append(f"grad_norms.csv unreadable ({e})")
-        run.norms = {}
-    run.summary = read_json(path / "summary.json", run.problems)
-    return run
-
-
-def find_runs(log_dirs, out_dir):
-    """Every run under log_dirs, except anything inside the report folder out_dir."""
-    out_dir, folders = out_dir.resolve(), set()
-    for log_dir in log_dirs:
-        for name in ("config.json", "metrics.csv", "summary.json"):
-            folders |= {p.parent for p in Path(log_dir).rglob(name) if out_dir not in p.resolve().parents}
-    return [read_run(folder) for folder in sorted(folders)]
 
 
 def mean_std(values):
@@ -122,8 +33,9 @@ def mean_std(values):
 
 
 def fmt(mean, std=None, digits=4):
+    """A table cell: the mean (to digits, or whole past 1e5; inf for a perplexity beyond float range), ± std."""
     text = "-" if mean is None else f"{mean:,.{digits}f}" if abs(mean) < 1e5 else f"{mean:,.0f}"
-    return text if std is None or mean is None else f"{text} ± {std:.{digits}f}"
+    return text if std is None or mean is None or not math.isfinite(std) else f"{text} ± {std:.{digits}f}"
 
 
 class Group:
@@ -158,6 +70,7 @@ class Group:
         """Mean (and std) of a column over seeds, for the epochs that every seed reached."""
         n = min(len(r.rows) for r in self.runs)
         ys = np.array([[row[column] for row in r.rows[:n]] for r in self.runs])
+        ys[~np.isfinite(ys)] = np.nan  # an infinite perplexity or a NaN loss: a gap in the curve
         xs = np.array([[row[x] for row in r.rows[:n]] for r in self.runs]).mean(0)
         return xs, ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
 
@@ -253,7 +166,8 @@ def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
                 if x == "epoch":  # whole epochs, with room around a single one
                     ax.set_xticks(range(1, n + 1)) if n <= 12 else ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                     ax.set_xlim(0.5, n + 0.5)
-            axes[0].set_yscale("log" if task == "lm" else "linear")
+            if task == "lm" and any(np.nanmax(line.get_ydata(), initial=0) > 0 for line in axes[0].get_lines()):
+                axes[0].set_yscale("log")  # not when every value is a gap
             handles, labels = axes[0].get_legend_handles_labels()
             axes[1].legend(handles + [k for k, _ in keys], labels + [t for _, t in keys], loc="center left",
                            bbox_to_anchor=(1.02, 0.5), fontsize=8)
@@ -266,8 +180,10 @@ def finish(fig, title, path):
     """Title, save (headless), close; returns the path."""
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, bbox_inches="tight", format="png")
     pyplot().close(fig)
+    write_file(path, png.getvalue())
     return path
 
 
@@ -408,8 +324,22 @@ def main(argv=None):
     if not runs:
         print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)
         return 2
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ref, opening, body, figures, pages = load_reference(), [], [], [], []
+    try:
+        ref = load_reference()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return write_report(runs, args.log_dir, out_dir, ref)
+    except DamagedReference as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # a folder that cannot be written, a full disk: what was there stays whole
+        free = shutil.disk_usage(next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())).free
+        print(f"error: cannot write the report in {out_dir}: {e.strerror or e} ({free / 2 ** 20:,.1f} MB free "
+              f"there); choose another folder with --out_dir", file=sys.stderr)
+    return 2
+
+
+def write_report(runs, log_dirs, out_dir, ref):
+    """Every study's tables, figures and findings, summary.md and index.html; the exit code."""
+    opening, body, figures, pages = [], [], [], []
     for task in TASKS:
         by_name = {}
         for r in runs:
@@ -424,9 +354,9 @@ def main(argv=None):
     problems = [f"{r.path}: " + ("; ".join(r.problems) or "no finished epoch (failed or still starting)")
                 for r in runs if not r.rows or r.problems]
     print("".join(f"warning: {p}\n" for p in problems), end="", file=sys.stderr)
-    summary = (["# Summary", "", f"Generated by plot.py from {len(runs)} runs in {', '.join(args.log_dir)}.", ""]
+    summary = (["# Summary", "", f"Generated by plot.py from {len(runs)} runs in {', '.join(log_dirs)}.", ""]
                + opening + body + (["## Missing or damaged", ""] + [f"- {p}" for p in problems] + [""]) * bool(problems))
-    (out_dir / "summary.md").write_text("\n".join(summary))
+    write_file(out_dir / "summary.md", "\n".join(summary))
     write_html(out_dir, ["\n".join(summary)] + pages, figures)
     return 0 if any(r.rows for r in runs) else 1
 
@@ -436,11 +366,12 @@ def report_task(task, groups, out_dir, ref):
     (rc, results), (cc, costs), flat = tables(groups, task, ref)
     note = f"\n{ref['note']}\n" if ref and "report" in rc and task == "vit" else ""
     page = f"# {TASKS[task][3]}\n\n## Results\n\n{markdown(rc, results)}{note}\n## Cost\n\n{markdown(cc, costs)}"
-    (out_dir / f"summary_{task}.md").write_text(page)
-    with open(out_dir / f"summary_{task}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
-        writer.writeheader()
-        writer.writerows(flat)
+    write_file(out_dir / f"summary_{task}.md", page)
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=list(flat[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    write_file(out_dir / f"summary_{task}.csv", rows.getvalue())
     figures = plot_curves(groups, task, out_dir, ref) + plot_grad_norms(groups, task, out_dir)
     lines = findings(groups, task) + [f"Tables: summary_{task}.md, summary_{task}.csv. Figures: "
                                       + ", ".join(p.name for p in figures) + ".", ""]

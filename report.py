@@ -10,7 +10,9 @@ the report's epochs to the end, and, for the LM, used GPT-1's frozen embeddings 
 import base64
 import html
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent / "reference.json"
@@ -18,11 +20,60 @@ IDENTITY = {"vit": ("layers", "block", "optimizer"), "lm": ("model", "layers", "
 ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings", "data_format"}}
 
 
+class DamagedReference(ValueError):
+    """reference.json is there but not what plot.py can compare with."""
+
+
 def load_reference(path=REFERENCE):
+    """The report's numbers, checked: None when the file is missing (with a warning that names it),
+    DamagedReference with one line saying what is wrong when it is damaged."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        ref = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        print(f"warning: {path} is missing: the report is drawn without the reference report's numbers",
+              file=sys.stderr)
         return None
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        raise DamagedReference(f"{path} is not readable JSON ({str(e)[:100]})") from None
+    problem = reference_problem(ref)
+    if problem:
+        raise DamagedReference(f"{path}: {problem}")
+    return ref
+
+
+def reference_problem(ref):
+    """What is wrong with reference.json's content, or ''."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    if not isinstance(ref, dict):
+        return f"the file holds {type(ref).__name__}, not an object"
+    if not all(number((ref.get("tolerance") or {}).get(k)) for k in ("acc", "ppl_relative")):
+        return "its tolerance must give the numbers acc and ppl_relative"
+    for task in IDENTITY:
+        part = ref.get(task)
+        if not isinstance(part, dict) or not number((part.get("settings") or {}).get("epochs")) \
+                or not isinstance(part.get("configs"), list):
+            return f"{task!r} must hold settings with a number of epochs, and a list of configs"
+        for i, rc in enumerate(part["configs"], 1):
+            if not isinstance(rc, dict) or any(k not in rc for k in IDENTITY[task]):
+                return f"{task} config {i} must be an object with {', '.join(IDENTITY[task])}"
+            bad = [k for k, v in rc.items() if k not in IDENTITY[task] and not number(v)]
+            if bad:
+                return f"{task} config {i}: {bad[0]} is {rc[bad[0]]!r}, not a number"
+    return ""
+
+
+def write_file(path, content):
+    """str or bytes to path through a temporary file: a full disk leaves no half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def reference_config(group, ref):
@@ -165,6 +216,5 @@ def write_html(out_dir, sections, figures):
                     f'src="data:image/png;base64,{data}">')
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Report</title><style>{STYLE}</style>"
             f"</head><body>{''.join(body)}</body></html>")
-    path = Path(out_dir) / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    write_file(Path(out_dir) / "index.html", page)
+    return Path(out_dir) / "index.html"

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -18,50 +19,72 @@ from pathlib import Path
 
 import torch
 
-from utils import UserError, barrier, check, first_line, rank, rng_state, set_rng_state, world_size
+from utils import STOP_SIGNALS, UserError, barrier, check, first_line, rank, rng_state, set_rng_state, world_size
 
 
 @contextlib.contextmanager
-def ctrl_c_deferred():
-    """Ctrl-C during the block takes effect at its end: a file is finished first (and torch.save's
-    own clean-up cannot turn the interrupt into a different error)."""
+def signals_deferred():
+    """Ctrl-C or SIGTERM during the block takes effect at its end: a file is finished first (and
+    torch.save's own clean-up cannot turn the interrupt into a different error)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    previous = signal.SIG_DFL if previous is None else previous  # a handler installed outside Python
+    # None: a handler installed outside Python; the default then stands for it
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) or signal.SIG_DFL
+                for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):
-        previous(signal.SIGINT, None)  # Python's own: KeyboardInterrupt
-    elif received and previous == signal.SIG_DFL:
-        signal.raise_signal(signal.SIGINT)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    handler = previous[received[0]] if received else signal.SIG_IGN
+    if callable(handler):
+        handler(received[0], None)  # ours, or Python's own: KeyboardInterrupt
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(received[0])
 
 
 def atomic_write(path, write):
     """Write through `write(file)` to a temporary file, fsync, then rename over `path`: a crash or a
-    full disk leaves the previous file intact, and Ctrl-C waits for the file to be complete."""
+    full disk leaves the previous file intact and no temporary file behind, and Ctrl-C or SIGTERM
+    waits for the file to be complete."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with ctrl_c_deferred():
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {path}: {e.strerror or e}; the previous version is intact") from None
+        with signals_deferred():
+            try:
+                with open(tmp, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        if isinstance(e, RuntimeError) and not re.search(r"PytorchStreamWriter|file write failed|unexpected pos", str(e)):
+            raise
+        raise UserError(f"could not write {path}: {getattr(e, 'strerror', None) or 'the write failed'}; "
+                        f"{free_space(path.parent)} free on its disk; any previous version is intact") from None
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def free_space(folder):
+    """The free space on folder's disk, in words ("1.2 GB")."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    for unit, size in (("GB", 2 ** 30), ("MB", 2 ** 20), ("kB", 2 ** 10)):
+        if free >= size:
+            return f"{free / size:.1f} {unit}"
+    return f"{free} bytes"
 
 
 def save_torch(obj, path):
@@ -98,7 +121,8 @@ def append_csv(path, columns, *rows):
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise UserError(f"could not append to {path}: {e.strerror or e}") from None
+        raise UserError(f"could not append to {path}: {e.strerror or e}; {free_space(path.parent)} free on its "
+                        f"disk") from None
 
 
 def environment(device):

@@ -194,7 +194,7 @@ run_one() {  # exp_id script args group [gpu]
     "${cmd[@]}" 2>&1 | tee "$LOG_DIR/$exp_id.log"
     status=${PIPESTATUS[0]}
   fi
-  if (( status == 130 )); then  # Ctrl-C: stop the sweep; running it again resumes
+  if (( status == 130 || status == 143 )); then  # Ctrl-C or SIGTERM: stop the sweep; running it again resumes
     echo "== $exp_id: interrupted; run the same command again to resume"
     exit 130
   fi

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
+import optim
 import utils
 from models import LanguageModel, linear_cross_entropy, lm_recurrent_share
 from test_data import TempDir, write_image_folder
@@ -116,7 +117,7 @@ class TestLossScalerSteps(unittest.TestCase):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        step = engine.Step(opt, scaler=torch.amp.GradScaler("cpu", init_scale=4.0), ema=engine.EMA(model, 0.5),
+        step = engine.Step(opt, scaler=torch.amp.GradScaler("cpu", init_scale=4.0), ema=optim.EMA(model, 0.5),
                            grad_norms=engine.LayerGradNorms([list(m.parameters()) for m in model]))
         x = torch.randn(4, 3)
         step(model, model(x).square().sum())

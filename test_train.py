@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import config
 import engine
+import optim
 import generate
 import rundir
 import utils
@@ -370,14 +371,26 @@ class TestResume(CliCase):
 # Runs a trainer and kills it with SIGKILL at one point: "batch:E:S" after training step S of epoch E,
 # "csv:E" after epoch E's metrics row, "best:E" / "checkpoint:E" after that epoch's best.pt /
 # checkpoint.pt. The trainer's own functions are wrapped here; the product knows nothing of it.
+# Runs a trainer and kills it at a point: "batch:E:S" after step S of epoch E's training, "csv:E" after
+# that epoch's row, "best:E" or "checkpoint:E" after that file's write. "batch:E:S:SIGTERM" sends
+# that signal instead; with ":again" too, the same signal once more while the stopped run cleans up,
+# and once more at exit.
 CRASH_LAUNCHER = """
-import os, runpy, signal, sys
+import atexit, os, runpy, signal, sys
 import engine, rundir
 point, *at = sys.argv[1].split(":")
-at = [int(a) for a in at]
+name, again = (at[2:] + ["SIGKILL"])[0], at[3:] == ["again"]
+at = [int(a) for a in at[:2]]
 where = dict(epoch=0, steps=0)
 def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, name))
+def wrapped_cleanup(*args):
+    die()
+    atexit.register(die)
+    return keep_or_remove(*args)
+keep_or_remove = engine.keep_or_remove
+if again:
+    engine.keep_or_remove = wrapped_cleanup
 run_epoch, step_call, append_csv, save_torch = engine.run_epoch, engine.Step.__call__, rundir.append_csv, rundir.save_torch
 def wrapped_run_epoch(model, task, split, epoch=1, step=None, *args, **kwargs):
     where.update(epoch=epoch, steps=0)
@@ -530,14 +543,14 @@ class TestDistributed(CliCase):
 
 class TestRecipeFlags(CliCase):
     def test_schedule_values(self):
-        f = lambda step: engine.lr_factor(step, 100, 10, "cosine", 0.1)  # noqa: E731
+        f = lambda step: optim.lr_factor(step, 100, 10, "cosine", 0.1)  # noqa: E731
         self.assertAlmostEqual(f(0), 0.1)            # warmup starts at lr / warmup_steps
         self.assertAlmostEqual(f(9), 1.0)            # and peaks at the end of the warmup
         self.assertAlmostEqual(f(10), 1.0)
         self.assertAlmostEqual(f(55), 0.55)          # halfway down the cosine: (1 + 0.1) / 2
         self.assertAlmostEqual(f(100), 0.1)          # min_lr at the end
         self.assertTrue(all(f(s) >= f(s + 1) for s in range(10, 100)))
-        self.assertEqual(engine.lr_factor(50, 100, 10, "constant"), 1.0)
+        self.assertEqual(optim.lr_factor(50, 100, 10, "constant"), 1.0)
 
     def test_improved_recipe_in_the_csv_and_resume(self):
         # every opt-in ViT flag at once; then killed after its epoch-2 checkpoint and resumed
@@ -576,7 +589,7 @@ class TestRecipeFlags(CliCase):
         model = torch.nn.Linear(2, 1)
         with torch.no_grad():
             model.weight.fill_(0.0)
-        ema = engine.EMA(model, decay=0.99)
+        ema = optim.EMA(model, decay=0.99)
         with torch.no_grad():
             model.weight.fill_(1.0)
         ema.update(model)  # update 1: rate min(0.99, 2 / 11)
@@ -766,14 +779,14 @@ class TestDefaults(unittest.TestCase):
 
     def test_optimizers_are_the_references(self):
         params = torch.nn.Linear(2, 1, bias=False)
-        opt, wd, _ = engine.make_optimizer("sgd", params, 0.1, 0.9, 1e-4)
+        opt, wd, _ = optim.make_optimizer("sgd", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["momentum"], opt.defaults["weight_decay"], wd),
                          (torch.optim.SGD, 0, 1e-4, 1e-4))
-        opt, _, _ = engine.make_optimizer("momentum", params, 0.1, 0.9, 1e-4)
+        opt, _, _ = optim.make_optimizer("momentum", params, 0.1, 0.9, 1e-4)
         self.assertEqual(opt.defaults["momentum"], 0.9)
-        opt, wd, _ = engine.make_optimizer("adam", params, 0.1, 0.9, 1e-4)
+        opt, wd, _ = optim.make_optimizer("adam", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"], wd), (torch.optim.Adam, 0, 0.0))
-        opt, wd, _ = engine.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
+        opt, wd, _ = optim.make_optimizer("adamw", params, 0.1, 0.9, 1e-4)
         self.assertEqual((type(opt), opt.defaults["weight_decay"]), (torch.optim.AdamW, 1e-4))
         # Fused where this torch has the CPU kernel (Adam/AdamW since 2.4, SGD since 2.5).
         for name, cls in (("sgd", torch.optim.SGD), ("momentum", torch.optim.SGD), ("adam", torch.optim.Adam),
@@ -783,9 +796,9 @@ class TestDefaults(unittest.TestCase):
                 has_kernel = True
             except RuntimeError:
                 has_kernel = False
-            fused = engine.make_optimizer(name, params, 0.1, device=torch.device("cpu"))[0].defaults["fused"]
+            fused = optim.make_optimizer(name, params, 0.1, device=torch.device("cpu"))[0].defaults["fused"]
             self.assertEqual(bool(fused), has_kernel)
-        self.assertTrue(engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
+        self.assertTrue(optim.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))[0].defaults["fused"])
 
     def test_fused_kernels_asked_for_and_fallbacks(self):
         params = torch.nn.Linear(2, 1, bias=False)
@@ -799,11 +812,11 @@ class TestDefaults(unittest.TestCase):
                 super().__init__(params, **kwargs)
 
         with mock.patch("torch.optim.AdamW", NoFused):
-            opt, _, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
+            opt, _, _ = optim.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
             self.assertEqual([k.get("fused") for k in made], [True, None])
             self.assertTrue(opt.defaults["foreach"])
             made.clear()
-            opt, _, _ = engine.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))
+            opt, _, _ = optim.make_optimizer("adamw", params, 0.1, device=torch.device("cpu"))
             self.assertEqual([k.get("fused") for k in made], [True, None])
             self.assertFalse(opt.defaults["foreach"])
 
@@ -923,7 +936,7 @@ class TestWeightDecayGroups(CliCase):
                                            patch_size=4, dropout=0.0, drop_path=0.0, num_classes=3))
         names = {id(p): n for n, p in model.named_parameters()}
         for exempt in (False, True):
-            opt, wd, groups = engine.make_optimizer("adamw", model, 1e-3, weight_decay=0.05, exempt=exempt)
+            opt, wd, groups = optim.make_optimizer("adamw", model, 1e-3, weight_decay=0.05, exempt=exempt)
             decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
             kept = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
             if not exempt:
@@ -937,7 +950,7 @@ class TestWeightDecayGroups(CliCase):
             self.assertEqual(groups["no_decay"], dict(tensors=len(kept), parameters=sum(
                 p.numel() for p in model.parameters() if names[id(p)] in kept)))
         lm = LanguageModel("transformer", 1, 50, 16, 16, num_heads=4, mlp_dim=32)
-        _, _, groups = engine.make_optimizer("adamw", lm, 1e-3, weight_decay=0.01, exempt=True)
+        _, _, groups = optim.make_optimizer("adamw", lm, 1e-3, weight_decay=0.01, exempt=True)
         kept = [n for n, p in lm.named_parameters() if p.ndim < 2 or n == "core.pos_embed"]
         self.assertEqual(groups["no_decay"]["tensors"], len(kept))
 

@@ -137,10 +137,17 @@ def load_embeddings(path, vocab_size, width):
         raise
     except Exception as e:  # noqa: BLE001 - a missing, truncated or pickled file alike
         raise UserError(f"cannot read embeddings {path}: {str(e).splitlines()[0]}") from None
+    check(table.dtype.kind in "fiu", f"embeddings {path} hold {table.dtype} values; they must be real numbers")
     check(table.shape == (vocab_size, width),
           f"embeddings {path} have shape {table.shape}, the data and model need ({vocab_size}, {width}) "
           f"(vocabulary x --embedding_size)")
-    return torch.from_numpy(table.astype(np.float32))
+    with np.errstate(over="ignore"):
+        table = table.astype(np.float32)  # a float64 beyond float32's range becomes inf: refused here
+    rows = np.flatnonzero(~np.isfinite(table).all(1))
+    if len(rows):
+        raise UserError(f"embeddings {path} hold NaN or infinite values (in float32) in {len(rows):,} "
+                        f"row{'s' * (len(rows) > 1)}, the first row {rows[0]}")
+    return torch.from_numpy(table)
 
 
 MODEL_ARGS = ("model", "layers", "embedding_size", "hidden_size", "dropout", "learn_embeddings", "seq_len",

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; docker stop, Slurm, timeout
 
 
 class UserError(Exception):
@@ -28,6 +29,22 @@ class UserError(Exception):
 
 class Diverged(Exception):
     """The loss became NaN or infinite: not a user error, so it has its own exit code (3)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run stops at once, keeping its last finished epoch; exit 128 + signal."""
+
+    def __init__(self, signum=signal.SIGINT, detail=""):
+        super().__init__(detail)
+        self.signum, self.detail = signum, detail
+
+
+def stop(signum, frame):
+    """The handler of both stop signals. A second one while stopping (a clean-up, an exit handler)
+    is ignored: one signal or several leave the same state and print the same line."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def check(condition, message):
@@ -42,13 +59,14 @@ def first_line(exc):
 
 
 def cli(main):
-    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C
-    a clean stop (130). Under torchrun every rank reports its own error, tagged with its rank, and
-    leaves at once (os._exit), so torchrun ends the other ranks instead of letting them wait in a
-    collective for its timeout. The process group is destroyed on the way out."""
+    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C or
+    SIGTERM a clean stop (exit 130 or 143) whose line says what was kept. Under torchrun every rank
+    reports its own error, tagged with its rank, and leaves at once (os._exit), so torchrun ends the
+    other ranks instead of letting them wait in a collective for its timeout. The process group is
+    destroyed on the way out, and the signal handlers are put back unless a signal stopped it."""
     def wrapped(argv=None):
-        # A shell starts background jobs with Ctrl-C ignored (runs.sh's parallel workers): take it back.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Ours, also where a shell started the process with Ctrl-C ignored (a background job).
+        previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
         code, message = 0, None
         try:
             result = main(argv)
@@ -60,8 +78,13 @@ def cli(main):
             if not isinstance(e, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(e)):
                 raise
             code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
-        except KeyboardInterrupt:
-            code, message = EXIT_INTERRUPTED, "interrupted: the last finished epoch is saved; continue with --resume"
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            code, previous = 128 + signum, {}  # an exiting process keeps ignoring them (see stop)
+            word = "terminated" if signum == signal.SIGTERM else "interrupted"
+            message = f"{word}: {getattr(e, 'detail', '') or 'stopped'}"
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         distributed = dist.is_available() and dist.is_initialized()
         if message:
             # Before the process group exists every rank fails alike (flags, batch size): one message.

@@ -1,0 +1,109 @@
+"""Reading run directories: each run's config.json, metrics.csv, summary.json and grad_norms.csv, as
+its trainer wrote them. Damage (a cut row, a file that is not JSON) is recorded on the run, never
+raised, so that one broken run never hides the others. No torch.
+
+    >>> runs = find_runs(["logs"], Path("logs/report"))
+"""
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASKS = {"lm": ("ppl", "perplexity", False, "Language model (Wikitext-2)"),
+         "vit": ("acc", "accuracy", True, "Vision Transformer (CIFAR-10)")}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    rows: list                                  # metrics.csv, as floats
+    summary: dict = None
+    norms: dict = field(default_factory=dict)  # epoch -> [norm of layer 1, 2, ...] (grad_norms.csv)
+    task: str = ""
+    name: str = ""                              # the configuration's: seeds share it
+    problems: list = field(default_factory=list)
+
+
+REQUIRED = ("epoch", "train_loss", "train_{m}", "valid_loss", "valid_{m}", "train_time", "valid_time", "elapsed")
+OPTIONAL = ("peak_mem_mb", "mem_pct")  # older files lack them: NaN
+
+
+def read_rows(path, m, problems):
+    """metrics.csv as a list of dicts of floats; damaged rows (cut, short, long, not numbers) are left
+    out and named in problems, and a file without the columns the report needs gives no rows."""
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+        reader = csv.DictReader(io.StringIO(text))
+        lines = list(reader)
+        missing = [c.format(m=m) for c in REQUIRED if c.format(m=m) not in (reader.fieldnames or [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return problems.append(f"metrics.csv unreadable ({e})") or []
+    if lines and missing:
+        return problems.append(f"metrics.csv lacks {', '.join(missing)}") or []
+    if lines and not text.endswith("\n"):  # every row is written whole with its line end: this one was cut
+        problems.append(f"metrics.csv line {len(lines) + 1} skipped (cut short)")
+        lines.pop()
+    rows = []
+    for i, row in enumerate(lines, 2):
+        try:
+            if None in row or None in row.values():
+                raise ValueError("wrong number of fields")
+            rows.append(dict({k: math.nan for k in OPTIONAL}, **{k: float(v) for k, v in row.items()}))
+        except ValueError as e:
+            problems.append(f"metrics.csv line {i} skipped ({e})")
+    return rows
+
+
+def read_json(path, problems):
+    """A JSON object, or None (missing, or damaged and named in problems)."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        value = problems.append(f"{path.name} unreadable ({str(e)[:80]})")
+    if value is not None and not isinstance(value, dict):
+        value = problems.append(f"{path.name} is not a JSON object")
+    return value
+
+
+def read_run(path):
+    """One run directory -> Run. Damage is recorded in run.problems, never raised; a run whose
+    config.json is unreadable or of an unknown task has no rows and is listed as skipped."""
+    problems = []
+    config = read_json(path / "config.json", problems) or {}
+    task = config.get("task") or ("lm" if "model" in config else "vit")
+    if not config or task not in TASKS:
+        why = ("no config.json" if not (path / "config.json").exists() else f"unknown task {task!r}" if config
+               else "config.json is empty")
+        return Run(path, config, [], task=task, name=path.name, problems=problems or [f"{why}: not plotted"])
+    name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
+    run = Run(path, config, read_rows(path / "metrics.csv", TASKS[task][0], problems), task=task, name=str(name),
+              problems=problems)
+    try:
+        with open(path / "grad_norms.csv") as f:
+            for row in csv.DictReader(f):
+                run.norms.setdefault(int(row["epoch"]), {})[int(row["layer"])] = float(row["norm"])
+        run.norms = {e: [layers[k] for k in sorted(layers)] for e, layers in sorted(run.norms.items())}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        run.problems.append(f"grad_norms.csv unreadable ({e})")
+        run.norms = {}
+    run.summary = read_json(path / "summary.json", run.problems)
+    return run
+
+
+def find_runs(log_dirs, out_dir):
+    """Every run under log_dirs, except anything inside the report folder out_dir."""
+    out_dir, folders = out_dir.resolve(), set()
+    for log_dir in log_dirs:
+        for name in ("config.json", "metrics.csv", "summary.json"):
+            folders |= {p.parent for p in Path(log_dir).rglob(name) if out_dir not in p.resolve().parents}
+    return [read_run(folder) for folder in sorted(folders)]

@@ -1,0 +1,230 @@
+"""Faults as a user meets them, through the command line: a full disk, SIGTERM and Ctrl-C (twice),
+damaged report inputs, names that would break tables, damaged embeddings, a run missing its
+vocabulary. Each is one line, the exit code of its class, nothing already written lost, nothing
+left behind."""
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+from test_data import TempDir, write_image_folder, write_text_files, write_token_files
+from test_train import CRASH_LAUNCHER, LM_TINY, VIT_TINY, results, snapshot
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def cli(*argv, fault=None, file_limit=None, cwd=HERE):
+    """A real process: a script and its flags, under CRASH_LAUNCHER at `fault` ("batch:E:S:SIGTERM"), with at most
+    `file_limit` bytes per file written (as `ulimit -f`: writing past it fails as on a full disk)."""
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))) if file_limit else None
+    launcher = ["-c", CRASH_LAUNCHER, fault] if fault else []
+    return subprocess.run([sys.executable, *launcher, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit, env=dict(os.environ, PYTHONPATH=HERE))
+
+
+class FaultCase(TempDir):
+    def setUp(self):
+        super().setUp()
+        self.logs = self.tmp / "logs"
+        self.images = None
+
+    def vit(self, exp_id, *args, **kwargs):
+        if self.images is None:
+            self.images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        return cli("train_vit.py", "--data_folder", self.images, "--log_dir", self.logs, "--exp_id", exp_id,
+                   *VIT_TINY, *args, **kwargs)
+
+    def assert_one_line(self, proc, code, prefix, *fragments):
+        lines = proc.stderr.strip().splitlines()
+        self.assertEqual((proc.returncode, len(lines)), (code, 1), proc.stderr[-3000:])
+        self.assertTrue(lines[0].startswith(prefix), lines[0])
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+        return lines[0]
+
+    def leftovers(self, folder):
+        return sorted(p.name for p in folder.rglob(".*tmp*"))
+
+
+class TestFullDisk(FaultCase):
+    def test_a_checkpoint_that_does_not_fit_is_one_line_and_resume_continues_bit_exact(self):
+        whole = self.vit("whole", "--epochs", "2")
+        self.assertEqual(whole.returncode, 0, whole.stderr)
+        self.assertEqual(self.vit("run", "--epochs", "1").returncode, 0)
+        run_dir = self.logs / "run"
+        before = (run_dir / "checkpoint.pt").read_bytes()
+        limit = (run_dir / "best.pt").stat().st_size + 4096  # best.pt fits, the checkpoint (3x) does not
+        full = self.vit("run", "--epochs", "2", "--resume", file_limit=limit)
+        line = self.assert_one_line(full, 2, "error: could not write ", "checkpoint.pt", "free on its disk")
+        self.assertNotIn("Traceback", full.stderr)
+        self.assertEqual(self.leftovers(self.tmp), [], line)
+        self.assertEqual((run_dir / "checkpoint.pt").read_bytes(), before)  # the previous one, intact
+        resumed = self.vit("run", "--epochs", "2", "--resume")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(results(run_dir), results(self.logs / "whole"))
+
+    def test_the_report_on_a_full_disk_or_a_folder_it_cannot_write(self):
+        self.assertEqual(self.vit("run", "--epochs", "1").returncode, 0)
+        self.assertEqual(cli("plot.py", "--log_dir", self.logs).returncode, 0)
+        before = snapshot(self.logs / "report")
+        full = cli("plot.py", "--log_dir", self.logs, file_limit=20_000)  # the figures no longer fit
+        self.assert_one_line(full, 2, "error: cannot write the report in ", "--out_dir", "MB free there")
+        self.assertEqual(self.leftovers(self.logs), [])
+        self.assertEqual(snapshot(self.logs / "report"), before)  # each file whole: the old one or a new one
+        (self.tmp / "a_file").write_text("")
+        blocked = cli("plot.py", "--log_dir", self.logs, "--out_dir", self.tmp / "a_file" / "report")
+        self.assert_one_line(blocked, 2, "error: cannot write the report in ", "--out_dir")
+
+
+class TestSignals(FaultCase):
+    def test_sigterm_in_the_first_epoch_leaves_no_directory_and_the_same_command_runs(self):
+        proc = self.vit("run", "--epochs", "2", fault="batch:1:2:SIGTERM")
+        line = self.assert_one_line(proc, 143, "terminated: ", "was removed", "the same command starts it again")
+        self.assertNotIn("--resume", line)
+        self.assertFalse((self.logs / "run").exists())
+        self.assertEqual(self.vit("run", "--epochs", "1").returncode, 0)
+
+    def test_sigterm_after_an_epoch_keeps_it_and_resume_equals_an_uninterrupted_run(self):
+        self.assertEqual(self.vit("whole", "--epochs", "3", "--dropout", "0.1").returncode, 0)
+        proc = self.vit("run", "--epochs", "3", "--dropout", "0.1", fault="batch:2:3:SIGTERM")
+        self.assert_one_line(proc, 143, "terminated: ", "continue with --resume")
+        resumed = self.vit("run", "--epochs", "3", "--dropout", "0.1", "--resume")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(results(self.logs / "run"), results(self.logs / "whole"))
+
+    def test_a_second_signal_while_stopping_changes_nothing(self):
+        for name, code, word in (("SIGINT", 130, "interrupted: "), ("SIGTERM", 143, "terminated: ")):
+            with self.subTest(name):
+                once = self.vit("once", "--epochs", "2", fault=f"batch:1:2:{name}")
+                line = self.assert_one_line(once, code, word, "was removed")
+                again = self.vit("again", "--epochs", "2", fault=f"batch:1:2:{name}:again")  # during clean-up, at exit
+                self.assertEqual(self.assert_one_line(again, code, word), line.replace("once", "again"))
+                self.assertEqual([p.name for p in self.logs.glob("*") if p.is_dir()], [])
+        self.assertEqual(self.vit("kept", "--epochs", "1").returncode, 0)
+        again = self.vit("kept", "--epochs", "3", "--resume", fault="batch:2:2:SIGINT:again")
+        self.assert_one_line(again, 130, "interrupted: ", "the last finished epoch is saved")
+        self.assertEqual(len((self.logs / "kept" / "metrics.csv").read_text().splitlines()), 2)
+
+
+def write_lm_run(folder, values, exp_id="lm_lstm_L1_adam_s42", cut=None):
+    """A finished LM run directory with these valid perplexities (loss is their log, inf allowed)."""
+    run = folder / exp_id
+    run.mkdir(parents=True)
+    config = dict(task="lm", model="lstm", layers=1, optimizer="adam", epochs=len(values), seed=42, exp_id=exp_id,
+                  naming=dict(configuration=exp_id[:-4], changed={}, not_settings=["seed", "exp_id"]))
+    (run / "config.json").write_text(json.dumps(config))
+    lines = ["epoch,train_loss,train_ppl,valid_loss,valid_ppl,train_time,valid_time,elapsed,peak_mem_mb,mem_pct"]
+    for e, v in enumerate(values, 1):
+        loss = math.log(v) if v < math.inf else 800.0
+        lines.append(f"{e},{loss},{v},{loss},{v},1.0,0.5,{1.5 * e},10.0,1.0")
+    text = "\n".join(lines) + "\n"
+    (run / "metrics.csv").write_text(text[:-cut] if cut else text)
+    (run / "summary.json").write_text(json.dumps(dict(epochs=len(values), test_ppl=values[-1],
+                                                      best_test_ppl=min(values), params_learnable=10)))
+    return run
+
+
+class TestReportInputs(FaultCase):
+    def plot(self, *args, cwd=HERE):
+        return cli("plot.py", "--log_dir", self.logs, *args, cwd=cwd)
+
+    def test_infinite_perplexities_are_gaps_and_inf_never_a_crash(self):
+        write_lm_run(self.logs, [math.inf, math.inf])
+        proc = self.plot()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        table = (self.logs / "report" / "summary_lm.md").read_text()
+        self.assertIn("| inf |", table)
+        self.assertTrue((self.logs / "report" / "lm_epochs.png").stat().st_size > 1000)
+        shutil.rmtree(self.logs)
+        write_lm_run(self.logs, [2000.0, math.inf], exp_id="lm_lstm_L1_sgd_s42")  # diverged after one epoch
+        proc = self.plot()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("2,000.00", (self.logs / "report" / "summary_lm.md").read_text())
+
+    def test_a_row_cut_short_marks_the_run_damaged_and_the_rest_is_shown(self):
+        write_lm_run(self.logs, [300.0, 250.0, 200.0], cut=12)  # the last row loses its end: 200.0 -> 2
+        proc = self.plot()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("metrics.csv line 4 skipped (cut short)", proc.stderr)
+        summary = (self.logs / "report" / "summary.md").read_text()
+        self.assertIn("## Missing or damaged", summary)
+        table = (self.logs / "report" / "summary_lm.md").read_text()
+        self.assertIn("250.00", table)  # the best of the whole rows, not the cut value
+        self.assertIn("| 2 |", table.replace("| 2 | ", "| 2 |"))  # two epochs counted
+
+    def test_a_damaged_reference_is_named_in_one_line_and_a_missing_one_warned(self):
+        write_lm_run(self.logs, [300.0, 250.0])
+        code = self.tmp / "code"
+        code.mkdir()
+        for name in ("plot.py", "report.py", "results.py"):
+            shutil.copy(os.path.join(HERE, name), code)
+        good = json.loads(Path(HERE, "reference.json").read_text())
+        damaged = {"a string": dict(good, tolerance=dict(acc="0.015", ppl_relative=0.05)),
+                   "a null": dict(good, lm=dict(good["lm"], configs=[dict(good["lm"]["configs"][0], test_ppl=None)])),
+                   "an empty list": [], "an empty object": {}}
+        for what, content in list(damaged.items()) + [("truncated", "{\"source\": "), ("binary", b"\x89PNG\x00\xff")]:
+            with self.subTest(what):
+                path = code / "reference.json"
+                path.write_bytes(content if isinstance(content, bytes) else
+                                 content.encode() if isinstance(content, str) else json.dumps(content).encode())
+                shutil.rmtree(self.logs / "report", ignore_errors=True)
+                proc = self.plot(cwd=code)
+                self.assert_one_line(proc, 2, f"error: {path}")
+                self.assertNotIn("Traceback", proc.stderr)
+                self.assertFalse((self.logs / "report").exists())
+        (code / "reference.json").unlink()
+        proc = self.plot(cwd=code)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn(f"warning: {code / 'reference.json'} is missing", proc.stderr)
+
+
+class TestNames(FaultCase):
+    def test_the_report_folder_and_names_that_break_tables_are_refused(self):
+        for name in ("report", "a|b", "a\tb", "a\nb", ".hidden", "a b", "+x"):
+            with self.subTest(name=name):
+                proc = self.vit(name)
+                self.assert_one_line(proc, 2, "error: --exp_id")
+        self.assertFalse(self.logs.exists())
+        ok = self.vit("vit-2_lr=3e-4+x.y", "--epochs", "1")
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+
+
+class TestDamagedEmbeddings(FaultCase):
+    def test_nan_complex_and_text_tables_are_refused_before_training(self):
+        data = write_token_files(self.tmp / "tokens")
+        table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+        table[7, 3] = np.nan
+        cases = {"nan": (table, "NaN or infinite values", "row 7"), "complex": (table.astype(np.complex64), "complex64"),
+                 "text": (np.full((50, 16), "x"), "<U1")}
+        for name, (values, *fragments) in cases.items():
+            with self.subTest(name):
+                path = self.tmp / f"{name}.npz"
+                np.savez(path, tokens=values)
+                proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", name, *LM_TINY,
+                           "--embeddings", path)
+                self.assert_one_line(proc, 2, "error: embeddings ", str(path), *fragments)
+        self.assertFalse(self.logs.exists())
+
+
+class TestGenerateWithoutVocabulary(FaultCase):
+    def test_a_word_level_run_without_vocab_txt_is_refused_naming_it(self):
+        data = write_text_files(self.tmp / "text")
+        proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", "words", *LM_TINY,
+                   "--epochs", "1")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        (self.logs / "words" / "vocab.txt").unlink()
+        before = snapshot(self.logs)
+        proc = cli("generate.py", "--run", self.logs / "words", "--words", "5")
+        self.assert_one_line(proc, 2, "error: ", "word-level text", "vocab.txt is missing")
+        self.assertEqual(proc.stdout, "")
+        self.assertEqual(snapshot(self.logs), before)
+
+
+if __name__ == "__main__":
+    unittest.main()
