@@ -17,7 +17,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 AUGMENTS = ("reference", "strong")
 
 
-def _to_device(tensor, device):
+def to_device(tensor, device):
     """A small host tensor on `device`; through pinned memory to CUDA, so the copy does not block."""
     device = torch.device(device)
     return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
@@ -86,7 +86,7 @@ def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), po
     flips = torch.rand(B, generator=generator) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
     pad = pad if strong else 0
     shift = torch.randint(-pad, pad + 1, (2, B), generator=generator) if strong else torch.zeros(2, B, dtype=torch.long)
-    params = _to_device(torch.stack([top, left, h, w, shift[0], shift[1], flips.long()]), images.device)
+    params = to_device(torch.stack([top, left, h, w, shift[0], shift[1], flips.long()]), images.device)
     top, left, h, w, shift_y, shift_x, flips = params
     y, inside_y = _sample_points(top, h, H, shift_y, torch.zeros_like(flips, dtype=torch.bool))
     x, inside_x = _sample_points(left, w, W, shift_x, flips.bool())
@@ -130,7 +130,7 @@ def trivial_augment(x, generator, ops=None, magnitudes=None):
     order = torch.argsort(ops, stable=True)
     counts = torch.bincount(ops, minlength=len(TA_OPS)).tolist()  # host tensors: no sync
     unsort = torch.argsort(order)
-    packed = _to_device(torch.stack([order.float(), unsort.float(), magnitudes[order]]), x.device)
+    packed = to_device(torch.stack([order.float(), unsort.float(), magnitudes[order]]), x.device)
     order_dev, unsort_dev, m = packed[0].long(), packed[1].long(), packed[2]
     # index_select copies whole images; x[index] and index_copy_ go element by element
     xs = x.index_select(0, order_dev)
@@ -198,7 +198,7 @@ def _affine(x, ops, m):
     """Rotate, shear or translate each image by its own amount: one affine grid_sample (nearest,
     zero fill). ops: host TA_OPS indices, m: signed magnitudes on the device."""
     n, _, H, W = x.shape
-    onehot = _to_device(torch.stack([ops == TA_OPS.index(name) for name in GEOMETRIC]).float(), x.device)
+    onehot = to_device(torch.stack([ops == TA_OPS.index(name) for name in GEOMETRIC]).float(), x.device)
     which = dict(zip(GEOMETRIC, onehot))
     angle = torch.deg2rad(TA_RANGES["rotate"] * m) * which["rotate"]
     # theta maps output to input coordinates in [-1, 1]; a translation by t whole pixels (truncated,
@@ -224,7 +224,7 @@ def mix(images, labels, generator, mixup=0.0, cutmix=0.0):
     alpha = cutmix if use_cutmix else mixup
     # Beta is not drawn by torch generators: seed a NumPy generator from this one (reproducible).
     lam = float(np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator))).beta(alpha, alpha))
-    perm = _to_device(torch.randperm(B, generator=generator), images.device)
+    perm = to_device(torch.randperm(B, generator=generator), images.device)
     if use_cutmix:
         r = math.sqrt(1 - lam)
         ch, cw = int(H * r), int(W * r)

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +38,6 @@ from train_vit import ImageTask
 
 VIT = dict(embed_dim=256, hidden_dim=512, num_heads=8, patch_size=4)
 LM = dict(vocab_size=40479, embedding_size=768, hidden_size=512)
-
-
-def limited(batches):
-    """The part of a trainer's config that run_epoch reads: at most `batches` per pass, no progress bar."""
-    return SimpleNamespace(limit_batches=batches, no_progress=True)
 
 
 def timed(fn, device, steps, warmup):
@@ -75,7 +69,7 @@ def train_step(model, optimizer, loss_fn):
     return step
 
 
-def bench_vit_models(device, dtype, quick, batch=128):
+def bench_vit_models(device, precision, quick, batch=128):
     rows = []
     images = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
@@ -86,7 +80,7 @@ def bench_vit_models(device, dtype, quick, batch=128):
             opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
 
             def loss():
-                with utils.autocast(device, dtype):
+                with precision.autocast(device):
                     return F.cross_entropy(model(images).float(), labels)
             sec = timed(train_step(model, opt, loss), device, 3 if quick else 10, 2)
             flops = 3 * vit_flops(layers) * batch / sec
@@ -110,7 +104,7 @@ def peer_vits(layers=6):
     return peers
 
 
-def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
+def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
     """Our whole training path (seeded shuffle, batched augmentation, task loss, run_epoch) against
     the bare training step of our model and of each peer implementation on tensors already on the
     device."""
@@ -124,7 +118,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     torch.manual_seed(0)
     model = VisionTransformer(layers, "prenorm", **VIT).to(device)
     opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
-    engine.run_epoch(model, task, "train", 0, engine.Step(opt), limited(2), dtype)  # warm-up
+    engine.run_epoch(model, task, "train", 0, engine.Step(opt), precision, 2)  # warm-up
     images, labels = normalize(x[:batch]), y[:batch]
     peers = {}
     # Our model's bare step too, with the peers' (unfused) AdamW: the trainer's overhead and the
@@ -136,7 +130,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
         popt = torch.optim.AdamW(peer.parameters(), lr=3e-4, weight_decay=5e-4)
 
         def loss(peer=peer):
-            with utils.autocast(device, dtype):
+            with precision.autocast(device):
                 return F.cross_entropy(peer(images).float(), labels)
         step = train_step(peer, popt, loss)
         timed(step, device, 1, 2)  # warm-up
@@ -145,7 +139,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     # ever slows a measurement down.
     best = dict(ours=0.0, **{name: 0.0 for name in peers})
     for _ in range(3 if quick else 5):
-        best["ours"] = max(best["ours"], n / engine.run_epoch(model, task, "train", 1, engine.Step(opt), None, dtype)["seconds"])
+        best["ours"] = max(best["ours"], n / engine.run_epoch(model, task, "train", 1, engine.Step(opt), precision)["seconds"])
         for name, (_, step) in peers.items():
             best[name] = max(best[name], batch / timed(step, device, steps, 0))
     ours = best["ours"]
@@ -158,7 +152,7 @@ def bench_vit_trainer(device, dtype, quick, layers=6, batch=128):
     return rows
 
 
-def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):  # each LM's training step
+def bench_lm_models(device, precision, quick, frozen, batch=16, seq_len=256):  # each LM's training step
     rows = []
     tokens = torch.randint(1, LM["vocab_size"], (batch, seq_len + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -170,7 +164,7 @@ def bench_lm_models(device, dtype, quick, frozen, batch=16, seq_len=256):  # eac
         opt, _, _ = optim.make_optimizer("adam", model, 1e-3)
 
         def loss():  # the trainer's loss: summed in chunks, the full logits never exist
-            with utils.autocast(device, dtype):
+            with precision.autocast(device):
                 return model(x, targets=y)[0] / y.numel()
         sec = timed(train_step(model, opt, loss), device, 2 if quick else 5, 1)
         flops = lm_train_flops(core, layers, frozen, seq_len=seq_len) * batch * seq_len / sec
@@ -232,7 +226,7 @@ def bench_loss_memory(device, batch=16, seq_len=256):
     return rows
 
 
-def bench_augmentation(device, dtype, quick, batch=128):
+def bench_augmentation(device, precision, quick, batch=128):
     """The batched augmentation's cost as a share of a ViT-2 training step (the cheapest model it
     feeds), for the reference and the strong policy, alternated, best of several."""
     g = torch.Generator().manual_seed(0)
@@ -243,7 +237,7 @@ def bench_augmentation(device, dtype, quick, batch=128):
     opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4, device=device)
 
     def loss():
-        with utils.autocast(device, dtype):
+        with precision.autocast(device):
             return F.cross_entropy(model(normalize(images)).float(), labels)
     step = train_step(model, opt, loss)
     runs = {policy: (lambda policy=policy: augment(images, g, policy=policy)) for policy in ("reference", "strong")}
@@ -258,7 +252,7 @@ def bench_augmentation(device, dtype, quick, batch=128):
     return rows
 
 
-def bench_loss_speed(device, dtype, quick, batch=16, seq_len=256):
+def bench_loss_speed(device, precision, quick, batch=16, seq_len=256):
     """The LM loss through the tied 40,479-word output layer, forward and backward: fused and chunked
     (the trainer's) against F.cross_entropy over the full logits."""
     g = torch.Generator().manual_seed(0)
@@ -269,8 +263,8 @@ def bench_loss_speed(device, dtype, quick, batch=16, seq_len=256):
     def run(fused):
         def step():
             h.grad = w.grad = None
-            with utils.autocast(device, dtype):  # the hidden states in the autocast dtype, as in the model
-                hh = h.to(dtype or h.dtype)
+            with precision.autocast(device):  # the hidden states in the autocast dtype, as in the model
+                hh = h.to(precision.dtype or h.dtype)
                 loss = (linear_cross_entropy(hh, w, t) if fused
                         else F.cross_entropy((hh @ w.T).float(), t, ignore_index=0, reduction="sum"))
             loss.backward()
@@ -290,7 +284,7 @@ CIFAR_SPLITS = dict(train=45_000, valid=5_000)
 WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of Wikitext-2
 
 
-def bench_real(device, dtype, data_root, quick, with_compile=False, frozen=True):
+def bench_real(device, precision, data_root, quick, with_compile=False, frozen=True):
     """A ViT-6 epoch and an LSTM-1 epoch (train + valid) through the trainers' path, on the real data
     when it is there and otherwise on random data of the same sizes (the time of an epoch does not
     depend on the pixel or token values). On CPU a slice is timed and extrapolated; on CUDA the
@@ -327,9 +321,9 @@ def bench_real(device, dtype, data_root, quick, with_compile=False, frozen=True)
         modes = ["default"] + ["reduce-overhead"] * (device.type == "cuda") if with_compile else []
         for compiled in [False] + modes:
             try:  # a compile mode that fails here is one row of the table, not the end of the check
-                warm_up = engine.compile_model(model, task, dtype, mode=compiled) if compiled else None
-                runs = [(engine.run_epoch(model, task, "train", epoch, engine.Step(opt), limited(limit), dtype),
-                         engine.run_epoch(model, task, "valid", epoch, None, limited(limit), dtype))
+                warm_up = engine.compile_model(model, task, precision, mode=compiled) if compiled else None
+                runs = [(engine.run_epoch(model, task, "train", epoch, engine.Step(opt), precision, limit),
+                         engine.run_epoch(model, task, "valid", epoch, None, precision, limit))
                         for epoch in ((1, 2) if full else (1,))]
             except Exception as e:  # noqa: BLE001
                 rows.append(dict(model=f"{name}, compiled, {compiled}: failed ({utils.first_line(e)[:80]})", unit=""))
@@ -407,22 +401,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         device = utils.get_device(args.device)
-        dtype, _ = utils.choose_precision(args.precision, device)
+        precision = utils.choose_precision(args.precision, device)
     except utils.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    dtype = precision.dtype
     ceiling = matmul_ceiling(device, args.quick, dtype)
     ceiling_fp32 = ceiling if dtype is None else matmul_ceiling(device, args.quick)
     rows = []
-    sections = dict(vit=lambda: bench_vit_models(device, dtype, args.quick),
-                    peers=lambda: bench_vit_trainer(device, dtype, args.quick),
-                    lm=lambda: bench_lm_models(device, dtype, args.quick, args.lm_embeddings == "frozen"),
-                    loss=lambda: bench_loss_speed(device, dtype, args.quick) + bench_loss_memory(device),
-                    augment=lambda: bench_augmentation(device, dtype, args.quick),
-                    real=lambda: bench_real(device, dtype, args.data, args.quick, args.compile, args.lm_embeddings == "frozen"))
+    sections = dict(vit=lambda: bench_vit_models(device, precision, args.quick),
+                    peers=lambda: bench_vit_trainer(device, precision, args.quick),
+                    lm=lambda: bench_lm_models(device, precision, args.quick, args.lm_embeddings == "frozen"),
+                    loss=lambda: bench_loss_speed(device, precision, args.quick) + bench_loss_memory(device),
+                    augment=lambda: bench_augmentation(device, precision, args.quick),
+                    real=lambda: bench_real(device, precision, args.data, args.quick, args.compile, args.lm_embeddings == "frozen"))
     assert tuple(sections) == SECTIONS
     for name in args.only:
         start = time.perf_counter()

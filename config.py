@@ -132,6 +132,11 @@ class TrainConfig:
     RECIPES = {}  # name -> the settings it changes (each trainer's own)
     PREFIX = "run"  # the default name's start, formatted with the settings
     NAMED = ("model", "layers", "optimizer", "recipe", "seed")  # spelled out in every default name
+    DATA_KIND = "images"  # the data of the reference report, not named in default names
+
+    def data_kind(self):
+        """What the data are, as --data_format and --data_folder resolve them (a name's part)."""
+        return self.DATA_KIND
 
     def validate(self):
         for name in ("layers", "batch_size", "epochs"):
@@ -159,7 +164,8 @@ class TrainConfig:
     def default_exp_id(self):
         """A readable run name, the same one runs.sh gives the configuration: <PREFIX>_L<layers>_<optimizer>,
         the recipe unless it is the reference, every other setting that changes the result and differs
-        from the recipe's default, then _s<seed>. `--epochs` is left out so that a run can be extended."""
+        from the recipe's default, the data's kind where it is not the default's (`data_kind`), then
+        _s<seed>. `--epochs` is left out so that a run can be extended."""
         defaults = dataclasses.replace(type(self)(), **self.RECIPES.get(self.recipe, {}))
 
         def text(f, value):
@@ -174,6 +180,7 @@ class TrainConfig:
         head += [self.recipe] * (self.recipe != "reference")
         rest = [text(f, getattr(self, f.name)) for f in dataclasses.fields(self)
                 if f.name not in self.NAMED + self.NOT_IN_NAME and getattr(self, f.name) != getattr(defaults, f.name)]
+        rest += [self.data_kind()] * (self.data_kind() != self.DATA_KIND)
         name = "_".join(head + rest + [f"s{self.seed}"])
         if len(name.encode()) > 120:  # file systems take 255 bytes: the main settings and a hash of the rest
             name = "_".join(head + [hashlib.sha1("_".join(rest).encode()).hexdigest()[:10], f"s{self.seed}"])

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rundir import atomic_write, free_space
+from augment import to_device
+from rundir import atomic_write
 from utils import UserError, check
 
 # ------------------------------------------------------------------------------------ Wikitext-2
@@ -112,16 +112,25 @@ def download_token_files(folder, base=None, sha256=None):
     print(f"data: downloaded the reference's token files from {base} into {folder}")
 
 
-def _read_npz(path):
+def read_tokens_npz(path):
+    """The 'tokens' array of an .npz file (token ids, or an embedding table) and the file's other
+    arrays; never a pickle. One line naming the file when it is missing, damaged or has no tokens."""
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
-            check("tokens" in d.files, f"{path} has no 'tokens' array (it has: {', '.join(d.files) or 'none'})")
-            tokens = d["tokens"]
-            vocab_size = int(d["vocab_size"]) if "vocab_size" in d.files else None
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - zip, pickle and format errors all mean a bad file
-        raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {e}") from None
+            arrays = {k: d[k] for k in d.files}
+    except Exception as e:  # noqa: BLE001 - missing, zip, pickle and format errors all mean a bad file
+        raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {str(e).splitlines()[0]}") \
+            from None
+    check("tokens" in arrays, f"{path} has no 'tokens' array (it has: {', '.join(arrays) or 'none'})")
+    return arrays.pop("tokens"), arrays
+
+
+def _read_npz(path):
+    tokens, rest = read_tokens_npz(path)
+    try:
+        vocab_size = int(rest["vocab_size"]) if "vocab_size" in rest else None
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: its 'vocab_size' is not a number") from None
     check(tokens.ndim == 1 and tokens.size > 1 and np.issubdtype(tokens.dtype, np.integer),
           f"{path}: 'tokens' must be a 1-D integer array of at least 2 ids, got {tokens.dtype} {tokens.shape}")
     return tokens, vocab_size
@@ -250,14 +259,6 @@ class Windows:
     def stream_order(self):
         """Window indices, B streams interleaved: stream k's window s comes at position s * B + k."""
         return torch.arange(self.num_windows).view(-1, self.per_stream).T.flatten()
-
-
-def to_device(tensor, device):
-    """A host tensor on `device`; to CUDA through pinned memory, so the copy does not block."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def index_batches(n, batch_size, generator=None, device="cpu", order=None):
@@ -395,26 +396,18 @@ def _cache_fits(arrays, train_files, test_files, num_classes):
 
 
 def _save_cache(path, fingerprint, arrays):
-    tmp = None
+    """Write the decoded images' cache; never fatal (a full disk is a warning, and the next run
+    decodes the images again). Returns whether it was written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A folder without write bits is read-only by intent, even for root (who may write anyway).
         if not path.parent.stat().st_mode & 0o222 or not os.access(path.parent, os.W_OK):
             return False
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-            tmp = f.name
-            np.savez(f, fingerprint=np.array(fingerprint),
-                     **{k: a.numpy() for k, a in zip(("train_x", "train_y", "test_x", "test_y"), arrays)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; a cache may be shared
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, fingerprint=np.array(fingerprint), **{
+            k: a.numpy() for k, a in zip(("train_x", "train_y", "test_x", "test_y"), arrays)}))
         return True
-    except OSError as e:  # a full disk, say: the next run decodes the images again
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        print(f"warning: could not cache the decoded images in {path}: {e.strerror or e}; "
-              f"{free_space(path.parent)} free on its disk", file=sys.stderr)
+    except (OSError, UserError) as e:
+        print(f"warning: the decoded images are not cached: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return False
 
 

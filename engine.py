@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from optim import EMA, make_optimizer, make_scheduler
 from rundir import RunDir, existing_run, keep_or_remove, prepare_run_dir, run_lock
-from utils import Diverged, Stopped, autocast, barrier, check, distribute, log, peak_memory, rank, rng_state, \
+from utils import FP32, Diverged, Stopped, barrier, check, distribute, log, peak_memory, rank, rng_state, \
     seed_dropout, set_rng_state, setup, shard, sync, unwrap, world_size
 
 try:
@@ -108,9 +108,9 @@ class Step:
 
 # ------------------------------------------------------------------------------------- epoch loop
 
-def run_epoch(model, task, split, epoch=1, step=None, cfg=None, dtype=None, refresh_every=50):
-    """Train (with a Step) or evaluate `model` on one pass over `split`. cfg gives limit_batches and
-    no_progress; dtype is the autocast dtype (None: fp32).
+def run_epoch(model, task, split, epoch=1, step=None, precision=FP32, limit=0, show=False, refresh_every=50):
+    """Train (with a Step) or evaluate `model` on one pass over `split`, in `precision`, over at most
+    `limit` batches (0: all), with a progress bar if `show` (and on a terminal).
 
     Losses are summed on the device and divided once at the end: the result is the exact mean
     over every token or image, whatever the batch sizes. The host reads device values only every
@@ -119,14 +119,14 @@ def run_epoch(model, task, split, epoch=1, step=None, cfg=None, dtype=None, refr
     training, device, world = step is not None, next(model.parameters()).device, world_size()
     model.train(training)
     n = task.num_batches(split)
-    n = min(n, cfg.limit_batches) if cfg is not None and cfg.limit_batches else n
+    n = min(n, limit) if limit else n
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
-    count, bar = 0, progress_bar(n, split, cfg)
+    count, bar = 0, progress_bar(n, split) if show else None
     sync(device)
     start = time.perf_counter()
     with torch.set_grad_enabled(training):
         for i, batch in enumerate(islice(task.batches(split, epoch), n), 1):
-            with autocast(device, dtype):
+            with precision.autocast(device):
                 loss_sum, batch_count, correct = task.loss(model, shard(batch))
             if training:
                 # batch_count is the whole global batch's; DDP averages gradients over the
@@ -166,13 +166,13 @@ def check_finite(total, what, where):
     return value
 
 
-def progress_bar(n, split, cfg):
-    if tqdm is None or cfg is None or cfg.no_progress or rank() != 0 or not sys.stderr.isatty():
+def progress_bar(n, split):
+    if tqdm is None or rank() != 0 or not sys.stderr.isatty():
         return None
     return tqdm(total=n, desc=split, leave=False, dynamic_ncols=True)
 
 
-def compile_model(model, task, dtype, mode=None):
+def compile_model(model, task, precision=FP32, mode=None):
     """torch.compile in place (state_dict keys stay those of the plain model; a DDP module is compiled
     whole, so its gradient all-reduce still overlaps the backward pass), then a training pass for
     each batch size the train split yields and an evaluation pass for each that valid and test
@@ -189,7 +189,7 @@ def compile_model(model, task, dtype, mode=None):
         for size in sorted(set().union(*(task.batch_sizes(s) for s in splits)), reverse=True):
             batch = next(iter(task.batches(splits[0], 0)))  # a fresh pass: fresh state
             batch = tuple(b[:size] if torch.is_tensor(b) else b for b in batch)
-            with torch.set_grad_enabled(training), autocast(device, dtype):
+            with torch.set_grad_enabled(training), precision.autocast(device):
                 loss, _, _ = task.loss(model, shard(batch))
             if training:
                 loss.backward()
@@ -203,26 +203,27 @@ def compile_model(model, task, dtype, mode=None):
 
 # ------------------------------------------------------------------------------------ the epochs
 
-def make_step(model, task, cfg, optimizer, dtype):
+def make_step(model, task, cfg, optimizer, precision):
     raw = unwrap(model)
     steps = task.num_batches("train")
     norms = None
     if cfg.grad_norms:
         check(hasattr(raw, "layer_parameters"), f"--grad_norms: {type(raw).__name__} does not name its layers")
         norms = LayerGradNorms(raw.layer_parameters())
-    return Step(optimizer, scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+    return Step(optimizer, scaler=torch.amp.GradScaler("cuda") if precision.scaled else None,
                 scheduler=make_scheduler(cfg, optimizer, min(steps, cfg.limit_batches or steps)),
                 grad_clip=cfg.grad_clip, ema=EMA(raw, cfg.ema) if cfg.ema else None, grad_norms=norms)
 
 
-def train_one_epoch(model, task, cfg, step, dtype, progress, epoch):
+def train_one_epoch(model, task, cfg, step, precision, progress, epoch):
     """Train, validate (and validate the EMA); returns the metrics row and the new grad-norm rows."""
     m, device = task.metric, next(model.parameters()).device
     if step.grad_norms is not None:
         step.grad_norms.reset()
     seed_dropout(cfg.seed, epoch)
-    train = run_epoch(model, task, "train", epoch, step, cfg, dtype)
-    valid = run_epoch(model, task, "valid", epoch, None, cfg, dtype)
+    limit, show = cfg.limit_batches, not cfg.no_progress
+    train = run_epoch(model, task, "train", epoch, step, precision, limit, show)
+    valid = run_epoch(model, task, "valid", epoch, None, precision, limit, show)
     elapsed = (progress.history[-1]["elapsed"] if progress.history else 0.0) + train["seconds"] + valid["seconds"]
     mem_mb, mem_pct = peak_memory(device)
     row = {"epoch": epoch, "train_loss": train["loss"], f"train_{m}": train["metric"], "valid_loss": valid["loss"],
@@ -230,7 +231,7 @@ def train_one_epoch(model, task, cfg, step, dtype, progress, epoch):
            "train_time": train["seconds"], "valid_time": valid["seconds"], "elapsed": elapsed,
            f"{task.unit}_per_s": train["count"] / train["seconds"], "peak_mem_mb": mem_mb, "mem_pct": mem_pct}
     if step.ema is not None:
-        ema = run_epoch(step.ema.model, task, "valid", epoch, None, cfg, dtype)
+        ema = run_epoch(step.ema.model, task, "valid", epoch, None, precision, limit, show)
         row.update({"ema_valid_loss": ema["loss"], f"ema_valid_{m}": ema["metric"]})
     if step.scaler is not None:
         row["skipped_steps"] = int(step.skipped.item())
@@ -244,23 +245,23 @@ def train_one_epoch(model, task, cfg, step, dtype, progress, epoch):
     return row, new_norms
 
 
-def fit(model, task, cfg, run_dir, optimizer, device, dtype=None, extra_config=None, files=None):
+def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_config=None, files=None):
     """The epoch loop: train, validate, append a metrics.csv row, keep best.pt, checkpoint; then test
     the final and the best-validation model and write summary.json. Resumes from checkpoint.pt with
     cfg.resume; `files` (name -> bytes) are written beside the logs once the run may go on. Returns
     the summary dict."""
     config = dict(dataclasses.asdict(cfg), naming=cfg.naming(), **(extra_config or {}))
-    step = make_step(model, task, cfg, optimizer, dtype)
+    step = make_step(model, task, cfg, optimizer, precision)
     run = RunDir(run_dir, task, cfg, config, fp16=step.scaler is not None, files=files)
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
     stateful = dict(model=raw, optimizer=optimizer, scheduler=step.scheduler, scaler=step.scaler, ema=step.ema)
     progress = run.resume(stateful)
-    compile_seconds = compile_model(model, task, dtype) if cfg.compile else None
+    compile_seconds = compile_model(model, task, precision) if cfg.compile else None
     run.start(progress, device, step.grad_norms is not None)
     better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
     m = task.metric
     for epoch in range(len(progress.history) + 1, cfg.epochs + 1):
-        row, new_norms = train_one_epoch(model, task, cfg, step, dtype, progress, epoch)
+        row, new_norms = train_one_epoch(model, task, cfg, step, precision, progress, epoch)
         progress.history.append(row)
         progress.norm_history += new_norms
         improved = progress.best["value"] is None or better(row[f"valid_{m}"], progress.best["value"])
@@ -274,7 +275,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, dtype=None, extra_config=N
         run.save_epoch(progress, new_norms, stateful, improved, ema_improved)
         log_epoch(row, m, cfg.epochs)
     check(progress.history, "no epoch was trained")
-    summary = test_and_summarise(model, task, cfg, run, progress, step.ema, dtype, device)
+    summary = test_and_summarise(model, task, cfg, run, progress, step.ema, precision, device)
     summary["compile_seconds"] = compile_seconds
     run.finish(summary)
     barrier()
@@ -296,7 +297,7 @@ def log_epoch(row, m, epochs):
           f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)", flush=True)
 
 
-def test_and_summarise(model, task, cfg, run, progress, ema, dtype, device):
+def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
     """Test the final model and the best-validation one (and the EMA's two); the summary dict."""
     m, raw = task.metric, unwrap(model)
 
@@ -304,7 +305,7 @@ def test_and_summarise(model, task, cfg, run, progress, ema, dtype, device):
         barrier()  # best.pt and best_ema.pt are written by the first process
         if weights is not None:
             run.load_weights(net, weights)
-        return run_epoch(net, task, "test", 0, None, cfg, dtype)
+        return run_epoch(net, task, "test", 0, None, precision, cfg.limit_batches, not cfg.no_progress)
 
     final = test(model)
     ema_tests = {}
@@ -338,8 +339,8 @@ def train(cfg, build):
     with the data loaded and the model built, create the run directory, make the optimizer, fit."""
     cfg.exp_id = cfg.exp_id or cfg.default_exp_id()
     try:
-        device, dtype, why = setup(cfg)
-        log(f"device {device}; precision {why}")
+        device, precision = setup(cfg)
+        log(f"device {device}; precision {precision.why}")
         existing_run(cfg)  # refused at once, before the data is loaded
         task, model, extra, files = build(cfg, device)
     except KeyboardInterrupt as e:
@@ -348,11 +349,11 @@ def train(cfg, build):
     optimizer, weight_decay, groups = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay,
                                                      device, cfg.decay_exempt)
     extra = dict(extra, effective_weight_decay=weight_decay, weight_decay_groups=groups,
-                 precision_used=str(dtype or torch.float32)[6:], precision_reason=why)
+                 precision_used=precision.name, precision_reason=precision.why)
     with run_lock(cfg):
         run_dir, fresh = prepare_run_dir(cfg)
         try:
-            return fit(distribute(model), task, cfg, run_dir, optimizer, device, dtype, extra, files)
+            return fit(distribute(model), task, cfg, run_dir, optimizer, device, precision, extra, files)
         except BaseException as e:  # Ctrl-C and SIGTERM too
             kept = keep_or_remove(run_dir, fresh)
             if isinstance(e, Diverged):

@@ -87,8 +87,9 @@ def gpt1_vocabulary(config):
     try:
         return Vocabulary.find(folder)
     except (OSError, UserError) as e:
-        print(f"note: the sample stays token ids: GPT-1's vocabulary could not be had ({first_line(e)[:160]}); "
-              f"encoder_bpe_40000.json and vocab_40000.bpe in {folder} turn them into text", file=sys.stderr)
+        print(f"note: the sample stays token ids, since GPT-1's vocabulary is not at hand "
+              f"({first_line(e).split(': ')[-1][:80]}): put encoder_bpe_40000.json and vocab_40000.bpe into {folder} "
+              f"(python gpt1.py --from DIR copies them there from a download made elsewhere)", file=sys.stderr)
         return None
 
 
@@ -121,7 +122,7 @@ def decode(ids, vocab):
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=Formatter)
     parser.add_argument("--run", required=True, help="a run directory of train_lm.py")
-    parser.add_argument("--words", type=int, default=100, help="tokens to sample")
+    parser.add_argument("--words", type=int, default=100, help="tokens to sample: words for a word-level run, GPT-1 byte-pair pieces for a token-file run")
     parser.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder")
     parser.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
     parser.add_argument("--prompt", default="", help="words (or token ids for token-id runs) to continue")

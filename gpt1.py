@@ -1,6 +1,10 @@
 """GPT-1's byte-pair vocabulary and token embeddings, as the reference report's language models used
 them: fetched from the pinned commit of openai/finetune-transformer-lm (MIT licence), each file
-verified against its git blob id before use, and kept beside the token files.
+verified against its git blob id before use, and kept beside the token files. Without internet,
+from its files fetched elsewhere (params_0.npy ... params_2.npy, encoder_bpe_40000.json,
+vocab_40000.bpe of its folder model/):
+
+    python gpt1.py --from DIR --data_folder ./data/wikitext2
 
     >>> path = gpt1_embeddings("./data/wikitext2")     # gpt1_embeddings.npz: (40,479, 768), row 0 padding
     >>> vocab = Vocabulary.find("./data/wikitext2"); vocab.decode(vocab.encode("the history of"))
@@ -9,6 +13,7 @@ verified against its git blob id before use, and kept beside the token files.
 The reference's token files hold GPT-1 ids plus one (id 0 is padding), so row i of the embedding
 table is GPT-1's token i - 1.
 """
+import argparse
 import hashlib
 import io
 import json
@@ -17,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from config import Parser
 from data import atomic_bytes, fetch
-from utils import UserError, check
+from utils import UserError, check, cli
 
 GPT1_URL = "https://raw.githubusercontent.com/openai/finetune-transformer-lm/a69b5c43b0452462890bca8ff92fb75dee9290cf/model/"
 # git blob ids at that commit: a blob id is the SHA-1 of b"blob <size>\0" + content
@@ -37,9 +43,10 @@ def git_blob_id(content):
 
 
 def fetch_verified(name, base=GPT1_URL, blobs=None):
-    """The bytes of one file of the pinned commit, verified; OSError when it cannot be had."""
+    """The bytes of one file of the pinned commit, from its address or a local folder `base`,
+    verified; OSError when it cannot be had."""
     blob_id = (blobs or BLOBS)[name]
-    content = fetch(base + name)
+    content = fetch(base + name) if re.match(r"https?://", str(base)) else (Path(base) / name).read_bytes()
     if git_blob_id(content) != blob_id:
         raise OSError(f"{name} from {base} is not the pinned file (git blob {git_blob_id(content)}, "
                       f"expected {blob_id})")
@@ -64,8 +71,10 @@ def gpt1_embeddings(folder, base=GPT1_URL, blobs=None, shapes=SHAPES):
             pieces.append(piece)
             have, i = have + piece.size, i + 1
     except (OSError, ValueError) as e:
-        raise UserError(f"--embeddings gpt1: cannot fetch GPT-1's parameters ({e}); put {EMBEDDINGS_FILE} "
-                        f"(array 'tokens', 40,479 x 768) into {folder}, or pass an .npz of your own") from None
+        raise UserError(f"--embeddings gpt1: cannot fetch GPT-1's parameters ({str(e)[:150]}); put {EMBEDDINGS_FILE} "
+                        f"(array 'tokens', 40,479 x 768) into {folder}, or make it from params_0.npy, params_1.npy "
+                        f"and params_2.npy fetched elsewhere ({GPT1_URL}): python gpt1.py --from <their folder> "
+                        f"--data_folder {folder}; or pass an .npz of your own") from None
     table = np.concatenate(pieces)[start:start + count].reshape(shapes[1]).astype(np.float32)
     table = np.concatenate([np.zeros((1, shapes[1][1]), np.float32), table])  # id 0: padding
     buf = io.BytesIO()
@@ -125,3 +134,24 @@ class Vocabulary:
 
     def decode(self, ids):
         return "".join(self.decoder.get(i - 1, "<unk></w>") for i in ids).replace("</w>", " ").strip()
+
+
+@cli
+def main(argv=None):
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", required=True, help="a folder with GPT-1's params_0.npy, "
+                        "params_1.npy, params_2.npy (and, for text, encoder_bpe_40000.json and vocab_40000.bpe)")
+    parser.add_argument("--data_folder", default="./data/wikitext2", help="where the token files are")
+    args = parser.parse_args(argv)
+    gpt1_embeddings(args.data_folder, base=args.source)
+    for name in ("encoder_bpe_40000.json", "vocab_40000.bpe"):  # the vocabulary, where it was fetched too
+        if (Path(args.source) / name).exists() and not (Path(args.data_folder) / name).exists():
+            try:
+                atomic_bytes(Path(args.data_folder) / name, fetch_verified(name, args.source))
+            except OSError as e:
+                raise UserError(str(e)) from None
+            print(f"data: {name} copied to {args.data_folder}")
+
+
+if __name__ == "__main__":
+    main()

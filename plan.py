@@ -1,130 +1,153 @@
-"""runs.sh's check before it spends anything, and its estimate of what it will spend. It reads the
-sweep's runs, one `exp_id<TAB>group<TAB>script flags...` line each (shell-quoted, as runs.sh
-prints them), checks the device, the data (fetched once) and GPT-1's embeddings, and prints the
-plan: how many runs, where, about how long and how much disk. A run's time comes from the finished
-epochs of its configuration in the log folder when there are any, else from a few timed training
-and evaluation steps of its model shape; its disk from the size of the weights it will save.
+"""The sweep's plan, printed before it spends anything: the device and the data checked (what is
+missing fetched once, before the first run), then how many runs, where, and about how long and how
+much disk. A run's time comes from the finished epochs of its configuration in the log folder when
+there are any, else from its FLOPs (models.py's formulas, over the data's sizes) at a share of a
+matmul rate measured here in a fraction of a second; its disk from its learnable parameters.
 
-    DRY_RUN=1 bash runs.sh          # the commands, then this plan (nothing fetched)
+    DRY_RUN=1 bash runs.sh          # the commands, then this plan, in seconds (nothing fetched)
 """
-import argparse
 import contextlib
-import dataclasses
 import io
-import json
 import math
-import shlex
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-START = time.perf_counter()
-import torch  # timed from START: each run pays for these imports too
+import numpy as np
+import torch
 
-import engine
-import optim
 import results
 import train_lm
 import train_vit
 from config import parse_config
-from data import load_cifar10, load_wikitext
-from gpt1 import EMBEDDINGS_FILE, gpt1_embeddings
-from rundir import save_torch, trained_state
-from utils import UserError, check, choose_precision, cli, cuda_unusable_reason, get_device
+from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TOKEN_FILES, load_cifar10, load_wikitext, tokenize
+from gpt1 import gpt1_embeddings
+from models import lm_flops, lm_train_flops, vit_flops
+from utils import UserError, check, choose_precision, cuda_unusable_reason, get_device, sync
 
-IMPORT_S = time.perf_counter() - START
 SCRIPTS = {"train_lm.py": (train_lm, "LM_DATA"), "train_vit.py": (train_vit, "VIT_DATA")}
-# Settings that leave the time of a step (nearly) unchanged: runs that differ only in these share a timing.
-TIME_FREE = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs", "min_lr", "block",
-             "label_smoothing", "grad_clip", "dropout", "drop_path", "mixup", "cutmix", "recipe")
-CPU = torch.device("cpu")
+EFFICIENCY = 0.4  # the share of the matmul rate a training step reaches (50-70% measured on a CPU: docs/speed.md)
+START_S = 10  # a run's imports, data loading, model building and saving, roughly (a QUICK run on a CPU)
+# The study's data when it is not in place yet: Wikitext-2 in GPT-1 tokens, CIFAR-10 (train, valid, test).
+STANDARD = {"train_lm.py": (2_356_376, 245_046, 279_023), "train_vit.py": (45_000, 5_000, 10_000)}
+OPTIMIZER_STATES = dict(sgd=0, momentum=1, adam=2, adamw=2)  # tensors per weight in checkpoint.pt
 
 
-@dataclasses.dataclass
-class Run:
-    exp_id: str
-    group: str
-    script: str
-    cfg: object
-    done: int = 0             # epochs in its metrics.csv
-    seconds: float = None     # the time it still needs; None: not estimated
-    disk: int = 0             # bytes it holds when finished
-    checkpoint: int = 0       # bytes of checkpoint.pt while it runs
-    source: str = ""          # where the estimate came from
-
-
-def read_runs(lines):
-    runs = []
-    for number, line in enumerate(lines, 1):
-        try:
-            exp_id, group, command = line.rstrip("\n").split("\t", 2)
-            script, *flags = shlex.split(command)
-            check(script in SCRIPTS, f"unknown script {script!r}")
-        except (ValueError, UserError) as e:
-            raise UserError(f"line {number} of the run list is not exp_id<TAB>group<TAB>train_lm.py or train_vit.py "
-                            f"and its flags ({e})") from None
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                cfg = parse_config(SCRIPTS[script][0].Config, flags)
-        except (SystemExit, UserError) as e:
-            why = err.getvalue().strip() or str(e)
-            raise UserError(f"{exp_id}: {why.removeprefix('error: ')}") from None
-        runs.append(Run(exp_id, group, script, cfg))
-    return runs
+def parse_run(exp_id, config_class, argv):
+    """A run's Config from its flags; a bad flag is one line naming the run."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse_config(config_class, argv)
+    except (SystemExit, UserError) as e:
+        raise UserError(f"{exp_id}: {(err.getvalue().strip() or str(e)).removeprefix('error: ')}") from None
 
 
 def check_device(name):
-    if name == "cpu":
-        return
-    if torch.cuda.is_available():
-        get_device("cuda")  # a GPU this torch has no kernels for is refused here, before any run
-        return
+    """The device the runs will use; DEVICE=cuda without a usable GPU is refused."""
+    if name != "cpu" and torch.cuda.is_available():
+        return get_device("cuda")  # a GPU this torch has no kernels for is refused here, before any run
     check(name != "cuda", f"DEVICE=cuda (the default with GPUS and in the image), but {cuda_unusable_reason()}")
-    print(f"warning: no usable GPU ({cuda_unusable_reason()}): the sweep runs on the CPU, where the full study "
-          f"takes days", file=sys.stderr)
+    if name == "auto":
+        print(f"warning: no usable GPU ({cuda_unusable_reason()}): the sweep runs on the CPU (its time is in the "
+              f"plan below)", file=sys.stderr)
+    return torch.device("cpu")
 
 
-def check_data(runs, dry_run):
-    """Load (or fetch, once) every dataset and embeddings file the runs need. Returns the seconds each
-    data folder takes to load (None where a dry run found nothing) and what a dry run found missing."""
-    load_s, missing = {}, []
+def check_data(runs):
+    """Load (or fetch, once) every dataset and embeddings file the runs need, saying what it does."""
+    seen = set()
     for run in runs:
-        cfg, setting = run.cfg, SCRIPTS[run.script][1]
-        key = (run.script, cfg.data_folder)
-        if key not in load_s:
-            start = time.perf_counter()
-            try:
-                with contextlib.redirect_stdout(sys.stderr):  # the download's own lines
-                    data = (load_wikitext(cfg.data_folder, CPU, cfg.data_format, not dry_run)
-                            if run.script == "train_lm.py" else load_cifar10(cfg.data_folder, CPU, not dry_run))
-                load_s[key] = time.perf_counter() - start
-            except UserError as e:
-                check(dry_run, f"{setting}={cfg.data_folder}: {e}")
-                missing.append(f"{setting}={cfg.data_folder} is not there yet (the sweep fetches it)")
-                load_s[key] = None
-            if run.script == "train_lm.py" and load_s[key] is not None:
-                check(cfg.embeddings != "gpt1" or data.vocab is None, f"EMBEDDINGS=gpt1 needs the token files, but "
-                      f"LM_DATA={cfg.data_folder} holds word-level text (EMBEDDINGS=none learns them instead)")
-        if getattr(cfg, "embeddings", "") != "gpt1" or load_s[key] is None:
+        cfg, (_, setting) = run.cfg, SCRIPTS[run.script]
+        if (run.script, cfg.data_folder) in seen:
             continue
-        if dry_run and not (Path(cfg.data_folder) / EMBEDDINGS_FILE).exists():
-            missing.append(f"GPT-1's embeddings are not in {cfg.data_folder} yet (the sweep fetches them)")
-        elif not dry_run:
+        seen.add((run.script, cfg.data_folder))
+        print(f"== checking {setting}={cfg.data_folder} (decoded once, then cached)", flush=True)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # the download's own lines
+                data = (load_wikitext(cfg.data_folder, torch.device("cpu"), cfg.data_format)
+                        if run.script == "train_lm.py" else load_cifar10(cfg.data_folder, torch.device("cpu")))
+        except UserError as e:
+            raise UserError(f"{setting}={cfg.data_folder}: {e}") from None
+        if run.script == "train_lm.py" and any(r.cfg.embeddings == "gpt1" for r in runs if r.script == run.script):
+            check(data.vocab is None, f"EMBEDDINGS=gpt1 needs the token files, but LM_DATA={cfg.data_folder} "
+                  f"holds word-level text (EMBEDDINGS=none learns them instead)")
             try:
                 with contextlib.redirect_stdout(sys.stderr):
                     gpt1_embeddings(cfg.data_folder)
             except UserError as e:
                 raise UserError(f"EMBEDDINGS=gpt1: {e} (EMBEDDINGS=none learns them instead)") from None
-    return load_s, list(dict.fromkeys(missing))
+
+
+def data_sizes(run, notes):
+    """(examples per split (train, valid, test): tokens or images, vocabulary or classes), counted
+    cheaply from the data in place, else the study's standard sizes (and a note saying so)."""
+    folder = Path(run.cfg.data_folder)
+    if run.script == "train_vit.py":
+        counts = [sum(1 for p in (folder / split).glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                  for split in ("train", "test")]
+        if all(counts):
+            valid = max(1, round(counts[0] * 0.1))
+            return (counts[0] - valid, valid, counts[1]), len(list((folder / "train").glob("*/")))
+    elif all((folder / f).exists() for f in TOKEN_FILES.values()):
+        sizes = []
+        for name in TOKEN_FILES.values():
+            with np.load(folder / name, allow_pickle=False) as d:
+                sizes.append(d["tokens"].size)
+        return tuple(sizes), GPT1_VOCAB_SIZE
+    elif all((folder / f"{s}.txt").exists() for s in ("train", "valid", "test")):
+        splits = [tokenize(folder / f"{s}.txt") for s in ("train", "valid", "test")]
+        return tuple(map(len, splits)), len(set(splits[0]) | {"<pad>", "<unk>", "<eos>"})
+    notes.append(f"{SCRIPTS[run.script][1]}={folder} is not there yet (the sweep fetches it): standard sizes")
+    return STANDARD[run.script], GPT1_VOCAB_SIZE if run.script == "train_lm.py" else 10
+
+
+def work(run, sizes, classes):
+    """(FLOPs of a training pass, of a validation pass, of the tests at the end; learnable parameters)."""
+    cfg = run.cfg
+    if run.script == "train_vit.py":
+        tokens = (32 // cfg.patch_size) ** 2
+        per = vit_flops(cfg.layers, tokens + 1, cfg.embed_dim, cfg.hidden_dim, tokens, 3 * cfg.patch_size ** 2, classes)
+        batches = [math.ceil(n / cfg.batch_size) for n in sizes]
+        per_batch = (3 * per * cfg.batch_size, per * cfg.batch_size)
+        args = dict({k: getattr(cfg, k) for k in train_vit.MODEL_ARGS}, num_classes=classes)
+        with torch.device("meta"):
+            model = train_vit.build_model(args)
+    else:
+        frozen = bool(cfg.embeddings) and not cfg.learn_embeddings
+        shape = dict(seq_len=cfg.seq_len, v=classes, e=cfg.embedding_size, h=cfg.hidden_size, mlp=cfg.mlp_dim)
+        windows = [math.ceil((n - 1) / cfg.seq_len) for n in sizes]
+        batches = [math.ceil(w / cfg.batch_size) for w in windows]
+        tokens = cfg.batch_size * cfg.seq_len
+        per_batch = (lm_train_flops(cfg.model, cfg.layers, frozen, **shape) * tokens,
+                     lm_flops(cfg.model, cfg.layers, **shape) * tokens)
+        with torch.device("meta"):
+            model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
+        model.embedding.weight.requires_grad_(not frozen)
+    batches = [min(b, cfg.limit_batches or b) for b in batches]
+    evals = 2 if cfg.ema else 1  # the weight average is evaluated too
+    learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (batches[0] * per_batch[0], evals * batches[1] * per_batch[1], (evals + 1) * batches[2] * per_batch[1],
+            learnable)
+
+
+def matmul_rate(device, dtype):
+    """FLOP/s of a square matmul in the runs' precision, the best of a few (a fraction of a second)."""
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    best = math.inf
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        a @ a
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
 
 
 def progress(run, previous):
-    """Epochs already run: all of them when its summary.json says so, else its metrics.csv rows.
-    `previous`: the runs in its log folder (results.py's reading of them), by directory name."""
+    """Epochs already run: all of them when its summary.json says so, else its metrics.csv rows."""
     done = previous.get(run.exp_id)
     if done is None:
         return 0
@@ -145,81 +168,29 @@ def measured(run, previous):
     return per_epoch, int(sum(sizes) / len(sizes))
 
 
-def timed_shape(run, device):
-    """A few training and evaluation steps of the run's model: seconds per train and eval batch, the
-    batches per split, the seconds to build the run and to save an epoch, and the bytes saved."""
-    cfg = run.cfg
-    dtype, _ = choose_precision(cfg.precision, device)
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        task, model, _, _ = SCRIPTS[run.script][0].build(cfg, device)
-    model = model.to(device)
-    optimizer, _, _ = optim.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay, device,
-                                            cfg.decay_exempt)
-    step = engine.make_step(model, task, cfg, optimizer, dtype)
-    built = time.perf_counter() - start
-    n = {s: min(task.num_batches(s), cfg.limit_batches or math.inf) for s in ("train", "valid", "test")}
-    per = {}
-    for split, stepper in (("train", step), ("valid", None)):
-        engine.run_epoch(model, task, split, 1, stepper, SimpleNamespace(limit_batches=1, no_progress=True), dtype)
-        k = min(2, n[split])
-        limit = SimpleNamespace(limit_batches=k, no_progress=True)
-        per[split] = engine.run_epoch(model, task, split, 1, stepper, limit, dtype)["seconds"] / k
-    with tempfile.TemporaryDirectory(dir=existing(cfg.log_dir)) as tmp:  # saved as a run saves them, on that disk
-        start = time.perf_counter()
-        save_torch(dict(model=trained_state(model)), Path(tmp) / "best.pt")
-        save_torch(dict(model=trained_state(model), optimizer=optimizer.state_dict(),
-                        ema=step.ema and step.ema.state_dict()), Path(tmp) / "checkpoint.pt")
-        saved = time.perf_counter() - start
-        best, checkpoint = ((Path(tmp) / name).stat().st_size for name in ("best.pt", "checkpoint.pt"))
-    return dict(train=per["train"], eval=per["valid"], n=n, built=built, saved=saved,
-                best=best * (1 + (cfg.ema > 0)), checkpoint=checkpoint)
-
-
-def existing(path):
-    """The folder itself, or its nearest ancestor that exists."""
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def estimate(runs, load_s, device):
-    """Each run's time left, disk and checkpoint size; returns how many model shapes were timed."""
-    shapes, previous = {}, {}
+def estimate(runs, device, notes):
+    """Each run's time left, disk when done and checkpoint size; returns the matmul rate used, or None."""
+    previous, sizes, rate = {}, {}, None
     for run in runs:
         cfg = run.cfg
         if cfg.log_dir not in previous:  # every run there, read once
-            found = results.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")
-            previous[cfg.log_dir] = {r.path.name: r for r in found}
+            previous[cfg.log_dir] = {r.path.name: r for r in results.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")}
         run.done = progress(run, previous[cfg.log_dir])
         left = cfg.epochs - run.done
         found = measured(run, previous[cfg.log_dir])
         if found:
             per_epoch, run.disk = found
-            run.seconds, run.source = left * per_epoch, "finished epochs"
-            run.checkpoint = 3 * run.disk  # the weights, and Adam's two moments
+            run.seconds, run.checkpoint, run.source = left * per_epoch, 3 * run.disk, "finished epochs"
             continue
-        if load_s[run.script, cfg.data_folder] is None or (
-                getattr(cfg, "embeddings", "") == "gpt1" and not (Path(cfg.data_folder) / EMBEDDINGS_FILE).exists()):
-            continue  # a dry run, and its data is not there yet: not estimated
-        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in cfg.NOT_SETTINGS + TIME_FREE}
-        key = json.dumps([run.script, settings], sort_keys=True)
-        if key not in shapes:
-            try:
-                shapes[key] = timed_shape(run, device)
-            except UserError as e:  # what would stop the run (a batch larger than the data, say)
-                raise UserError(f"{run.exp_id}: {e}") from None
-        s = shapes[key]
-        evals = 2 if cfg.ema else 1  # the EMA weights are evaluated too
-        epoch = s["n"]["train"] * s["train"] + evals * s["n"]["valid"] * s["eval"] + s["saved"]
-        tests = (2 + (cfg.ema > 0)) * s["n"]["test"] * s["eval"]  # the final, best (and EMA) weights
-        run.seconds = 0.0 if left <= 0 else IMPORT_S + s["built"] + left * epoch + tests
-        run.disk = s["best"] + 100_000  # best.pt (and best_ema.pt), the logs
-        run.checkpoint = s["checkpoint"]
-        run.source = "timed steps"
-    return len(shapes)
+        key = (run.script, cfg.data_folder)
+        sizes[key] = sizes.get(key) or data_sizes(run, notes)
+        train, valid, test, learnable = work(run, *sizes[key])
+        rate = rate or matmul_rate(device, choose_precision(cfg.precision, device).dtype) * EFFICIENCY
+        run.seconds = 0.0 if left <= 0 else START_S + (left * (train + valid) + test) / rate
+        run.disk = 4 * learnable * (1 + (cfg.ema > 0)) + 100_000  # best.pt (and best_ema.pt), the logs
+        run.checkpoint = 4 * learnable * (1 + OPTIMIZER_STATES[cfg.optimizer] + (cfg.ema > 0))
+        run.source = "FLOPs"
+    return rate
 
 
 def duration(s):
@@ -231,7 +202,15 @@ def size(b):
     return f"{b / 1e6:,.0f} MB" if b < 1e9 else f"{b / 1e9:,.1f} GB"
 
 
-def report(runs, shapes, workers, missing, device):
+def makespan(seconds, workers):
+    """How long a work queue of `workers` takes over runs of these durations, in this order."""
+    free = [0.0] * workers
+    for s in seconds:
+        free[free.index(min(free))] += s
+    return max(free)
+
+
+def report(runs, workers, notes, device, rate=None):
     groups = {}
     for run in runs:
         groups[run.group] = groups.get(run.group, 0) + 1
@@ -244,49 +223,37 @@ def report(runs, shapes, workers, missing, device):
     print("   " + ", ".join(f"{g} {n}" for g, n in groups.items())
           + (f"; {finished} finished (skipped)" if finished else "") + (f"; {resumed} to resume" if resumed else ""))
     known = [r for r in runs if r.seconds is not None]
-    if missing and len(known) < len(runs):
-        left = len(runs) - len(known)
-        print(f"   not estimated ({left} run{'s' * (left != 1)}): {'; '.join(missing)}")
+    if notes:
+        print(f"   {'not estimated' if not known else 'note'}: {'; '.join(dict.fromkeys(notes))}")
     if not known:
         return
-    # runs.sh gives worker k every k-th run; the sweep lasts as long as its busiest worker
-    seconds = max(sum(r.seconds or 0 for r in runs[k::workers]) for k in range(workers))
     found = sum(r.source == "finished epochs" for r in runs)
-    how = [f"{shapes} model shape{'s' * (shapes != 1)} timed"] * (shapes > 0)
-    how += [f"{found} from finished epochs"] * (found > 0)
-    print(f"   time: about {duration(seconds)}{' for the runs estimated' if len(known) < len(runs) else ''} "
+    how = [f"{found} from finished epochs"] if found else []
+    if len(known) > found:
+        how.append(f"{len(known) - found} from FLOPs at {EFFICIENCY:.0%} of a measured {rate / EFFICIENCY / 1e12:.2f} "
+                   f"TFLOP/s")
+    print(f"   time: about {duration(makespan([r.seconds for r in known], max(1, workers)))} "
           f"({'; '.join(how)}; compile warm-ups not included)")
     to_do = [r for r in known if r.done < r.cfg.epochs]
-    peak = sum(r.disk for r in to_do) + sum(sorted((r.checkpoint for r in to_do), reverse=True)[:workers])
-    log_dir = existing(runs[0].cfg.log_dir)
+    peak = sum(r.disk for r in to_do) + sum(sorted((r.checkpoint for r in to_do), reverse=True)[:max(1, workers)])
+    log_dir = next(p for p in [Path(runs[0].cfg.log_dir).absolute(), *Path(runs[0].cfg.log_dir).absolute().parents]
+                   if p.exists())
     free = shutil.disk_usage(log_dir).free
     print(f"   disk: {size(sum(r.disk for r in known))} when done (best weights and logs), {size(peak)} more at most "
-          f"while running; {size(free)} free there")
+          f"while running; {size(free)} free there", flush=True)
     if peak > free:
         print(f"warning: the sweep needs about {size(peak)} but {log_dir} has {size(free)} free", file=sys.stderr)
 
 
-@cli
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=1, help="runs in parallel (runs.sh's GPUS)")
-    parser.add_argument("--dry_run", action="store_true", help="fetch nothing; estimate what is in place")
-    args = parser.parse_args(argv)
-    check(not sys.stdin.isatty(), "plan.py reads runs.sh's run list on its standard input: DRY_RUN=1 bash runs.sh "
-          "shows the plan")
-    runs = read_runs(sys.stdin)
-    check(runs, "no runs given")
+def plan(runs, workers, dry_run):
+    """Check the device and (unless a dry run) the data, then print the plan."""
     try:
-        check_device(runs[0].cfg.device)
+        device = check_device(runs[0].cfg.device)
     except UserError as e:
-        check(args.dry_run, str(e))  # a dry run may plan a GPU sweep on a machine without one
-        return report(runs, 0, max(1, args.workers), [str(e)], None)
-    load_s, missing = check_data(runs, args.dry_run)
-    device = get_device(runs[0].cfg.device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the trainers
-    shapes = estimate(runs, load_s, device)
-    report(runs, shapes, max(1, args.workers), missing, device)
-
-
-if __name__ == "__main__":
-    main()
+        check(dry_run, str(e))  # a dry run may plan a GPU sweep on a machine without one
+        return report(runs, workers, [str(e)], None)
+    if not dry_run:
+        check_data(runs)
+    notes = []
+    rate = estimate(runs, device, notes)
+    report(runs, workers, notes, device, rate)

@@ -163,7 +163,8 @@ def table_cells(group, ref):
         return ["", ""]
     why = not_comparable(group, ref)
     digits = 2 if "ppl" in what else 4  # perplexity to two decimals, accuracy and loss to four
-    diff = "" if value is None else f"{value - theirs:+,.{digits}f}" + (" (other settings)" if why else "")
+    compared = value is not None and not group.smoke  # a smoke run is no result to set against the report's
+    diff = f"{value - theirs:+,.{digits}f}" + (" (other settings)" if why else "") if compared else ""
     return [f"{theirs:,.{digits}f} ({what})", diff]
 
 
@@ -202,14 +203,16 @@ def markdown_to_html(text):
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
+table{border-collapse:collapse;margin:1em 0;font-size:13px;display:block;max-width:100%;overflow-x:auto}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;overflow-wrap:break-word}
+.banner{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;font-weight:bold}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}li{margin:.2em 0}"""
 
 
-def write_html(out_dir, sections, figures):
+def write_html(out_dir, sections, figures, banner=""):
     """report/index.html: one self-contained page (figures embedded as PNG data; no network, no
-    scripts) with the summary, the tables and every figure."""
-    body = [markdown_to_html(text) for text in sections]
+    scripts) with the summary, the tables and every figure; `banner`, a warning above it all."""
+    body = [f'<div class="banner">{html.escape(banner)}</div>'] * bool(banner) + [markdown_to_html(t) for t in sections]
     for path in figures:
         data = base64.b64encode(Path(path).read_bytes()).decode()
         body.append(f'<h3>{html.escape(Path(path).stem)}</h3><img alt="{html.escape(Path(path).name)}" '

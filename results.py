@@ -7,7 +7,6 @@ raised, so that one broken run never hides the others. No torch.
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,8 @@ class Run:
     problems: list = field(default_factory=list)
 
 
-REQUIRED = ("epoch", "train_loss", "train_{m}", "valid_loss", "valid_{m}", "train_time", "valid_time", "elapsed")
-OPTIONAL = ("peak_mem_mb", "mem_pct")  # older files lack them: NaN
+REQUIRED = ("epoch", "train_loss", "train_{m}", "valid_loss", "valid_{m}", "train_time", "valid_time", "elapsed",
+            "peak_mem_mb", "mem_pct")
 
 
 def read_rows(path, m, problems):
@@ -54,7 +53,7 @@ def read_rows(path, m, problems):
         try:
             if None in row or None in row.values():
                 raise ValueError("wrong number of fields")
-            rows.append(dict({k: math.nan for k in OPTIONAL}, **{k: float(v) for k, v in row.items()}))
+            rows.append({k: float(v) for k, v in row.items()})
         except ValueError as e:
             problems.append(f"metrics.csv line {i} skipped ({e})")
     return rows
@@ -78,7 +77,7 @@ def read_run(path):
     config.json is unreadable or of an unknown task has no rows and is listed as skipped."""
     problems = []
     config = read_json(path / "config.json", problems) or {}
-    task = config.get("task") or ("lm" if "model" in config else "vit")
+    task = config.get("task")
     if not config or task not in TASKS:
         why = ("no config.json" if not (path / "config.json").exists() else f"unknown task {task!r}" if config
                else "config.json is empty")
@@ -101,9 +100,16 @@ def read_run(path):
 
 
 def find_runs(log_dirs, out_dir):
-    """Every run under log_dirs, except anything inside the report folder out_dir."""
+    """The runs of each log folder: its sub-folders holding a run's files, not the report folder
+    out_dir, and nothing deeper (logs/quick/, a sweep of smoke runs, is a log folder of its own)."""
     out_dir, folders = out_dir.resolve(), set()
     for log_dir in log_dirs:
         for name in ("config.json", "metrics.csv", "summary.json"):
-            folders |= {p.parent for p in Path(log_dir).rglob(name) if out_dir not in p.resolve().parents}
+            folders |= {p.parent for p in Path(log_dir).glob(f"*/{name}") if p.parent.resolve() != out_dir}
     return [read_run(folder) for folder in sorted(folders)]
+
+
+def group_key(run):
+    """What runs must share to be seeds of one configuration: its name, its data (a checksum of
+    them), and whether they are smoke runs (--limit_batches)."""
+    return run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches"))

@@ -143,6 +143,13 @@ def existing_run(cfg):
     exists = run_dir.is_dir() and any(run_dir.iterdir())
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
     if exists and not (cfg.resume or cfg.overwrite):
+        try:
+            theirs = json.loads((run_dir / "config.json").read_text()).get("data_kind")
+        except (OSError, ValueError, AttributeError):
+            theirs = None
+        if theirs and theirs != cfg.data_kind():  # --resume would be refused: do not suggest it
+            raise UserError(f"run directory {run_dir} already exists and holds a run on other data ({theirs}, not "
+                            f"{cfg.data_kind()}); give another --exp_id, or --overwrite to replace it")
         raise UserError(f"run directory {run_dir} already exists; use --resume to continue it, "
                         f"--overwrite to start it again, or another --exp_id")
     if exists and cfg.overwrite:  # never delete what is not recognisably a run of this project
@@ -152,29 +159,38 @@ def existing_run(cfg):
 
 
 @contextlib.contextmanager
-def run_lock(cfg):
-    """Hold an advisory lock on <log_dir>/<exp_id> for the block (the first process only), so that a
-    second process on the same run is refused instead of interleaving its files. The lock file sits
-    beside the run directory (it survives --overwrite), and the kernel drops the lock when a
-    process dies, so a killed run leaves no stale lock."""
-    if rank() != 0:
-        yield
-        return
-    path = Path(cfg.log_dir) / f".{cfg.exp_id}.lock"
+def advisory_lock(path, busy, what):
+    """Hold an advisory lock on the file `path` for the block, or refuse with the message `busy` when
+    another process holds it (`what`: the folder it guards, in words). The kernel drops the lock when
+    a process dies: it never goes stale."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise UserError(f"cannot write the run directory {Path(cfg.log_dir) / cfg.exp_id}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {what}: {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UserError(f"{Path(cfg.log_dir) / cfg.exp_id} is in use by another process (it holds {path}); "
-                            f"wait for it, or use another --exp_id") from None
+            raise UserError(busy) from None
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(cfg):
+    """Hold <log_dir>/.<exp_id>.lock for the block (the first process only), so that a second process
+    on the same run is refused instead of interleaving its files. The lock file sits beside the run
+    directory, so it survives --overwrite."""
+    if rank() != 0:
+        yield
+        return
+    path = Path(cfg.log_dir) / f".{cfg.exp_id}.lock"
+    run_dir = Path(cfg.log_dir) / cfg.exp_id
+    with advisory_lock(path, f"{run_dir} is in use by another process (it holds {path}); wait for it, or use "
+                             f"another --exp_id", f"the run directory {run_dir}"):
+        yield
 
 
 def prepare_run_dir(cfg):
@@ -219,7 +235,7 @@ class Progress:
 
 
 NORM_COLUMNS = ["epoch", "layer", "norm"]
-DATA_KEYS = ("data_sha256", "vocab_size", "classes")  # config.json's records of what the data are
+DATA_KEYS = ("data_kind", "data_sha256", "vocab_size", "classes")  # config.json's records of what the data are
 
 
 class RunDir:
@@ -246,7 +262,7 @@ class RunDir:
             return Progress()
         ckpt = load_torch(path)
         ckpt = ckpt if isinstance(ckpt, dict) else {}
-        missing = [k for k in ("config", "model", "history", "best", "rng") if k not in ckpt]
+        missing = [k for k in ("config", "model", "history", "norm_history", "best", "best_ema", "rng") if k not in ckpt]
         check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
               f"{', '.join(missing) or 'everything'}); start again with --overwrite")
         self.check_same_run(json_plain(ckpt["config"]))
@@ -256,8 +272,7 @@ class RunDir:
         set_rng_state(ckpt["rng"])
         if self.main:
             print(f"resuming {self.path} after epoch {len(ckpt['history'])}")
-        return Progress(ckpt["history"], ckpt.get("norm_history", []), ckpt["best"],
-                        ckpt.get("best_ema", dict(epoch=0, value=None)))
+        return Progress(ckpt["history"], ckpt["norm_history"], ckpt["best"], ckpt["best_ema"])
 
     def check_same_run(self, saved):
         """Refuse to resume onto what would change the numbers: other data (its checksum, vocabulary or

@@ -6,6 +6,8 @@ import hashlib
 import http.server
 import io
 import json
+import subprocess
+import sys
 import threading
 import unittest
 from pathlib import Path
@@ -18,7 +20,8 @@ import gpt1
 from test_data import TempDir, write_token_files
 from utils import UserError
 
-REAL = Path(__file__).resolve().parent.parent / "shared" / "data"
+HERE = Path(__file__).resolve().parent
+REAL = HERE.parent / "shared" / "data"
 SHAPES = ((4, 3), (6, 3), (5,))  # positions, tokens, the rest: 35 numbers over three files
 
 
@@ -82,6 +85,20 @@ class TestEmbeddings(TempDir):
         np.testing.assert_array_equal(table, expected)
         # made once: later runs reuse it, with no server
         self.assertEqual(gpt1.gpt1_embeddings(self.tmp / "data", "http://127.0.0.1:9/", blobs, SHAPES), path)
+
+    def test_offline_from_files_fetched_elsewhere_verified_alike(self):
+        blobs = write_params(self.tmp / "elsewhere")
+        path = gpt1.gpt1_embeddings(self.tmp / "data", str(self.tmp / "elsewhere"), blobs, SHAPES)
+        with np.load(path, allow_pickle=False) as d:
+            np.testing.assert_array_equal(d["tokens"][1:], np.arange(12, 30).reshape(6, 3))
+        (self.tmp / "elsewhere" / "params_1.npy").write_bytes(b"\x93NUMPY damaged")
+        with self.assertRaisesRegex(UserError, "not the pinned file"):
+            gpt1.gpt1_embeddings(self.tmp / "other", str(self.tmp / "elsewhere"), blobs, SHAPES)
+        self.assertFalse((self.tmp / "other").exists())
+        proc = subprocess.run([sys.executable, "gpt1.py", "--from", str(self.tmp / "nowhere"), "--data_folder",
+                               str(self.tmp / "data2")], cwd=HERE, capture_output=True, text=True, timeout=120)
+        self.assertEqual((proc.returncode, len(proc.stderr.splitlines())), (2, 1), proc.stderr)
+        self.assertIn("python gpt1.py --from <their folder>", proc.stderr)  # what to do, in the same words
 
     def test_a_corrupted_or_interrupted_download_leaves_nothing(self):
         blobs = write_params(self.tmp / "served")

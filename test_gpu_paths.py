@@ -59,6 +59,8 @@ class TestPrecision(unittest.TestCase):
         self.assertIn("emulated", why)
         self.assertEqual(self.choose("fp32", (9, 0))[0], None)
         self.assertEqual(utils.choose_precision("auto", torch.device("cpu")), (None, "fp32: the device is a CPU"))
+        self.assertEqual(self.choose("fp16", (7, 5)).scaled, True)  # the loss scaler's cue
+        self.assertEqual((self.choose("auto", (9, 0)).name, utils.FP32.name), ("bfloat16", "float32"))
 
 
 def v100(arch_list=("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")):

@@ -37,20 +37,21 @@ IMPROVED = {"vit_L6_adamw_improved", "vit_L6_adamw_improved_postnorm", "lm_lstm_
 NORMS = {f"vit_L6_adamw{block}{warmup}_grad_norms" for block in ("", "_postnorm") for warmup in ("", "_warmup_epochs5")}
 EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_transformer_L2_adamw",
           "lm_transformer_L1_adam_postnorm", "lm_transformer_L2_adamw_postnorm"}
-# A stand-in for python: records how it was called, writes a summary (or fails when asked to).
-FAKE_PYTHON = """#!/usr/bin/env bash
-[[ $1 == plan.py ]] && { cat >/dev/null; exit 0; }
+# A stand-in for the runs' python (the sweep itself runs in the real one): records how it was called,
+# sleeps SLEEP seconds for runs named SLOW*, writes a summary (or fails when asked to).
+FAKE_PYTHON = f"""#!/usr/bin/env bash
+[[ $1 == sweep.py ]] && exec {sys.executable} "$@"
 [[ $1 == plot.py ]] && exit 0
-args="$*"; exp=${args##*--exp_id }; exp=${exp%% *}
-echo "$exp ${CUDA_VISIBLE_DEVICES:-none}" >> "$CALLS"
-[[ -n ${FAIL:-} && $exp == $FAIL* ]] && exit 3
-mkdir -p "$LOG_DIR/$exp" && echo '{"epochs": 50}' > "$LOG_DIR/$exp/summary.json"
+args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
+echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$" >> "$CALLS"
+[[ -n ${{SLOW:-}} && $exp == $SLOW* ]] && sleep "$SLEEP"
+[[ -n ${{FAIL:-}} && $exp == $FAIL* ]] && exit 3
+mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.json"
 """
-# For dry runs that test the command list: python3 and py whose plan.py prints nothing (the plan has its tests).
+# python3 and py for dry runs: the real python under the names the sweep is told to use.
 STUBS = Path(tempfile.mkdtemp(prefix="runs-stubs-"))
 for stub in ("python3", "py"):
-    (STUBS / stub).write_text(f'#!/usr/bin/env bash\n[[ $1 == plan.py ]] && {{ cat >/dev/null; exit 0; }}\n'
-                              f'exec {sys.executable} "$@"\n')
+    (STUBS / stub).write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
     (STUBS / stub).chmod(0o755)
 
 
@@ -125,9 +126,9 @@ class TestSweepList(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             words = write_text_files(Path(tmp) / "words")
             for env, name in ((dict(LM_DATA=tmp), "lm_lstm_L1_adam_embeddings-gpt1_s42"),
-                              (dict(LM_DATA=str(words)), "lm_lstm_L1_adam_s42"),
+                              (dict(LM_DATA=str(words)), "lm_lstm_L1_adam_words_s42"),  # named by its data
                               (dict(LM_DATA=tmp, QUICK="1"), "lm_lstm_L1_adam_s42")):
-                lines = dry_run(EMBEDDINGS="auto", ONLY="^lm_lstm_L1_adam(_embeddings-gpt1)?$", **env)
+                lines = dry_run(EMBEDDINGS="auto", ONLY="^lm_lstm_L1_adam(_embeddings-gpt1|_words)?$", **env)
                 self.assertEqual(exp_ids(lines), [name], env)
 
     def test_settings_reach_the_commands(self):
@@ -159,8 +160,9 @@ class TestSweepList(unittest.TestCase):
                               (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'"),
                               (dict(QUICK="2"), "QUICK must be"), (dict(SEEDS="1 x"), "integers, got 'x'"),
                               (dict(EPOCHS_LM="0"), "EPOCHS_LM must be a positive integer"),
-                              (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(ONLY="(vit"), "not a valid grep"),
-                              (dict(DEVICE="tpu"), "DEVICE must be")):
+                              (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(ONLY="(vit"), "not a valid regular"),
+                              (dict(DEVICE="tpu"), "DEVICE must be"), (dict(SEEDS=" "), "SEEDS=' ' gives no seed"),
+                              (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group")):
             proc = sweep(dict(DRY_RUN="1", **env))
             self.assertEqual(proc.returncode, 2, env)
             self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
@@ -173,25 +175,38 @@ class TestSweepList(unittest.TestCase):
         self.assertEqual(exp_ids(dry_run(SEEDS="7 8", ONLY="^vit_L2_sgd_s8$")), ["vit_L2_sgd_s8"])  # printed names match
 
 
+def fake_sweep(tmp):
+    """The environment of a sweep whose runs are FAKE_PYTHON's, on tiny images (the sweep checks its data)."""
+    fake, images = tmp / "python", tmp / "images"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    if not images.exists():
+        write_image_folder(images, per_class=(40, 10))
+    return dict(PYTHON=str(fake), LOG_DIR=str(tmp / "logs"), CALLS=str(tmp / "calls"), DEVICE="cpu",
+                VIT_DATA=str(images))
+
+
 class TestSweepMechanics(TempDir):
     def fake(self, **env):
-        fake = self.tmp / "python"
-        fake.write_text(FAKE_PYTHON)
-        fake.chmod(0o755)
         calls = self.tmp / "calls"
-        proc = sweep(dict(PYTHON=str(fake), LOG_DIR=str(self.tmp / "logs"), CALLS=str(calls), **env))
+        proc = sweep(dict(fake_sweep(self.tmp), **env))
         made = calls.read_text().split("\n")[:-1] if calls.exists() else []
-        return proc, [line.split() for line in made]
+        return proc, [line.split()[:2] for line in made]
 
-    def test_gpus_run_configurations_in_parallel_one_per_gpu(self):
-        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference")
+    def test_each_gpu_takes_the_next_run_when_its_last_one_ends(self):
+        # the first run is long: its GPU takes nothing else while the other two share the rest
+        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference", SLOW="vit_L2_adam_", SLEEP="4")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(sorted(e for e, _ in calls), sorted(f"{n}_s42" for n in REFERENCE if n.startswith("vit")))
         by_gpu = {}
         for exp, gpu in calls:
             by_gpu.setdefault(gpu, []).append(exp)
         self.assertEqual(sorted(by_gpu), ["0", "1", "2"])
-        self.assertEqual(sorted(len(v) for v in by_gpu.values()), [2, 2, 3])
+        slow = next(g for g, exps in by_gpu.items() if "vit_L2_adam_s42" in exps)
+        self.assertEqual(by_gpu[slow], ["vit_L2_adam_s42"])
+        self.assertEqual(sorted(len(v) for g, v in by_gpu.items() if g != slow), [3, 3])
+        self.assertIn("3 in parallel", proc.stdout)
+        self.assertIn("== plots and tables", proc.stdout)
 
     def test_a_failure_does_not_stop_the_sweep_and_done_runs_are_skipped(self):
         proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2_sgd")
@@ -247,10 +262,12 @@ class TestSweepStops(TempDir):
     def test_ctrl_c_stops_every_parallel_run(self):
         fake = self.tmp / "python"
         pids = self.tmp / "pids"
-        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == plan.py ]] && {{ cat >/dev/null; exit 0; }}\n"
+        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == sweep.py ]] && exec {sys.executable} \"$@\"\n"
                         f"echo $$ >> {pids}\nexec sleep 60\n")
         fake.chmod(0o755)
-        env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2"}
+        images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2",
+               "DEVICE": "cpu", "VIT_DATA": str(images)}
         proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 30
@@ -281,7 +298,7 @@ def torch_cuda_available():
 
 
 class TestPlan(TempDir):
-    """runs.sh's plan (plan.py): what the sweep will run, and about how long and how much disk."""
+    """The sweep's plan: what it will run, and about how long and how much disk."""
 
     def plan(self, **env):
         defaults = dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu")
@@ -289,7 +306,7 @@ class TestPlan(TempDir):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         return proc.stdout[proc.stdout.index("== plan"):]
 
-    def test_estimated_from_finished_epochs_of_the_configuration(self):
+    def test_estimated_from_finished_epochs_of_the_configuration_else_from_flops(self):
         logs = self.tmp / "logs"
         rows = lambda n: [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * n))]  # noqa: E731
         for seed, n in ((7, 10), (42, 4)):  # another seed finished, and this one half-way (to resume)
@@ -301,34 +318,29 @@ class TestPlan(TempDir):
         self.assertIn("time: about 3 min (1 from finished epochs", out)  # 6 epochs left, 30 s each
         self.assertIn("disk: 2 MB when done", out)  # the mean of the two runs' weights and logs
         out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
-        self.assertIn("not estimated (1 run): VIT_DATA=", out)
-        self.assertIn("is not there yet (the sweep fetches it)", out)
+        self.assertIn(f"note: VIT_DATA={self.tmp / 'none'} is not there yet (the sweep fetches it): standard sizes", out)
+        self.assertIn("(1 from finished epochs; 1 from FLOPs at 40% of a measured", out)
 
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
             self.skipTest("a GPU is present")
         out = self.plan(GPUS="0 1", DEVICE="cuda", ONLY="^vit_L2")
         self.assertIn("== plan: 4 runs on cuda (not here), 2 in parallel", out)
-        self.assertIn("not estimated (4 runs): DEVICE=cuda", out)
+        self.assertIn("not estimated: DEVICE=cuda", out)
 
-    def test_a_damaged_run_list_or_bad_flags_are_one_error_line(self):
-        for text, fragment in (("a\tb\n", "line 1 of the run list"), ("a\tb\tfoo.py --x\n", "unknown script 'foo.py'"),
-                               ("r_s1\treference\ttrain_vit.py --lr x\n", "r_s1: argument --lr: invalid float value")):
-            proc = subprocess.run([sys.executable, "plan.py"], input=text, cwd=HERE, capture_output=True, text=True)
-            self.assertEqual((proc.returncode, proc.stdout), (2, ""), proc.stderr)
-            self.assertEqual(len(proc.stderr.splitlines()), 1, proc.stderr)
-            self.assertIn(fragment, proc.stderr)
+    def test_bad_flags_are_one_error_line_naming_the_run(self):
         proc = sweep(dict(DRY_RUN="1", TRAIN_ARGS="--bogus", ONLY="^vit_L2_sgd$", PYTHON=sys.executable))
         self.assertEqual(proc.returncode, 2)
         self.assertEqual(proc.stderr.strip(), "error: vit_L2_sgd_s42: unrecognized arguments: --bogus (see --help)")
 
-    def test_timed_steps_of_each_model_shape_and_the_sizes_they_save(self):
+    def test_the_estimate_from_flops_and_the_sizes_the_runs_save(self):
         lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
         vit, _ = write_image_folder(self.tmp / "images", per_class=(440, 44))
-        env = dict(QUICK="1", LM_DATA=str(lm), VIT_DATA=str(vit), ONLY="^vit_L2_(adam|sgd)$|^lm_lstm_L1_adam$")
+        env = dict(QUICK="1", LM_DATA=str(lm), VIT_DATA=str(vit), ONLY="^vit_L2_(adam|sgd)$|^lm_lstm_L1_adam_words$")
         out = self.plan(**env)
         self.assertIn("== plan: 3 runs on cpu", out)
-        self.assertIn("2 model shapes timed", out)  # Adam and SGD share the ViT's
+        self.assertIn("(3 from FLOPs at 40% of a measured", out)
+        self.assertNotIn("note:", out)  # the data's own sizes, counted
         done = float(out.split("disk: ")[1].split(" MB")[0])
         proc = sweep(dict(env, PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu"), timeout=300)
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
@@ -339,6 +351,67 @@ class TestPlan(TempDir):
         actual = sum(f.stat().st_size for p in runs for f in p.iterdir()) / 1e6
         self.assertLess(abs(done - actual), 0.1 * actual + 0.5, (done, actual))  # MB, as printed
         self.assertIn("3 finished (skipped)", self.plan(**env))
+
+
+class TestSweepProcesses(TempDir):
+    """The sweep as a user drives it: signals, a second sweep on the same folder, pasted commands."""
+
+    def start(self, **env):
+        env = {**os.environ, **fake_sweep(self.tmp), "ONLY": "^vit_L2", "SLOW": "vit", "SLEEP": "60", **env}
+        return subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def running(self, n, timeout=60):
+        """The pids of the first n runs, once they have started."""
+        calls, deadline = self.tmp / "calls", time.time() + timeout
+        while time.time() < deadline and len(calls.read_text().splitlines() if calls.exists() else []) < n:
+            time.sleep(0.1)
+        return [line.split()[2] for line in calls.read_text().splitlines()]
+
+    def test_int_and_term_stop_every_running_configuration_within_seconds(self):
+        for signum, gpus in ((signal.SIGINT, ""), (signal.SIGTERM, ""), (signal.SIGTERM, "0 1")):
+            with self.subTest(signal=signum.name, gpus=gpus):
+                (self.tmp / "calls").unlink(missing_ok=True)
+                proc = self.start(GPUS=gpus)
+                pids = self.running(2 if gpus else 1)
+                start = time.perf_counter()
+                proc.send_signal(signum)
+                _, err = proc.communicate(timeout=30)
+                self.assertLess(time.perf_counter() - start, 10)
+                self.assertEqual(proc.returncode, 128 + signum, err)
+                self.assertIn("every run stopped; run the same command again to resume", err)
+                time.sleep(0.3)
+                self.assertEqual([p for p in pids if alive(p)], [])
+                self.assertEqual(len((self.tmp / "calls").read_text().splitlines()), len(pids))  # none started after
+
+    def test_a_second_sweep_on_the_same_folder_is_refused_and_touches_nothing(self):
+        first = self.start()
+        self.running(1)
+        log = self.tmp / "logs" / "vit_L2_adam_s42.log"
+        before = log.read_bytes()
+        second = self.start(SLOW="")
+        _, err = second.communicate(timeout=60)
+        self.assertEqual(second.returncode, 2, err)
+        self.assertEqual(err.strip().splitlines()[-1], f"error: another sweep is running on LOG_DIR={self.tmp / 'logs'} "
+                         f"(it holds {self.tmp / 'logs'}/.sweep.lock); wait for it to end, or give another LOG_DIR")
+        self.assertEqual(log.read_bytes(), before)
+        self.assertEqual(len((self.tmp / "calls").read_text().splitlines()), 1)
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+
+    def test_a_printed_command_pastes_as_it_is(self):
+        odd = self.tmp / "my logs $(touch pwned) 'x'"
+        lines = dry_run(LOG_DIR=str(odd), ONLY="^vit_L2_sgd$")
+        self.assertEqual(len(lines), 1)
+        fake = self.tmp / "py"
+        fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS"\n')
+        fake.chmod(0o755)
+        line = lines[0].replace("python3", str(fake), 1)
+        subprocess.run(["bash", "-c", line], cwd=self.tmp, env={**os.environ, "ARGS": str(self.tmp / "args")},
+                       check=True)
+        args = (self.tmp / "args").read_text().splitlines()
+        self.assertEqual(args[args.index("--log_dir") + 1], str(odd))
+        self.assertFalse((self.tmp / "pwned").exists())
 
 
 class TestPlot(TempDir):
@@ -499,7 +572,7 @@ class TestAgainstTheReport(TempDir):
         row = next(line for line in table.splitlines() if "| vit_L6_adamw |" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 |"), row)
         smoke = next(line for line in table.splitlines() if "| vit_L2_sgd (smoke) |" in line)
-        self.assertTrue(smoke.endswith("| 0.2352 (best valid acc) | -0.0352 (other settings) |"), smoke)
+        self.assertTrue(smoke.endswith("| 0.2352 (best valid acc) |  |"), smoke)  # a smoke run is not compared
         lm_row = next(line for line in (logs / "report" / "summary_lm.md").read_text().splitlines() if "lstm_L1" in line)
         self.assertTrue(lm_row.endswith("| 161.00 | 160.00 | 148.53 (test ppl) | +11.47 |"), lm_row)  # two decimals
 
@@ -513,17 +586,97 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("<table>", page)
         self.assertIn("<b>reproduced</b>", page)
 
+    def test_a_page_of_smoke_runs_says_so_first_and_wide_tables_scroll(self):
+        logs = self.tmp / "smoke"
+        write_run(logs, "vit_L2_sgd_s42", dict(task="vit", block="prenorm", optimizer="sgd", layers=2, epochs=50,
+                                               limit_batches=2), vit_rows([0.2]), dict(best_test_acc=0.2))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        summary = (logs / "report" / "summary.md").read_text()
+        self.assertTrue(summary.split("\n")[4].startswith("**Smoke runs only"), summary[:300])
+        page = (logs / "report" / "index.html").read_text()
+        self.assertLess(page.index('<div class="banner">Smoke runs only'), page.index("<h1>"))
+        self.assertIn("overflow-x:auto", page)  # a table wider than the page scrolls, its columns all there
+        full = self.make_logs()
+        with contextlib.redirect_stdout(io.StringIO()):
+            plot.main(["--log_dir", str(full)])
+        self.assertNotIn('class="banner"', (full / "report" / "index.html").read_text())
+
     @unittest.skipUnless(shutil.which("chromium") or shutil.which("chromium-browser"), "no browser installed")
     def test_the_page_renders_in_a_browser(self):
         logs = self.make_logs()
         plot.main(["--log_dir", str(logs)])
-        shot = self.tmp / "page.png"
         browser = shutil.which("chromium") or shutil.which("chromium-browser")
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                        "--window-size=1280,2400", (logs / "report" / "index.html").as_uri()],
-                       capture_output=True, timeout=120)
-        self.assertEqual(shot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
-        self.assertGreater(shot.stat().st_size, 50_000)  # a page with figures, not a blank one
+        for width in (1280, 800):  # screenshots to look at: every column of the tables in view or scrollable
+            shot = self.tmp / f"page_{width}.png"
+            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                            f"--window-size={width},2400", (logs / "report" / "index.html").as_uri()],
+                           capture_output=True, timeout=120)
+            self.assertEqual(shot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+            self.assertGreater(shot.stat().st_size, 50_000)  # a page with figures, not a blank one
+            if os.environ.get("SCREENSHOTS"):
+                shutil.copy(shot, os.environ["SCREENSHOTS"])
+
+
+class TestRunsThatMustNotMix(TempDir):
+    """Smoke runs and runs of other data never count as seeds of a real run, in the plan or the report."""
+
+    def test_a_log_folder_holds_its_own_runs_and_smoke_runs_are_never_seeds(self):
+        logs = self.tmp / "logs"
+        for folder, seed, limit in ((logs, 1, 0), (logs / "quick", 2, 2)):  # logs/quick: QUICK=1's folder
+            write_run(folder, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=limit, epochs=1),
+                      vit_rows([0.5 if limit else 0.7]), dict(epochs=1, best_test_acc=0.5 if limit else 0.7))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        self.assertEqual(table.count("vit_L2_adam"), 1)  # logs/quick/ is not a run of logs/
+        self.assertIn("| 0.7000 |", table)
+        write_run(logs, "vit_L2_adam_s3", dict(task="vit", seed=3, limit_batches=2, epochs=1), vit_rows([0.1]),
+                  dict(epochs=1, best_test_acc=0.1))  # a smoke run beside the real one
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plot.main(["--log_dir", str(logs)])
+        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        rows = [line for line in table.splitlines() if "vit_L2_adam" in line]
+        self.assertEqual(len(rows), 2)  # two configurations: the real one, and the smoke one apart
+        real = next(r for r in rows if "(smoke)" not in r)
+        self.assertIn("| 1 |", real)  # one seed: the smoke run is not its seed
+        out = sweep(dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", ONLY="^vit_L2_adam$",
+                         SEEDS="2", VIT_DATA=str(self.tmp / "none"))).stdout
+        self.assertNotIn("to resume", out)  # logs/quick/vit_L2_adam_s2 is not this sweep's run
+
+    def test_runs_of_other_data_are_never_averaged(self):
+        logs = self.tmp / "logs"
+        for seed, data in ((1, "a" * 64), (2, "b" * 64)):
+            write_run(logs, f"lm_lstm_L1_adam_s{seed}", dict(task="lm", seed=seed, model="lstm", data_sha256=data),
+                      [dict(epoch=1, train_loss=5.0, train_ppl=150.0, valid_loss=5.0, valid_ppl=100.0 * seed,
+                            train_time=1.0, valid_time=1.0, elapsed=2.0, peak_mem_mb=1.0, mem_pct=1.0)])
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plot.main(["--log_dir", str(logs)])
+        table = (logs / "report" / "summary_lm.md").read_text()
+        self.assertIn("lm_lstm_L1_adam (data aaaaaaaa)", table)
+        self.assertIn("lm_lstm_L1_adam (data bbbbbbbb)", table)
+        self.assertNotIn("±", table)
+
+    def test_word_level_runs_are_named_by_their_data_and_never_told_to_resume_token_runs(self):
+        import train_lm
+        from test_train import LM_TINY, run
+        from test_data import write_token_files
+        words, tokens = write_text_files(self.tmp / "words"), write_token_files(self.tmp / "tokens")
+        logs = self.tmp / "logs"
+        tiny = ["--embedding_size", "16", "--hidden_size", "16", "--seq_len", "8", "--batch_size", "4"]
+        names = []
+        for data in (words, tokens):  # the same flags: two runs, each of its own data
+            code, _, err = run(train_lm.main, ["--data_folder", str(data), "--log_dir", str(logs), *tiny, "--epochs",
+                                               "1", "--optimizer", "adam", "--device", "cpu", "--no_progress"])
+            self.assertEqual(code, 0, err)
+            names.append(sorted(p.name for p in logs.iterdir() if p.is_dir() and p.name not in names)[-1])
+        self.assertEqual(names, ["lm_lstm_L1_adam_batch_size4_seq_len8_embedding_size16_hidden_size16_words_s42",
+                                 "lm_lstm_L1_adam_batch_size4_seq_len8_embedding_size16_hidden_size16_s42"])
+        code, _, err = run(train_lm.main, ["--data_folder", str(tokens), "--log_dir", str(logs), *LM_TINY,
+                                           "--epochs", "1", "--exp_id", names[0]])
+        self.assertEqual(code, 2)
+        self.assertIn("holds a run on other data (words, not tokens)", err)
+        self.assertNotIn("--resume", err)
 
 
 class TestQuickSweep(TempDir):
@@ -535,7 +688,8 @@ class TestQuickSweep(TempDir):
                    DEVICE="cpu", NORMS_SEEDS="1")  # every group, one seed of the norms group
         proc = sweep(env, timeout=900)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
-        for name in [f"{n}_s42" for n in set(REFERENCE) | EXTRAS | IMPROVED] + [f"{n}_s1" for n in NORMS]:
+        words = lambda n: n + "_words" * n.startswith("lm_")  # noqa: E731 - word-level text, named so
+        for name in [f"{words(n)}_s42" for n in set(REFERENCE) | EXTRAS | IMPROVED] + [f"{n}_s1" for n in NORMS]:
             self.assertTrue((logs / name / "summary.json").exists(), name)
         report = logs / "report"
         summary = (report / "summary.md").read_text()

@@ -15,7 +15,6 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -242,7 +241,7 @@ class TestExactMetrics(unittest.TestCase):
         task = Slow(corpus, seq_len=10, batch_size=7, seed=0)
         model = LanguageModel("gru", 1, vocab_size=40, embedding_size=8, hidden_size=8)
         with mock.patch("sys.stderr", new=Terminal()) as err:
-            engine.run_epoch(model, task, "valid", cfg=SimpleNamespace(limit_batches=0, no_progress=False))
+            engine.run_epoch(model, task, "valid", show=True)
         first = next(line for line in re.split(r"[\r\n]", err.getvalue()) if "ppl=" in line)
         self.assertIn("valid", first)
         self.assertRegex(first, r"1/3 .*loss=3\.\d{4}, ppl=\d{2}\.\d{2}\b")  # after the first of three batches
@@ -877,7 +876,7 @@ class TestWarmUpShapesPerProcess(unittest.TestCase):
             seen = []
             with mock.patch("torch.nn.Module.compile"), mock.patch("utils.world_size", return_value=2), \
                     mock.patch("utils.rank", return_value=rank), contextlib.redirect_stdout(io.StringIO()):
-                engine.compile_model(model, Task(), None)
+                engine.compile_model(model, Task())
             self.assertEqual(seen, expected, f"rank {rank}")  # tensor_split of 5, 8, 6, 3 over 2 processes
 
 
@@ -981,7 +980,8 @@ class TestResumeChecksWhatMatters(CliCase):
         (self.logs / "cfg").rename(self.logs / "cfg_a")
         _, out, _ = self.lm("--epochs", "2", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
         self.assertIn("resuming", out)
-        with mock.patch("utils.choose_precision", return_value=(None, "fp32: asked for, on another GPU")):
+        another = utils.Precision(None, "fp32: asked for, on another GPU")
+        with mock.patch("utils.choose_precision", return_value=another):
             _, out, _ = self.lm("--epochs", "3", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
         self.assertIn("resuming", out)
         self.assertEqual(results(self.logs / "cfg_a"), results(whole))
@@ -1005,8 +1005,8 @@ class TestResumeChecksWhatMatters(CliCase):
     def test_another_precision_is_refused(self):
         run_dir, _, _ = self.vit("--epochs", "1")
         before = snapshot(run_dir)
-        with mock.patch("utils.choose_precision", return_value=(torch.bfloat16, "bf16: native on compute capability "
-                                                                "9.0")):
+        native = utils.Precision(torch.bfloat16, "bf16: native on compute capability 9.0")
+        with mock.patch("utils.choose_precision", return_value=native):
             _, _, err = self.vit("--epochs", "2", "--resume", expect=2)
         self.assert_refused(err, "different configuration", "precision_used: 'float32' -> 'bfloat16'")
         self.assertLess(len(err), 300)

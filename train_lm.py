@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from config import TrainConfig, option, parse_config
-from data import Windows, index_batches, load_wikitext
+from data import TEXT_FILES, TOKEN_FILES, Windows, index_batches, load_wikitext, read_tokens_npz
 from engine import train
 from gpt1 import EMBEDDINGS_FILE, gpt1_embeddings
 from models import CORES, LanguageModel, count_params
@@ -30,7 +30,8 @@ from utils import UserError, check, cli, epoch_generator, first_process_first, l
 
 @dataclasses.dataclass
 class Config(TrainConfig):
-    model: str = option("lstm", "recurrent core", list(CORES), group="model")
+    model: str = option("lstm", "the language model's core: an LSTM, a GRU or a causal Transformer", list(CORES),
+                        group="model")
     layers: int = option(1, "recurrent layers or transformer blocks", group="model")
     block: str = option("prenorm", "transformer core: LayerNorm before (pre) or after (post) the residual",
                         ["prenorm", "postnorm"], group="model")
@@ -62,6 +63,18 @@ class Config(TrainConfig):
               f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
 
     PREFIX = "lm_{model}"
+    DATA_KIND = "tokens"  # the report's: GPT-1 token ids
+    NOT_IN_NAME = TrainConfig.NOT_IN_NAME + ("data_format",)  # named by what it resolves to: data_kind
+
+    def data_kind(self):
+        """tokens or words: --data_format, or with auto what load_wikitext reads in --data_folder (the
+        token files where they are, else the text where it is, else the token files, downloaded)."""
+        if self.data_format != "auto":
+            return self.data_format
+        folder = Path(self.data_folder)
+        has = {kind: all((folder / f).exists() for f in files.values()) for kind, files in
+               (("tokens", TOKEN_FILES), ("words", TEXT_FILES))}
+        return "words" if has["words"] and not has["tokens"] else "tokens"
     # streams with carried state, dropout, clipping and a cosine schedule (after Merity et al., 2018)
     RECIPES = {"improved": dict(batching="streams", batch_size=32, seq_len=128, dropout=0.4, lr=2e-3,
                                 weight_decay=0.01, decay_exempt=True, scheduler="cosine", warmup_epochs=0.5,
@@ -129,14 +142,7 @@ def file_sha256(path):
 
 
 def load_embeddings(path, vocab_size, width):
-    try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
-            check("tokens" in d.files, f"{path} has no 'tokens' array (it has: {', '.join(d.files) or 'none'})")
-            table = d["tokens"]
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a missing, truncated or pickled file alike
-        raise UserError(f"cannot read embeddings {path}: {str(e).splitlines()[0]}") from None
+    table, _ = read_tokens_npz(path)
     check(table.dtype.kind in "fiu", f"embeddings {path} hold {table.dtype} values; they must be real numbers")
     check(table.shape == (vocab_size, width),
           f"embeddings {path} have shape {table.shape}, the data and model need ({vocab_size}, {width}) "
@@ -181,8 +187,9 @@ def build(cfg, device):
     files = {"vocab.txt": ("\n".join(corpus.vocab) + "\n").encode()} if corpus.vocab is not None else {}
     # frozen embeddings are not saved with the weights: the file's checksum ties the run to it
     frozen = dict(embeddings_sha256=file_sha256(path)) if path and not cfg.learn_embeddings else {}
-    return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size,
-                             data_source=corpus.source, data_sha256=corpus.sha256, **frozen), files
+    return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size, data_source=corpus.source,
+                             data_kind="tokens" if corpus.vocab is None else "words", data_sha256=corpus.sha256,
+                             **frozen), files
 
 
 @cli

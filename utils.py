@@ -1,7 +1,7 @@
 """What the trainers share that is not the training loop: errors and the CLI wrapper, device and
 precision, distributed helpers, seeding and the random state.
 
-    >>> device = get_device("auto"); dtype, why = choose_precision("auto", device)
+    >>> device = get_device("auto"); precision = choose_precision("auto", device)
 """
 import contextlib
 import os
@@ -13,6 +13,7 @@ import sys
 import warnings
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -154,26 +155,50 @@ def get_device(name):
     return device
 
 
+class Precision(NamedTuple):
+    """The precision a run computes in, resolved once at set-up: the autocast dtype (None: plain
+    fp32) and why it was chosen; fp16 scales its loss."""
+    dtype: torch.dtype = None
+    why: str = "fp32"
+
+    @property
+    def scaled(self):
+        return self.dtype == torch.float16
+
+    @property
+    def name(self):  # "float32", "bfloat16", "float16"
+        return str(self.dtype or torch.float32).removeprefix("torch.")
+
+    def autocast(self, device):
+        """Mixed precision in dtype, or nothing (plain fp32)."""
+        return torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
 def choose_precision(name, device):
-    """(autocast dtype or None for fp32, the reason). auto: bf16 where the GPU runs it natively
-    (compute capability 8.0 and up), fp16 with loss scaling on older GPUs (where bf16 is only
-    emulated, without tensor cores), fp32 on a CPU."""
+    """The Precision of --precision on a device. auto: bf16 where the GPU runs it natively (compute
+    capability 8.0 and up), fp16 with loss scaling on older GPUs (where bf16 is only emulated,
+    without tensor cores), fp32 on a CPU. On a GPU, fp32 matmuls (and the recurrent cores, always
+    fp32) run as TF32 on the tensor cores."""
     if device.type != "cuda":
         check(name != "fp16", "--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
         if name == "auto":
-            return None, "fp32: the device is a CPU"
-        return {"fp32": None, "bf16": torch.bfloat16}[name], f"{name}: asked for"
+            return Precision(None, "fp32: the device is a CPU")
+        return Precision({"fp32": None, "bf16": torch.bfloat16}[name], f"{name}: asked for")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     major, minor = torch.cuda.get_device_capability(device)
     native = major >= 8
     if name == "auto":
         if native:
-            return torch.bfloat16, f"bf16: native on compute capability {major}.{minor}"
-        return torch.float16, (f"fp16 with loss scaling: compute capability {major}.{minor} has no native bf16 "
-                               f"(it needs 8.0)")
+            return Precision(torch.bfloat16, f"bf16: native on compute capability {major}.{minor}")
+        return Precision(torch.float16, f"fp16 with loss scaling: compute capability {major}.{minor} has no native "
+                                        f"bf16 (it needs 8.0)")
     reason = f"{name}: asked for"
     if name == "bf16" and not native:
         reason += f" (emulated on compute capability {major}.{minor}, slow; auto would choose fp16)"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name], reason
+    return Precision({"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name], reason)
+
+
+FP32 = Precision()
 
 
 # Published dense peaks (TFLOP/s, no sparsity) of common GPUs in the precision a run uses (fp32: TF32
@@ -195,11 +220,6 @@ def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
     """The FLOP rate over the rate the device could reach for the same work: each part against the
     ceiling of the precision it runs in (fp32_share of the FLOPs in fp32, the rest in autocast's)."""
     return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
-
-
-def autocast(device, dtype):
-    """Mixed precision in dtype, or nothing when dtype is None (plain fp32)."""
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def sync(device):
@@ -338,16 +358,13 @@ def set_rng_state(state):
 
 
 def setup(cfg):
-    """Device, precision, seeds and, under torchrun, the process group. Returns (device, autocast
-    dtype or None, why that precision). `--batch_size` stays the global batch. A full-length run
-    that `--device auto` puts on a CPU says so before it starts: the study takes days there."""
+    """Device, precision, seeds and, under torchrun, the process group. Returns (device, Precision).
+    `--batch_size` stays the global batch. A full-length run that `--device auto` puts on a CPU says
+    so before it starts: the study takes days there."""
     device = init_distributed(get_device(cfg.device), cfg.batch_size)
     if cfg.device == "auto" and device.type == "cpu" and not cfg.limit_batches and rank() == 0:
         print(f"warning: training on the CPU, since CUDA is not usable ({cuda_unusable_reason()}); a full run "
               f"takes hours to days there (--device cpu silences this)", file=sys.stderr, flush=True)
-    dtype, why = choose_precision(cfg.precision, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
+    precision = choose_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    return device, dtype, why
+    return device, precision

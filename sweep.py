@@ -1,0 +1,302 @@
+"""The whole study: every configuration of both trainers, each run named as its trainer names it,
+skipped when finished and resumed when interrupted, then plot.py. `runs.sh` hands over to it.
+
+    bash runs.sh                          # the whole study at the reference epochs, then logs/report/
+    QUICK=1 bash runs.sh                  # every configuration, 2 small batches, 1 epoch (logs/quick)
+    DRY_RUN=1 bash runs.sh                # the commands and the plan, in seconds; runs and fetches nothing
+    RUN_GROUPS=reference ONLY='^vit_L6' SEEDS="1 2 3" GPUS="0 1" bash runs.sh
+
+Groups: reference (the report's 13 configurations), extras (GRU and Transformer LMs), improved
+(`--recipe improved`: ViT-6 pre- and post-norm, LSTM-1), norms (ViT-6 pre/post-norm with and
+without warmup, with per-layer gradient norms, NORMS_SEEDS each).
+
+Settings (environment variables, defaults in brackets):
+  QUICK [0]       smoke sweep: --limit_batches 2, one epoch, small and narrow LMs, warmups of one
+                  epoch; logs in logs/quick
+  DRY_RUN [0]     print every command (shell-quoted) and the plan; run and fetch nothing
+  EPOCHS_LM [10], EPOCHS_VIT [50]   epochs (the report's)
+  RUN_GROUPS ["reference extras improved norms"]   SEEDS ["42"]   NORMS_SEEDS ["1 2 3"]
+  ONLY            a regular expression on the configuration's name or the run's (with _s<seed>)
+  GPUS            "0 1 ...": a work queue, each GPU taking the next run when its last one ends
+  DEVICE          auto | cpu | cuda (cuda with GPUS or in the image, else auto)
+  LOG_DIR [logs]  PYTHON [python3]: the interpreter of the runs
+  LM_DATA [./data/wikitext2], VIT_DATA [./data/cifar10]
+  EMBEDDINGS [auto]   the reference LMs' frozen embeddings: gpt1 (the report's), an .npz, or none
+                  (learned); auto: gpt1 unless LM_DATA holds word-level text only, or with QUICK
+  TRAIN_ARGS      flags added to every run, e.g. "--compile" (a resumed run needs the same ones)
+  SHARD [0/1]     i/N: only every N-th run from the i-th, for N machines
+
+One sweep at a time on a log folder. Ctrl-C or SIGTERM stops every running configuration within
+seconds; the same command resumes. A failing run does not stop the others: the failures are listed
+at the end and the exit code is 1.
+"""
+import dataclasses
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import plan
+from rundir import advisory_lock
+from config import parse_config
+from utils import UserError, check, cli
+
+GROUPS = ("reference", "extras", "improved", "norms")
+# The study: group, trainer, the flags that differ from its defaults. Names come from the trainer.
+CONFIGS = [("reference", "train_lm.py", f) for f in ("--optimizer adam", "--optimizer adamw", "--optimizer sgd",
+                                                      "--optimizer momentum", "--layers 2 --optimizer adamw",
+                                                      "--layers 4 --optimizer adamw")]
+CONFIGS += [("reference", "train_vit.py", f) for f in ("--layers 2 --optimizer adam", "--layers 2 --optimizer adamw",
+                                                       "--layers 2 --optimizer sgd", "--layers 2 --optimizer momentum",
+                                                       "--layers 4 --optimizer adamw", "--layers 6 --optimizer adamw",
+                                                       "--layers 6 --optimizer adamw --block postnorm")]
+CONFIGS += [("extras", "train_lm.py", f) for f in ("--model gru --optimizer adam",
+                                                   "--model gru --layers 2 --optimizer adamw")]
+CONFIGS += [("extras", "train_lm.py", f"--model transformer {f}{b}") for b in ("", " --block postnorm")
+            for f in ("--optimizer adam", "--layers 2 --optimizer adamw")]
+CONFIGS += [("improved", "train_vit.py", "--recipe improved --layers 6"),
+            ("improved", "train_vit.py", "--recipe improved --layers 6 --block postnorm"),
+            ("improved", "train_lm.py", "--recipe improved")]
+CONFIGS += [("norms", "train_vit.py", f"--layers 6{b}{w} --grad_norms") for b in ("", " --block postnorm")
+            for w in ("", " --warmup_epochs 5")]
+
+
+@dataclasses.dataclass
+class Run:
+    exp_id: str
+    group: str
+    script: str
+    argv: list                # the trainer's flags
+    cfg: object               # its parsed Config
+    done: int = 0             # epochs it has already run
+    seconds: float = None     # the time it still needs; None: not estimated
+    disk: int = 0             # bytes it holds when finished
+    checkpoint: int = 0       # bytes of checkpoint.pt while it runs
+    source: str = ""          # where the estimate comes from
+
+    def command(self, python):
+        return [python, self.script, *self.argv]
+
+
+def flag(name, default="0"):
+    value = os.environ.get(name, default).strip().lower()
+    check(value in ("1", "true", "yes", "on", "0", "false", "no", "off", ""),
+          f"{name} must be 1, true or yes (or 0, false, no), got '{os.environ.get(name, default)}'")
+    return value in ("1", "true", "yes", "on")
+
+
+def words(name, default, kind=str):
+    """A space-separated setting; integers checked."""
+    items = os.environ.get(name, default).split()
+    bad = [w for w in items if kind is int and not w.isdigit()]
+    check(not bad, f"{name} must be integers, got '{bad[0] if bad else ''}'")
+    return [kind(w) for w in items]
+
+
+def settings():
+    """The sweep's settings from the environment, checked: one line for the first that is wrong."""
+    env = os.environ.get
+    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=env("GPUS", "").split(), only=env("ONLY", ""),
+             python=env("PYTHON", "python3"), train_args=shlex.split(env("TRAIN_ARGS", "")),
+             lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
+    s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
+    s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
+    for name in ("EPOCHS_LM", "EPOCHS_VIT"):
+        value = env(name, "10" if name == "EPOCHS_LM" else "50")
+        check(value.isdigit() and int(value) > 0, f"{name} must be a positive integer, got '{value}'")
+        s[name.lower()] = 1 if s["quick"] else int(value)
+    for name, default in (("SEEDS", "42"), ("NORMS_SEEDS", "1 2 3")):
+        s[name.lower()] = list(dict.fromkeys(words(name, default, int)))  # a repeated seed runs once
+        check(s[name.lower()] or name == "NORMS_SEEDS" and "norms" not in env("RUN_GROUPS", " ".join(GROUPS)),
+              f"{name}={os.environ.get(name)!r} gives no seed")
+    s["groups"] = words("RUN_GROUPS", " ".join(GROUPS))
+    check(s["groups"], f"RUN_GROUPS={os.environ.get('RUN_GROUPS')!r} names no group; choose from {' '.join(GROUPS)}")
+    unknown = [g for g in s["groups"] if g not in GROUPS]
+    check(not unknown, f"unknown group '{unknown[0] if unknown else ''}' in RUN_GROUPS; choose from {' '.join(GROUPS)}")
+    check(s["device"] in ("auto", "cpu", "cuda"), f"DEVICE must be auto, cpu or cuda, got '{s['device']}'")
+    try:
+        re.compile(s["only"])
+    except re.error as e:
+        raise UserError(f"ONLY is not a valid regular expression: '{s['only']}' ({e})") from None
+    shard = re.fullmatch(r"(\d+)/(\d+)", env("SHARD", "0/1"))
+    check(shard and int(shard[1]) < int(shard[2]), f"SHARD must be i/N with 0 <= i < N, got '{env('SHARD')}'")
+    s["shard"] = int(shard[1]), int(shard[2])
+    s["embeddings"] = env("EMBEDDINGS", "auto")
+    if s["embeddings"] == "auto":  # GPT-1's for the token files, there or to be fetched; not in smoke runs
+        tokens = (Path(s["lm_data"]) / "wiki.train.npz").exists() or not (Path(s["lm_data"]) / "train.txt").exists()
+        s["embeddings"] = "gpt1" if tokens and not s["quick"] else "none"
+    return s
+
+
+def trainer_argv(s, group, script, flags, seed):
+    """The trainer's flags for one configuration and seed: its own, TRAIN_ARGS, then the sweep's."""
+    flags = shlex.split(flags) + ["--seed", str(seed)]
+    lm = script == "train_lm.py"
+    if s["quick"]:  # one epoch: a warmup stays a warmup (over both steps), but fits in it
+        flags = [("1" if i and flags[i - 1] == "--warmup_epochs" else f) for i, f in enumerate(flags)]
+        if "--recipe" in flags and "--warmup_epochs" not in flags:
+            flags += ["--warmup_epochs", "1"]  # the recipes warm up for longer
+    frozen = group == "reference" and lm and s["embeddings"] != "none"  # the report's LMs froze GPT-1's
+    extra = ["--epochs", str(s["epochs_lm" if lm else "epochs_vit"]), "--data_folder", s["lm_data" if lm else "vit_data"]]
+    if s["quick"]:
+        extra += ["--limit_batches", "2"] + (["--batch_size", "4", "--seq_len", "64"] if lm else [])
+        extra += ["--embedding_size", "64", "--hidden_size", "64"] if lm and not frozen else []
+    extra += ["--embeddings", s["embeddings"]] if frozen else []
+    return flags + s["train_args"] + extra + ["--device", s["device"], "--log_dir", s["log_dir"]], frozen
+
+
+def select(s):
+    """The runs of the settings: RUN_GROUPS, each seed, ONLY (on the configuration's name or the
+    run's), then SHARD. Each run's name is the one its trainer gives those flags and seed."""
+    runs, index, pattern = [], 0, re.compile(s["only"])
+    for group, script, flags in CONFIGS:
+        if group not in s["groups"]:
+            continue
+        for seed in s["norms_seeds" if group == "norms" else "seeds"]:
+            argv, frozen = trainer_argv(s, group, script, flags, seed)
+            named = shlex.split(flags) + ["--seed", str(seed), "--data_folder", argv[argv.index("--data_folder") + 1]]
+            named += ["--embeddings", s["embeddings"]] if frozen else []  # what the trainer names runs by
+            module = plan.SCRIPTS[script][0]
+            exp_id = parse_config(module.Config, named).default_exp_id()
+            if s["only"] and not any(pattern.search(n) for n in (exp_id.rsplit("_s", 1)[0], exp_id)):
+                continue
+            if index % s["shard"][1] == s["shard"][0] and exp_id not in (r.exp_id for r in runs):
+                argv += ["--exp_id", exp_id, "--resume", "--no_progress"]
+                runs.append(Run(exp_id, group, script, argv, plan.parse_run(exp_id, module.Config, argv)))
+            index += 1
+    check(runs, f"no configuration matches ONLY='{s['only']}' in RUN_GROUPS='{' '.join(s['groups'])}' "
+          f"(shard {s['shard'][0]}/{s['shard'][1]})")
+    return runs
+
+
+def finished(run):
+    """Whether its summary.json has at least the epochs asked for."""
+    try:
+        return json.loads((Path(run.cfg.log_dir) / run.exp_id / "summary.json").read_text())["epochs"] >= run.cfg.epochs
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+class Sweep:
+    """The runs as a work queue over workers (one per GPU, or one on the device), each run a child
+    process in its own process group, its output appended to <log_dir>/<exp_id>.log (and shown, with
+    one worker). Ctrl-C or SIGTERM is forwarded to every running child; no new run starts."""
+
+    def __init__(self, runs, s):
+        self.s, self.todo, self.failed, self.children = s, queue.Queue(), [], {}
+        self.stopped, self.lock = None, threading.Lock()
+        for run in runs:
+            self.todo.put(run)
+
+    def stop(self, signum, frame):
+        self.stopped = self.stopped or signum
+        with self.lock:
+            for child in self.children.values():
+                try:
+                    os.killpg(child.pid, signum)
+                except OSError:
+                    pass  # it has just ended
+
+    def work(self, gpu, threads):
+        while self.stopped is None:
+            try:
+                run = self.todo.get_nowait()
+            except queue.Empty:
+                return
+            self.run_one(run, gpu, threads)
+
+    def run_one(self, run, gpu, threads):
+        if finished(run):
+            return print(f"== {run.exp_id}: done, skipped", flush=True)
+        command = run.command(self.s["python"])
+        print(f"== {run.exp_id}{f' on GPU {gpu}' if gpu is not None else ''}: {shlex.join(command)}", flush=True)
+        env = dict(os.environ, **({} if gpu is None else dict(CUDA_VISIBLE_DEVICES=gpu)),
+                   **({} if threads is None else dict(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))))
+        log = Path(self.s["log_dir"]) / f"{run.exp_id}.log"
+        with open(log, "a") as f:
+            f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+            f.flush()
+            with self.lock:
+                if self.stopped is not None:
+                    return
+                child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         env=env, start_new_session=True)
+                self.children[run.exp_id] = child
+            for line in child.stdout:
+                f.write(line)
+                f.flush()
+                if gpu is None:
+                    print(line, end="", flush=True)
+            code = child.wait()
+        with self.lock:
+            del self.children[run.exp_id]
+        if code in (130, 143) or self.stopped is not None:
+            return
+        if code:
+            print(f"== {run.exp_id}: FAILED (exit {code}, log {log})", flush=True)
+            self.failed.append(f"{run.exp_id} (exit {code})")
+
+    def execute(self):
+        """Every run, on the workers; returns the signal that stopped the sweep, or None."""
+        gpus = self.s["gpus"] or [None]
+        threads = str(max(1, (os.cpu_count() or 1) // len(gpus))) if self.s["gpus"] else None
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        workers = [threading.Thread(target=self.work, args=(gpu, threads), daemon=True) for gpu in gpus]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):
+            for w in workers:
+                w.join(0.1)  # short waits: the signal handler runs between them
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        return self.stopped
+
+
+@cli
+def main(argv=None):
+    s = settings()
+    runs = select(s)
+    if s["quick"]:  # names are the configurations', what runs is cut short: say so
+        print(f"== QUICK=1: each configuration for 2 batches of 1 epoch (its warmup shortened to that epoch; the LMs "
+              f"that learn their embeddings 64 wide), under its own name, in {s['log_dir']}", flush=True)
+    if s["dry_run"]:
+        for run in runs:
+            print(shlex.join(run.command(s["python"])))
+        return plan.plan(runs, len(s["gpus"]), dry_run=True)
+    plan.plan(runs, len(s["gpus"]), dry_run=False)  # checks the device and the data (fetching them) first
+    lock = Path(s["log_dir"]) / ".sweep.lock"  # one sweep at a time on a log folder
+    with advisory_lock(lock, f"another sweep is running on LOG_DIR={s['log_dir']} (it holds {lock}); wait for it "
+                             f"to end, or give another LOG_DIR", f"LOG_DIR={s['log_dir']}"):
+        work = Sweep(runs, s)
+        stopped = work.execute()
+        if stopped is not None:
+            print(f"== {'interrupted' if stopped == signal.SIGINT else 'terminated'}: every run stopped; run the "
+                  f"same command again to resume", file=sys.stderr, flush=True)
+            return 128 + stopped
+        return finish(work, runs, s)
+
+
+def finish(work, runs, s):
+    """The report (unless every run failed) and the list of failures; the exit code."""
+    if len(work.failed) == len(runs):
+        print(f"== every run failed (logs in {s['log_dir']}/*.log); no report", flush=True)
+        return 1
+    print("== plots and tables", flush=True)
+    if subprocess.run([s["python"], "plot.py", "--log_dir", s["log_dir"]]).returncode:
+        work.failed.append("plot.py")
+    if work.failed:
+        print("== failed:\n" + "".join(f"   {f}\n" for f in work.failed), end="", flush=True)
+        return 1
+    print(f"== all done: {s['log_dir']}/report", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
