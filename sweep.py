@@ -94,15 +94,17 @@ def flag(name, default="0"):
 
 def words(name, default, kind=str):
     """A space-separated setting; integers checked."""
-    items = os.environ.get(name, default).split()
+    items = (os.environ.get(name) or default).split()
     bad = [w for w in items if kind is int and not w.isdigit()]
     check(not bad, f"{name} must be integers, got '{bad[0] if bad else ''}'")
     return [kind(w) for w in items]
 
 
 def settings():
-    """The sweep's settings from the environment, checked: one line for the first that is wrong."""
-    env = os.environ.get
+    """The sweep's settings from the environment, checked: one line for the first that is wrong. An
+    empty variable is an unset one, as in the shell's ${VAR:-default}."""
+    def env(name, default=""):
+        return os.environ.get(name) or default
     s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=env("GPUS", "").split(), only=env("ONLY", ""),
              python=env("PYTHON", "python3"), train_args=shlex.split(env("TRAIN_ARGS", "")),
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
