@@ -679,6 +679,26 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertNotIn("--resume", err)
 
 
+class TestCommittedResult(TempDir):
+    """results/ holds a real run's small files as the trainer wrote them: the reader and the format
+    can never drift apart, and the README quotes its numbers."""
+
+    def test_the_committed_run_is_read_and_plotted_and_the_readme_quotes_it(self):
+        import results
+        runs = results.find_runs([HERE / "results"], HERE / "results" / "report")
+        self.assertEqual([(r.path.name, len(r.rows), r.problems) for r in runs], [("vit_L2_adam_s42", 10, [])])
+        run = runs[0]
+        self.assertEqual((run.config["layers"], run.config["optimizer"], run.config["limit_batches"]), (2, "adam", 0))
+        best = max(row["valid_acc"] for row in run.rows)
+        self.assertEqual(run.summary["best_valid_acc"], best)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(HERE / "results"), "--out_dir", str(self.tmp)]), 0)
+        self.assertIn(f"{best:.4f}", (self.tmp / "summary_vit.md").read_text())
+        readme = (HERE / "README.md").read_text()
+        for key in ("best_valid_acc", "best_test_acc"):
+            self.assertIn(f"{run.summary[key]:.1%}", readme, key)
+
+
 class TestQuickSweep(TempDir):
     def test_quick_sweep_on_fixture_data_produces_every_run_figure_and_table(self):
         lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
