@@ -180,7 +180,8 @@ class TrainConfig:
         head += [self.recipe] * (self.recipe != "reference")
         rest = [text(f, getattr(self, f.name)) for f in dataclasses.fields(self)
                 if f.name not in self.NAMED + self.NOT_IN_NAME and getattr(self, f.name) != getattr(defaults, f.name)]
-        rest += [self.data_kind()] * (self.data_kind() != self.DATA_KIND)
+        kind = self.data_kind()  # looks at the data folder: once
+        rest += [kind] * (kind != self.DATA_KIND)
         name = "_".join(head + rest + [f"s{self.seed}"])
         if len(name.encode()) > 120:  # file systems take 255 bytes: the main settings and a hash of the rest
             name = "_".join(head + [hashlib.sha1("_".join(rest).encode()).hexdigest()[:10], f"s{self.seed}"])
