@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import engine
 import optim
+import plan
 import utils
 from rundir import environment
 from augment import augment, normalize
@@ -280,8 +281,9 @@ def bench_loss_speed(device, precision, quick, batch=16, seq_len=256):
                  ratio=1.0)]
 
 
-CIFAR_SPLITS = dict(train=45_000, valid=5_000)
-WIKITEXT_SPLITS = dict(train=2_356_376, valid=245_046)  # GPT-1 BPE tokens of Wikitext-2
+# the study's data sizes (train, valid), where the data is not in place: the plan's
+CIFAR_SPLITS = dict(zip(("train", "valid"), plan.STANDARD["train_vit.py"]))
+WIKITEXT_SPLITS = dict(zip(("train", "valid"), plan.STANDARD["train_lm.py"]))  # GPT-1 BPE tokens
 
 
 def bench_real(device, precision, data_root, quick, with_compile=False, frozen=True):
