@@ -1,7 +1,7 @@
 """Throughput, FLOPs and MFU of every reference model, our trainer against peer ViT
 implementations, the fused LM loss against full logits (time and memory), the augmentation's share
 of a ViT-2 step, a ViT-6 and an LSTM-1 epoch (on the real data when it is there, else on random
-data of the same sizes), and the reference study's total time extrapolated from them.
+data of the same sizes). The whole study's time is the sweep's plan: DRY_RUN=1 bash runs.sh.
 
     python bench.py --quick                       # a few minutes on a CPU
     python bench.py --device cuda --json bench.json   # the GPU check: every GPU target in one run
@@ -51,15 +51,6 @@ def timed(fn, device, steps, warmup):
         fn()
     utils.sync(device)
     return (time.perf_counter() - start) / steps
-
-
-def matmul_ceiling(device, quick, dtype=None):
-    """The measured dense matmul rate in the precision the run uses (fp32 is TF32 on a GPU)."""
-    n = 2048 if device.type == "cpu" else 8192
-    dtype = dtype or torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = min(timed(lambda: a @ b, device, 3 if quick else 10, 2) for _ in range(3))
-    return 2 * n ** 3 / best
 
 
 def train_step(model, optimizer, loss_fn):
@@ -340,31 +331,6 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
     return rows
 
 
-def study_estimate(rows, compiled=False):
-    """Seconds for runs.sh's reference group (7 ViT runs of 50 epochs, 6 LSTM runs of 10) from the
-    measured ViT-6 and LSTM-1 epochs (eager or compiled), scaled to the other depths by the bare-step
-    throughputs measured in this run ('vit' and 'lm' sections; by FLOPs for the ViT when those are
-    missing). Compile warm-ups are not included."""
-    by_name = {r["model"]: r for r in rows}
-    vit6 = next((r for r in rows if "ViT-6 epoch" in r["model"] and r.get("compiled") == compiled), None)
-    lstm1 = next((r for r in rows if "LSTM-1 epoch" in r["model"] and r.get("compiled") == compiled), None)
-    if vit6 is None or lstm1 is None:
-        return []
-
-    def vit_epoch(layers):
-        a, b = by_name.get(f"ViT-{layers} prenorm"), by_name.get("ViT-6 prenorm")
-        ratio = b["throughput"] / a["throughput"] if a and b else vit_flops(layers) / vit_flops(6)
-        return vit6["epoch_s"] * ratio
-
-    def lstm_epoch(layers):
-        a, b = by_name.get(f"LM LSTM-{layers}"), by_name.get("LM LSTM-1")
-        return lstm1["epoch_s"] * (b["throughput"] / a["throughput"] if a and b else 1.0)
-    seconds = 50 * sum(vit_epoch(L) for L in (2, 2, 2, 2, 4, 6, 6)) + 10 * sum(lstm_epoch(L) for L in (1, 1, 1, 1, 2, 4))
-    how = f", compiled ({compiled})" if compiled else ""
-    return [dict(model=f"runs.sh reference group{how}, extrapolated (13 runs; total s)", unit="", throughput=None,
-                 epoch_s=seconds)]
-
-
 def table(rows, ceiling, ceiling_fp32, device, dtype):
     name = environment(device)["device_name"] if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
@@ -408,8 +374,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     dtype = precision.dtype
-    ceiling = matmul_ceiling(device, args.quick, dtype)
-    ceiling_fp32 = ceiling if dtype is None else matmul_ceiling(device, args.quick)
+    ceiling = plan.matmul_rate(device, dtype)
+    ceiling_fp32 = ceiling if dtype is None else plan.matmul_rate(device, None)
     rows = []
     sections = dict(vit=lambda: bench_vit_models(device, precision, args.quick),
                     peers=lambda: bench_vit_trainer(device, precision, args.quick),
@@ -424,9 +390,8 @@ def main(argv=None):
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
         # The machine's rate drifts: the fastest of the ceilings measured at the start and after
         # every section (a few seconds each on a CPU) is what it can do.
-        ceiling = max(ceiling, matmul_ceiling(device, args.quick, dtype))
-        ceiling_fp32 = ceiling if dtype is None else max(ceiling_fp32, matmul_ceiling(device, args.quick))
-    rows += sum((study_estimate(rows, mode) for mode in (False, "default", "reduce-overhead")), [])
+        ceiling = max(ceiling, plan.matmul_rate(device, dtype))
+        ceiling_fp32 = ceiling if dtype is None else max(ceiling_fp32, plan.matmul_rate(device, None))
     for r in rows:
         if r.get("tflops"):
             r["mfu"] = utils.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)

@@ -15,9 +15,20 @@ from pathlib import Path
 from utils import EXIT_USER_ERROR, check
 
 
-def option(default, help, choices=None, group="run and output"):
-    """A dataclass field that becomes a command-line flag, shown under `group` in --help."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group})
+ROLES = {
+    "setting": "changes what the run computes: compared on resume and between runs, named where not the default",
+    "context": "does not change what the run computes: may differ on resume, never named or compared",
+    "seed": "the replicate: named as _s<seed>, compared on resume, averaged over between runs",
+    "data": "a setting named by what it resolves to (the data's kind), not by its own value",
+}
+
+
+def option(default, help, choices=None, group="run and output", role="setting"):
+    """A dataclass field that becomes a command-line flag, shown under `group` in --help; its role
+    (ROLES) says how resumes, run names and the report treat it."""
+    assert role in ROLES, role
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
+                                                        "role": role})
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,7 +97,7 @@ class TrainConfig:
     optimizer: str = option("adamw", "sgd: plain SGD; momentum: SGD with momentum; adam: Adam without weight "
                             "decay; adamw: AdamW", ["sgd", "momentum", "adam", "adamw"], group="optimisation")
     batch_size: int = option(128, "examples (windows or images) per optimizer step", group="optimisation")
-    epochs: int = option(10, "passes over the training split", group="optimisation")
+    epochs: int = option(10, "passes over the training split", group="optimisation", role="context")
     lr: float = option(3e-4, "learning rate", group="optimisation")
     momentum: float = option(0.9, "momentum of the 'momentum' optimizer", group="optimisation")
     weight_decay: float = option(5e-4, "weight decay (sgd, momentum, adamw; adam uses none)", group="optimisation")
@@ -101,38 +112,38 @@ class TrainConfig:
     decay_exempt: bool = option(False, "no weight decay on biases, LayerNorm weights, position embeddings and the "
                                 "CLS token (as DeiT, timm and nanoGPT; the reference decayed every parameter)",
                                 group="optimisation")
-    seed: int = option(42, "seed of every random generator", group="optimisation")
+    seed: int = option(42, "seed of every random generator", group="optimisation", role="seed")
     recipe: str = option("reference", "the defaults to start from: the reference report's, or a stronger recipe "
                          "(listed below)", group="optimisation")
-    data_folder: str = option("", "dataset folder", group="data")
-    exp_id: str = option("", "run name; default: derived from the settings")
-    log_dir: str = option("logs", "folder that holds one sub-folder per run")
+    data_folder: str = option("", "dataset folder", group="data", role="context")
+    exp_id: str = option("", "run name; default: derived from the settings", role="context")
+    log_dir: str = option("logs", "folder that holds one sub-folder per run", role="context")
     grad_norms: bool = option(False, "log each layer's gradient norm (mean over the epoch's steps, and the "
                               "first step as epoch 0) to grad_norms.csv")
     limit_batches: int = option(0, "at most this many batches per split and epoch (0: all), for smoke runs")
-    no_progress: bool = option(False, "no progress bars")
-    resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint")
-    overwrite: bool = option(False, "delete an existing run directory of the same name and start again")
+    no_progress: bool = option(False, "no progress bars", role="context")
+    resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint", role="context")
+    overwrite: bool = option(False, "delete an existing run directory of the same name and start again",
+                             role="context")
     keep_checkpoint: bool = option(False, "keep checkpoint.pt when the run finishes, so that it can be extended "
-                                   "with --resume --epochs N (best weights and logs stay either way)")
-    device: str = option("auto", "auto picks CUDA when there is one", ["auto", "cpu", "cuda"], group="performance")
+                                   "with --resume --epochs N (best weights and logs stay either way)", role="context")
+    device: str = option("auto", "auto picks CUDA when there is one", ["auto", "cpu", "cuda"], group="performance",
+                         role="context")
     precision: str = option("auto", "auto: bf16 on GPUs that run it natively (compute capability 8.0+), fp16 "
                             "with loss scaling on older GPUs, fp32 on CPU", ["auto", "fp32", "bf16", "fp16"],
                             group="performance")
     compile: bool = option(False, "torch.compile the model; the warm-up is timed apart from the epochs",
                            group="performance")
 
-    # Settings that do not change what a run computes: they may differ on resume (a run folder moved
-    # or renamed, data moved, another device of the same precision) and stay out of default names.
-    # NOT_SETTINGS are, besides, never compared between runs (seeds are averaged).
-    MAY_DIFFER_ON_RESUME = ("epochs", "log_dir", "data_folder", "no_progress", "resume", "overwrite", "keep_checkpoint",
-                            "exp_id", "device")
-    NOT_IN_NAME = MAY_DIFFER_ON_RESUME
-    NOT_SETTINGS = NOT_IN_NAME + ("seed",)
     RECIPES = {}  # name -> the settings it changes (each trainer's own)
     PREFIX = "run"  # the default name's start, formatted with the settings
     NAMED = ("model", "layers", "optimizer", "recipe", "seed")  # spelled out in every default name
     DATA_KIND = "images"  # the data of the reference report, not named in default names
+
+    @classmethod
+    def with_role(cls, *roles):
+        """The names of the settings whose option() has one of these roles (ROLES)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("role", "setting") in roles)
 
     def data_kind(self):
         """What the data are, as --data_format and --data_folder resolve them (a name's part)."""
@@ -178,8 +189,9 @@ class TrainConfig:
                 else f"{f.name}{value:g}"
         head = [self.PREFIX.format(**dataclasses.asdict(self)), f"L{self.layers}", self.optimizer]
         head += [self.recipe] * (self.recipe != "reference")
+        unnamed = self.NAMED + self.with_role("context", "data")
         rest = [text(f, getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name not in self.NAMED + self.NOT_IN_NAME and getattr(self, f.name) != getattr(defaults, f.name)]
+                if f.name not in unnamed and getattr(self, f.name) != getattr(defaults, f.name)]
         kind = self.data_kind()  # looks at the data folder: once
         rest += [kind] * (kind != self.DATA_KIND)
         name = "_".join(head + rest + [f"s{self.seed}"])
@@ -189,10 +201,11 @@ class TrainConfig:
 
     def naming(self):
         """What config.json says about the run's name and settings, so readers need no list of their own:
-        the configuration's name (shared by its seeds), the settings that differ from the defaults (the
-        reference report's), which keys are not settings and which may differ on resume."""
-        defaults = type(self)()
-        changed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name not in self.NOT_SETTINGS and getattr(self, f.name) != getattr(defaults, f.name)}
+        the configuration's name (shared by its seeds), which keys are settings (ROLES) and which of
+        them differ from the defaults (the reference report's; the data's own are recorded as
+        data_kind), which keys are not settings and which may differ on resume."""
+        defaults, not_settings = type(self)(), self.with_role("context", "seed")
+        changed = {name: getattr(self, name) for name in self.with_role("setting")
+                   if getattr(self, name) != getattr(defaults, name)}
         return dict(configuration=re.sub(rf"_s{self.seed}(?=_|$)", "", self.exp_id), changed=changed,
-                    not_settings=list(self.NOT_SETTINGS), may_differ_on_resume=list(self.MAY_DIFFER_ON_RESUME))
+                    settings=list(self.with_role("setting")), not_settings=list(not_settings), may_differ_on_resume=list(self.with_role("context")))

@@ -3,8 +3,8 @@
 
 A trainer hands `fit` a task object that knows how a split becomes batches and a batch a loss:
 
-    task.metric          "acc" or "ppl"      task.maximize   True when higher is better
-    task.unit            "images" or "tokens"
+    task.metric, task.label   "acc", "accuracy" or "ppl", "perplexity"   task.maximize   higher is better
+    task.digits          decimals shown (4, 2)     task.unit "images" or "tokens"    task.title   the study's
     task.num_batches(split) -> int       task.batch_sizes(split) -> the set of its batches' sizes
     task.batches(split, epoch) -> iterator of batches (device tensors, order seeded by epoch)
     task.loss(model, batch) -> (summed loss: tensor, count: int, correct: tensor)
@@ -139,7 +139,7 @@ def run_epoch(model, task, split, epoch=1, step=None, precision=FP32, limit=0, s
                 if bar is not None:  # this process's running means
                     loss, accuracy = (sums * world / count).tolist()
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False,
-                                    **{task.metric: shown(task.metric, task.metric_value(loss, accuracy))})
+                                    **{task.metric: shown(task.metric_value(loss, accuracy), task.digits)})
             if bar is not None:
                 bar.update()
     if world > 1:
@@ -250,7 +250,8 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     the final and the best-validation model and write summary.json. Resumes from checkpoint.pt with
     cfg.resume; `files` (name -> bytes) are written beside the logs once the run may go on. Returns
     the summary dict."""
-    config = dict(dataclasses.asdict(cfg), naming=cfg.naming(), **(extra_config or {}))
+    metric = dict(name=task.metric, label=task.label, maximize=task.maximize, digits=task.digits)  # for the readers
+    config = dict(dataclasses.asdict(cfg), naming=cfg.naming(), metric=metric, title=task.title, **(extra_config or {}))
     step = make_step(model, task, cfg, optimizer, precision)
     run = RunDir(run_dir, task, cfg, config, fp16=step.scaler is not None, files=files)
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
@@ -273,7 +274,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
         if ema_improved:
             progress.best_ema = dict(epoch=epoch, value=ema_value)
         run.save_epoch(progress, new_norms, stateful, improved, ema_improved)
-        log_epoch(row, m, cfg.epochs)
+        log_epoch(row, task, cfg.epochs)
     check(progress.history, "no epoch was trained")
     summary = test_and_summarise(model, task, cfg, run, progress, step.ema, precision, device)
     summary["compile_seconds"] = compile_seconds
@@ -282,18 +283,19 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     return summary
 
 
-def shown(m, value):
-    """A metric as the console shows it: perplexity to two decimals (with thousands separators), accuracy to four."""
-    return f"{value:,.2f}" if m == "ppl" else f"{value:.4f}"
+def shown(value, digits):
+    """A metric as the console shows it: to the task's digits, with thousands separators."""
+    return f"{value:,.{digits}f}"
 
 
-def log_epoch(row, m, epochs):
+def log_epoch(row, task, epochs):
     if rank() != 0:
         return
-    ema = f"ema {m} {shown(m, row[f'ema_valid_{m}'])}  " if f"ema_valid_{m}" in row else ""
+    m, d = task.metric, task.digits
+    ema = f"ema {m} {shown(row[f'ema_valid_{m}'], d)}  " if f"ema_valid_{m}" in row else ""
     skipped = f"{row['skipped_steps']} steps skipped by the fp16 scaler  " if row.get("skipped_steps") else ""
-    print(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(m, row[f'train_{m}'])}  "
-          f"valid loss {row['valid_loss']:.4f} {m} {shown(m, row[f'valid_{m}'])}  {ema}{skipped}"
+    print(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(row[f'train_{m}'], d)}  "
+          f"valid loss {row['valid_loss']:.4f} {m} {shown(row[f'valid_{m}'], d)}  {ema}{skipped}"
           f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)", flush=True)
 
 
@@ -317,11 +319,12 @@ def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
     mem_mb, mem_pct = peak_memory(device)
     history = progress.history
     if rank() == 0:
-        with_ema = "" if ema is None else (f"; EMA final {shown(m, ema_tests[f'ema_test_{m}'])}, best-valid EMA "
+        d = task.digits
+        with_ema = "" if ema is None else (f"; EMA final {shown(ema_tests[f'ema_test_{m}'], d)}, best-valid EMA "
                                            f"(epoch {progress.best_ema['epoch']}) "
-                                           f"{shown(m, ema_tests[f'ema_best_test_{m}'])}")
-        print(f"test {m}: final {shown(m, final['metric'])}, best-valid model (epoch {progress.best['epoch']}) "
-              f"{shown(m, best['metric'])}{with_ema}; logs in {run.path}")
+                                           f"{shown(ema_tests[f'ema_best_test_{m}'], d)}")
+        print(f"test {m}: final {shown(final['metric'], d)}, best-valid model (epoch {progress.best['epoch']}) "
+              f"{shown(best['metric'], d)}{with_ema}; logs in {run.path}")
     return dict(
         params_total=sum(p.numel() for p in raw.parameters()),
         params_learnable=sum(p.numel() for p in raw.parameters() if p.requires_grad),

@@ -134,7 +134,7 @@ def work(run, sizes, classes):
 
 def matmul_rate(device, dtype):
     """FLOP/s of a square matmul in the runs' precision, the best of a few (a fraction of a second)."""
-    n = 4096 if device.type == "cuda" else 2048
+    n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
     best = math.inf
     for _ in range(5):

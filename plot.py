@@ -21,10 +21,8 @@ import numpy as np
 
 from report import DamagedReference, compare, load_reference, markdown, reference_config, table_cells, write_file, \
     write_html
-from results import TASKS, find_runs, group_key
+from results import find_runs, group_key
 
-# config.json keys that are context, not settings (besides each run's config["naming"]["not_settings"])
-CONTEXT = {"environment", "data_source", "classes", "naming", "model_args", "precision_reason", "world_size"}
 
 
 def mean_std(values):
@@ -44,9 +42,10 @@ class Group:
 
     def __init__(self, name, runs):
         self.name, self.runs = name, runs
-        self.task = runs[0].task
-        self.m, _, self.maximize, _ = TASKS[self.task]
+        self.task, metric = runs[0].task, runs[0].metric  # as the task stated it in config.json
+        self.m, self.label, self.maximize, self.digits = (metric[k] for k in ("name", "label", "maximize", "digits"))
         c = self.config = runs[0].config
+        self.title = str(c.get("title") or self.task)
         # a smoke run: --limit_batches, or fewer epochs than asked (still running, or stopped)
         self.smoke = any(r.config.get("limit_batches") or len(r.rows) < (r.config.get("epochs") or 0) for r in runs)
         self.architecture = (f"ViT {c.get('block')}" if self.task == "vit" else f"Transformer {c.get('block')}"
@@ -92,7 +91,7 @@ class Group:
 
 
 def tables(groups, task, ref=None):
-    (m, label, _, _), digits = TASKS[task], 2 if task == "lm" else 4  # perplexity to two decimals
+    m, label, digits = groups[0].m, groups[0].label, groups[0].digits
     with_ref = any(reference_config(g, ref) for g in groups) if ref else False
     results_cols = ["architecture", "layers", "optimizer", "experiment", "seeds", "epochs", f"best train {label}",
                     f"best valid {label}", f"test {label} (final model)", f"test {label} (best-valid model)"]
@@ -135,7 +134,7 @@ def pyplot():  # headless, imported only when a figure is drawn
 def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
     """The metric and the loss over epochs and over time, a row of panels per (at most) per_panel
     configurations, so that every curve and legend entry stays readable; rows share their y axes."""
-    plt, (m, label, _, title), written = pyplot(), TASKS[task], []
+    plt, m, label, title, written = pyplot(), groups[0].m, groups[0].label, groups[0].title, []
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
     size = math.ceil(len(groups) / math.ceil(len(groups) / per_panel))  # balanced: 13 -> 7 + 6
@@ -159,14 +158,14 @@ def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
                 reported = (reference_config(g, ref) or {}).get(f"best_valid_{m}") if ref else None
                 if reported is not None:  # a level, not a point of our time: the report's run was not ours
                     axes[0].axhline(reported, color=colour, ls=":", lw=1.5)
-            for ax, kind in zip(axes, (label + " (fraction, 0 to 1)" * (task == "vit"), "loss")):
+            for ax, kind in zip(axes, (label + " (fraction, 0 to 1)" * (m == "acc"), "loss")):
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(kind)
                 ax.grid(alpha=0.3)
                 if x == "epoch":  # whole epochs, with room around a single one
                     ax.set_xticks(range(1, n + 1)) if n <= 12 else ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                     ax.set_xlim(0.5, n + 0.5)
-            if task == "lm" and any(np.nanmax(line.get_ydata(), initial=0) > 0 for line in axes[0].get_lines()):
+            if m == "ppl" and any(np.nanmax(line.get_ydata(), initial=0) > 0 for line in axes[0].get_lines()):
                 axes[0].set_yscale("log")  # not when every value is a gap
             handles, labels = axes[0].get_legend_handles_labels()
             axes[1].legend(handles + [k for k, _ in keys], labels + [t for _, t in keys], loc="center left",
@@ -189,12 +188,13 @@ def finish(fig, title, path):
 
 def pairs_by(groups, key, *more):
     """Groups that differ only in config[key] (and the keys in more), as a list of
-    {value (or tuple of values): group}, one dict per setting of everything else."""
+    {value (or tuple of values): group}, one dict per value of the other settings (config.json's
+    keys that its trainer names as settings)."""
     keys = (key, *more)
     out = {}
     for g in groups:
-        ignored = CONTEXT | set((g.config.get("naming") or {}).get("not_settings", ()))
-        settings = {k: v for k, v in g.config.items() if k not in ignored and k not in keys}
+        names = (g.config.get("naming") or {}).get("settings") or []
+        settings = {k: g.config.get(k) for k in names if k not in keys}
         value = g.config.get(key) if not more else tuple(g.config.get(k) for k in keys)
         out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[value] = g
     return [v for v in out.values() if len(v) > 1]
@@ -231,16 +231,16 @@ def plot_grad_norms(groups, task, out_dir):
         ax.grid(alpha=0.3)
     axes[0][-1].legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.02, 0.5),
                        fontsize=8)
-    title = f"{TASKS[task][3]}: per-layer gradient norms" + ("" if last > 1 else " (one epoch: no last-epoch panel)")
+    title = f"{groups[0].title}: per-layer gradient norms" + ("" if last > 1 else " (one epoch: no last-epoch panel)")
     return [finish(fig, title, out_dir / f"{task}_grad_norms.png")]
 
 
 def norm_findings(groups, task):
     """Pre- vs post-norm, with and without warmup (Xiong et al. 2020): accuracy and the gradient
     norms' shape at initialisation, mean +- std over seeds, one table per setting of the rest."""
-    m, label, _, _ = TASKS[task]
     lines = []
     for table in pairs_by(groups, "block", "warmup_epochs"):
+        m, label = groups[0].m, groups[0].label
         if {b for b, _ in table} != {"prenorm", "postnorm"} or len({w or 0 for _, w in table}) < 2:
             continue  # the plain pre/post comparison is a finding of its own
         lines += ["", f"Pre- vs post-norm, with and without warmup ({', '.join(sorted(g.name for g in table.values()))}):",
@@ -260,7 +260,9 @@ def norm_findings(groups, task):
 
 def findings(groups, task):
     """The report's questions, answered from the numbers of full runs: smoke runs are named, not used."""
-    m, label, maximize, title = TASKS[task]
+    m, label, maximize, title = groups[0].m, groups[0].label, groups[0].maximize, groups[0].title
+    digits = groups[0].digits
+    show = lambda *stat: fmt(*stat, digits=digits)  # noqa: E731 - the metric to its task's digits
     smoke, groups = [g.name for g in groups if g.smoke], [g for g in groups if not g.smoke]
     lines = [f"## {title}", ""] + [f"- Smoke runs (`--limit_batches`, or fewer epochs than asked), tabulated but "
                                    f"not compared: {', '.join(smoke)}."] * bool(smoke)
@@ -280,15 +282,15 @@ def findings(groups, task):
     reached = {k: v for k, v in reach.items() if v is not None}
     if reached:
         name = min(reached, key=reached.get)
-        lines.append(f"- Fastest to a valid {label} of {fmt(target)} (the median of the configurations' best): "
+        lines.append(f"- Fastest to a valid {label} of {show(target)} (the median of the configurations' best): "
                      f"**{name}** in {reached[name]:.1f} s; {len(reached)} of {len(timed)} configurations reach it.")
     selectable = [g for g in timed if g.summary_value(f"best_test_{m}")[0] is not None]
     if selectable:
         pick = (max if maximize else min)(selectable, key=lambda g: g.best_of(f"valid_{m}")[0])
         lines.append(f"- Best generalisation, selected on validation: **{pick.name}**, best valid {label} "
-                     f"{fmt(*pick.best_of(f'valid_{m}'))}, test {label} of that model "
-                     f"{fmt(*pick.summary_value(f'best_test_{m}'))} "
-                     f"(final model: {fmt(*pick.summary_value(f'test_{m}'))}).")
+                     f"{show(*pick.best_of(f'valid_{m}'))}, test {label} of that model "
+                     f"{show(*pick.summary_value(f'best_test_{m}'))} "
+                     f"(final model: {show(*pick.summary_value(f'test_{m}'))}).")
     for pair in pairs_by(groups, "block"):
         if {"prenorm", "postnorm"} <= set(pair):
             pre, post = pair["prenorm"], pair["postnorm"]
@@ -298,14 +300,14 @@ def findings(groups, task):
             seeds = (f"{len(pre.runs)} seed{'s' * (len(pre.runs) > 1)} each" if len(pre.runs) == len(post.runs)
                      else f"{len(pre.runs)} and {len(post.runs)} seeds")
             lines.append(f"- Pre- vs post-norm ({pre.name} / {post.name}, {seeds}): best valid {label} "
-                         f"{fmt(*pv)} vs {fmt(*post_v)}; test {fmt(*pt)} vs {fmt(*post_t)}"
-                         + (f"; gap (pre - post) {gap:+.4f}." if gap is not None else "."))
+                         f"{show(*pv)} vs {show(*post_v)}; test {show(*pt)} vs {show(*post_t)}"
+                         + (f"; gap (pre - post) {gap:+.{digits}f}." if gap is not None else "."))
     for g in groups:
         if g.summary_value(f"ema_best_test_{m}")[0] is not None:
             lines.append(f"- Weight average (EMA) of **{g.name}**: best valid {label} "
-                         f"{fmt(*g.summary_value(f'ema_best_valid_{m}'))} (the model itself: "
-                         f"{fmt(*g.best_of(f'valid_{m}'))}), test {label} of the best-valid EMA "
-                         f"{fmt(*g.summary_value(f'ema_best_test_{m}'))}.")
+                         f"{show(*g.summary_value(f'ema_best_valid_{m}'))} (the model itself: "
+                         f"{show(*g.best_of(f'valid_{m}'))}), test {label} of the best-valid EMA "
+                         f"{show(*g.summary_value(f'ema_best_test_{m}'))}.")
     lines += norm_findings(groups, task)
     unfinished = [r for g in groups for r in g.runs if not r.summary]
     if unfinished:
@@ -340,7 +342,7 @@ def main(argv=None):
 def write_report(runs, log_dirs, out_dir, ref):
     """Every study's tables, figures and findings, summary.md and index.html; the exit code."""
     opening, body, figures, pages, smoke_only = [], [], [], [], True
-    for task in TASKS:
+    for task in sorted({r.task for r in runs if r.rows}):
         by_key = {}
         for r in runs:
             if r.task == task and r.rows:
@@ -372,7 +374,7 @@ def report_task(task, groups, out_dir, ref):
     """One study's tables (markdown and CSV), figures and findings: (summary lines, figures, tables)."""
     (rc, results), (cc, costs), flat = tables(groups, task, ref)
     note = f"\n{ref['note']}\n" if ref and "report" in rc and task == "vit" else ""
-    page = f"# {TASKS[task][3]}\n\n## Results\n\n{markdown(rc, results)}{note}\n## Cost\n\n{markdown(cc, costs)}"
+    page = f"# {groups[0].title}\n\n## Results\n\n{markdown(rc, results)}{note}\n## Cost\n\n{markdown(cc, costs)}"
     write_file(out_dir / f"summary_{task}.md", page)
     rows = io.StringIO()
     writer = csv.DictWriter(rows, fieldnames=list(flat[0]), lineterminator="\n")

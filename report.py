@@ -17,7 +17,7 @@ from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent / "reference.json"
 IDENTITY = {"vit": ("layers", "block", "optimizer"), "lm": ("model", "layers", "optimizer")}
-ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings", "data_format"}}
+ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings"}}
 
 
 class DamagedReference(ValueError):
@@ -100,9 +100,8 @@ def not_comparable(group, ref):
     return "; ".join(sorted(reasons))
 
 
-def reported(task, rc):
-    """(what is compared, the report's value): its test metric where it gives one, else best valid."""
-    m = "acc" if task == "vit" else "ppl"
+def reported(m, rc):
+    """(what is compared, the report's value): its test metric m where it gives one, else best valid."""
     return (f"test {m}", rc[f"test_{m}"]) if f"test_{m}" in rc else (f"best valid {m}", rc.get(f"best_valid_{m}"))
 
 
@@ -133,7 +132,7 @@ def compare(groups, task, ref):
     lines = [f"### {'ViT' if task == 'vit' else 'LM'} against the reference report (reproduced: within {within})", ""]
     for rc in ref[task]["configs"]:
         name = " ".join(f"{k} {rc[k]}" for k in IDENTITY[task])
-        what, theirs = reported(task, rc)
+        what, theirs = reported(groups[0].m, rc)
         if theirs is None:
             continue  # the report gives no metric for this configuration (only its time)
         matching = [g for g in groups if reference_config(g, ref) is rc]
@@ -157,12 +156,12 @@ def table_cells(group, ref):
     rc = reference_config(group, ref) if ref else None
     if rc is None:
         return ["", ""]
-    what, theirs = reported(group.task, rc)
+    what, theirs = reported(group.m, rc)
     value = ours(group, what)
     if theirs is None:
         return ["", ""]
     why = not_comparable(group, ref)
-    digits = 2 if "ppl" in what else 4  # perplexity to two decimals, accuracy and loss to four
+    digits = group.digits
     compared = value is not None and not group.smoke  # a smoke run is no result to set against the report's
     diff = f"{value - theirs:+,.{digits}f}" + (" (other settings)" if why else "") if compared else ""
     return [f"{theirs:,.{digits}f} ({what})", diff]

@@ -10,8 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = {"lm": ("ppl", "perplexity", False, "Language model (Wikitext-2)"),
-         "vit": ("acc", "accuracy", True, "Vision Transformer (CIFAR-10)")}
+METRIC = dict(name=str, label=str, maximize=bool, digits=int)  # config.json's "metric", as the task states it
 
 
 @dataclass
@@ -23,6 +22,7 @@ class Run:
     norms: dict = field(default_factory=dict)  # epoch -> [norm of layer 1, 2, ...] (grad_norms.csv)
     task: str = ""
     name: str = ""                              # the configuration's: seeds share it
+    metric: dict = None                         # name, label, maximize, digits (METRIC)
     problems: list = field(default_factory=list)
 
 
@@ -74,17 +74,20 @@ def read_json(path, problems):
 
 def read_run(path):
     """One run directory -> Run. Damage is recorded in run.problems, never raised; a run whose
-    config.json is unreadable or of an unknown task has no rows and is listed as skipped."""
-    problems = []
+    config.json is unreadable or states no task and metric has no rows and is listed as skipped."""
+    problems, later = [], []
     config = read_json(path / "config.json", problems) or {}
-    task = config.get("task")
-    if not config or task not in TASKS:
-        why = ("no config.json" if not (path / "config.json").exists() else f"unknown task {task!r}" if config
-               else "config.json is empty")
-        return Run(path, config, [], task=task, name=path.name, problems=problems or [f"{why}: not plotted"])
+    summary = read_json(path / "summary.json", later)  # whether it finished, even when nothing else is readable
+    task, metric = config.get("task"), config.get("metric")
+    if not (isinstance(task, str) and isinstance(metric, dict)
+            and all(isinstance(metric.get(k), kind) for k, kind in METRIC.items())):
+        why = ("no config.json" if not (path / "config.json").exists() else "config.json is empty" if not config
+               else "config.json states no task and metric (name, label, maximize, digits; an older version's run)")
+        return Run(path, config, [], summary, task=task, name=path.name,
+                   problems=(problems or [f"{why}: not plotted"]) + later)
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
-    run = Run(path, config, read_rows(path / "metrics.csv", TASKS[task][0], problems), task=task, name=str(name),
-              problems=problems)
+    run = Run(path, config, read_rows(path / "metrics.csv", metric["name"], problems), summary, task=task,
+              name=str(name), metric=metric, problems=problems + later)
     try:
         with open(path / "grad_norms.csv") as f:
             for row in csv.DictReader(f):
@@ -95,7 +98,6 @@ def read_run(path):
     except (OSError, ValueError, KeyError, TypeError) as e:
         run.problems.append(f"grad_norms.csv unreadable ({e})")
         run.norms = {}
-    run.summary = read_json(path / "summary.json", run.problems)
     return run
 
 

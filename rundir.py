@@ -280,7 +280,7 @@ class RunDir:
         and why a precision was chosen may all change (a run moved to another machine or GPU)."""
         now = json_plain(self.config)
         defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
-        context = set(self.cfg.MAY_DIFFER_ON_RESUME) | {"naming", "data_source", "precision_reason"}
+        context = set(self.cfg.with_role("context")) | {"naming", "data_source", "precision_reason"}
         diffs = [k for k in sorted(set(saved) | set(now)) if k not in context and (k in saved or k in defaults)
                  and saved.get(k, defaults.get(k)) != now.get(k)]  # a record added since: not compared
         data = [k for k in diffs if k in DATA_KEYS]

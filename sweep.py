@@ -31,7 +31,6 @@ seconds; the same command resumes. A failing run does not stop the others: the f
 at the end and the exit code is 1.
 """
 import dataclasses
-import json
 import os
 import queue
 import re
@@ -75,7 +74,7 @@ class Run:
     script: str
     argv: list                # the trainer's flags
     cfg: object               # its parsed Config
-    done: int = 0             # epochs it has already run
+    done: int = 0             # epochs it has already run (the plan reads them)
     seconds: float = None     # the time it still needs; None: not estimated
     disk: int = 0             # bytes it holds when finished
     checkpoint: int = 0       # bytes of checkpoint.pt while it runs
@@ -178,14 +177,6 @@ def select(s):
     return runs
 
 
-def finished(run):
-    """Whether its summary.json has at least the epochs asked for."""
-    try:
-        return json.loads((Path(run.cfg.log_dir) / run.exp_id / "summary.json").read_text())["epochs"] >= run.cfg.epochs
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 class Sweep:
     """The runs as a work queue over workers (one per GPU, or one on the device), each run a child
     process in its own process group, its output appended to <log_dir>/<exp_id>.log (and shown, with
@@ -215,7 +206,7 @@ class Sweep:
             self.run_one(run, gpu, threads)
 
     def run_one(self, run, gpu, threads):
-        if finished(run):
+        if run.done >= run.cfg.epochs:  # as the plan found it
             return print(f"== {run.exp_id}: done, skipped", flush=True)
         command = run.command(self.s["python"])
         print(f"== {run.exp_id}{f' on GPU {gpu}' if gpu is not None else ''}: {shlex.join(command)}", flush=True)

@@ -116,7 +116,7 @@ def write_lm_run(folder, values, exp_id="lm_lstm_L1_adam_s42", cut=None):
     """A finished LM run directory with these valid perplexities (loss is their log, inf allowed)."""
     run = folder / exp_id
     run.mkdir(parents=True)
-    config = dict(task="lm", model="lstm", layers=1, optimizer="adam", epochs=len(values), seed=42, exp_id=exp_id,
+    config = dict(task="lm", metric=dict(name="ppl", label="perplexity", maximize=False, digits=2), model="lstm", layers=1, optimizer="adam", epochs=len(values), seed=42, exp_id=exp_id,
                   naming=dict(configuration=exp_id[:-4], changed={}, not_settings=["seed", "exp_id"]))
     (run / "config.json").write_text(json.dumps(config))
     lines = ["epoch,train_loss,train_ppl,valid_loss,valid_ppl,train_time,valid_time,elapsed,peak_mem_mb,mem_pct"]

@@ -13,6 +13,7 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import plot
 from test_data import TempDir, write_image_folder, write_text_files
@@ -60,15 +61,32 @@ def tearDownModule():
 
 
 def sweep(env, timeout=120):
-    return subprocess.run(["bash", str(HERE / "runs.sh")], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=timeout)
+    """`bash runs.sh` with env, python3 being this interpreter."""
+    return subprocess.run(["bash", str(HERE / "runs.sh")], env={**os.environ, "PATH": f"{STUBS}:{os.environ['PATH']}",
+                                                                **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def sweep_here(env):
+    """sweep.py's main in this process, as `bash runs.sh` runs it (TestSweepProcesses runs it so):
+    (exit code, stdout, stderr). Much faster than a process with its own torch import per call."""
+    import sweep as sweep_module
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(HERE)
+        with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = sweep_module.main() or 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        os.chdir(cwd)
+    return code, out.getvalue(), err.getvalue()
 
 
 def dry_run(**env):
     """The commands of a dry run (EMBEDDINGS=none unless given: auto depends on the data in place)."""
-    proc = sweep(dict(dict(DRY_RUN="1", EMBEDDINGS="none", PATH=f"{STUBS}:{os.environ['PATH']}"), **env))
-    assert proc.returncode == 0, proc.stderr
-    return [line for line in proc.stdout.splitlines() if " --exp_id " in line]
+    code, out, err = sweep_here(dict(dict(DRY_RUN="1", EMBEDDINGS="none"), **env))
+    assert code == 0, err
+    return [line for line in out.splitlines() if " --exp_id " in line]
 
 
 def exp_ids(lines):
@@ -163,11 +181,11 @@ class TestSweepList(unittest.TestCase):
                               (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(ONLY="(vit"), "not a valid regular"),
                               (dict(DEVICE="tpu"), "DEVICE must be"), (dict(SEEDS=" "), "SEEDS=' ' gives no seed"),
                               (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group")):
-            proc = sweep(dict(DRY_RUN="1", **env))
-            self.assertEqual(proc.returncode, 2, env)
-            self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
-            self.assertIn(fragment, proc.stderr)
-        proc = sweep(dict(DRY_RUN="maybe"))
+            code, _, err = sweep_here(dict(DRY_RUN="1", **env))
+            self.assertEqual(code, 2, env)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn(fragment, err)
+        proc = sweep(dict(DRY_RUN="maybe"))  # through runs.sh, as a user meets it
         self.assertEqual((proc.returncode, proc.stderr.strip()), (2, "error: DRY_RUN must be 1, true or yes (or 0, "
                                                                       "false, no), got 'maybe'"))
         self.assertEqual(len(dry_run(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference")), 1)
@@ -224,13 +242,19 @@ class TestSweepMechanics(TempDir):
         self.assertNotIn("plot", proc.stdout)
 
 
+METRICS = dict(vit=dict(metric=dict(name="acc", label="accuracy", maximize=True, digits=4), title="ViT"),
+               lm=dict(metric=dict(name="ppl", label="perplexity", maximize=False, digits=2), title="LM"))
+
+
 def write_run(root, exp_id, config, rows, summary=None, changed=None):
     run = Path(root) / exp_id
     run.mkdir(parents=True)
-    # as the trainers write it: the configuration's name (the seeds' common name) and the non-settings
+    # as the trainers write it: the configuration's name (the seeds' common name), settings and non-settings
     naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"],
+                  settings=[k for k in config if k not in ("task", "seed", "epochs")],
                   **({} if changed is None else dict(changed=changed)))
-    (run / "config.json").write_text(json.dumps(dict(exp_id=exp_id, naming=naming, **config)))
+    stated = METRICS.get(config.get("task"), {})  # as the trainers state their task's metric
+    (run / "config.json").write_text(json.dumps(dict(dict(exp_id=exp_id, naming=naming, **stated), **config)))
     if rows is not None:
         with open(run / "metrics.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
@@ -401,7 +425,8 @@ class TestSweepProcesses(TempDir):
 
     def test_a_printed_command_pastes_as_it_is(self):
         odd = self.tmp / "my logs $(touch pwned) 'x'"
-        lines = dry_run(LOG_DIR=str(odd), ONLY="^vit_L2_sgd$")
+        proc = sweep(dict(DRY_RUN="1", LOG_DIR=str(odd), ONLY="^vit_L2_sgd$"))  # printed by runs.sh
+        lines = [line for line in proc.stdout.splitlines() if " --exp_id " in line]
         self.assertEqual(len(lines), 1)
         fake = self.tmp / "py"
         fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS"\n')
@@ -525,7 +550,7 @@ class TestPlot(TempDir):
         summary = (logs / "report" / "summary.md").read_text()
         for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"), ("nocols_s1", "lacks"),
                           ("badsum_s1", "not a JSON object"), ("badconfig", "not a JSON object"),
-                          ("unknown_s1", "unknown task"), ("orphan", "no config.json")):
+                          ("unknown_s1", "states no task and metric"), ("orphan", "no config.json")):
             self.assertIn(f"{name}: ", summary)
             self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
             self.assertIn(name, err.getvalue())
@@ -704,8 +729,10 @@ class TestQuickSweep(TempDir):
         lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
         vit, _ = write_image_folder(self.tmp / "images", per_class=(440, 44))  # 128-image batches fit every split
         logs = self.tmp / "logs"
+        # every group, one seed of the norms group; two workers of one thread each (a queue of two
+        # "GPUs" on the CPU): the real trainers through the work queue, in about half the time
         env = dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit), LOG_DIR=str(logs),
-                   DEVICE="cpu", NORMS_SEEDS="1")  # every group, one seed of the norms group
+                   DEVICE="cpu", NORMS_SEEDS="1", GPUS="0 1")
         proc = sweep(env, timeout=900)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
         words = lambda n: n + "_words" * n.startswith("lm_")  # noqa: E731 - word-level text, named so

@@ -128,6 +128,11 @@ class TestLanguageModelCli(CliCase):
                 config = json.loads((run_dir / "config.json").read_text())
                 self.assertEqual((config["model"], config["layers"]), (core, 2))
                 self.assertEqual(config["environment"]["torch"], torch.__version__)
+                # what the readers take from the run itself: its metric, and which keys are settings
+                self.assertEqual(config["metric"], dict(name="ppl", label="perplexity", maximize=False, digits=2))
+                settings = config["naming"]["settings"]
+                self.assertTrue({"model", "layers", "lr", "embeddings", "precision"} <= set(settings))
+                self.assertFalse({"seed", "epochs", "device", "data_folder", "data_format"} & set(settings))
                 vocab = (run_dir / "vocab.txt").read_text().splitlines()
                 self.assertEqual(vocab[:3], ["<pad>", "<unk>", "<eos>"])
                 self.assertEqual(len(vocab), config["vocab_size"])
@@ -188,6 +193,7 @@ class TestVitCli(CliCase):
         config = json.loads((run_dir / "config.json").read_text())
         self.assertEqual((config["block"], config["optimizer"], config["effective_weight_decay"]),
                          ("postnorm", "momentum", 5e-4))
+        self.assertEqual(config["metric"], dict(name="acc", label="accuracy", maximize=True, digits=4))
 
 
 class TestExactMetrics(unittest.TestCase):
@@ -1085,6 +1091,8 @@ class TestDisk(CliCase):
 
 class TestCtrlCDuringAWrite(unittest.TestCase):
     def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_stops(self):
+        # Python's own handler, also where the tests run as a background job (SIGINT ignored)
+        self.addCleanup(signal.signal, signal.SIGINT, signal.signal(signal.SIGINT, signal.default_int_handler))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "checkpoint.pt"
             state = {"w": torch.arange(100_000.0)}

@@ -38,9 +38,9 @@ class Config(TrainConfig):
     batch_size: int = option(16, "windows of seq_len tokens per optimizer step", group="optimisation")
     lr: float = option(1e-3, "learning rate", group="optimisation")
     data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt; "
-                              "what is missing is downloaded there", group="data")
+                              "what is missing is downloaded there", group="data", role="context")
     data_format: str = option("auto", "tokens: the reference's GPT-1 token ids; words: word-level text; auto: "
-                              "whichever is there, token files first", ["auto", "tokens", "words"], group="data")
+                              "whichever is there, token files first", ["auto", "tokens", "words"], group="data", role="data")
     seq_len: int = option(256, "tokens per window (each predicts the next token)", group="data")
     embeddings: str = option("", "gpt1: GPT-1's pretrained token embeddings (the reference's; fetched once "
                              "beside the token files), or an .npz with array 'tokens' (vocab x embedding_size); "
@@ -64,7 +64,6 @@ class Config(TrainConfig):
 
     PREFIX = "lm_{model}"
     DATA_KIND = "tokens"  # the report's: GPT-1 token ids
-    NOT_IN_NAME = TrainConfig.NOT_IN_NAME + ("data_format",)  # named by what it resolves to: data_kind
 
     def data_kind(self):
         """tokens or words: --data_format, or with auto what load_wikitext reads in --data_folder (the
@@ -85,7 +84,8 @@ class TextTask:
     """Next-token prediction over windows of a token stream; the loss is summed over real tokens.
     With batching="streams" the windows are read in stream order and the model's state is carried
     from one batch to the next (detached: backpropagation stops at the window's start)."""
-    metric, maximize, unit = "ppl", False, "tokens"
+    metric, label, maximize, digits, unit = "ppl", "perplexity", False, 2, "tokens"
+    title = "Language model (Wikitext-2)"
 
     def __init__(self, corpus, seq_len, batch_size, seed, batching="windows"):
         self.streams = batching == "streams"

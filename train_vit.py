@@ -27,7 +27,8 @@ class Config(TrainConfig):
     layers: int = option(2, "number of transformer blocks", group="model")
     batch_size: int = option(128, "images per optimizer step", group="optimisation")
     lr: float = option(3e-4, "learning rate", group="optimisation")
-    data_folder: str = option("./data/cifar10", "ImageFolder tree or torchvision CIFAR-10 folder", group="data")
+    data_folder: str = option("./data/cifar10", "ImageFolder tree or torchvision CIFAR-10 folder", group="data",
+                              role="context")
     embed_dim: int = option(256, "token width", group="model")
     hidden_dim: int = option(512, "MLP hidden width", group="model")
     num_heads: int = option(8, "attention heads", group="model")
@@ -62,7 +63,8 @@ class ImageTask:
     """CIFAR-10 classification: augmented (and optionally mixed) shuffled batches for training, plain
     ones otherwise. A batch is (images, labels, labels_b, lam, count): the loss is
     lam * CE(labels) + (1 - lam) * CE(labels_b), with lam = 1 and labels_b = labels when unmixed."""
-    metric, maximize, unit = "acc", True, "images"
+    metric, label, maximize, digits, unit = "acc", "accuracy", True, 4, "images"
+    title = "Vision Transformer (CIFAR-10)"
 
     def __init__(self, data, batch_size, seed, label_smoothing=0.0, augment="reference", mixup=0.0, cutmix=0.0):
         self.data, self.batch_size, self.seed = data, batch_size, seed
