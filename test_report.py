@@ -82,9 +82,15 @@ def sweep_here(env):
     return code, out.getvalue(), err.getvalue()
 
 
-def dry_run(**env):
-    """The commands of a dry run (EMBEDDINGS=none unless given: auto depends on the data in place)."""
-    code, out, err = sweep_here(dict(dict(DRY_RUN="1", EMBEDDINGS="none"), **env))
+def dry_run(through_bash=False, **env):
+    """The commands of a dry run (EMBEDDINGS=none unless given: auto depends on the data in place),
+    in this process or through `bash runs.sh`."""
+    env = dict(dict(DRY_RUN="1", EMBEDDINGS="none"), **env)
+    if through_bash:
+        proc = sweep(env)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        code, out, err = sweep_here(env)
     assert code == 0, err
     return [line for line in out.splitlines() if " --exp_id " in line]
 
@@ -126,7 +132,7 @@ class TestSweepList(unittest.TestCase):
         import train_lm
         import train_vit
         for embeddings in ("none", "gpt1", "/x/glove.6B.npz"):
-            lines = dry_run(EMBEDDINGS=embeddings, SEEDS="42 7")
+            lines = dry_run(embeddings == "none", EMBEDDINGS=embeddings, SEEDS="42 7")  # the first as a user runs it
             self.assertEqual(len(lines), 2 * 22 + 12)
             for line in lines:
                 _, script, *flags = line.split()
