@@ -45,7 +45,7 @@ class Group:
         self.task, metric = runs[0].task, runs[0].metric  # as the task stated it in config.json
         self.m, self.label, self.maximize, self.digits = (metric[k] for k in ("name", "label", "maximize", "digits"))
         c = self.config = runs[0].config
-        self.title = str(c.get("title") or self.task)
+        self.title = c["title"]
         # a smoke run: --limit_batches, or fewer epochs than asked (still running, or stopped)
         self.smoke = any(r.config.get("limit_batches") or len(r.rows) < (r.config.get("epochs") or 0) for r in runs)
         self.architecture = (f"ViT {c.get('block')}" if self.task == "vit" else f"Transformer {c.get('block')}"

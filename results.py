@@ -7,10 +7,22 @@ raised, so that one broken run never hides the others. No torch.
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 METRIC = dict(name=str, label=str, maximize=bool, digits=int)  # config.json's "metric", as the task states it
+WORD, TEXT = r"[A-Za-z0-9_]{1,40}", r"[\w ().,:+-]{1,80}"  # a file name's part; a title or label (no markup)
+
+
+def stated(config):
+    """Whether config.json states its task (a word: it names files), title and metric as a trainer does."""
+    metric = config.get("metric")
+    return (isinstance(config.get("task"), str) and re.fullmatch(WORD, config["task"])
+            and isinstance(config.get("title"), str) and re.fullmatch(TEXT, config["title"])
+            and isinstance(metric, dict) and all(isinstance(metric.get(k), kind) for k, kind in METRIC.items())
+            and re.fullmatch(WORD, metric["name"]) and re.fullmatch(TEXT, metric["label"])
+            and 0 <= metric["digits"] <= 12)
 
 
 @dataclass
@@ -79,10 +91,10 @@ def read_run(path):
     config = read_json(path / "config.json", problems) or {}
     summary = read_json(path / "summary.json", later)  # whether it finished, even when nothing else is readable
     task, metric = config.get("task"), config.get("metric")
-    if not (isinstance(task, str) and isinstance(metric, dict)
-            and all(isinstance(metric.get(k), kind) for k, kind in METRIC.items())):
+    if not stated(config):
         why = ("no config.json" if not (path / "config.json").exists() else "config.json is empty" if not config
-               else "config.json states no task and metric (name, label, maximize, digits; an older version's run)")
+               else "config.json states no task, title and metric as the trainers write them (an older version's "
+                    "run, or a damaged file)")
         return Run(path, config, [], summary, task=task, name=path.name,
                    problems=(problems or [f"{why}: not plotted"]) + later)
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name

@@ -548,6 +548,12 @@ class TestPlot(TempDir):
         bad.mkdir()
         (bad / "config.json").write_text('["not", "a", "config"]')
         write_run(logs, "unknown_s1", dict(base, task="speech"), vit_rows([0.5]), None)
+        stated = METRICS["vit"]  # crafted: a task that is a path, digits that format forever, markup in a label
+        for name, change in (("escape_s1", dict(task="../../escape")), ("digits_s1", dict(digits=10 ** 9)),
+                             ("markup_s1", dict(label="$\\frac{")), ("title_s1", dict(title="a\n# b"))):
+            metric = dict(stated["metric"], **{k: v for k, v in change.items() if k in stated["metric"]})
+            rest = {k: v for k, v in change.items() if k not in metric}
+            write_run(logs, name, {**base, **stated, "metric": metric, **rest}, vit_rows([0.5]), None)
         orphan = logs / "orphan"
         orphan.mkdir()
         (orphan / "summary.json").write_text("{}")
@@ -556,7 +562,9 @@ class TestPlot(TempDir):
         summary = (logs / "report" / "summary.md").read_text()
         for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"), ("nocols_s1", "lacks"),
                           ("badsum_s1", "not a JSON object"), ("badconfig", "not a JSON object"),
-                          ("unknown_s1", "states no task and metric"), ("orphan", "no config.json")):
+                          ("unknown_s1", "states no task, title and metric"), ("orphan", "no config.json"),
+                          ("escape_s1", "states no task"), ("digits_s1", "states no task"), ("markup_s1", "states no task"),
+                          ("title_s1", "states no task")):
             self.assertIn(f"{name}: ", summary)
             self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
             self.assertIn(name, err.getvalue())
