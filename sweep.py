@@ -17,7 +17,8 @@ Settings (environment variables, defaults in brackets):
   EPOCHS_LM [10], EPOCHS_VIT [50]   epochs (the report's)
   RUN_GROUPS ["reference extras improved norms"]   SEEDS ["42"]   NORMS_SEEDS ["1 2 3"]
   ONLY            a regular expression on the configuration's name or the run's (with _s<seed>)
-  GPUS            "0 1 ...": a work queue, each GPU taking the next run when its last one ends
+  GPUS            "0 1 ..." (indices or UUIDs): a work queue, each GPU taking the next run when its
+                  last one ends
   DEVICE          auto | cpu | cuda (cuda with GPUS or in the image, else auto)
   LOG_DIR [logs]  PYTHON [python3]: the interpreter of the runs
   LM_DATA [./data/wikitext2], VIT_DATA [./data/cifar10]
@@ -92,10 +93,10 @@ def flag(name, default="0"):
 
 
 def words(name, default, kind=str):
-    """A space-separated setting; integers checked."""
+    """A space-separated setting; integers checked (0 to 2**63 - 1, as the trainers take them)."""
     items = (os.environ.get(name) or default).split()
-    bad = [w for w in items if kind is int and not w.isdigit()]
-    check(not bad, f"{name} must be integers, got '{bad[0] if bad else ''}'")
+    bad = [w for w in items if kind is int and not (re.fullmatch(r"[0-9]+", w) and int(w) < 2 ** 63)]
+    check(not bad, f"{name} must be integers from 0 to 2**63 - 1, got '{bad[0] if bad else ''}'")
     return [kind(w) for w in items]
 
 
@@ -104,14 +105,21 @@ def settings():
     empty variable is an unset one, as in the shell's ${VAR:-default}."""
     def env(name, default=""):
         return os.environ.get(name) or default
+    try:
+        train_args = shlex.split(env("TRAIN_ARGS", ""))
+    except ValueError as e:  # an unclosed quote
+        raise UserError(f"TRAIN_ARGS is not a line of shell words ({e}): {env('TRAIN_ARGS')}") from None
     s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=env("GPUS", "").split(), only=env("ONLY", ""),
-             python=env("PYTHON", "python3"), train_args=shlex.split(env("TRAIN_ARGS", "")),
+             python=env("PYTHON", "python3"), train_args=train_args,
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
+    bad = [g for g in s["gpus"] if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
+    check(not bad, f"GPUS takes GPU indices or UUIDs, as CUDA_VISIBLE_DEVICES does, got '{bad[0] if bad else ''}'")
     s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("EPOCHS_LM", "EPOCHS_VIT"):
         value = env(name, "10" if name == "EPOCHS_LM" else "50")
-        check(value.isdigit() and int(value) > 0, f"{name} must be a positive integer, got '{value}'")
+        check(re.fullmatch(r"[0-9]+", value) and 0 < int(value) < 2 ** 63, f"{name} must be a positive integer, got "
+              f"'{value}'")
         s[name.lower()] = 1 if s["quick"] else int(value)
     for name, default in (("SEEDS", "42"), ("NORMS_SEEDS", "1 2 3")):
         s[name.lower()] = list(dict.fromkeys(words(name, default, int)))  # a repeated seed runs once

@@ -41,7 +41,7 @@ EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_tra
 # A stand-in for the runs' python (the sweep itself runs in the real one): records how it was called,
 # sleeps SLEEP seconds for runs named SLOW*, writes a summary (or fails when asked to).
 FAKE_PYTHON = f"""#!/usr/bin/env bash
-[[ $1 == sweep.py ]] && exec {sys.executable} "$@"
+[[ $1 == sweep.py || $1 == -c ]] && exec {sys.executable} "$@"
 [[ $1 == plot.py ]] && exit 0
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$" >> "$CALLS"
@@ -182,11 +182,14 @@ class TestSweepList(unittest.TestCase):
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
                               (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'"),
-                              (dict(QUICK="2"), "QUICK must be"), (dict(SEEDS="1 x"), "integers, got 'x'"),
+                              (dict(QUICK="2"), "QUICK must be"), (dict(SEEDS="1 x"), "integers from 0 to 2**63 - 1, got 'x'"),
+                              (dict(SEEDS="²"), "got '²'"), (dict(NORMS_SEEDS=str(2 ** 63)), "NORMS_SEEDS"),
                               (dict(EPOCHS_LM="0"), "EPOCHS_LM must be a positive integer"),
-                              (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(ONLY="(vit"), "not a valid regular"),
+                              (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(EPOCHS_LM="²"), "EPOCHS_LM"), (dict(ONLY="(vit"), "not a valid regular"),
                               (dict(DEVICE="tpu"), "DEVICE must be"), (dict(SEEDS=" "), "SEEDS=' ' gives no seed"),
-                              (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group")):
+                              (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group"),
+                              (dict(TRAIN_ARGS='--compile "'), "TRAIN_ARGS is not a line of shell words"),
+                              (dict(GPUS="0 a"), "GPUS takes GPU indices or UUIDs")):
             code, _, err = sweep_here(dict(DRY_RUN="1", **env))
             self.assertEqual(code, 2, env)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
@@ -194,6 +197,15 @@ class TestSweepList(unittest.TestCase):
         proc = sweep(dict(DRY_RUN="maybe"))  # through runs.sh, as a user meets it
         self.assertEqual((proc.returncode, proc.stderr.strip()), (2, "error: DRY_RUN must be 1, true or yes (or 0, "
                                                                       "false, no), got 'maybe'"))
+        proc = sweep(dict(PYTHON="no-such-python"))
+        self.assertEqual((proc.returncode, proc.stderr), (2, "error: PYTHON=no-such-python is not a command here\n"))
+        with tempfile.TemporaryDirectory() as tmp:  # an interpreter without torch: no site-packages
+            bare = Path(tmp) / "bare-python"
+            bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+            bare.chmod(0o755)
+            proc = sweep(dict(PYTHON=str(bare)))
+            self.assertEqual((proc.returncode, proc.stderr), (2, f"error: {bare} has no torch: activate the "
+                                                                  f"environment of requirements.txt, or set PYTHON\n"))
         self.assertEqual(len(dry_run(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference")), 1)
         self.assertEqual(len(dry_run(SEEDS="7 7 8", ONLY="^vit_L2_sgd$")), 2)  # a repeated seed runs once
         self.assertEqual(exp_ids(dry_run(SEEDS="7 8", ONLY="^vit_L2_sgd_s8$")), ["vit_L2_sgd_s8"])  # printed names match
@@ -292,7 +304,7 @@ class TestSweepStops(TempDir):
     def test_ctrl_c_stops_every_parallel_run(self):
         fake = self.tmp / "python"
         pids = self.tmp / "pids"
-        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == sweep.py ]] && exec {sys.executable} \"$@\"\n"
+        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == sweep.py || $1 == -c ]] && exec {sys.executable} \"$@\"\n"
                         f"echo $$ >> {pids}\nexec sleep 60\n")
         fake.chmod(0o755)
         images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
