@@ -2,6 +2,7 @@
 damaged report inputs, names that would break tables, damaged embeddings, a run missing its
 vocabulary. Each is one line, the exit code of its class, nothing already written lost, nothing
 left behind."""
+import concurrent.futures
 import json
 import math
 import os
@@ -116,7 +117,9 @@ def write_lm_run(folder, values, exp_id="lm_lstm_L1_adam_s42", cut=None):
     """A finished LM run directory with these valid perplexities (loss is their log, inf allowed)."""
     run = folder / exp_id
     run.mkdir(parents=True)
-    config = dict(task="lm", metric=dict(name="ppl", label="perplexity", maximize=False, digits=2), model="lstm", layers=1, optimizer="adam", epochs=len(values), seed=42, exp_id=exp_id,
+    config = dict(task="lm", title="Language model", metric=dict(name="ppl", label="perplexity", maximize=False,
+                                                                 digits=2),
+                  model="lstm", layers=1, optimizer="adam", epochs=len(values), seed=42, exp_id=exp_id,
                   naming=dict(configuration=exp_id[:-4], changed={}, not_settings=["seed", "exp_id"]))
     (run / "config.json").write_text(json.dumps(config))
     lines = ["epoch,train_loss,train_ppl,valid_loss,valid_ppl,train_time,valid_time,elapsed,peak_mem_mb,mem_pct"]
@@ -186,9 +189,11 @@ class TestReportInputs(FaultCase):
 
 class TestNames(FaultCase):
     def test_the_report_folder_and_names_that_break_tables_are_refused(self):
-        for name in ("report", "a|b", "a\tb", "a\nb", ".hidden", "a b", "+x"):
+        names = ("report", "a|b", "a\tb", "a\nb", ".hidden", "a b", "+x")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # independent processes, two at a time
+            procs = list(pool.map(self.vit, names))
+        for name, proc in zip(names, procs):
             with self.subTest(name=name):
-                proc = self.vit(name)
                 self.assert_one_line(proc, 2, "error: --exp_id")
         self.assertFalse(self.logs.exists())
         ok = self.vit("vit-2_lr=3e-4+x.y", "--epochs", "1")

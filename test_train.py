@@ -1,5 +1,6 @@
 """End-to-end tests of both trainers on tiny fixtures: the run directory's files, exact metrics, learning,
 refusals (one line, exit code 2, nothing lost), resume equivalence and safe loading."""
+import concurrent.futures
 import contextlib
 import csv
 import io
@@ -438,15 +439,20 @@ class TestCrashes(CliCase):
 
     def test_kill_at_any_point_then_resume_equals_the_uninterrupted_run(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
-        whole = self.train("whole", data=data)
-        self.assertEqual(whole.returncode, 0, whole.stderr)
-        for fault in ("batch:2:5", "csv:2", "best:1", "checkpoint:2"):
+
+        def kill_then_resume(exp, fault=None):  # each its own run: two at a time
+            killed = self.train(exp, fault=fault, data=data)
+            finished = (self.logs / exp / "summary.json").exists()
+            return killed, finished, fault and self.train(exp, "--resume", data=data)
+        faults = ("batch:2:5", "csv:2", "best:1", "checkpoint:2")
+        exps = ["whole"] + ["killed_" + fault.replace(":", "_") for fault in faults]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(kill_then_resume, exps, (None, *faults)))
+        self.assertEqual(done[0][0].returncode, 0, done[0][0].stderr)
+        for fault, exp, (killed, finished, resumed) in zip(faults, exps[1:], done[1:]):
             with self.subTest(fault=fault):
-                exp = "killed_" + fault.replace(":", "_")
-                killed = self.train(exp, fault=fault, data=data)
                 self.assertEqual(killed.returncode, -signal.SIGKILL, killed.stderr)
-                self.assertFalse((self.logs / exp / "summary.json").exists())
-                resumed = self.train(exp, "--resume", data=data)
+                self.assertFalse(finished)
                 self.assertEqual(resumed.returncode, 0, resumed.stderr)
                 self.assertEqual(results(self.logs / exp), results(self.logs / "whole"))
                 best = torch.load(self.logs / exp / "best.pt", weights_only=True)["model"]
