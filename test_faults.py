@@ -100,13 +100,18 @@ class TestSignals(FaultCase):
         self.assertEqual(results(self.logs / "run"), results(self.logs / "whole"))
 
     def test_a_second_signal_while_stopping_changes_nothing(self):
-        for name, code, word in (("SIGINT", 130, "interrupted: "), ("SIGTERM", 143, "terminated: ")):
+        signals = (("SIGINT", 130, "interrupted: "), ("SIGTERM", 143, "terminated: "))
+        cases = [(f"{name}_{how}", f"batch:1:2:{name}" + ":again" * (how == "again")) for name, _, _ in signals
+                 for how in ("once", "again")]  # once; again during the clean-up and at exit
+        self.images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))  # before the runs share it
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # independent runs, two at a time
+            procs = list(pool.map(lambda c: self.vit(c[0], "--epochs", "2", fault=c[1]), cases))
+        for i, (name, code, word) in enumerate(signals):
             with self.subTest(name):
-                once = self.vit("once", "--epochs", "2", fault=f"batch:1:2:{name}")
+                once, again = procs[2 * i: 2 * i + 2]
                 line = self.assert_one_line(once, code, word, "was removed")
-                again = self.vit("again", "--epochs", "2", fault=f"batch:1:2:{name}:again")  # during clean-up, at exit
-                self.assertEqual(self.assert_one_line(again, code, word), line.replace("once", "again"))
-                self.assertEqual([p.name for p in self.logs.glob("*") if p.is_dir()], [])
+                self.assertEqual(self.assert_one_line(again, code, word), line.replace("_once", "_again"))
+        self.assertEqual([p.name for p in self.logs.glob("*") if p.is_dir()], [])
         self.assertEqual(self.vit("kept", "--epochs", "1").returncode, 0)
         again = self.vit("kept", "--epochs", "3", "--resume", fault="batch:2:2:SIGINT:again")
         self.assert_one_line(again, 130, "interrupted: ", "the last finished epoch is saved")

@@ -39,13 +39,13 @@ NORMS = {f"vit_L6_adamw{block}{warmup}_grad_norms" for block in ("", "_postnorm"
 EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_transformer_L2_adamw",
           "lm_transformer_L1_adam_postnorm", "lm_transformer_L2_adamw_postnorm"}
 # A stand-in for the runs' python (the sweep itself runs in the real one): records how it was called,
-# sleeps SLEEP seconds for runs named SLOW*, writes a summary (or fails when asked to).
+# sleeps SLEEP seconds for runs named SLOW* (FAST seconds for the others), writes a summary (or fails when asked to).
 FAKE_PYTHON = f"""#!/usr/bin/env bash
 [[ $1 == sweep.py || $1 == -c ]] && exec {sys.executable} "$@"
 [[ $1 == plot.py ]] && exit 0
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$" >> "$CALLS"
-[[ -n ${{SLOW:-}} && $exp == $SLOW* ]] && sleep "$SLEEP"
+if [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{FAST:-0}}"; fi
 [[ -n ${{FAIL:-}} && $exp == $FAIL* ]] && exit 3
 mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.json"
 """
@@ -231,7 +231,9 @@ class TestSweepMechanics(TempDir):
 
     def test_each_gpu_takes_the_next_run_when_its_last_one_ends(self):
         # the first run is long: its GPU takes nothing else while the other two share the rest
-        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference", SLOW="vit_L2_adam_", SLEEP="4")
+        # (the others take half a second each, so that the two GPUs that share them alternate)
+        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference", SLOW="vit_L2_adam_", SLEEP="4",
+                                FAST="0.5")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(sorted(e for e, _ in calls), sorted(f"{n}_s42" for n in REFERENCE if n.startswith("vit")))
         by_gpu = {}
@@ -344,9 +346,9 @@ class TestPlan(TempDir):
 
     def plan(self, **env):
         defaults = dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu")
-        proc = sweep(dict(defaults, **env))
-        self.assertEqual(proc.returncode, 0, proc.stderr)
-        return proc.stdout[proc.stdout.index("== plan"):]
+        code, out, err = sweep_here(dict(defaults, **env))  # the plan of a dry run, in this process
+        self.assertEqual(code, 0, err)
+        return out[out.index("== plan"):]
 
     def test_estimated_from_finished_epochs_of_the_configuration_else_from_flops(self):
         logs = self.tmp / "logs"
