@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every configuration of both studies, then the figures and tables: sweep.py runs them, and its
-# docstring lists the settings (environment variables). For example:
+# Every configuration of both studies, then the figures and tables: sweep.py runs them. Its
+# settings are environment variables (docs/recipes.md). For example:
 #
 #   bash runs.sh                    # the whole study, then logs/report/
 #   QUICK=1 bash runs.sh            # every configuration for two batches: the pipeline checked

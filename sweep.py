@@ -10,22 +10,9 @@ Groups: reference (the report's 13 configurations), extras (GRU and Transformer 
 (`--recipe improved`: ViT-6 pre- and post-norm, LSTM-1), norms (ViT-6 pre/post-norm with and
 without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 
-Settings (environment variables, defaults in brackets):
-  QUICK [0]       smoke sweep: --limit_batches 2, one epoch, small and narrow LMs, warmups of one
-                  epoch; logs in logs/quick
-  DRY_RUN [0]     print every command (shell-quoted) and the plan; run and fetch nothing
-  EPOCHS_LM [10], EPOCHS_VIT [50]   epochs (the report's)
-  RUN_GROUPS ["reference extras improved norms"]   SEEDS ["42"]   NORMS_SEEDS ["1 2 3"]
-  ONLY            a regular expression on the configuration's name or the run's (with _s<seed>)
-  GPUS            "0 1 ..." (indices or UUIDs): a work queue, each GPU taking the next run when its
-                  last one ends
-  DEVICE          auto | cpu | cuda (cuda with GPUS or in the image, else auto)
-  LOG_DIR [logs]  PYTHON [python3]: the interpreter of the runs
-  LM_DATA [./data/wikitext2], VIT_DATA [./data/cifar10]
-  EMBEDDINGS [auto]   the reference LMs' frozen embeddings: gpt1 (the report's), an .npz, or none
-                  (learned); auto: gpt1 unless LM_DATA holds word-level text only, or with QUICK
-  TRAIN_ARGS      flags added to every run, e.g. "--compile" (a resumed run needs the same ones)
-  SHARD [0/1]     i/N: only every N-th run from the i-th, for N machines
+Its settings are environment variables (QUICK, DRY_RUN, EPOCHS_LM, EPOCHS_VIT, RUN_GROUPS, SEEDS,
+NORMS_SEEDS, ONLY, GPUS, DEVICE, LOG_DIR, PYTHON, LM_DATA, VIT_DATA, EMBEDDINGS, TRAIN_ARGS, SHARD),
+read and checked in `settings()`; docs/recipes.md's table says what each does and its default.
 
 One sweep at a time on a log folder. Ctrl-C or SIGTERM stops every running configuration within
 seconds; the same command resumes. A failing run does not stop the others: the failures are listed

@@ -170,6 +170,14 @@ class TestSweepList(unittest.TestCase):
         self.assertIn("--embedding_size 64 --hidden_size 64", quick[0])  # a smoke run's weights take megabytes
         self.assertIn("--log_dir logs/quick", quick[0])
         self.assertIn("--recipe improved --layers 6 --seed 42 --warmup_epochs 1 ", quick[1])  # fits in its epoch
+    def test_every_setting_the_sweep_reads_is_in_the_docs_table(self):
+        import re
+        code = (HERE / "sweep.py").read_text()
+        read = set(re.findall(r'"([A-Z][A-Z_]+)"', code)) - {"CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"}  # the runs'
+        self.assertEqual(len(read), 17, sorted(read))
+        table = (HERE / "docs" / "recipes.md").read_text()
+        self.assertEqual([name for name in sorted(read) if f"`{name}" not in table], [])
+
     def test_seeds_and_shards_partition_the_list(self):
         full = exp_ids(dry_run(SEEDS="1 2"))
         self.assertEqual(len(full), 2 * 22 + 3 * 4)
