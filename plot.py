@@ -239,8 +239,8 @@ def norm_findings(groups, task):
     """Pre- vs post-norm, with and without warmup (Xiong et al. 2020): accuracy and the gradient
     norms' shape at initialisation, mean +- std over seeds, one table per setting of the rest."""
     lines = []
+    m, label = (groups[0].m, groups[0].label) if groups else (None, None)
     for table in pairs_by(groups, "block", "warmup_epochs"):
-        m, label = groups[0].m, groups[0].label
         if {b for b, _ in table} != {"prenorm", "postnorm"} or len({w or 0 for _, w in table}) < 2:
             continue  # the plain pre/post comparison is a finding of its own
         lines += ["", f"Pre- vs post-norm, with and without warmup ({', '.join(sorted(g.name for g in table.values()))}):",

@@ -277,10 +277,11 @@ class RunDir:
     def check_same_run(self, saved):
         """Refuse to resume onto what would change the numbers: other data (its checksum, vocabulary or
         classes), another precision, other settings. Where the data lie, the folder's name, the device
-        and why a precision was chosen may all change (a run moved to another machine or GPU)."""
+        and why a precision was chosen may all change (a run moved to another machine or GPU), and so
+        may how the results are described (the metric's label and digits, the study's title)."""
         now = json_plain(self.config)
         defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
-        context = set(self.cfg.with_role("context")) | {"naming", "data_source", "precision_reason"}
+        context = set(self.cfg.with_role("context")) | {"naming", "data_source", "precision_reason", "metric", "title"}
         diffs = [k for k in sorted(set(saved) | set(now)) if k not in context and (k in saved or k in defaults)
                  and saved.get(k, defaults.get(k)) != now.get(k)]  # a record added since: not compared
         data = [k for k in diffs if k in DATA_KEYS]

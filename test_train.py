@@ -993,7 +993,10 @@ class TestResumeChecksWhatMatters(CliCase):
         _, out, _ = self.lm("--epochs", "2", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
         self.assertIn("resuming", out)
         another = utils.Precision(None, "fp32: asked for, on another GPU")
-        with mock.patch("utils.choose_precision", return_value=another):
+        # how results are described (the study's title, the digits shown) is no setting either
+        with mock.patch("utils.choose_precision", return_value=another), \
+                mock.patch.object(train_lm.TextTask, "title", "Wikitext-2, renamed"), \
+                mock.patch.object(train_lm.TextTask, "digits", 3):
             _, out, _ = self.lm("--epochs", "3", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
         self.assertIn("resuming", out)
         self.assertEqual(results(self.logs / "cfg_a"), results(whole))
