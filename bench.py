@@ -15,6 +15,7 @@ forward's matmul FLOPs) per second over the measured ceiling, each part of a mod
 ceiling of the precision it runs in (the recurrent cores run in fp32, TF32 on a GPU, under autocast).
 """
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import engine
 import optim
@@ -81,21 +83,6 @@ def bench_vit_models(device, precision, quick, batch=128):
     return rows
 
 
-def peer_vits(layers=6):
-    """Popular ViT implementations at the reference configuration, where importable."""
-    peers = {}
-    import torchvision
-    peers["torchvision"] = lambda: torchvision.models.VisionTransformer(
-        image_size=32, patch_size=4, num_layers=layers, num_heads=8, hidden_dim=256, mlp_dim=512, num_classes=10)
-    try:
-        import timm
-        peers["timm"] = lambda: timm.models.vision_transformer.VisionTransformer(
-            img_size=32, patch_size=4, embed_dim=256, depth=layers, num_heads=8, mlp_ratio=2.0, num_classes=10)
-    except ImportError:
-        pass
-    return peers
-
-
 def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
     """Our whole training path (seeded shuffle, batched augmentation, task loss, run_epoch) against
     the bare training step of our model and of each peer implementation on tensors already on the
@@ -116,7 +103,13 @@ def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
     # Our model's bare step too, with the peers' (unfused) AdamW: the trainer's overhead and the
     # implementations' difference, told apart.
     bare = {"models.py": lambda: VisionTransformer(layers, "prenorm", **VIT)}
-    for name, make in {**bare, **peer_vits(layers)}.items():
+    makers = dict(bare, torchvision=lambda: torchvision.models.VisionTransformer(
+        image_size=32, patch_size=4, num_layers=layers, num_heads=8, hidden_dim=256, mlp_dim=512, num_classes=10))
+    with contextlib.suppress(ImportError):  # timm is no dependency: compared where it is installed
+        import timm
+        makers["timm"] = lambda: timm.models.vision_transformer.VisionTransformer(
+            img_size=32, patch_size=4, embed_dim=256, depth=layers, num_heads=8, mlp_ratio=2.0, num_classes=10)
+    for name, make in makers.items():
         torch.manual_seed(0)
         peer = make().to(device)
         popt = torch.optim.AdamW(peer.parameters(), lr=3e-4, weight_decay=5e-4)
@@ -168,10 +161,8 @@ def bench_lm_models(device, precision, quick, frozen, batch=16, seq_len=256):  #
 
 
 def loss_peak_mb(kind, device, batch=16, seq_len=256):
-    """Peak memory (MB) of the LM loss alone, forward and backward, at the reference batch: the
-    output layer tied to a frozen 40,479 x 768 embedding, then the summed cross-entropy, either
-    fused in chunks ('fused', as the trainer) or over the full logits ('full'). On CPU run it in a
-    fresh process (Linux): the peak resident set is a process's lifetime peak."""
+    """Peak memory (MB) of the LM loss alone, forward and backward, through an output layer tied to a
+    frozen 40,479 x 768 embedding: 'fused' in chunks, as the trainer, or over the 'full' logits."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     h = torch.randn(batch * seq_len, LM["embedding_size"], generator=g).to(device).requires_grad_()
@@ -202,22 +193,6 @@ def _status_kb(field):
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def bench_loss_memory(device, batch=16, seq_len=256):
-    """The LM loss's peak memory above its inputs, fused and chunked against full logits."""
-    rows = []
-    for kind, what in (("fused", "fused, 1,024-token chunks"), ("full", "full fp32 logits")):
-        if device.type == "cuda":
-            mb = loss_peak_mb(kind, device, batch, seq_len)
-        else:
-            code = f"import bench; print(bench.loss_peak_mb({kind!r}, 'cpu', {batch}, {seq_len}))"
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 cwd=Path(__file__).resolve().parent)
-            mb = float(out.stdout.split()[-1])
-        rows.append(dict(model=f"LM loss peak memory, {batch} x {seq_len} tokens, {what}", unit="MB", throughput=mb))
-    rows[0]["ratio"] = rows[1]["throughput"] / rows[0]["throughput"]
-    return rows
-
-
 def bench_augmentation(device, precision, quick, batch=128):
     """The batched augmentation's cost as a share of a ViT-2 training step (the cheapest model it
     feeds), for the reference and the strong policy, alternated, best of several."""
@@ -244,9 +219,9 @@ def bench_augmentation(device, precision, quick, batch=128):
     return rows
 
 
-def bench_loss_speed(device, precision, quick, batch=16, seq_len=256):
+def bench_loss(device, precision, quick, batch=16, seq_len=256):
     """The LM loss through the tied 40,479-word output layer, forward and backward: fused and chunked
-    (the trainer's) against F.cross_entropy over the full logits."""
+    (the trainer's) against F.cross_entropy over the full logits, in time and in peak memory."""
     g = torch.Generator().manual_seed(0)
     h = torch.randn(batch * seq_len, LM["embedding_size"], generator=g).to(device).requires_grad_()
     w = (0.02 * torch.randn(LM["vocab_size"], LM["embedding_size"], generator=g)).to(device).requires_grad_()
@@ -265,11 +240,19 @@ def bench_loss_speed(device, precision, quick, batch=16, seq_len=256):
     for _ in range(2 if quick else 5):
         for kind in best:
             best[kind] = min(best[kind], timed(run(kind == "fused"), device, 2 if quick else 5, 1))
-    n = batch * seq_len
-    return [dict(model=f"LM loss fwd+bwd, {n:,} tokens, fused chunks", unit="tokens/s", throughput=n / best["fused"],
-                 ratio=best["full"] / best["fused"]),
-            dict(model=f"LM loss fwd+bwd, {n:,} tokens, full logits", unit="tokens/s", throughput=n / best["full"],
-                 ratio=1.0)]
+    n, speed, memory = batch * seq_len, [], []
+    for kind, what in (("fused", "fused, 1,024-token chunks"), ("full", "full fp32 logits")):
+        if device.type == "cuda":
+            mb = loss_peak_mb(kind, device, batch, seq_len)
+        else:  # a process's peak resident set is its lifetime's: a fresh process for each
+            code = f"import bench; print(bench.loss_peak_mb({kind!r}, 'cpu', {batch}, {seq_len}))"
+            mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      cwd=Path(__file__).resolve().parent).stdout.split()[-1])
+        speed.append(dict(model=f"LM loss fwd+bwd, {n:,} tokens, {what}", unit="tokens/s", throughput=n / best[kind],
+                          ratio=best["full"] / best[kind]))
+        memory.append(dict(model=f"LM loss peak memory, {batch} x {seq_len} tokens, {what}", unit="MB", throughput=mb))
+    memory[0]["ratio"] = memory[1]["throughput"] / memory[0]["throughput"]
+    return speed + memory
 
 
 # the study's data sizes (train, valid), where the data is not in place: the plan's
@@ -380,7 +363,7 @@ def main(argv=None):
     sections = dict(vit=lambda: bench_vit_models(device, precision, args.quick),
                     peers=lambda: bench_vit_trainer(device, precision, args.quick),
                     lm=lambda: bench_lm_models(device, precision, args.quick, args.lm_embeddings == "frozen"),
-                    loss=lambda: bench_loss_speed(device, precision, args.quick) + bench_loss_memory(device),
+                    loss=lambda: bench_loss(device, precision, args.quick),
                     augment=lambda: bench_augmentation(device, precision, args.quick),
                     real=lambda: bench_real(device, precision, args.data, args.quick, args.compile, args.lm_embeddings == "frozen"))
     assert tuple(sections) == SECTIONS

@@ -58,22 +58,22 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     """The reference's token files (GPT-1 ids) or word-level text, whichever `data_format` asks for
     (auto: token files first). What is missing is downloaded: the token files, else (auto) the text."""
     folder = Path(folder)
-    kinds = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
+    kinds = {"tokens": (TOKEN_FILES, _load_token_files, download_token_files),
+             "words": (TEXT_FILES, _load_text_files, download_wikitext)}
     wanted = ["tokens", "words"] if data_format == "auto" else [data_format]
+    have = {k: [f for f in kinds[k][0].values() if (folder / f).exists()] for k in wanted}
     for kind in wanted:
-        if all((folder / f).exists() for f in kinds[kind].values()):
-            return (_load_token_files if kind == "tokens" else _load_text_files)(folder, device)
-    present = [f for k in wanted for f in kinds[k].values() if (folder / f).exists()]
-    names = " or ".join(", ".join(kinds[k].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
-                                                         else " (word-level text)") for k in wanted)
-    started = [k for k in wanted if any((folder / f).exists() for f in kinds[k].values())]  # the format begun
-    check(not present, f"{folder} is incomplete: has {', '.join(present)}; put {names} there (missing: "
-          f"{', '.join(f for k in started for f in kinds[k].values() if not (folder / f).exists())})")
+        if len(have[kind]) == len(kinds[kind][0]):
+            return kinds[kind][1](folder, device)
+    names = " or ".join(", ".join(kinds[k][0].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
+                                                           else " (word-level text)") for k in wanted)
+    check(not any(have.values()), f"{folder} is incomplete: has {', '.join(sum(have.values(), []))}; put {names} "
+          f"there (missing: {', '.join(f for k in wanted if have[k] for f in kinds[k][0].values() if f not in have[k])})")
     errors = []
     for kind in wanted if download else []:
         try:
-            (download_token_files if kind == "tokens" else download_wikitext)(folder)
-            return (_load_token_files if kind == "tokens" else _load_text_files)(folder, device)
+            kinds[kind][2](folder)
+            return kinds[kind][1](folder, device)
         except OSError as e:
             errors.append(f"{kind}: {e}")
     failed = f" and the download failed ({'; '.join(errors)})" if errors else ""
@@ -98,11 +98,11 @@ def atomic_bytes(path, content):
     atomic_write(path, lambda f: f.write(content))
 
 
-def download_token_files(folder, base=None, sha256=None):
+def download_token_files(folder):
     """Fetch the reference's three token files, verify each against its pinned sha256, and move them
     into place only once all three are good: a failed or corrupt download leaves nothing behind."""
-    contents, base = {}, base or TOKEN_URL
-    for name, digest in (sha256 or TOKEN_SHA256).items():
+    contents, base = {}, TOKEN_URL
+    for name, digest in TOKEN_SHA256.items():
         contents[name] = fetch(base + name)
         got = hashlib.sha256(contents[name]).hexdigest()
         if got != digest:
@@ -125,26 +125,21 @@ def read_tokens_npz(path):
     return arrays.pop("tokens"), arrays
 
 
-def _read_npz(path):
-    tokens, rest = read_tokens_npz(path)
-    try:
-        vocab_size = int(rest["vocab_size"]) if "vocab_size" in rest else None
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: its 'vocab_size' is not a number") from None
-    check(tokens.ndim == 1 and tokens.size > 1 and np.issubdtype(tokens.dtype, np.integer),
-          f"{path}: 'tokens' must be a 1-D integer array of at least 2 ids, got {tokens.dtype} {tokens.shape}")
-    return tokens, vocab_size
-
-
 def _load_token_files(folder, device):
-    arrays, sizes_by_split = {}, []
+    arrays, stated = {}, {}  # stated: the files' own vocab_size, where they give one
     for split, name in TOKEN_FILES.items():
-        arrays[split], size = _read_npz(folder / name)
-        sizes_by_split.append(size)
-    sizes = set(sizes_by_split)
-    check(len(sizes - {None}) <= 1, f"the token files in {folder} disagree on the vocabulary size: "
-          f"{', '.join(f'{TOKEN_FILES[s]} {n}' for s, n in zip(arrays, sizes_by_split) if n is not None)}")
-    vocab_size = max(sizes - {None}, default=GPT1_VOCAB_SIZE)
+        path = folder / name
+        arrays[split], rest = read_tokens_npz(path)
+        try:
+            stated.update({name: int(rest["vocab_size"])} if "vocab_size" in rest else {})
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: its 'vocab_size' is not a number") from None
+        t = arrays[split]
+        check(t.ndim == 1 and t.size > 1 and np.issubdtype(t.dtype, np.integer),
+              f"{path}: 'tokens' must be a 1-D integer array of at least 2 ids, got {t.dtype} {t.shape}")
+    check(len(set(stated.values())) <= 1, f"the token files in {folder} disagree on the vocabulary size: "
+          f"{', '.join(f'{name} {n}' for name, n in stated.items())}")
+    vocab_size = max(stated.values(), default=GPT1_VOCAB_SIZE)
     check(1 < vocab_size < 2 ** 31, f"the vocabulary size {vocab_size} in {folder} is out of range")
     for split, tokens in arrays.items():
         check(tokens.min() >= 1 and tokens.max() < vocab_size,
@@ -197,19 +192,19 @@ def content_sha256(*parts):
     return digest.hexdigest()
 
 
-def download_wikitext(folder, urls=None, md5=None):
+def download_wikitext(folder):
     """Fetch the word-level archive over HTTPS, verify its checksum, then move the three files into
     place atomically. OSError naming every address tried when none gives the archive."""
     folder, errors = Path(folder), []
-    for url in urls or WIKITEXT_URLS:
+    for url in WIKITEXT_URLS:
         try:
             blob = fetch(url)
         except OSError as e:
             errors.append(str(e))
             continue
         digest = hashlib.md5(blob).hexdigest()
-        if digest != (md5 or WIKITEXT_MD5):
-            errors.append(f"{url}: checksum {digest} is not the expected {md5 or WIKITEXT_MD5}")
+        if digest != WIKITEXT_MD5:
+            errors.append(f"{url}: checksum {digest} is not the expected {WIKITEXT_MD5}")
             continue
         try:
             with zipfile.ZipFile(io.BytesIO(blob)) as z:
@@ -224,16 +219,11 @@ def download_wikitext(folder, urls=None, md5=None):
 
 
 class Windows:
-    """A token stream cut into windows of `seq_len` inputs and the `seq_len` next tokens as targets
-    (the reference's break_mode=none). The last window is padded with id 0, and padding is never a
-    target, so every token after the first is scored exactly once per pass. Window `num_windows`
-    has no target at all: it fills up a short last batch.
-
-    With `streams` = B, the windows are also read as B contiguous streams of `per_stream` windows
-    each (the number of windows is rounded up to B * per_stream, the extra ones all padding):
-    `stream_order()` lists them so that consecutive groups of B are window s of every stream,
-    s = 0, 1, ...: the standard batching of recurrent LMs, whose state flows from one window to
-    the next of the same stream."""
+    """A token stream cut into windows of `seq_len` inputs and their next tokens as targets (the
+    reference's break_mode=none), padded with id 0, which is never a target: every token after the
+    first is scored once per pass. Window `num_windows`, all padding, fills up a short last batch.
+    With `streams` = B, the windows also form B contiguous streams (their number rounded up with
+    padding) for recurrent LMs that carry their state from one window to the next."""
 
     def __init__(self, stream, seq_len, streams=None):
         n = stream.numel()
@@ -252,8 +242,7 @@ class Windows:
         return seq[:, :-1], seq[:, 1:]
 
     def targets_in(self, idx_host):
-        """Real (unpadded) targets in windows `idx_host`, counted on the host without a sync: window
-        w holds those of positions w * seq_len + 1 ... (w + 1) * seq_len that exist."""
+        """Real (unpadded) targets in windows `idx_host`, counted on the host: no device sync."""
         return int((self.num_targets - idx_host * self.seq_len).clamp(0, self.seq_len).sum())
 
     def stream_order(self):
@@ -262,9 +251,8 @@ class Windows:
 
 
 def index_batches(n, batch_size, generator=None, device="cpu", order=None):
-    """Yield (device indices, host indices) over range(n) in batches; shuffled when a generator is
-    given, in `order` when one is given. The last batch may be smaller, so every example is used
-    exactly once."""
+    """(device indices, host indices) over range(n) in batches, shuffled by `generator` or in `order`;
+    a smaller last batch, so every example is used exactly once."""
     if order is None:
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     order_dev = to_device(order, device)
@@ -288,9 +276,8 @@ class ImageData:
 
 
 def split_train_valid(n, valid_fraction=0.1, seed=SPLIT_SEED):
-    """Disjoint train / valid indices (45,000 / 5,000 for CIFAR-10's 50,000), in a fixed random
-    order: image folders list images by class, and a `--limit_batches` evaluation must still see
-    every class."""
+    """Disjoint train / valid indices (45,000 / 5,000 of CIFAR-10's 50,000) in a fixed random order:
+    a `--limit_batches` evaluation still sees every class."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_valid = max(1, round(n * valid_fraction))
     return perm[n_valid:], perm[:n_valid]
@@ -328,9 +315,8 @@ def _load_torchvision_cifar(folder, download):
 
 
 def _list_images(folder):
-    """(class names, [(image path, label)]): one class per visible sub-folder; hidden entries (such as
-    Jupyter's .ipynb_checkpoints) are not classes or images, and a class without images is refused,
-    since it would shift every label after it."""
+    """(class names, [(image path, label)]): one class per visible sub-folder (not Jupyter's
+    .ipynb_checkpoints); a class without images is refused, since it would shift every later label."""
     check(folder.is_dir(), f"{folder} is missing")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = [(p, label) for label, c in enumerate(classes) for p in sorted((folder / c).iterdir())
@@ -385,8 +371,7 @@ def _load_image_folder(folder):
 
 
 def _cache_fits(arrays, train_files, test_files, num_classes):
-    """A cache is used only when its arrays are what decoding would give: uint8 images, one per
-    file, labels in range."""
+    """Whether a cache's arrays are what decoding would give: uint8 images, one per file, labels in range."""
     train_x, train_y, test_x, test_y = arrays
     return (train_x.dtype == test_x.dtype == torch.uint8 and train_x.dim() == test_x.dim() == 4
             and (len(train_x), len(train_y)) == (len(train_files),) * 2
@@ -396,8 +381,7 @@ def _cache_fits(arrays, train_files, test_files, num_classes):
 
 
 def _save_cache(path, fingerprint, arrays):
-    """Write the decoded images' cache; never fatal (a full disk is a warning, and the next run
-    decodes the images again). Returns whether it was written."""
+    """Write the decoded images' cache; never fatal (on a full disk the next run decodes again)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A folder without write bits is read-only by intent, even for root (who may write anyway).

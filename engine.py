@@ -32,10 +32,9 @@ except ImportError:  # progress bars are a convenience, never a reason to fail
 
 
 class LayerGradNorms:
-    """Per-layer gradient norms, accumulated on the device: after each backward pass, the L2 norm of
-    each layer's whole gradient (one foreach kernel for all tensors); read once per epoch as the
-    mean over its steps, plus the first step's norms. Steps the fp16 loss scaler skipped (their
-    gradients are inf or NaN) are left out and counted."""
+    """Per-layer gradient norms after each backward pass, accumulated on the device (one foreach
+    kernel) and read once per epoch: the mean over its steps and the first step's. Steps the fp16
+    loss scaler skipped (inf or NaN gradients) are left out and counted."""
 
     def __init__(self, layers):
         self.params = [p for layer in layers for p in layer]
@@ -109,13 +108,10 @@ class Step:
 # ------------------------------------------------------------------------------------- epoch loop
 
 def run_epoch(model, task, split, epoch=1, step=None, precision=FP32, limit=0, show=False, refresh_every=50):
-    """Train (with a Step) or evaluate `model` on one pass over `split`, in `precision`, over at most
-    `limit` batches (0: all), with a progress bar if `show` (and on a terminal).
-
-    Losses are summed on the device and divided once at the end: the result is the exact mean
-    over every token or image, whatever the batch sizes. The host reads device values only every
-    `refresh_every` batches (progress bar and a NaN check agreed by every process) and once at the
-    end. Returns dict(loss, accuracy, metric, count, seconds)."""
+    """Train (with a Step) or evaluate `model` on one pass over `split`, at most `limit` batches (0:
+    all), with a progress bar if `show`. Losses are summed on the device and divided once: the exact
+    mean over every token or image. The host reads the device every `refresh_every` batches (progress
+    and a NaN check) and at the end. Returns dict(loss, accuracy, metric, count, seconds)."""
     training, device, world = step is not None, next(model.parameters()).device, world_size()
     model.train(training)
     n = task.num_batches(split)
@@ -173,12 +169,10 @@ def progress_bar(n, split):
 
 
 def compile_model(model, task, precision=FP32, mode=None):
-    """torch.compile in place (state_dict keys stay those of the plain model; a DDP module is compiled
-    whole, so its gradient all-reduce still overlaps the backward pass), then a training pass for
-    each batch size the train split yields and an evaluation pass for each that valid and test
-    yield (`task.batch_sizes`), each on this process's slice of it as the epochs will cut it, so no
-    compiling is billed to an epoch. The random state is put back: a compiled run draws the same
-    numbers as a plain one."""
+    """torch.compile in place (the state_dict keys stay the plain model's; a DDP module is compiled
+    whole, so its all-reduce still overlaps the backward pass), then warmed up on every batch size
+    each split yields (this process's slice), training and evaluation, so no compiling is billed to
+    an epoch. The random state is put back: a compiled run draws what a plain one draws."""
     device = next(model.parameters()).device
     state = rng_state()
     sync(device)
@@ -259,20 +253,19 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     progress = run.resume(stateful)
     compile_seconds = compile_model(model, task, precision) if cfg.compile else None
     run.start(progress, device, step.grad_norms is not None)
-    better = (lambda a, b: a > b) if task.maximize else (lambda a, b: a < b)
+    def better(new, best):
+        return new is not None and (best is None or (new > best if task.maximize else new < best))
     m = task.metric
     for epoch in range(len(progress.history) + 1, cfg.epochs + 1):
         row, new_norms = train_one_epoch(model, task, cfg, step, precision, progress, epoch)
         progress.history.append(row)
         progress.norm_history += new_norms
-        improved = progress.best["value"] is None or better(row[f"valid_{m}"], progress.best["value"])
+        improved = better(row[f"valid_{m}"], progress.best["value"])
         if improved:
             progress.best = dict(epoch=epoch, value=row[f"valid_{m}"])
-        ema_value = row.get(f"ema_valid_{m}")
-        ema_improved = ema_value is not None and (progress.best_ema["value"] is None
-                                                  or better(ema_value, progress.best_ema["value"]))
+        ema_improved = better(row.get(f"ema_valid_{m}"), progress.best_ema["value"])
         if ema_improved:
-            progress.best_ema = dict(epoch=epoch, value=ema_value)
+            progress.best_ema = dict(epoch=epoch, value=row[f"ema_valid_{m}"])
         run.save_epoch(progress, new_norms, stateful, improved, ema_improved)
         log_epoch(row, task, cfg.epochs)
     check(progress.history, "no epoch was trained")

@@ -148,5 +148,6 @@ def main(argv=None):
     else:
         print(decode(ids, vocab) + " " + decode(out, vocab) if args.prompt.strip() else decode(out, vocab))
 
+
 if __name__ == "__main__":
     main()

@@ -42,10 +42,10 @@ def git_blob_id(content):
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-def fetch_verified(name, base=GPT1_URL, blobs=None):
+def fetch_verified(name, base=GPT1_URL):
     """The bytes of one file of the pinned commit, from its address or a local folder `base`,
     verified; OSError when it cannot be had."""
-    blob_id = (blobs or BLOBS)[name]
+    blob_id = BLOBS[name]
     content = fetch(base + name) if re.match(r"https?://", str(base)) else (Path(base) / name).read_bytes()
     if git_blob_id(content) != blob_id:
         raise OSError(f"{name} from {base} is not the pinned file (git blob {git_blob_id(content)}, "
@@ -53,7 +53,7 @@ def fetch_verified(name, base=GPT1_URL, blobs=None):
     return content
 
 
-def gpt1_embeddings(folder, base=GPT1_URL, blobs=None, shapes=SHAPES):
+def gpt1_embeddings(folder, base=GPT1_URL):
     """<folder>/gpt1_embeddings.npz (array `tokens`: a zero padding row, then GPT-1's token
     embeddings), made once: the parameter files that hold the token table are fetched and verified,
     the table read at its offset in the concatenated parameters, and the file written atomically.
@@ -61,13 +61,13 @@ def gpt1_embeddings(folder, base=GPT1_URL, blobs=None, shapes=SHAPES):
     path = Path(folder) / EMBEDDINGS_FILE
     if path.exists():
         return path
-    start, count = int(np.prod(shapes[0])), int(np.prod(shapes[1]))
+    start, count = int(np.prod(SHAPES[0])), int(np.prod(SHAPES[1]))
     pieces, have, i = [], 0, 0
     try:
         while have < start + count:
             name = f"params_{i}.npy"
-            check(name in (blobs or BLOBS), f"the GPT-1 parameters end before the token embeddings ({name})")
-            piece = np.load(io.BytesIO(fetch_verified(name, base, blobs)), allow_pickle=False).reshape(-1)
+            check(name in BLOBS, f"the GPT-1 parameters end before the token embeddings ({name})")
+            piece = np.load(io.BytesIO(fetch_verified(name, base)), allow_pickle=False).reshape(-1)
             pieces.append(piece)
             have, i = have + piece.size, i + 1
     except (OSError, ValueError) as e:
@@ -75,8 +75,8 @@ def gpt1_embeddings(folder, base=GPT1_URL, blobs=None, shapes=SHAPES):
                         f"(array 'tokens', 40,479 x 768) into {folder}, or make it from params_0.npy, params_1.npy "
                         f"and params_2.npy fetched elsewhere ({GPT1_URL}): python gpt1.py --from <their folder> "
                         f"--data_folder {folder}; or pass an .npz of your own") from None
-    table = np.concatenate(pieces)[start:start + count].reshape(shapes[1]).astype(np.float32)
-    table = np.concatenate([np.zeros((1, shapes[1][1]), np.float32), table])  # id 0: padding
+    table = np.concatenate(pieces)[start:start + count].reshape(SHAPES[1]).astype(np.float32)
+    table = np.concatenate([np.zeros((1, SHAPES[1][1]), np.float32), table])  # id 0: padding
     buf = io.BytesIO()
     np.savez(buf, tokens=table)
     atomic_bytes(path, buf.getvalue())
@@ -95,13 +95,13 @@ class Vocabulary:
         self.cache = {}
 
     @classmethod
-    def find(cls, folder, base=GPT1_URL, blobs=None):
+    def find(cls, folder, base=GPT1_URL):
         """The vocabulary files in `folder`, fetched and verified there when missing."""
         files = {}
         for name in ("encoder_bpe_40000.json", "vocab_40000.bpe"):
             path = Path(folder) / name
             if not path.exists():
-                atomic_bytes(path, fetch_verified(name, base, blobs))
+                atomic_bytes(path, fetch_verified(name, base))
             files[name] = path.read_text(encoding="utf-8")
         return cls(json.loads(files["encoder_bpe_40000.json"]), files["vocab_40000.bpe"].split("\n")[1:])
 

@@ -24,7 +24,6 @@ from report import DamagedReference, compare, load_reference, markdown, referenc
 from results import find_runs, group_key
 
 
-
 def mean_std(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     std = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -385,6 +384,7 @@ def report_task(task, groups, out_dir, ref):
     lines = findings(groups, task) + [f"Tables: summary_{task}.md, summary_{task}.csv. Figures: "
                                       + ", ".join(p.name for p in figures) + ".", ""]
     return lines, figures, page
+
 
 if __name__ == "__main__":
     sys.exit(main())

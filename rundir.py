@@ -81,10 +81,7 @@ def free_space(folder):
         free = shutil.disk_usage(folder).free
     except OSError:
         return "unknown space"
-    for unit, size in (("GB", 2 ** 30), ("MB", 2 ** 20), ("kB", 2 ** 10)):
-        if free >= size:
-            return f"{free / size:.1f} {unit}"
-    return f"{free} bytes"
+    return f"{free / 2 ** 30:.1f} GB" if free >= 2 ** 30 else f"{free / 2 ** 20:.1f} MB"
 
 
 def save_torch(obj, path):
@@ -134,7 +131,6 @@ def environment(device):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return dict(torch=torch.__version__, python=platform.python_version(), device=str(device), device_name=name,
                 threads=torch.get_num_threads(), git_commit=commit, hostname=platform.node())
-
 
 
 def existing_run(cfg):

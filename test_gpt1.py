@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import unittest
+import unittest.mock
 from pathlib import Path
 
 import numpy as np
@@ -74,26 +75,42 @@ def write_params(folder):
     return blobs
 
 
+def pinned(blobs, fn, *args):
+    """fn(*args) with GPT-1's pinned blob ids replaced (None: the real ones) and the fixtures' shapes."""
+    with unittest.mock.patch.multiple(gpt1, BLOBS=blobs or gpt1.BLOBS, SHAPES=SHAPES):
+        return fn(*args)
+
+
+def embeddings(folder, base, blobs):
+    return pinned(blobs, gpt1.gpt1_embeddings, folder, base)
+
+
+def token_files(folder, url, sha256):
+    """data.download_token_files from url, pinned to these checksums."""
+    with unittest.mock.patch.multiple(data, TOKEN_URL=url, TOKEN_SHA256=sha256):
+        return data.download_token_files(folder)
+
+
 class TestEmbeddings(TempDir):
     def test_the_token_table_is_read_at_its_offset_with_a_padding_row(self):
         blobs = write_params(self.tmp / "served")
         with Server(self.tmp / "served") as server:
-            path = gpt1.gpt1_embeddings(self.tmp / "data", server.url, blobs, SHAPES)
+            path = embeddings(self.tmp / "data", server.url, blobs)
         with np.load(path, allow_pickle=False) as d:
             table = d["tokens"]
         expected = np.concatenate([np.zeros((1, 3)), np.arange(12, 30).reshape(6, 3)]).astype(np.float32)
         np.testing.assert_array_equal(table, expected)
         # made once: later runs reuse it, with no server
-        self.assertEqual(gpt1.gpt1_embeddings(self.tmp / "data", "http://127.0.0.1:9/", blobs, SHAPES), path)
+        self.assertEqual(embeddings(self.tmp / "data", "http://127.0.0.1:9/", blobs), path)
 
     def test_offline_from_files_fetched_elsewhere_verified_alike(self):
         blobs = write_params(self.tmp / "elsewhere")
-        path = gpt1.gpt1_embeddings(self.tmp / "data", str(self.tmp / "elsewhere"), blobs, SHAPES)
+        path = embeddings(self.tmp / "data", str(self.tmp / "elsewhere"), blobs)
         with np.load(path, allow_pickle=False) as d:
             np.testing.assert_array_equal(d["tokens"][1:], np.arange(12, 30).reshape(6, 3))
         (self.tmp / "elsewhere" / "params_1.npy").write_bytes(b"\x93NUMPY damaged")
         with self.assertRaisesRegex(UserError, "not the pinned file"):
-            gpt1.gpt1_embeddings(self.tmp / "other", str(self.tmp / "elsewhere"), blobs, SHAPES)
+            embeddings(self.tmp / "other", str(self.tmp / "elsewhere"), blobs)
         self.assertFalse((self.tmp / "other").exists())
         proc = subprocess.run([sys.executable, "gpt1.py", "--from", str(self.tmp / "nowhere"), "--data_folder",
                                str(self.tmp / "data2")], cwd=HERE, capture_output=True, text=True, timeout=120)
@@ -105,16 +122,16 @@ class TestEmbeddings(TempDir):
         good = (self.tmp / "served" / "params_1.npy").read_bytes()
         (self.tmp / "served" / "params_1.npy").write_bytes(good[:-4] + b"\0\0\0\0")
         with Server(self.tmp / "served") as server, self.assertRaisesRegex(UserError, "not the pinned file"):
-            gpt1.gpt1_embeddings(self.tmp / "data", server.url, blobs, SHAPES)
+            embeddings(self.tmp / "data", server.url, blobs)
         (self.tmp / "served" / "params_1.npy").write_bytes(good)
         with Server(self.tmp / "served", cut={"params_1.npy"}) as server, \
                 self.assertRaisesRegex(UserError, "cannot fetch GPT-1's parameters"):
-            gpt1.gpt1_embeddings(self.tmp / "data", server.url, blobs, SHAPES)
+            embeddings(self.tmp / "data", server.url, blobs)
         self.assertEqual(list((self.tmp / "data").glob("*")) if (self.tmp / "data").exists() else [], [])
 
     def test_offline_names_the_file_to_put_where(self):
         with self.assertRaises(UserError) as ctx:
-            gpt1.gpt1_embeddings(self.tmp / "data", "http://127.0.0.1:9/", None, SHAPES)
+            embeddings(self.tmp / "data", "http://127.0.0.1:9/", None)
         self.assertIn(f"put gpt1_embeddings.npz (array 'tokens', 40,479 x 768) into {self.tmp / 'data'}",
                       str(ctx.exception))
 
@@ -124,14 +141,14 @@ class TestTokenFiles(TempDir):
         served = write_token_files(self.tmp / "served")
         sha = {name: hashlib.sha256((served / name).read_bytes()).hexdigest() for name in data.TOKEN_SHA256}
         with Server(served) as server:
-            data.download_token_files(self.tmp / "good", server.url, sha)
+            token_files(self.tmp / "good", server.url, sha)
             for name in sha:
                 self.assertEqual((self.tmp / "good" / name).read_bytes(), (served / name).read_bytes())
             bad = dict(sha, **{"wiki.test.npz": "0" * 64})
             with self.assertRaisesRegex(OSError, "sha256"):
-                data.download_token_files(self.tmp / "bad", server.url, bad)
+                token_files(self.tmp / "bad", server.url, bad)
         with Server(served, cut={"wiki.validation.npz"}) as server, self.assertRaisesRegex(OSError, "wiki.validation"):
-            data.download_token_files(self.tmp / "cut", server.url, sha)
+            token_files(self.tmp / "cut", server.url, sha)
         for folder in ("bad", "cut"):
             self.assertFalse((self.tmp / folder).exists() and any((self.tmp / folder).iterdir()))
 
@@ -172,10 +189,11 @@ class TestVocabulary(TempDir):
         (served / "vocab_40000.bpe").write_text("#version: 0.2\n")
         blobs = {n: gpt1.git_blob_id((served / n).read_bytes()) for n in ("encoder_bpe_40000.json", "vocab_40000.bpe")}
         with Server(served) as server:
-            vocab = gpt1.Vocabulary.find(self.tmp / "data", server.url, blobs)
+            vocab = pinned(blobs, gpt1.Vocabulary.find, self.tmp / "data", server.url)
             self.assertEqual(vocab.encode("a a"), [2, 2])
             with self.assertRaisesRegex(OSError, "not the pinned file"):
-                gpt1.Vocabulary.find(self.tmp / "other", server.url, dict(blobs, **{"vocab_40000.bpe": "0" * 40}))
+                pinned(dict(blobs, **{"vocab_40000.bpe": "0" * 40}), gpt1.Vocabulary.find, self.tmp / "other",
+                       server.url)
         self.assertTrue((self.tmp / "data" / "vocab_40000.bpe").exists())
 
     @unittest.skipUnless((REAL / "gpt1" / "encoder_bpe_40000.json").exists(), "the real GPT-1 vocabulary is not here")

@@ -61,10 +61,9 @@ def first_line(exc):
 
 def cli(main):
     """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C or
-    SIGTERM a clean stop (exit 130 or 143) whose line says what was kept. Under torchrun every rank
-    reports its own error, tagged with its rank, and leaves at once (os._exit), so torchrun ends the
-    other ranks instead of letting them wait in a collective for its timeout. The process group is
-    destroyed on the way out, and the signal handlers are put back unless a signal stopped it."""
+    SIGTERM a clean stop (exit 130 or 143) that says what was kept. Under torchrun a failing rank
+    says so with its rank and leaves at once (os._exit): torchrun then ends the others, which would
+    otherwise wait in a collective until its timeout."""
     def wrapped(argv=None):
         # Ours, also where a shell started the process with Ctrl-C ignored (a background job).
         previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
@@ -126,9 +125,8 @@ def cuda_unusable_reason():
 
 
 def cuda_arch_problem(device=None):
-    """Why this torch cannot run kernels on the GPU (its build has none for the GPU's compute
-    capability, e.g. a CUDA 13 build on a V100), or None. A cubin runs on its own major
-    generation at the same or a higher minor version; PTX is compiled for any newer GPU."""
+    """Why this torch has no kernels for the GPU (a CUDA 13 build on a V100), or None. A cubin runs on
+    its major generation at the same or a higher minor version; PTX is compiled for any newer GPU."""
     major, minor = torch.cuda.get_device_capability(device)
     found = (re.fullmatch(r"(sm|compute)_(\d+)[a-z]?", arch) for arch in torch.cuda.get_arch_list())
     archs = [(f[1], *divmod(int(f[2]), 10)) for f in found if f]  # sm_90a: ("sm", 9, 0)
@@ -142,8 +140,8 @@ def cuda_arch_problem(device=None):
 
 
 def get_device(name):
-    """The torch device for --device: auto picks CUDA when there is one. A GPU this torch has no
-    kernels for is refused in one line before anything runs on it, with auto too."""
+    """The torch device for --device (auto: CUDA where usable); a GPU this torch has no kernels for
+    is refused in one line."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     elif name.startswith("cuda"):
@@ -175,10 +173,9 @@ class Precision(NamedTuple):
 
 
 def choose_precision(name, device):
-    """The Precision of --precision on a device. auto: bf16 where the GPU runs it natively (compute
-    capability 8.0 and up), fp16 with loss scaling on older GPUs (where bf16 is only emulated,
-    without tensor cores), fp32 on a CPU. On a GPU, fp32 matmuls (and the recurrent cores, always
-    fp32) run as TF32 on the tensor cores."""
+    """The Precision of --precision. auto: bf16 where the GPU runs it natively (compute capability 8.0
+    and up), fp16 with loss scaling on older GPUs (bf16 is emulated there), fp32 on a CPU. On a GPU,
+    fp32 matmuls (the recurrent cores' too) run as TF32."""
     if device.type != "cuda":
         check(name != "fp16", "--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
         if name == "auto":
@@ -210,15 +207,15 @@ PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16
 
 
 def published_peak(device_name, kind):
-    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None. A model matches as a
-    whole word of the name: "NVIDIA L40S" is no L4, "NVIDIA A100-SXM4-80GB" is an A100."""
+    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None; a model matches as a
+    word of the name ("NVIDIA L40S" is no L4)."""
     words = set(re.split(r"[^A-Za-z0-9]+", device_name))
     return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in words), None)
 
 
 def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
-    """The FLOP rate over the rate the device could reach for the same work: each part against the
-    ceiling of the precision it runs in (fp32_share of the FLOPs in fp32, the rest in autocast's)."""
+    """The FLOP rate over what the device could reach for the same work, each part against the
+    ceiling of its precision (fp32_share of the FLOPs in fp32)."""
     return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
 
 
@@ -322,17 +319,14 @@ def epoch_seed(seed, epoch, purpose):
 
 
 def epoch_generator(seed, epoch, purpose):
-    """A CPU generator for one purpose ("shuffle", "augment", ...) in one epoch. Deriving it from
-    (seed, epoch, purpose) keeps data order and augmentation independent of everything else (model
-    size, process count), and a resumed run draws exactly what the uninterrupted one drew."""
+    """A CPU generator for one purpose ("shuffle", "augment", ...) in one epoch: data order and
+    augmentation depend on nothing else (model, process count), and a resumed run draws the same."""
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, purpose))
 
 
 def seed_dropout(seed, epoch):
-    """Seed torch's global generator, which dropout and drop-path draw from, for one training epoch
-    of this process: every process draws masks of its own for its own slice of the batch (the same
-    seed on every rank would repeat one mask pattern across the slices), and a resumed run draws
-    what the uninterrupted one drew."""
+    """Seed torch's global generator (dropout, drop-path) for one training epoch of this process: each
+    rank draws its own masks for its slice of the batch, and a resumed run draws the same."""
     torch.manual_seed(epoch_seed(seed, epoch, f"dropout, rank {rank()}"))
 
 
@@ -346,8 +340,8 @@ def rng_state():
 
 
 def set_rng_state(state):
-    """Restore a saved state. CUDA states are restored for the GPUs that exist here: a checkpoint
-    from a machine with more GPUs (or one resumed on a CPU) restores what it can."""
+    """Restore a saved state; CUDA states for the GPUs that exist here (a checkpoint may come from a
+    machine with more, or none)."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
@@ -358,9 +352,8 @@ def set_rng_state(state):
 
 
 def setup(cfg):
-    """Device, precision, seeds and, under torchrun, the process group. Returns (device, Precision).
-    `--batch_size` stays the global batch. A full-length run that `--device auto` puts on a CPU says
-    so before it starts: the study takes days there."""
+    """Device, precision, seeds and, under torchrun, the process group: (device, Precision). A full
+    run that `--device auto` puts on a CPU says so before it starts."""
     device = init_distributed(get_device(cfg.device), cfg.batch_size)
     if cfg.device == "auto" and device.type == "cpu" and not cfg.limit_batches and rank() == 0:
         print(f"warning: training on the CPU, since CUDA is not usable ({cuda_unusable_reason()}); a full run "
