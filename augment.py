@@ -25,24 +25,22 @@ def to_device(tensor, device):
 
 @functools.lru_cache(maxsize=None)
 def _standardise(device, mean=CIFAR_MEAN, std=CIFAR_STD):
-    """x * scale + shift maps 0..255 pixel values to standardised ones, per channel. Cached: making
-    a CUDA tensor from Python numbers is a blocking copy, which must not happen every batch."""
+    """(scale, shift) per channel from 0..255 to standardised values; cached, since making a CUDA
+    tensor from Python numbers is a blocking copy."""
     scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
     return scale, shift
 
 
 def normalize(images, mean=CIFAR_MEAN, std=CIFAR_STD):
-    """Pixel values 0..255 (B, C, H, W), uint8 or float -> float, scaled to [0, 1] then standardised
-    per channel."""
+    """Pixel values 0..255 (B, C, H, W), uint8 or float -> standardised floats."""
     scale, shift = _standardise(images.device, tuple(mean), tuple(std))
     return torch.addcmul(shift, images.float(), scale)
 
 
 def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1), attempts=10):
-    """RandomResizedCrop's boxes for n images at once: (top, left, h, w) int64 CPU tensors (n,).
-    As torchvision: draw area and log-aspect, round to whole pixels, keep the first of `attempts`
-    draws that fits, else fall back to the whole image."""
+    """RandomResizedCrop's boxes (top, left, h, w) for n images at once, as torchvision draws them:
+    the first of `attempts` (area, log-aspect) draws that fits, else the whole image."""
     u = torch.rand(n, 2 * attempts + 2, generator=generator, dtype=torch.float64)
     area = (scale[0] + (scale[1] - scale[0]) * u[:, :attempts]) * (height * width)
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
@@ -58,10 +56,9 @@ def crop_params(n, height, width, generator, scale=(0.8, 1.0), ratio=(0.9, 1.1),
 
 
 def _sample_points(start, length, size, shift, flip):
-    """Where output pixel i of each image reads its input, in grid_sample's [-1, 1] coordinates: the
-    crop [start, start + length) resized to `size` pixels (bilinear, align_corners=False), read
-    backwards where `flip`, then shifted by `shift` pixels. Also whether i is still inside the image
-    after the shift (else it is zero padding). (B,) tensors -> (B, size) coordinates and mask."""
+    """Where output pixel i reads its input, in grid_sample's coordinates: the crop [start, start +
+    length) resized to `size`, flipped where `flip`, shifted by `shift`; and whether i is still inside
+    the image (else zero padding). (B,) tensors -> (B, size) coordinates and mask."""
     i = torch.arange(size, dtype=torch.float32, device=start.device) - shift[:, None]
     inside = (i >= 0) & (i < size)
     i = torch.where(flip[:, None], size - 1 - i, i)
@@ -70,14 +67,11 @@ def _sample_points(start, length, size, shift, flip):
 
 
 def augment(images, generator, flip=True, scale=(0.8, 1.0), ratio=(0.9, 1.1), policy="reference", pad=4):
-    """The training augmentation, batched: per-image parameters from `generator`, then one
-    grid_sample for the whole batch on the images' device. uint8 (B, C, H, W) -> normalised float.
-
-    reference: the reference's RandomHorizontalFlip and RandomResizedCrop (same size, bilinear,
-    antialias off): torchvision's resize of the crop box, except that pixels at the box's edge may
-    read the pixel just beyond it (grid_sample's border padding clamps at the image, not the box).
-    strong: the same, then a random translation by up to `pad` pixels with zero padding (pad and
-    crop, folded into the same sampling grid), then one TrivialAugment operation per image."""
+    """The training augmentation of a uint8 batch (B, C, H, W) into normalised floats: per-image
+    parameters from `generator`, one grid_sample for the batch. reference: the reference's
+    RandomHorizontalFlip and RandomResizedCrop (bilinear, no antialias; a pixel at the box's edge may
+    read one beyond it). strong: then a translation by up to `pad` pixels with zero padding (in the
+    same grid) and one TrivialAugment operation per image."""
     if policy not in AUGMENTS:
         raise ValueError(f"unknown augmentation {policy!r}; choose from {', '.join(AUGMENTS)}")
     B, _, H, W = images.shape
@@ -116,11 +110,9 @@ GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")  # la
 
 
 def trivial_augment(x, generator, ops=None, magnitudes=None):
-    """One TrivialAugment operation per image of x (float (B, C, H, W), pixel values 0..255), batched:
-    the images are grouped by operation (the draws are on the host, so the grouping costs no device
-    sync), each group is transformed at once, and the geometric ones share one grid_sample (nearest,
-    zero fill, as torchvision's default). `ops` (indices into TA_OPS) and signed `magnitudes` in
-    [-1, 1] (B,) may be given instead of drawn. Returns a new tensor."""
+    """One TrivialAugment operation per image of x (float (B, C, H, W), 0..255), grouped by operation
+    (drawn on the host: no device sync), the geometric ones in one grid_sample (nearest, zero fill).
+    `ops` (indices into TA_OPS) and signed `magnitudes` in [-1, 1] may be given instead of drawn."""
     B = x.shape[0]
     if ops is None:
         ops = torch.randint(len(TA_OPS), (B,), generator=generator)
@@ -155,9 +147,8 @@ def _blend(x, other, factor):  # other + factor (x - other), clamped; factor 1 i
 
 
 def _sharpen_base(x):
-    """PIL's SMOOTH filter on the interior, the border kept (as torchvision's adjust_sharpness). The
-    kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 is a 3 x 3 box plus 4 x the centre, and the box is
-    separable: four slice adds instead of a grouped conv2d."""
+    """PIL's SMOOTH filter on the interior, the border kept (torchvision's adjust_sharpness): a 3 x 3
+    box plus 4 x the centre, over 13, as four slice adds instead of a grouped conv2d."""
     rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]  # (n, C, H - 2, W)
     blurred = x.clone()
     blurred[:, :, 1:-1, 1:-1] = (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * x[:, :, 1:-1, 1:-1]) / 13
@@ -187,8 +178,7 @@ _COLOUR_OPS = {
 
 @functools.lru_cache(maxsize=8)
 def _pixel_grid(H, W, device):
-    """(H*W, 3): every pixel centre's (x, y, 1) in [-1, 1] coordinates (align_corners=False), the
-    base grid that F.affine_grid multiplies by theta. Cached per device."""
+    """(H*W, 3): every pixel centre's (x, y, 1) in [-1, 1], the base grid of F.affine_grid."""
     ys, xs = torch.meshgrid((torch.arange(H, device=device) * 2 + 1) / H - 1,
                             (torch.arange(W, device=device) * 2 + 1) / W - 1, indexing="ij")
     return torch.stack([xs, ys, torch.ones_like(xs)], -1).view(H * W, 3)
@@ -215,10 +205,9 @@ def _affine(x, ops, m):
 
 
 def mix(images, labels, generator, mixup=0.0, cutmix=0.0):
-    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) on a whole batch: with both alphas set,
-    one of the two per batch, each with probability 1/2. Returns (images, labels_b, lam): the loss
-    is lam * CE(labels) + (1 - lam) * CE(labels_b). For CutMix, lam is the exact fraction of
-    pixels left from the first image (the box is clipped at the border)."""
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) on a batch (with both, one of the two per
+    batch): (images, labels_b, lam), the loss lam * CE(labels) + (1 - lam) * CE(labels_b). CutMix's
+    lam is the exact fraction of pixels kept (its box is clipped at the border)."""
     B, _, H, W = images.shape
     use_cutmix = cutmix > 0 and (mixup == 0 or torch.rand(1, generator=generator).item() < 0.5)
     alpha = cutmix if use_cutmix else mixup

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ import plan
 import utils
 from rundir import environment
 from augment import augment, normalize
+from data import Corpus, ImageData, load_cifar10, load_wikitext
 from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_recurrent_share, \
     lm_train_flops, vit_flops
 from train_lm import TextTask
@@ -41,6 +43,25 @@ from train_vit import ImageTask
 
 VIT = dict(embed_dim=256, hidden_dim=512, num_heads=8, patch_size=4)
 LM = dict(vocab_size=40479, embedding_size=768, hidden_size=512)
+# Published dense peaks (TFLOP/s, no sparsity) of common GPUs in the precision a run uses (fp32: TF32
+# on tensor cores where the GPU has them), by the model's word in the device's name.
+PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
+         "A100": dict(bf16=312, fp16=312, fp32=156), "L40S": dict(bf16=362, fp16=362, fp32=183),
+         "L4": dict(bf16=121, fp16=121, fp32=60), "A10": dict(bf16=125, fp16=125, fp32=62),
+         "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
+
+
+def published_peak(device_name, kind):
+    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None; a model matches as a
+    word of the name ("NVIDIA L40S" is no L4)."""
+    words = set(re.split(r"[^A-Za-z0-9]+", device_name))
+    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in words), None)
+
+
+def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
+    """The FLOP rate over what the device could reach for the same work, each part against the
+    ceiling of its precision (fp32_share of the FLOPs in fp32)."""
+    return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
 
 
 def timed(fn, device, steps, warmup):
@@ -55,51 +76,67 @@ def timed(fn, device, steps, warmup):
     return (time.perf_counter() - start) / steps
 
 
-def train_step(model, optimizer, loss_fn):
+def train_step(model, optimizer, loss, device, precision):
+    """One optimizer step on loss(model), the forward under the precision's autocast."""
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        with precision.autocast(device):
+            value = loss(model)
+        value.backward()
         optimizer.step()
     return step
 
 
-def bench_vit_models(device, precision, quick, batch=128):
-    rows = []
-    images = torch.randn(batch, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (batch,), device=device)
-    for layers in (2, 4, 6):
-        for block in ("prenorm", "postnorm"):
-            torch.manual_seed(0)
-            model = VisionTransformer(layers, block, **VIT).to(device)
-            opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
+def vit_loss(images, labels):
+    return lambda model: F.cross_entropy(model(images).float(), labels)
 
-            def loss():
-                with precision.autocast(device):
-                    return F.cross_entropy(model(images).float(), labels)
-            sec = timed(train_step(model, opt, loss), device, 3 if quick else 10, 2)
-            flops = 3 * vit_flops(layers) * batch / sec
-            rows.append(dict(model=f"ViT-{layers} {block}", params=count_params(model), unit="images/s",
-                             throughput=batch / sec, tflops=flops / 1e12))
+
+def model_row(name, make, optimizer, lr, loss, device, precision, steps, count, unit, flops, **extra):
+    """A table row for one model's training step: `count` images or tokens per step, `flops` each."""
+    torch.manual_seed(0)
+    model = make().to(device)
+    opt, _, _ = optim.make_optimizer(optimizer, model, lr, weight_decay=5e-4)
+    sec = timed(train_step(model, opt, loss, device, precision), device, steps, 1)
+    return dict(model=name, params=count_params(model), unit=unit, throughput=count / sec,
+                tflops=flops * count / sec / 1e12, **extra)
+
+
+def bench_vit_models(device, precision, quick, batch=128):
+    loss = vit_loss(torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device))
+    return [model_row(f"ViT-{layers} {block}", lambda: VisionTransformer(layers, block, **VIT), "adamw", 3e-4, loss,
+                      device, precision, 3 if quick else 10, batch, "images/s", 3 * vit_flops(layers))
+            for layers in (2, 4, 6) for block in ("prenorm", "postnorm")]
+
+
+def bench_lm_models(device, precision, quick, frozen, batch=16, seq_len=256):
+    tokens = torch.randint(1, LM["vocab_size"], (batch, seq_len + 1), device=device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    table = torch.zeros(LM["vocab_size"], LM["embedding_size"]) if frozen else None
+    rows = []
+    for core, layers, block in (("lstm", 1, "prenorm"), ("lstm", 2, "prenorm"), ("lstm", 4, "prenorm"),
+                                ("gru", 1, "prenorm"), ("transformer", 2, "prenorm"), ("transformer", 2, "postnorm")):
+        name = f"{core.upper() if core != 'transformer' else 'Transformer ' + block}-{layers}"
+        rows.append(model_row(  # the trainer's loss: summed in chunks, the full logits never exist
+            f"LM {name}", lambda: LanguageModel(core, layers, **LM, embeddings=table, max_len=seq_len, block=block),
+            "adam", 1e-3, lambda model: model(x, targets=y)[0] / y.numel(), device, precision, 2 if quick else 5,
+            batch * seq_len, "tokens/s", lm_train_flops(core, layers, frozen, seq_len=seq_len),
+            fp32_share=lm_recurrent_share(core, layers, frozen, seq_len)))
     return rows
 
 
 def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
     """Our whole training path (seeded shuffle, batched augmentation, task loss, run_epoch) against
-    the bare training step of our model and of each peer implementation on tensors already on the
-    device."""
+    the bare training step of our model and of each peer implementation, on tensors on the device."""
     steps = 4 if quick else 20
     n = batch * steps
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
     y = torch.randint(0, 10, (n,), generator=g).to(device)
-    data = type("D", (), {"splits": {"train": (x, y)}})()
-    task = ImageTask(data, batch, seed=0)
+    task = ImageTask(ImageData({"train": (x, y)}, list(range(10))), batch, seed=0)
     torch.manual_seed(0)
     model = VisionTransformer(layers, "prenorm", **VIT).to(device)
     opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4)
     engine.run_epoch(model, task, "train", 0, engine.Step(opt), precision, 2)  # warm-up
-    images, labels = normalize(x[:batch]), y[:batch]
-    peers = {}
     # Our model's bare step too, with the peers' (unfused) AdamW: the trainer's overhead and the
     # implementations' difference, told apart.
     bare = {"models.py": lambda: VisionTransformer(layers, "prenorm", **VIT)}
@@ -109,15 +146,12 @@ def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
         import timm
         makers["timm"] = lambda: timm.models.vision_transformer.VisionTransformer(
             img_size=32, patch_size=4, embed_dim=256, depth=layers, num_heads=8, mlp_ratio=2.0, num_classes=10)
+    peers = {}
     for name, make in makers.items():
         torch.manual_seed(0)
         peer = make().to(device)
-        popt = torch.optim.AdamW(peer.parameters(), lr=3e-4, weight_decay=5e-4)
-
-        def loss(peer=peer):
-            with precision.autocast(device):
-                return F.cross_entropy(peer(images).float(), labels)
-        step = train_step(peer, popt, loss)
+        step = train_step(peer, torch.optim.AdamW(peer.parameters(), lr=3e-4, weight_decay=5e-4),
+                          vit_loss(normalize(x[:batch]), y[:batch]), device, precision)
         timed(step, device, 1, 2)  # warm-up
         peers[name] = (peer, step)
     # Alternated, best of several: the machine's drift hits every contender alike, and its noise only
@@ -134,29 +168,6 @@ def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
         flop = 3 * vit_flops(layers, first_only_last=name in bare)
         rows.append(dict(model=f"ViT-{layers} {name} (bare step, {count_params(peer):,} params)", unit="images/s",
                          throughput=best[name], tflops=best[name] * flop / 1e12, ratio=ours / best[name]))
-    return rows
-
-
-def bench_lm_models(device, precision, quick, frozen, batch=16, seq_len=256):  # each LM's training step
-    rows = []
-    tokens = torch.randint(1, LM["vocab_size"], (batch, seq_len + 1), device=device)
-    x, y = tokens[:, :-1], tokens[:, 1:]
-    table = torch.zeros(LM["vocab_size"], LM["embedding_size"]) if frozen else None
-    for core, layers, block in (("lstm", 1, "prenorm"), ("lstm", 2, "prenorm"), ("lstm", 4, "prenorm"),
-                                ("gru", 1, "prenorm"), ("transformer", 2, "prenorm"), ("transformer", 2, "postnorm")):
-        torch.manual_seed(0)
-        model = LanguageModel(core, layers, **LM, embeddings=table, max_len=seq_len, block=block).to(device)
-        opt, _, _ = optim.make_optimizer("adam", model, 1e-3)
-
-        def loss():  # the trainer's loss: summed in chunks, the full logits never exist
-            with precision.autocast(device):
-                return model(x, targets=y)[0] / y.numel()
-        sec = timed(train_step(model, opt, loss), device, 2 if quick else 5, 1)
-        flops = lm_train_flops(core, layers, frozen, seq_len=seq_len) * batch * seq_len / sec
-        name = f"{core.upper() if core != 'transformer' else 'Transformer ' + block}-{layers}"
-        rows.append(dict(model=f"LM {name}", params=count_params(model), unit="tokens/s",
-                         throughput=batch * seq_len / sec, tflops=flops / 1e12,
-                         fp32_share=lm_recurrent_share(core, layers, frozen, seq_len)))
     return rows
 
 
@@ -202,11 +213,7 @@ def bench_augmentation(device, precision, quick, batch=128):
     torch.manual_seed(0)
     model = VisionTransformer(2, "prenorm", **VIT).to(device)
     opt, _, _ = optim.make_optimizer("adamw", model, 3e-4, weight_decay=5e-4, device=device)
-
-    def loss():
-        with precision.autocast(device):
-            return F.cross_entropy(model(normalize(images)).float(), labels)
-    step = train_step(model, opt, loss)
+    step = train_step(model, opt, lambda m: F.cross_entropy(m(normalize(images)).float(), labels), device, precision)
     runs = {policy: (lambda policy=policy: augment(images, g, policy=policy)) for policy in ("reference", "strong")}
     best = dict(step=math.inf, **{p: math.inf for p in runs})
     for _ in range(3 if quick else 10):
@@ -266,7 +273,6 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
     depend on the pixel or token values). On CPU a slice is timed and extrapolated; on CUDA the
     whole epoch, the second of two (the first pays for warm-up). With `with_compile`, each model is
     then compiled in place as `--compile` does (the warm-up timed apart) and its epochs timed again."""
-    from data import Corpus, ImageData, load_cifar10, load_wikitext
     rows = []
     root = Path(data_root)
     full = device.type == "cuda"
@@ -317,9 +323,9 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
 def table(rows, ceiling, ceiling_fp32, device, dtype):
     name = environment(device)["device_name"] if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    peak = utils.published_peak(name, kind)
+    peak = published_peak(name, kind)
     fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
-                                     f"{utils.published_peak(name, 'fp32') or 'unknown'}")
+                                     f"{published_peak(name, 'fp32') or 'unknown'}")
     print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
           f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
@@ -377,7 +383,7 @@ def main(argv=None):
         ceiling_fp32 = ceiling if dtype is None else max(ceiling_fp32, plan.matmul_rate(device, None))
     for r in rows:
         if r.get("tflops"):
-            r["mfu"] = utils.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
+            r["mfu"] = mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
     table(rows, ceiling, ceiling_fp32, device, dtype)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(

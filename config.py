@@ -173,10 +173,8 @@ class TrainConfig:
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
 
     def default_exp_id(self):
-        """A readable run name, the same one runs.sh gives the configuration: <PREFIX>_L<layers>_<optimizer>,
-        the recipe unless it is the reference, every other setting that changes the result and differs
-        from the recipe's default, the data's kind where it is not the default's (`data_kind`), then
-        _s<seed>. `--epochs` is left out so that a run can be extended."""
+        """The run's name, the sweep's too: <PREFIX>_L<layers>_<optimizer>, the recipe, every setting
+        that differs from the recipe's default, the data's kind where it is not the report's, _s<seed>."""
         defaults = dataclasses.replace(type(self)(), **self.RECIPES.get(self.recipe, {}))
 
         def text(f, value):
@@ -200,10 +198,9 @@ class TrainConfig:
         return name
 
     def naming(self):
-        """What config.json says about the run's name and settings, so readers need no list of their own:
-        the configuration's name (shared by its seeds), which keys are settings (ROLES) and which of
-        them differ from the defaults (the reference report's; the data's own are recorded as
-        data_kind), which keys are not settings and which may differ on resume."""
+        """What config.json says of the run's name and settings, so readers need no list of their own:
+        the configuration's name (its seeds share it), the settings, those changed from the report's
+        defaults, the keys that are not settings and those that may differ on resume."""
         defaults, not_settings = type(self)(), self.with_role("context", "seed")
         changed = {name: getattr(self, name) for name in self.with_role("setting")
                    if getattr(self, name) != getattr(defaults, name)}

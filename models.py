@@ -16,8 +16,8 @@ def count_params(model, learnable_only=True):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): in training, zero a residual branch for a random
-    fraction p of the samples and scale the kept ones by 1 / (1 - p); the identity in evaluation."""
+    """Stochastic depth (Huang et al. 2016): in training, a residual branch is zeroed for a fraction p
+    of the samples and the rest scaled by 1 / (1 - p)."""
 
     def __init__(self, p):
         super().__init__()
@@ -29,16 +29,12 @@ class DropPath(nn.Module):
         keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device).bernoulli_(1 - self.p)
         return x * keep.div_(1 - self.p).to(x.dtype)
 
-    def extra_repr(self):
-        return f"p={self.p}"
-
 
 class Block(nn.Module):
     """Multi-head self-attention and a GELU MLP, each with a residual and a LayerNorm.
 
     norm_first=True (pre-norm):  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
     norm_first=False (post-norm): x = norm1(x + attn(x)); x = norm2(x + mlp(x))
-    With drop_path, each residual branch (attn, mlp) is dropped per sample in training.
     """
 
     def __init__(self, dim, num_heads, hidden_dim, norm_first=True, causal=False, dropout=0.0, drop_path=0.0):
@@ -74,9 +70,8 @@ class Block(nn.Module):
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, q.shape[1], C)))
 
     def forward(self, x, first_only=False):  # (B, T, C) -> (B, T, C), or (B, 1, C) with first_only
-        """first_only: the first token's output alone, computing only its query, projection and MLP;
-        it equals forward(x)[:, :1] at about a quarter of the cost (the last Block of a ViT, whose
-        head reads the CLS token alone)."""
+        """first_only: forward(x)[:, :1] at about a quarter of the cost (only the first token's query,
+        projection and MLP): the last Block of a ViT, whose head reads the CLS token alone."""
         dp = self.drop_path
         r = x[:, :1] if first_only else x  # the residual stream of the tokens computed
         if self.norm_first:
@@ -99,9 +94,8 @@ def _init_weights(module):
 
 class VisionTransformer(nn.Module):
     """ViT for small images: linear patch embedding, CLS token, learned positions, Blocks, and a
-    LayerNorm + Linear head on the CLS token. Takes normalised float images (B, C, H, W).
-    drop_path is the last Block's stochastic-depth rate; Block i of L gets drop_path * i / L, the
-    linear rule of Huang et al."""
+    LayerNorm + Linear head on the CLS token, over normalised images (B, C, H, W). drop_path is the
+    last Block's rate; Block i of L gets drop_path * i / L (Huang et al.)."""
 
     def __init__(self, num_layers=2, block="prenorm", embed_dim=256, hidden_dim=512, num_heads=8,
                  patch_size=4, image_size=32, num_channels=3, num_classes=10, dropout=0.0, drop_path=0.0):
@@ -132,18 +126,15 @@ class VisionTransformer(nn.Module):
         x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(B, (H // p) * (W // p), C * p * p)  # (B, N, C*p*p), row-major patches
 
-    def layer_parameters(self):
-        """One list of parameters per Block, input side first (for per-layer gradient norms)."""
+    def layer_parameters(self):  # per Block, input side first: per-layer gradient norms
         return [list(b.parameters()) for b in self.blocks]
 
-    def no_weight_decay(self):
-        """Parameters of 2 or more dimensions that an exempting optimizer leaves undecayed."""
+    def no_weight_decay(self):  # parameters of 2 or more dimensions that --decay_exempt leaves undecayed
         return {"pos_embed", "cls_token"}
 
     def forward(self, images):
         x = self.patch_embed(self.patchify(images))  # (B, N, E)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        x = self.drop(x)
+        x = self.drop(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed)
         for blk in self.blocks[:-1]:
             x = blk(x)
         # The head reads the CLS token alone, so the last Block computes nothing else (exact, and
@@ -200,12 +191,10 @@ CORES = ("lstm", "gru", "transformer")
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """sum over rows of cross_entropy(h @ weight.T, targets), ignoring target 0, without ever
-    holding the full logits: each chunk of rows is one fused log-softmax, and its gradients for h
-    and weight (softmax - one-hot) are formed in the forward pass, so nothing is recomputed.
-    The gradients accumulate in fp32. Under fp16 they are also formed in fp32: they are computed
-    before the loss scaler scales anything, and a 40k-way softmax's small values vanish in fp16.
-    Autocast is off inside, so each matmul runs in the dtype chosen here."""
+    """sum over rows of cross_entropy(h @ weight.T, targets), ignoring target 0, without ever holding
+    the full logits: each chunk of rows is one fused log-softmax, and its gradients (softmax - one-hot)
+    are formed in the forward pass, accumulated in fp32. Under fp16 they are formed in fp32 too: the
+    loss scaler has not scaled them yet, and a 40k-way softmax's small values vanish in fp16."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, chunk, grads):
@@ -261,12 +250,9 @@ def linear_cross_entropy(h, weight, targets, chunk=1024):
 
 
 class LanguageModel(nn.Module):
-    """Token embedding -> core -> Linear + ReLU -> output layer tied to the embedding.
-
-    `forward(tokens, state=None) -> (logits, state)` for every core, so the training loop never
-    asks which core it runs. `embeddings` (vocab x embedding_size) initialises the embedding and
-    freezes it unless `learn_embeddings`.
-    """
+    """Token embedding -> core -> Linear + ReLU -> output layer tied to the embedding, with
+    `forward(tokens, state=None) -> (logits, state)` for every core. `embeddings` (vocab x
+    embedding_size) initialises the embedding and freezes it unless `learn_embeddings`."""
 
     def __init__(self, core="lstm", num_layers=1, vocab_size=40479, embedding_size=768,
                  hidden_size=512, dropout=0.0, embeddings=None, learn_embeddings=False,
@@ -300,8 +286,7 @@ class LanguageModel(nn.Module):
     def no_weight_decay(self):
         return {"core.pos_embed"} if isinstance(self.core, TransformerCore) else set()
 
-    def layer_parameters(self):
-        """One list of parameters per Block or recurrent layer, input side first."""
+    def layer_parameters(self):  # per Block or recurrent layer, input side first
         if isinstance(self.core, TransformerCore):
             return [list(b.parameters()) for b in self.core.blocks]
         rnn = self.core.rnn
@@ -321,10 +306,8 @@ class LanguageModel(nn.Module):
 # FLOPs by formula, for MFU: forward matmul FLOPs, as the models above compute them.
 
 def vit_flops(layers, tokens=65, d=256, hidden=512, patches=64, patch_dim=48, classes=10, first_only_last=True):
-    """Forward matmul FLOPs per image: projections, MLP, attention scores and values, embed, head.
-    first_only_last counts what our VisionTransformer computes: its last Block computes keys and
-    values for every token but the query, attention row, projection and MLP of the CLS token alone
-    (peers compute every token in every Block: first_only_last=False)."""
+    """Forward matmul FLOPs per image. first_only_last: the last Block computes keys and values for
+    every token, the rest for the CLS token alone, as ours does (peers: False)."""
     per_block = tokens * 2 * (d * 3 * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * tokens * d
     last = (tokens * 2 * d * 2 * d + 2 * (d * d + d * d + 2 * d * hidden) + 2 * 2 * tokens * d
             if first_only_last else per_block)

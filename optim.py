@@ -12,10 +12,9 @@ from utils import check
 
 
 def parameter_groups(model, exempt=False):
-    """The learnable parameters as (decayed, not decayed). With `exempt`, what shifts or scales rather
-    than mixes (every tensor of fewer than 2 dimensions: biases, LayerNorm weights) and what the model
-    names in `no_weight_decay()` (position embeddings, the CLS token) take no weight decay, as in
-    DeiT, timm and nanoGPT; without it every parameter decays, as the reference's AdamW did."""
+    """The learnable parameters as (decayed, not decayed). With `exempt`, tensors of fewer than 2
+    dimensions (biases, LayerNorm weights) and the model's `no_weight_decay()` (positions, the CLS
+    token) are not decayed, as in DeiT, timm and nanoGPT; without it all are, as in the reference."""
     skip = set(getattr(model, "no_weight_decay", lambda: ())()) if exempt else set()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight once
     exempted = [exempt and (p.ndim < 2 or n in skip) for n, p in named]
@@ -23,10 +22,9 @@ def parameter_groups(model, exempt=False):
 
 
 def make_optimizer(name, model, lr, momentum=0.9, weight_decay=0.0, device=None, exempt=False):
-    """The reference's four optimizers over `model`'s learnable parameters (see parameter_groups).
-    Returns (optimizer, effective weight decay, what config.json records of the groups). They use the
-    fused kernels (one launch for all parameters) where this torch has them for the device, else
-    foreach on CUDA and the defaults elsewhere. A new optimizer goes here."""
+    """The reference's four optimizers over `model`'s learnable parameters, fused where this torch
+    has the kernel for the device: (optimizer, effective weight decay, what config.json records of
+    the groups). A new optimizer goes here."""
     kinds = dict(sgd=(torch.optim.SGD, dict(weight_decay=weight_decay)),
                  momentum=(torch.optim.SGD, dict(momentum=momentum, weight_decay=weight_decay)),
                  adam=(torch.optim.Adam, dict(weight_decay=0.0)),  # the reference's Adam has no weight decay
@@ -65,10 +63,9 @@ def make_scheduler(cfg, optimizer, steps_per_epoch):
 
 
 class EMA:
-    """An exponential moving average of a model's weights, updated after every optimizer step:
-    ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n)) at the n-th update, so
-    the average forgets the random initialisation early in a run (TensorFlow's num_updates rule).
-    Buffers are copied. `model` is a frozen copy in eval mode, to evaluate like any model."""
+    """An exponential moving average of a model's weights after every optimizer step, with decay
+    min(decay, (1 + n) / (10 + n)) at the n-th update, so that it soon forgets the initialisation
+    (TensorFlow's num_updates rule); buffers are copied. `model` is an eval-mode copy."""
 
     def __init__(self, model, decay):
         self.decay, self.updates = decay, 0
@@ -80,8 +77,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model, taken=None):
-        """taken: a device bool, False where the fp16 loss scaler skipped the step; the average then
-        stays as it is (decided on the device: no host read per step)."""
+        """taken: a device bool, False where the fp16 scaler skipped the step (the average stays)."""
         self.updates += 1
         params = list(model.parameters())
         if taken is None:

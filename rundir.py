@@ -1,7 +1,6 @@
-"""The run directory and the files in it, each written atomically (a crash or a full disk leaves
-the previous version intact): config.json, metrics.csv, grad_norms.csv, checkpoint.pt, best.pt,
-best_ema.pt and summary.json.
-"""
+"""The run directory and its files, each written atomically (a crash or a full disk leaves the
+previous version intact): config.json, metrics.csv, grad_norms.csv, checkpoint.pt, best.pt,
+best_ema.pt and summary.json."""
 import contextlib
 import csv
 import dataclasses
@@ -46,9 +45,8 @@ def signals_deferred():
 
 
 def atomic_write(path, write):
-    """Write through `write(file)` to a temporary file, fsync, then rename over `path`: a crash or a
-    full disk leaves the previous file intact and no temporary file behind, and Ctrl-C or SIGTERM
-    waits for the file to be complete."""
+    """Write through `write(file)` to a temporary file, fsync, rename over `path`: a crash or a full
+    disk leaves the previous file and no temporary one; Ctrl-C or SIGTERM waits for the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -156,9 +154,8 @@ def existing_run(cfg):
 
 @contextlib.contextmanager
 def advisory_lock(path, busy, what):
-    """Hold an advisory lock on the file `path` for the block, or refuse with the message `busy` when
-    another process holds it (`what`: the folder it guards, in words). The kernel drops the lock when
-    a process dies: it never goes stale."""
+    """Hold an advisory lock on the file `path` for the block, or refuse with `busy` when another
+    process holds it (`what`: what it guards). The kernel drops it when a process dies: never stale."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -176,9 +173,8 @@ def advisory_lock(path, busy, what):
 
 @contextlib.contextmanager
 def run_lock(cfg):
-    """Hold <log_dir>/.<exp_id>.lock for the block (the first process only), so that a second process
-    on the same run is refused instead of interleaving its files. The lock file sits beside the run
-    directory, so it survives --overwrite."""
+    """Hold <log_dir>/.<exp_id>.lock (beside the run, so that --overwrite keeps it) for the block: a
+    second process on the same run is refused instead of interleaving its files."""
     if rank() != 0:
         yield
         return
@@ -235,9 +231,7 @@ DATA_KEYS = ("data_kind", "data_sha256", "vocab_size", "classes")  # config.json
 
 
 class RunDir:
-    """<log_dir>/<exp_id>: config.json, metrics.csv (a row per epoch), grad_norms.csv, checkpoint.pt
-    (everything needed to resume), best.pt and best_ema.pt (weights), summary.json. Under torchrun
-    only the first process writes."""
+    """<log_dir>/<exp_id> and its files; under torchrun only the first process writes."""
 
     def __init__(self, path, task, cfg, config, fp16=False, files=None):
         self.path, self.cfg, self.config, self.main = Path(path), cfg, config, rank() == 0
@@ -271,10 +265,9 @@ class RunDir:
         return Progress(ckpt["history"], ckpt["norm_history"], ckpt["best"], ckpt["best_ema"])
 
     def check_same_run(self, saved):
-        """Refuse to resume onto what would change the numbers: other data (its checksum, vocabulary or
-        classes), another precision, other settings. Where the data lie, the folder's name, the device
-        and why a precision was chosen may all change (a run moved to another machine or GPU), and so
-        may how the results are described (the metric's label and digits, the study's title)."""
+        """Refuse to resume onto what would change the numbers: other data, precision or settings. The
+        context (paths, device, why a precision was chosen) and how the results are described (the
+        metric's label and digits, the title) may change."""
         now = json_plain(self.config)
         defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
         context = set(self.cfg.with_role("context")) | {"naming", "data_source", "precision_reason", "metric", "title"}
@@ -291,9 +284,8 @@ class RunDir:
               + "; ".join(f"{k}: {short(saved.get(k, defaults.get(k)))} -> {short(now.get(k))}" for k in diffs) + ")")
 
     def start(self, progress, device, norms):
-        """The run's files (config.json, and vocab.txt and the like), once a resume is accepted, and
-        the CSVs rewritten from the checkpoint's rows: a row written after the last checkpoint is
-        dropped (that epoch is trained again) and one written before it restored."""
+        """The run's files once a resume is accepted, and the CSVs rewritten from the checkpoint's rows
+        (a row written after the last checkpoint is dropped: that epoch is trained again)."""
         if not self.main:
             return
         for name, content in self.files.items():

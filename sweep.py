@@ -10,13 +10,10 @@ Groups: reference (the report's 13 configurations), extras (GRU and Transformer 
 (`--recipe improved`: ViT-6 pre- and post-norm, LSTM-1), norms (ViT-6 pre/post-norm with and
 without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 
-Its settings are environment variables (QUICK, DRY_RUN, EPOCHS_LM, EPOCHS_VIT, RUN_GROUPS, SEEDS,
-NORMS_SEEDS, ONLY, GPUS, DEVICE, LOG_DIR, PYTHON, LM_DATA, VIT_DATA, EMBEDDINGS, TRAIN_ARGS, SHARD),
-read and checked in `settings()`; docs/recipes.md's table says what each does and its default.
-
-One sweep at a time on a log folder. Ctrl-C or SIGTERM stops every running configuration within
-seconds; the same command resumes. A failing run does not stop the others: the failures are listed
-at the end and the exit code is 1.
+Its settings are environment variables, read and checked in `settings()`; docs/recipes.md's table
+says what each does. One sweep at a time on a log folder. Ctrl-C or SIGTERM stops every running
+configuration within seconds; the same command resumes. A failing run does not stop the others:
+the failures are listed at the end and the exit code is 1.
 """
 import dataclasses
 import os

@@ -170,6 +170,7 @@ class TestSweepList(unittest.TestCase):
         self.assertIn("--embedding_size 64 --hidden_size 64", quick[0])  # a smoke run's weights take megabytes
         self.assertIn("--log_dir logs/quick", quick[0])
         self.assertIn("--recipe improved --layers 6 --seed 42 --warmup_epochs 1 ", quick[1])  # fits in its epoch
+
     def test_every_setting_the_sweep_reads_is_in_the_docs_table(self):
         import re
         code = (HERE / "sweep.py").read_text()
