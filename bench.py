@@ -19,7 +19,6 @@ import contextlib
 import json
 import math
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -43,25 +42,6 @@ from train_vit import ImageTask
 
 VIT = dict(embed_dim=256, hidden_dim=512, num_heads=8, patch_size=4)
 LM = dict(vocab_size=40479, embedding_size=768, hidden_size=512)
-# Published dense peaks (TFLOP/s, no sparsity) of common GPUs in the precision a run uses (fp32: TF32
-# on tensor cores where the GPU has them), by the model's word in the device's name.
-PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
-         "A100": dict(bf16=312, fp16=312, fp32=156), "L40S": dict(bf16=362, fp16=362, fp32=183),
-         "L4": dict(bf16=121, fp16=121, fp32=60), "A10": dict(bf16=125, fp16=125, fp32=62),
-         "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
-
-
-def published_peak(device_name, kind):
-    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None; a model matches as a
-    word of the name ("NVIDIA L40S" is no L4)."""
-    words = set(re.split(r"[^A-Za-z0-9]+", device_name))
-    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in words), None)
-
-
-def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
-    """The FLOP rate over what the device could reach for the same work, each part against the
-    ceiling of its precision (fp32_share of the FLOPs in fp32)."""
-    return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
 
 
 def timed(fn, device, steps, warmup):
@@ -158,7 +138,8 @@ def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
     # ever slows a measurement down.
     best = dict(ours=0.0, **{name: 0.0 for name in peers})
     for _ in range(3 if quick else 5):
-        best["ours"] = max(best["ours"], n / engine.run_epoch(model, task, "train", 1, engine.Step(opt), precision)["seconds"])
+        epoch = engine.run_epoch(model, task, "train", 1, engine.Step(opt), precision)
+        best["ours"] = max(best["ours"], n / epoch["seconds"])
         for name, (_, step) in peers.items():
             best[name] = max(best[name], batch / timed(step, device, steps, 0))
     ours = best["ours"]
@@ -323,9 +304,9 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
 def table(rows, ceiling, ceiling_fp32, device, dtype):
     name = environment(device)["device_name"] if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    peak = published_peak(name, kind)
+    peak = utils.published_peak(name, kind)
     fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
-                                     f"{published_peak(name, 'fp32') or 'unknown'}")
+                                     f"{utils.published_peak(name, 'fp32') or 'unknown'}")
     print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
           f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
@@ -383,7 +364,7 @@ def main(argv=None):
         ceiling_fp32 = ceiling if dtype is None else max(ceiling_fp32, plan.matmul_rate(device, None))
     for r in rows:
         if r.get("tflops"):
-            r["mfu"] = mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
+            r["mfu"] = utils.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
     table(rows, ceiling, ceiling_fp32, device, dtype)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(

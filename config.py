@@ -133,7 +133,7 @@ class TrainConfig:
                             "with loss scaling on older GPUs, fp32 on CPU", ["auto", "fp32", "bf16", "fp16"],
                             group="performance")
     compile: bool = option(False, "torch.compile the model; the warm-up is timed apart from the epochs",
-                           group="performance")
+                           group="performance", role="context")
 
     RECIPES = {}  # name -> the settings it changes (each trainer's own)
     PREFIX = "run"  # the default name's start, formatted with the settings
@@ -150,7 +150,10 @@ class TrainConfig:
         return self.DATA_KIND
 
     def validate(self):
-        for name in ("layers", "batch_size", "epochs"):
+        # every count and width of the model too: a width of 0 builds a model that trains to chance
+        sizes = [f.name for f in dataclasses.fields(self)
+                 if f.metadata.get("group") == "model" and f.type in (int, "int")]
+        for name in ("batch_size", "epochs", *sizes):
             check(getattr(self, name) >= 1, f"--{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "grad_clip", "dropout", "momentum"):
             check(math.isfinite(getattr(self, name)), f"--{name} must be a finite number, got {getattr(self, name)}")

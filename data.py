@@ -67,8 +67,9 @@ def load_wikitext(folder, device, data_format="auto", download=True):
             return kinds[kind][1](folder, device)
     names = " or ".join(", ".join(kinds[k][0].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
                                                            else " (word-level text)") for k in wanted)
+    missing = [f for k in wanted if have[k] for f in kinds[k][0].values() if f not in have[k]]  # of a format begun
     check(not any(have.values()), f"{folder} is incomplete: has {', '.join(sum(have.values(), []))}; put {names} "
-          f"there (missing: {', '.join(f for k in wanted if have[k] for f in kinds[k][0].values() if f not in have[k])})")
+          f"there (missing: {', '.join(missing)})")
     errors = []
     for kind in wanted if download else []:
         try:

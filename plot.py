@@ -131,8 +131,8 @@ def pyplot():  # headless, imported only when a figure is drawn
 
 
 def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
-    """The metric and the loss over epochs and over time, a row of panels per (at most) per_panel
-    configurations, so that every curve and legend entry stays readable; rows share their y axes."""
+    """The metric and the loss over epochs and over time, a row of panels (sharing their y axes) per
+    per_panel configurations at most, so that every curve stays readable."""
     plt, m, label, title, written = pyplot(), groups[0].m, groups[0].label, groups[0].title, []
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -186,9 +186,8 @@ def finish(fig, title, path):
 
 
 def pairs_by(groups, key, *more):
-    """Groups that differ only in config[key] (and the keys in more), as a list of
-    {value (or tuple of values): group}, one dict per value of the other settings (config.json's
-    keys that its trainer names as settings)."""
+    """Groups that differ only in config[key] (and the keys in more): a {value (or values): group}
+    for each value of the other settings (those config.json names)."""
     keys = (key, *more)
     out = {}
     for g in groups:

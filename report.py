@@ -25,8 +25,8 @@ class DamagedReference(ValueError):
 
 
 def load_reference(path=REFERENCE):
-    """The report's numbers, checked: None when the file is missing (with a warning that names it),
-    DamagedReference with one line saying what is wrong when it is damaged."""
+    """The report's numbers, checked: None (and a warning) when the file is missing, DamagedReference
+    saying what is wrong when it is damaged."""
     try:
         ref = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
@@ -209,8 +209,8 @@ th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}li{
 
 
 def write_html(out_dir, sections, figures, banner=""):
-    """report/index.html: one self-contained page (figures embedded as PNG data; no network, no
-    scripts) with the summary, the tables and every figure; `banner`, a warning above it all."""
+    """report/index.html: the summary, tables and figures on one self-contained page (figures as PNG
+    data; no network, no scripts), `banner` a warning above it all."""
     body = [f'<div class="banner">{html.escape(banner)}</div>'] * bool(banner) + [markdown_to_html(t) for t in sections]
     for path in figures:
         data = base64.b64encode(Path(path).read_bytes()).decode()

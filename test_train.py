@@ -266,6 +266,10 @@ class TestRefusals(CliCase):
             (train_vit.main, ["--block", "sandwich"], "invalid choice"),
             (train_vit.main, ["--device", "tpu"], "invalid choice"),
             (train_vit.main, ["--embed_dim", "30", "--num_heads", "4"], "not divisible"),
+            (train_vit.main, ["--embed_dim", "0"], "--embed_dim must be at least 1"),
+            (train_vit.main, ["--num_heads", "0"], "--num_heads must be at least 1"),
+            (train_lm.main, ["--mlp_dim", "0"], "--mlp_dim must be at least 1"),
+            (train_lm.main, ["--hidden_size", "-1"], "--hidden_size must be at least 1"),
             (train_vit.main, ["--resume", "--overwrite"], "exclude"),
         ]
         for main, argv, fragment in cases:
@@ -768,6 +772,11 @@ class TestDefaults(unittest.TestCase):
         lm = config.parse_config(train_lm.Config, ["--model", "transformer", "--block", "postnorm", "--epochs", "3",
                                                    "--dropout", "0.1", "--embeddings", "/x/glove.6B.npz"])
         self.assertEqual(lm.default_exp_id(), "lm_transformer_L1_adamw_postnorm_dropout0.1_embeddings-glove.6B_s42")
+        # how a run is computed, not what: one configuration, its runs comparable with the report's
+        fast = config.parse_config(train_vit.Config, ["--compile", "--device", "cpu", "--no_progress"])
+        self.assertEqual(fast.default_exp_id(), "vit_L2_adamw_s42")
+        self.assertEqual(fast.naming()["changed"], {})
+        self.assertIn("compile", fast.naming()["may_differ_on_resume"])
 
     def test_a_recipe_sets_defaults_that_flags_override_and_names_only_the_overrides(self):
         vit = config.parse_config(train_vit.Config, ["--recipe", "improved", "--layers", "6", "--ema", "0.99"])

@@ -58,8 +58,7 @@ class Config(TrainConfig):
     def validate(self):
         super().validate()
         check(self.seq_len >= 2, f"--seq_len must be at least 2, got {self.seq_len}")
-        check(self.embedding_size >= 1 and self.hidden_size >= 1, "--embedding_size and --hidden_size must be >= 1")
-        check(self.model != "transformer" or (self.num_heads >= 1 and self.hidden_size % self.num_heads == 0),
+        check(self.model != "transformer" or self.hidden_size % self.num_heads == 0,
               f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
 
     PREFIX = "lm_{model}"

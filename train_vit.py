@@ -42,10 +42,9 @@ class Config(TrainConfig):
 
     def validate(self):
         super().validate()
-        check(self.num_heads >= 1 and self.embed_dim % self.num_heads == 0,
+        check(self.embed_dim % self.num_heads == 0,
               f"--embed_dim {self.embed_dim} is not divisible by --num_heads {self.num_heads}")
-        check(self.hidden_dim >= 1, f"--hidden_dim must be at least 1, got {self.hidden_dim}")
-        check(self.patch_size >= 1 and 32 % self.patch_size == 0,
+        check(32 % self.patch_size == 0,
               f"--patch_size must divide the image size 32, got {self.patch_size}")
         check(0 <= self.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(0 <= self.drop_path < 1, f"--drop_path must be in [0, 1), got {self.drop_path}")
