@@ -320,6 +320,9 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
+    if (out_dir / "config.json").exists():  # its files would be mixed with the report's
+        print(f"error: --out_dir {out_dir} is a run directory; choose another folder", file=sys.stderr)
+        return 2
     runs = find_runs(args.log_dir, out_dir)
     if not runs:
         print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)

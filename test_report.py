@@ -598,6 +598,15 @@ class TestPlot(TempDir):
     def test_no_runs_is_an_error(self):
         self.assertEqual(plot.main(["--log_dir", str(self.tmp / "none")]), 2)
 
+    def test_a_run_directory_is_no_report_folder(self):
+        run = write_run(self.tmp / "logs", "vit_s1", dict(task="vit", seed=1), vit_rows([0.5]))
+        before = sorted(p.name for p in run.iterdir())
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(plot.main(["--log_dir", str(self.tmp / "logs"), "--out_dir", str(run)]), 2)
+        self.assertEqual(err.getvalue(), f"error: --out_dir {run} is a run directory; choose another folder\n")
+        self.assertEqual(sorted(p.name for p in run.iterdir()), before)
+
 
 class TestAgainstTheReport(TempDir):
     def make_logs(self):
