@@ -70,14 +70,18 @@ def check_data(runs):
                         if run.script == "train_lm.py" else load_cifar10(cfg.data_folder, torch.device("cpu")))
         except UserError as e:
             raise UserError(f"{setting}={cfg.data_folder}: {e}") from None
-        if run.script == "train_lm.py" and any(r.cfg.embeddings == "gpt1" for r in runs if r.script == run.script):
-            check(data.vocab is None, f"EMBEDDINGS=gpt1 needs the token files, but LM_DATA={cfg.data_folder} "
-                  f"holds word-level text (EMBEDDINGS=none learns them instead)")
+        # every embeddings file of the LMs on these data, read as their runs will read it
+        tables = {r.cfg.embeddings: r.cfg.embedding_size for r in runs if r.script == "train_lm.py"
+                  and r.cfg.data_folder == cfg.data_folder and r.cfg.embeddings}
+        for name, width in tables.items():
+            check(name != "gpt1" or data.vocab is None, f"EMBEDDINGS=gpt1 needs the token files, but LM_DATA="
+                  f"{cfg.data_folder} holds word-level text (EMBEDDINGS=none learns them instead)")
             try:
                 with contextlib.redirect_stdout(sys.stderr):
-                    gpt1_embeddings(cfg.data_folder)
+                    train_lm.load_embeddings(gpt1_embeddings(cfg.data_folder) if name == "gpt1" else name,
+                                             data.vocab_size, width)
             except UserError as e:
-                raise UserError(f"EMBEDDINGS=gpt1: {e} (EMBEDDINGS=none learns them instead)") from None
+                raise UserError(f"EMBEDDINGS={name}: {e} (EMBEDDINGS=none learns them instead)") from None
 
 
 def data_sizes(run, notes):

@@ -15,8 +15,10 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
+
 import plot
-from test_data import TempDir, write_image_folder, write_text_files
+from test_data import TempDir, write_image_folder, write_text_files, write_token_files
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = {
@@ -373,6 +375,24 @@ class TestPlan(TempDir):
         out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn(f"note: VIT_DATA={self.tmp / 'none'} is not there yet (the sweep fetches it): standard sizes", out)
         self.assertIn("(1 from finished epochs; 1 from FLOPs at 40% of a measured", out)
+
+    def test_an_embeddings_file_that_does_not_fit_stops_the_sweep_before_any_run(self):
+        data = write_token_files(self.tmp / "tokens")  # a vocabulary of 50
+        np.savez(self.tmp / "wide.npz", tokens=np.zeros((50, 16), np.float32))  # the models are 768 wide
+        env = dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu", LM_DATA=str(data),
+                   RUN_GROUPS="reference", ONLY="^lm_lstm_L1_adam_", EMBEDDINGS=str(self.tmp / "wide.npz"))
+        code, out, err = sweep_here(env)
+        self.assertEqual(code, 2, out + err)
+        self.assertIn(f"error: EMBEDDINGS={self.tmp / 'wide.npz'}: embeddings {self.tmp / 'wide.npz'} have shape "
+                      f"(50, 16), the data and model need (50, 768)", err)
+        self.assertNotIn("== lm_", out)  # no run started
+        self.assertFalse((self.tmp / "logs").exists())
+        np.savez(self.tmp / "fits.npz", tokens=np.zeros((50, 768), np.float32))
+        import plan
+        import sweep as sweep_module
+        with mock.patch.dict(os.environ, dict(env, EMBEDDINGS=str(self.tmp / "fits.npz"))), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plan.check_data(sweep_module.select(sweep_module.settings()))  # accepted
 
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
