@@ -256,6 +256,9 @@ class RunDir:
         check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
               f"{', '.join(missing) or 'everything'}); start again with --overwrite")
         self.check_same_run(json_plain(ckpt["config"]))
+        done = len(ckpt["history"])  # fewer epochs would record a run that trained more than it says
+        check(done <= self.cfg.epochs, f"cannot resume {self.path} with --epochs {self.cfg.epochs}: it has trained "
+              f"{done} epochs already; give --epochs {done} or more")
         for key, obj in stateful.items():
             if obj is not None and ckpt.get(key) is not None:
                 load_trained(obj, ckpt[key]) if key == "model" else obj.load_state_dict(ckpt[key])

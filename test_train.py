@@ -1010,6 +1010,15 @@ class TestResumeChecksWhatMatters(CliCase):
         self.assertIn("resuming", out)
         self.assertEqual(results(self.logs / "cfg_a"), results(whole))
 
+    def test_fewer_epochs_than_it_trained_are_refused_and_nothing_changes(self):
+        run_dir, _, _ = self.lm("--epochs", "2", "--keep_checkpoint")
+        before = snapshot(run_dir)
+        _, _, err = self.lm("--epochs", "1", "--resume", "--keep_checkpoint", expect=2)
+        self.assert_refused(err, "with --epochs 1", "trained 2 epochs already", "--epochs 2 or more")
+        self.assertEqual(snapshot(run_dir), before)
+        _, out, _ = self.lm("--epochs", "2", "--resume", "--keep_checkpoint")  # the same epochs: tested again
+        self.assertIn("resuming", out)
+
     def test_other_data_or_precision_are_refused_and_nothing_changes(self):
         data = write_text_files(self.tmp / "text")
         run_dir, _, _ = self.lm("--epochs", "1", data=data)
