@@ -24,6 +24,7 @@ from config import parse_config
 from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TOKEN_FILES, load_cifar10, load_wikitext, tokenize
 from gpt1 import gpt1_embeddings
 from models import lm_flops, lm_train_flops, vit_flops
+from rundir import device_name
 from utils import UserError, check, choose_precision, cuda_unusable_reason, get_device, sync
 
 SCRIPTS = {"train_lm.py": (train_lm, "LM_DATA"), "train_vit.py": (train_vit, "VIT_DATA")}
@@ -159,11 +160,16 @@ def progress(run, previous):
     return run.cfg.epochs if finished else len(done.rows)
 
 
-def measured(run, previous):
-    """Seconds per epoch and bytes of finished epochs of this configuration (other seeds, or this run's
-    own epochs): the mean over the runs found, or None."""
+def measured(run, previous, device):
+    """Seconds per epoch and bytes of finished epochs of this configuration on this kind of device
+    (other seeds, or this run's own epochs): the mean over the runs found, or None."""
+    here = device_name(device)  # a CPU's epochs say nothing of a GPU's
+
+    def where(r):  # the device a run recorded; one that recorded none counts as this one
+        env = r.config.get("environment")
+        return env.get("device_name", here) if isinstance(env, dict) else here
     same = [r for r in previous.values() if r.rows and r.name == run.cfg.naming()["configuration"]
-            and r.config.get("limit_batches") == run.cfg.limit_batches]
+            and r.config.get("limit_batches") == run.cfg.limit_batches and where(r) == here]
     if not same:
         return None
     per_epoch = sum(r.rows[-1]["elapsed"] / len(r.rows) for r in same) / len(same)
@@ -181,7 +187,7 @@ def estimate(runs, device, notes):
             previous[cfg.log_dir] = {r.path.name: r for r in results.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")}
         run.done = progress(run, previous[cfg.log_dir])
         left = cfg.epochs - run.done
-        found = measured(run, previous[cfg.log_dir])
+        found = measured(run, previous[cfg.log_dir], device)
         if found:
             per_epoch, run.disk = found
             run.seconds, run.checkpoint, run.source = left * per_epoch, 3 * run.disk, "finished epochs"

@@ -120,14 +120,18 @@ def append_csv(path, columns, *rows):
                         f"disk") from None
 
 
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
 def environment(device):
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return dict(torch=torch.__version__, python=platform.python_version(), device=str(device), device_name=name,
+    return dict(torch=torch.__version__, python=platform.python_version(), device=str(device),
+                device_name=device_name(device),
                 threads=torch.get_num_threads(), git_commit=commit, hostname=platform.node())
 
 

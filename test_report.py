@@ -375,6 +375,11 @@ class TestPlan(TempDir):
         out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn(f"note: VIT_DATA={self.tmp / 'none'} is not there yet (the sweep fetches it): standard sizes", out)
         self.assertIn("(1 from finished epochs; 1 from FLOPs at 40% of a measured", out)
+        # epochs timed on another device say nothing of this one's
+        write_run(logs, "vit_L2_sgd_s7", dict(task="vit", seed=7, limit_batches=0,
+                                              environment=dict(device="cuda:0", device_name="NVIDIA H100")), rows(2))
+        out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
+        self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
     def test_an_embeddings_file_that_does_not_fit_stops_the_sweep_before_any_run(self):
         data = write_token_files(self.tmp / "tokens")  # a vocabulary of 50
