@@ -253,6 +253,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     progress = run.resume(stateful)
     compile_seconds = compile_model(model, task, precision) if cfg.compile else None
     run.start(progress, device, step.grad_norms is not None)
+
     def better(new, best):
         return new is not None and (best is None or (new > best if task.maximize else new < best))
     m = task.metric

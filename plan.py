@@ -72,9 +72,9 @@ def check_data(runs):
         except UserError as e:
             raise UserError(f"{setting}={cfg.data_folder}: {e}") from None
         # every embeddings file of the LMs on these data, read as their runs will read it
-        tables = {r.cfg.embeddings: r.cfg.embedding_size for r in runs if r.script == "train_lm.py"
-                  and r.cfg.data_folder == cfg.data_folder and r.cfg.embeddings}
-        for name, width in tables.items():
+        tables = dict.fromkeys((r.cfg.embeddings, r.cfg.embedding_size) for r in runs if r.script == "train_lm.py"
+                               and r.cfg.data_folder == cfg.data_folder and r.cfg.embeddings)
+        for name, width in tables:
             check(name != "gpt1" or data.vocab is None, f"EMBEDDINGS=gpt1 needs the token files, but LM_DATA="
                   f"{cfg.data_folder} holds word-level text (EMBEDDINGS=none learns them instead)")
             try:
