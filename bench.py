@@ -32,7 +32,7 @@ import engine
 import optim
 import plan
 import utils
-from rundir import environment
+from rundir import device_name, environment
 from augment import augment, normalize
 from data import Corpus, ImageData, load_cifar10, load_wikitext
 from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_recurrent_share, \
@@ -302,12 +302,13 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
 
 
 def table(rows, ceiling, ceiling_fp32, device, dtype):
-    name = environment(device)["device_name"] if device.type == "cuda" else ""
+    here = device_name(device)
+    name = here if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     peak = utils.published_peak(name, kind)
     fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
                                      f"{utils.published_peak(name, 'fp32') or 'unknown'}")
-    print(f"\ndevice {device} ({environment(device)['device_name']}), torch {torch.__version__}, "
+    print(f"\ndevice {device} ({here}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
           f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
     width = max([72] + [len(r["model"]) for r in rows])

@@ -204,8 +204,8 @@ class TrainConfig:
         """What config.json says of the run's name and settings, so readers need no list of their own:
         the configuration's name (its seeds share it), the settings, those changed from the report's
         defaults, the keys that are not settings and those that may differ on resume."""
-        defaults, not_settings = type(self)(), self.with_role("context", "seed")
-        changed = {name: getattr(self, name) for name in self.with_role("setting")
-                   if getattr(self, name) != getattr(defaults, name)}
+        defaults, settings = type(self)(), self.with_role("setting")
+        changed = {name: getattr(self, name) for name in settings if getattr(self, name) != getattr(defaults, name)}
         return dict(configuration=re.sub(rf"_s{self.seed}(?=_|$)", "", self.exp_id), changed=changed,
-                    settings=list(self.with_role("setting")), not_settings=list(not_settings), may_differ_on_resume=list(self.with_role("context")))
+                    settings=list(settings), not_settings=list(self.with_role("context", "seed")),
+                    may_differ_on_resume=list(self.with_role("context")))

@@ -58,23 +58,23 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     """The reference's token files (GPT-1 ids) or word-level text, whichever `data_format` asks for
     (auto: token files first). What is missing is downloaded: the token files, else (auto) the text."""
     folder = Path(folder)
-    kinds = {"tokens": (TOKEN_FILES, _load_token_files, download_token_files),
-             "words": (TEXT_FILES, _load_text_files, download_wikitext)}
+    files = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
+    load = {"tokens": _load_token_files, "words": _load_text_files}
     wanted = ["tokens", "words"] if data_format == "auto" else [data_format]
-    have = {k: [f for f in kinds[k][0].values() if (folder / f).exists()] for k in wanted}
+    have = {k: [f for f in files[k].values() if (folder / f).exists()] for k in wanted}
     for kind in wanted:
-        if len(have[kind]) == len(kinds[kind][0]):
-            return kinds[kind][1](folder, device)
-    names = " or ".join(", ".join(kinds[k][0].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
-                                                           else " (word-level text)") for k in wanted)
-    missing = [f for k in wanted if have[k] for f in kinds[k][0].values() if f not in have[k]]  # of a format begun
+        if len(have[kind]) == len(files[kind]):
+            return load[kind](folder, device)
+    names = " or ".join(", ".join(files[k].values()) + (" (GPT-1 token ids, the reference's)" if k == "tokens"
+                                                        else " (word-level text)") for k in wanted)
+    missing = [f for k in wanted if have[k] for f in files[k].values() if f not in have[k]]  # of a format begun
     check(not any(have.values()), f"{folder} is incomplete: has {', '.join(sum(have.values(), []))}; put {names} "
           f"there (missing: {', '.join(missing)})")
     errors = []
     for kind in wanted if download else []:
         try:
-            kinds[kind][2](folder)
-            return kinds[kind][1](folder, device)
+            (download_token_files if kind == "tokens" else download_wikitext)(folder)
+            return load[kind](folder, device)
         except OSError as e:
             errors.append(f"{kind}: {e}")
     failed = f" and the download failed ({'; '.join(errors)})" if errors else ""
@@ -102,15 +102,15 @@ def atomic_bytes(path, content):
 def download_token_files(folder):
     """Fetch the reference's three token files, verify each against its pinned sha256, and move them
     into place only once all three are good: a failed or corrupt download leaves nothing behind."""
-    contents, base = {}, TOKEN_URL
+    contents = {}
     for name, digest in TOKEN_SHA256.items():
-        contents[name] = fetch(base + name)
+        contents[name] = fetch(TOKEN_URL + name)
         got = hashlib.sha256(contents[name]).hexdigest()
         if got != digest:
-            raise OSError(f"{base + name}: sha256 {got} is not the pinned {digest}")
+            raise OSError(f"{TOKEN_URL + name}: sha256 {got} is not the pinned {digest}")
     for name, content in contents.items():
         atomic_bytes(Path(folder) / name, content)
-    print(f"data: downloaded the reference's token files from {base} into {folder}")
+    print(f"data: downloaded the reference's token files from {TOKEN_URL} into {folder}")
 
 
 def read_tokens_npz(path):
