@@ -151,13 +151,26 @@ def matmul_rate(device, dtype):
     return 2 * n ** 3 / best
 
 
-def progress(run, previous):
-    """Epochs already run: all of them when its summary.json says so, else its metrics.csv rows."""
-    done = previous.get(run.exp_id)
-    if done is None:
-        return 0
-    finished = isinstance((done.summary or {}).get("epochs"), int) and done.summary["epochs"] >= run.cfg.epochs
-    return run.cfg.epochs if finished else len(done.rows)
+def progress(runs):
+    """Each run's epochs already done (all of them when its summary.json says so, else its metrics.csv
+    rows), from every run in the log folders, read once; returns those runs by folder and name. A run
+    that finished at fewer epochs than now asked, without the checkpoint to continue from, is refused."""
+    previous, stuck = {}, []
+    for run in runs:
+        log_dir = run.cfg.log_dir
+        if log_dir not in previous:
+            previous[log_dir] = {r.path.name: r for r in results.find_runs([log_dir], Path(log_dir) / "report")}
+        found = previous[log_dir].get(run.exp_id)
+        finished = (found.summary or {}).get("epochs") if found else None  # an int in a finished run's summary
+        run.done = 0 if found is None else len(found.rows)
+        if isinstance(finished, int) and finished >= run.cfg.epochs:
+            run.done = run.cfg.epochs
+        elif isinstance(finished, int) and not (found.path / "checkpoint.pt").exists():
+            stuck.append(f"{run.exp_id} ({finished})")
+    check(not stuck, f"{len(stuck)} run{'s' * (len(stuck) > 1)} finished at fewer epochs than asked now and kept no "
+          f"checkpoint.pt to continue from: {', '.join(stuck[:3])}{', ...' * (len(stuck) > 3)}; give another LOG_DIR "
+          f"for the longer runs, or move those away")
+    return previous
 
 
 def measured(run, previous, device):
@@ -178,14 +191,11 @@ def measured(run, previous, device):
     return per_epoch, int(sum(sizes) / len(sizes))
 
 
-def estimate(runs, device, notes):
+def estimate(runs, previous, device, notes):
     """Each run's time left, disk when done and checkpoint size; returns the matmul rate used, or None."""
-    previous, sizes, rate = {}, {}, None
+    sizes, rate = {}, None
     for run in runs:
         cfg = run.cfg
-        if cfg.log_dir not in previous:  # every run there, read once
-            previous[cfg.log_dir] = {r.path.name: r for r in results.find_runs([cfg.log_dir], Path(cfg.log_dir) / "report")}
-        run.done = progress(run, previous[cfg.log_dir])
         left = cfg.epochs - run.done
         found = measured(run, previous[cfg.log_dir], device)
         if found:
@@ -256,7 +266,9 @@ def report(runs, workers, notes, device, rate=None):
 
 
 def plan(runs, workers, dry_run):
-    """Check the device and (unless a dry run) the data, then print the plan."""
+    """Check the runs already in the log folder, the device and (unless a dry run) the data, then
+    print the plan."""
+    previous = progress(runs)
     try:
         device = check_device(runs[0].cfg.device)
     except UserError as e:
@@ -265,5 +277,5 @@ def plan(runs, workers, dry_run):
     if not dry_run:
         check_data(runs)
     notes = []
-    rate = estimate(runs, device, notes)
+    rate = estimate(runs, previous, device, notes)
     report(runs, workers, notes, device, rate)

@@ -255,10 +255,10 @@ def main(argv=None):
         for run in runs:
             print(shlex.join(run.command(s["python"])))
         return plan.plan(runs, len(s["gpus"]), dry_run=True)
-    plan.plan(runs, len(s["gpus"]), dry_run=False)  # checks the device and the data (fetching them) first
-    lock = Path(s["log_dir"]) / ".sweep.lock"  # one sweep at a time on a log folder
+    lock = Path(s["log_dir"]) / ".sweep.lock"  # one sweep at a time on a log folder, found writable first
     with advisory_lock(lock, f"another sweep is running on LOG_DIR={s['log_dir']} (it holds {lock}); wait for it "
                              f"to end, or give another LOG_DIR", f"LOG_DIR={s['log_dir']}"):
+        plan.plan(runs, len(s["gpus"]), dry_run=False)  # checks the device and the data (fetching them) first
         work = Sweep(runs, s)
         stopped = work.execute()
         if stopped is not None:

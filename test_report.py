@@ -391,13 +391,37 @@ class TestPlan(TempDir):
         self.assertIn(f"error: EMBEDDINGS={self.tmp / 'wide.npz'}: embeddings {self.tmp / 'wide.npz'} have shape "
                       f"(50, 16), the data and model need (50, 768)", err)
         self.assertNotIn("== lm_", out)  # no run started
-        self.assertFalse((self.tmp / "logs").exists())
+        self.assertEqual([p.name for p in (self.tmp / "logs").iterdir()], [".sweep.lock"])  # the sweep's lock alone
         np.savez(self.tmp / "fits.npz", tokens=np.zeros((50, 768), np.float32))
         import plan
         import sweep as sweep_module
         with mock.patch.dict(os.environ, dict(env, EMBEDDINGS=str(self.tmp / "fits.npz"))), \
                 contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             plan.check_data(sweep_module.select(sweep_module.settings()))  # accepted
+
+    def test_runs_finished_at_fewer_epochs_without_a_checkpoint_are_refused_before_anything_runs(self):
+        logs = self.tmp / "logs"
+        for exp_id in ("vit_L2_adam_s42", "vit_L2_sgd_s42"):
+            write_run(logs, exp_id, dict(task="vit", seed=42, limit_batches=0), vit_rows([0.5, 0.6]), dict(epochs=2))
+        env = dict(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
+        self.assertIn("2 finished (skipped)", self.plan(EPOCHS_VIT="2", **env))
+        code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="4", **env))
+        self.assertEqual(code, 2, out + err)
+        self.assertEqual(err.strip(), "error: 2 runs finished at fewer epochs than asked now and kept no checkpoint.pt "
+                         "to continue from: vit_L2_adam_s42 (2), vit_L2_sgd_s42 (2); give another LOG_DIR for the "
+                         "longer runs, or move those away")
+        self.assertNotIn("== checking", out)
+        for exp_id in ("vit_L2_adam_s42", "vit_L2_sgd_s42"):  # with their checkpoints they are resumed
+            (logs / exp_id / "checkpoint.pt").write_bytes(b"")
+        self.assertIn("reference 2; 2 to resume", self.plan(EPOCHS_VIT="4", **env))
+
+    def test_a_log_folder_that_cannot_be_written_is_found_before_the_data_check(self):
+        (self.tmp / "file").write_text("")
+        code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "file" / "logs"),
+                                         DEVICE="cpu", ONLY="^vit_L2_adam$"))
+        self.assertEqual(code, 2, out + err)
+        self.assertEqual(err.strip(), f"error: cannot write LOG_DIR={self.tmp / 'file' / 'logs'}: Not a directory")
+        self.assertNotIn("== checking", out)
 
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
@@ -468,8 +492,9 @@ class TestSweepProcesses(TempDir):
         log = self.tmp / "logs" / "vit_L2_adam_s42.log"
         before = log.read_bytes()
         second = self.start(SLOW="")
-        _, err = second.communicate(timeout=60)
+        out, err = second.communicate(timeout=60)
         self.assertEqual(second.returncode, 2, err)
+        self.assertNotIn("== checking", out)  # refused before it spends anything
         self.assertEqual(err.strip().splitlines()[-1], f"error: another sweep is running on LOG_DIR={self.tmp / 'logs'} "
                          f"(it holds {self.tmp / 'logs'}/.sweep.lock); wait for it to end, or give another LOG_DIR")
         self.assertEqual(log.read_bytes(), before)
