@@ -16,8 +16,8 @@ ceiling of the precision it runs in (the recurrent cores run in fp32, TF32 on a 
 """
 import argparse
 import contextlib
-import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -32,7 +32,8 @@ import engine
 import optim
 import plan
 import utils
-from rundir import device_name, environment
+from config import Parser
+from rundir import device_name, environment, save_json
 from augment import augment, normalize
 from data import Corpus, ImageData, load_cifar10, load_wikitext
 from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_recurrent_share, \
@@ -324,8 +325,9 @@ def table(rows, ceiling, ceiling_fp32, device, dtype):
 SECTIONS = ("vit", "peers", "lm", "loss", "augment", "real")  # main's, in the order they run
 
 
+@utils.cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
@@ -338,12 +340,10 @@ def main(argv=None):
                         "as runs.sh's reference LMs on the token files; learned: as its other LMs, or EMBEDDINGS=none")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    try:
-        device = utils.get_device(args.device)
-        precision = utils.choose_precision(args.precision, device)
-    except utils.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = Path(args.json or ".").absolute()  # found writable now, not after the measurements
+    utils.check(out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(), f"--json {args.json}: cannot write there")
+    device = utils.get_device(args.device)
+    precision = utils.choose_precision(args.precision, device)
     dtype = precision.dtype
     ceiling = plan.matmul_rate(device, dtype)
     ceiling_fp32 = ceiling if dtype is None else plan.matmul_rate(device, None)
@@ -368,9 +368,9 @@ def main(argv=None):
             r["mfu"] = utils.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
     table(rows, ceiling, ceiling_fp32, device, dtype)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(
+        save_json(dict(
             device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
-            ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:], python=platform.python_version()), indent=2))
+            ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:], python=platform.python_version()), args.json)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Faults as a user meets them, through the command line: a full disk, SIGTERM and Ctrl-C (twice),
 damaged report inputs, names that would break tables, damaged embeddings, a run missing its
-vocabulary. Each is one line, the exit code of its class, nothing already written lost, nothing
+vocabulary, a benchmark's output it cannot write. Each is one line, the exit code of its class, nothing already written lost, nothing
 left behind."""
 import concurrent.futures
 import json
@@ -238,3 +238,13 @@ class TestGenerateWithoutVocabulary(FaultCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestBenchOutput(FaultCase):
+    def test_a_json_file_it_cannot_write_is_refused_before_measuring(self):
+        (self.tmp / "file").write_text("")
+        for where in (self.tmp / "file" / "bench.json", self.tmp, self.tmp / "missing" / "bench.json"):
+            proc = cli("bench.py", "--quick", "--only", "augment", "--json", where)
+            self.assert_one_line(proc, 2, "error: ", f"--json {where}: cannot write there")
+            self.assertEqual(proc.stdout, "")  # nothing measured
+
