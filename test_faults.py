@@ -1,7 +1,7 @@
 """Faults as a user meets them, through the command line: a full disk, SIGTERM and Ctrl-C (twice),
 damaged report inputs, names that would break tables, damaged embeddings, a run missing its
-vocabulary, a benchmark's output it cannot write. Each is one line, the exit code of its class, nothing already written lost, nothing
-left behind."""
+vocabulary, a benchmark's output it cannot write. Each is one line, the exit code of its class,
+nothing already written lost, nothing left behind."""
 import concurrent.futures
 import json
 import math
