@@ -58,6 +58,7 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     """The reference's token files (GPT-1 ids) or word-level text, whichever `data_format` asks for
     (auto: token files first). What is missing is downloaded: the token files, else (auto) the text."""
     folder = Path(folder)
+    check(not folder.exists() or folder.is_dir(), f"{folder} is a file, not the data's folder")
     files = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
     load = {"tokens": _load_token_files, "words": _load_text_files}
     wanted = ["tokens", "words"] if data_format == "auto" else [data_format]
@@ -288,6 +289,7 @@ def load_cifar10(folder, device, download=True):
     """An ImageFolder tree (train/<class>/*, test/<class>/*) if the folder holds one, else
     torchvision's CIFAR-10 (downloaded when missing). Returns train/valid/test on the device."""
     folder = Path(folder)
+    check(not folder.exists() or folder.is_dir(), f"{folder} is a file, not the data's folder")
     if (folder / "train").is_dir() and (folder / "test").is_dir():
         (train_x, train_y, test_x, test_y), classes = _load_image_folder(folder)
         source = f"image folders (train/, test/) in {folder}"

@@ -329,6 +329,14 @@ class TestCifar(TempDir):
         self.assertEqual(sorted(zip(map(bytes, x.reshape(6, -1).numpy()), y.tolist())),
                          sorted(zip(map(bytes, raw["data"]), raw["labels"])))
 
+    def test_a_file_given_as_the_data_folder_is_named_before_any_download(self):
+        (self.tmp / "file").write_text("")
+        for load in (load_cifar10, load_wikitext):
+            with mock.patch("urllib.request.urlopen") as fetch, self.assertRaisesRegex(
+                    UserError, f"^{self.tmp / 'file'} is a file, not the data's folder$"):
+                load(self.tmp / "file", CPU)
+            fetch.assert_not_called()
+
     def test_missing_cifar_offline_names_what_to_put_where(self):
         with self.assertRaises(UserError) as ctx:
             load_cifar10(self.tmp / "nothing", CPU, download=False)
