@@ -418,7 +418,7 @@ class TestPlan(TempDir):
     def test_a_log_folder_that_cannot_be_written_is_found_before_the_data_check(self):
         (self.tmp / "file").write_text("")
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "file" / "logs"),
-                                         DEVICE="cpu", ONLY="^vit_L2_adam$"))
+                                         DEVICE="cpu", ONLY="^vit_L2_adam$", VIT_DATA=str(self.tmp / "none")))
         self.assertEqual(code, 2, out + err)
         self.assertEqual(err.strip(), f"error: cannot write LOG_DIR={self.tmp / 'file' / 'logs'}: Not a directory")
         self.assertNotIn("== checking", out)
