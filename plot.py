@@ -4,8 +4,8 @@
     python plot.py --log_dir logs machine2/logs --out_dir report   # merge runs from several machines
 
 Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
-other machines merge; seeds of one configuration on the same data are averaged (mean +- std), smoke
-runs apart, and each log folder's runs are its direct sub-folders. Writes the figures
+other machines merge; seeds of one configuration on the same data and epochs are averaged (mean +-
+std), smoke runs apart, and each log folder's runs are its direct sub-folders. Writes the figures
 ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv}, summary.md and index.html.
 """
 import argparse
@@ -39,8 +39,8 @@ def fmt(mean, std=None, digits=4):
 class Group:
     """The runs of one configuration (one per seed) and their statistics."""
 
-    def __init__(self, name, runs):
-        self.name, self.runs = name, runs
+    def __init__(self, key, runs, name):
+        self.key, self.name, self.runs = key, name, runs  # key: results.group_key
         self.task, metric = runs[0].task, runs[0].metric  # as the task stated it in config.json
         self.m, self.label, self.maximize, self.digits = (metric[k] for k in ("name", "label", "maximize", "digits"))
         c = self.config = runs[0].config
@@ -187,12 +187,12 @@ def finish(fig, title, path):
 
 def pairs_by(groups, key, *more):
     """Groups that differ only in config[key] (and the keys in more): a {value (or values): group}
-    for each value of the other settings (those config.json names)."""
+    for each value of the other settings (those config.json names), data and epochs."""
     keys = (key, *more)
     out = {}
     for g in groups:
         names = (g.config.get("naming") or {}).get("settings") or []
-        settings = {k: g.config.get(k) for k in names if k not in keys}
+        settings = dict({k: g.config.get(k) for k in names if k not in keys}, group=g.key[1:])
         value = g.config.get(key) if not more else tuple(g.config.get(k) for k in keys)
         out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[value] = g
     return [v for v in out.values() if len(v) > 1]
@@ -349,10 +349,7 @@ def write_report(runs, log_dirs, out_dir, ref):
             if r.task == task and r.rows:
                 by_key.setdefault(group_key(r), []).append(r)
         if by_key:
-            # one configuration's name on runs of other data: told apart by their data's checksum
-            datas = {name: {d for n, d, _ in by_key if n == name} for name, _, _ in by_key}
-            groups = [Group(name + f" (data {data[:8]})" * (len(datas[name]) > 1), rs)
-                      for (name, data, _), rs in sorted(by_key.items())]
+            groups = [Group(key, rs, label(key, by_key)) for key, rs in sorted(by_key.items())]
             smoke_only = smoke_only and all(g.smoke for g in groups)
             opening += compare(groups, task, ref)
             lines, figs, page = report_task(task, groups, out_dir, ref)
@@ -369,6 +366,15 @@ def write_report(runs, log_dirs, out_dir, ref):
     write_file(out_dir / "summary.md", "\n".join(summary))
     write_html(out_dir, ["\n".join(summary)] + pages, figures, banner)
     return 0 if any(r.rows for r in runs) else 1
+
+
+def label(key, keys):
+    """A group's name: its configuration's, told apart from others of that name (smoke runs aside) by
+    its data's checksum or its epochs where they differ."""
+    name, data, smoke, epochs = key
+    same = [k for k in keys if k[0] == name and k[2] == smoke]
+    return (name + f" (data {data[:8]})" * (len({k[1] for k in same}) > 1)
+            + f" ({epochs} epoch{'s' * (epochs != 1)})" * (len({k[3] for k in same}) > 1))
 
 
 def report_task(task, groups, out_dir, ref):

@@ -125,5 +125,7 @@ def find_runs(log_dirs, out_dir):
 
 def group_key(run):
     """What runs must share to be seeds of one configuration: its name, its data (a checksum of
-    them), and whether they are smoke runs (--limit_batches)."""
-    return run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches"))
+    them), whether they are smoke runs (--limit_batches), and the epochs they were asked for."""
+    epochs = run.config.get("epochs")
+    return (run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches")),
+            epochs if isinstance(epochs, int) else 0)

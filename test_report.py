@@ -312,7 +312,7 @@ class TestSweepStops(TempDir):
         self.assertEqual(proc.returncode, 2, proc.stdout + proc.stderr)
         self.assertIn("error: DEVICE=cuda", proc.stderr)
         self.assertIn("--gpus all", proc.stderr)
-        self.assertFalse((self.tmp / "logs").exists())
+        self.assertEqual([p.name for p in (self.tmp / "logs").iterdir()], [".sweep.lock"])  # no run started
 
     def test_ctrl_c_stops_every_parallel_run(self):
         fake = self.tmp / "python"
@@ -740,7 +740,7 @@ class TestAgainstTheReport(TempDir):
 
 
 class TestRunsThatMustNotMix(TempDir):
-    """Smoke runs and runs of other data never count as seeds of a real run, in the plan or the report."""
+    """Smoke runs and runs of other data or epochs never count as seeds of a real run, in the plan or the report."""
 
     def test_a_log_folder_holds_its_own_runs_and_smoke_runs_are_never_seeds(self):
         logs = self.tmp / "logs"
@@ -777,6 +777,23 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertIn("lm_lstm_L1_adam (data aaaaaaaa)", table)
         self.assertIn("lm_lstm_L1_adam (data bbbbbbbb)", table)
         self.assertNotIn("±", table)
+
+    def test_runs_asked_for_other_epochs_are_never_averaged_nor_compared(self):
+        logs = self.tmp / "logs"
+        for exp_id, epochs, acc in (("vit_L6_adamw_s1", 2, 0.4), ("vit_L6_adamw_s2", 3, 0.6),
+                                    ("vit_L6_adamw_postnorm_s2", 3, 0.5)):
+            block = "postnorm" if "postnorm" in exp_id else "prenorm"
+            write_run(logs, exp_id, dict(task="vit", seed=int(exp_id[-1]), epochs=epochs, layers=6, block=block,
+                                         optimizer="adamw", limit_batches=0), vit_rows([acc] * epochs),
+                      dict(epochs=epochs, best_test_acc=acc, test_acc=acc))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plot.main(["--log_dir", str(logs)])
+        table = (logs / "report" / "summary_vit.md").read_text()
+        self.assertIn("| vit_L6_adamw (2 epochs) | 1 | 2 |", table)
+        self.assertIn("| vit_L6_adamw (3 epochs) | 1 | 3 |", table)
+        self.assertNotIn("±", table)
+        self.assertIn("- Pre- vs post-norm (vit_L6_adamw (3 epochs) / vit_L6_adamw_postnorm, 1 seed each): best valid "
+                      "accuracy 0.6000 vs 0.5000", (logs / "report" / "summary.md").read_text())
 
     def test_word_level_runs_are_named_by_their_data_and_never_told_to_resume_token_runs(self):
         import train_lm
