@@ -125,7 +125,9 @@ def find_runs(log_dirs, out_dir):
 
 def group_key(run):
     """What runs must share to be seeds of one configuration: its name, its data (a checksum of
-    them), whether they are smoke runs (--limit_batches), and the epochs they were asked for."""
-    epochs = run.config.get("epochs")
+    them), whether they are smoke runs (--limit_batches), the epochs they were asked for, and the
+    settings (the same name given by hand with --exp_id to runs of other settings)."""
+    epochs, names = run.config.get("epochs"), (run.config.get("naming") or {}).get("settings") or []
+    settings = {k: run.config.get(k) for k in names if isinstance(k, str)}
     return (run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches")),
-            epochs if isinstance(epochs, int) else 0)
+            epochs if isinstance(epochs, int) else 0, json.dumps(settings, sort_keys=True, default=str))

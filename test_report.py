@@ -282,7 +282,7 @@ def write_run(root, exp_id, config, rows, summary=None, changed=None):
     run.mkdir(parents=True)
     # as the trainers write it: the configuration's name (the seeds' common name), settings and non-settings
     naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"],
-                  settings=[k for k in config if k not in ("task", "seed", "epochs")],
+                  settings=[k for k in config if k not in ("task", "seed", "epochs", "data_sha256", "environment")],
                   **({} if changed is None else dict(changed=changed)))
     stated = METRICS.get(config.get("task"), {})  # as the trainers state their task's metric
     (run / "config.json").write_text(json.dumps(dict(dict(exp_id=exp_id, naming=naming, **stated), **config)))
@@ -794,6 +794,17 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertNotIn("±", table)
         self.assertIn("- Pre- vs post-norm (vit_L6_adamw (3 epochs) / vit_L6_adamw_postnorm, 1 seed each): best valid "
                       "accuracy 0.6000 vs 0.5000", (logs / "report" / "summary.md").read_text())
+
+    def test_one_name_given_by_hand_to_runs_of_other_settings_is_never_averaged(self):
+        logs = self.tmp / "logs"
+        for seed, lr in ((1, 1e-3), (2, 3e-4), (3, 3e-4)):
+            write_run(logs, f"mine_s{seed}", dict(task="vit", seed=seed, lr=lr, layers=2, limit_batches=0),
+                      vit_rows([lr * 1000]), dict(epochs=1, best_test_acc=lr * 1000))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plot.main(["--log_dir", str(logs)])
+        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        self.assertIn("| mine (lr 0.001) | 1 |", table)
+        self.assertIn("| mine (lr 0.0003) | 2 |", table)  # the two of one setting are seeds
 
     def test_word_level_runs_are_named_by_their_data_and_never_told_to_resume_token_runs(self):
         import train_lm
