@@ -28,11 +28,16 @@ import time
 from pathlib import Path
 
 import plan
-from rundir import advisory_lock
 from config import parse_config
+from rundir import advisory_lock
 from utils import UserError, check, cli
 
 GROUPS = ("reference", "extras", "improved", "norms")
+# The trainers' flags the sweep gives each run itself, and where their values come from instead.
+OWN_FLAGS = {"--epochs": "EPOCHS_LM and EPOCHS_VIT", "--seed": "SEEDS", "--data_folder": "LM_DATA and VIT_DATA",
+             "--device": "DEVICE", "--log_dir": "LOG_DIR", "--embeddings": "EMBEDDINGS",
+             "--exp_id": "the trainers' own names", "--resume": "the sweep itself (it resumes every run)",
+             "--overwrite": "nothing: move the runs away, or give another LOG_DIR"}
 # The study: group, trainer, the flags that differ from its defaults. Names come from the trainer.
 CONFIGS = [("reference", "train_lm.py", f) for f in ("--optimizer adam", "--optimizer adamw", "--optimizer sgd",
                                                       "--optimizer momentum", "--layers 2 --optimizer adamw",
@@ -93,6 +98,10 @@ def settings():
         train_args = shlex.split(env("TRAIN_ARGS", ""))
     except ValueError as e:  # an unclosed quote
         raise UserError(f"TRAIN_ARGS is not a line of shell words ({e}): {env('TRAIN_ARGS')}") from None
+    for word in train_args:  # argparse takes --flag=value, and a flag's unambiguous start
+        name = word.split("=", 1)[0]
+        own = next((f for f in OWN_FLAGS if len(name) > 3 and f.startswith(name)), None)
+        check(own is None, f"TRAIN_ARGS cannot set {own}: its value comes from {OWN_FLAGS.get(own)}")
     s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=env("GPUS", "").split(), only=env("ONLY", ""),
              python=env("PYTHON", "python3"), train_args=train_args,
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
@@ -146,24 +155,37 @@ def trainer_argv(s, group, script, flags, seed):
 
 
 def select(s):
-    """The runs of the settings: RUN_GROUPS, each seed, ONLY (on the configuration's name or the
-    run's), then SHARD. Each run's name is the one its trainer gives those flags and seed."""
-    runs, index, pattern = [], 0, re.compile(s["only"])
+    """The runs of the settings: RUN_GROUPS, each seed, ONLY (on the configuration's name, with or
+    without TRAIN_ARGS, or the run's), then SHARD. Each run's name is the one its trainer gives
+    those flags, TRAIN_ARGS and seed."""
+    runs, index, pattern, refused = [], 0, re.compile(s["only"]), None
     for group, script, flags in CONFIGS:
         if group not in s["groups"]:
             continue
+        config = plan.SCRIPTS[script][0].Config
         for seed in s["norms_seeds" if group == "norms" else "seeds"]:
             argv, frozen = trainer_argv(s, group, script, flags, seed)
-            named = shlex.split(flags) + ["--seed", str(seed), "--data_folder", argv[argv.index("--data_folder") + 1]]
-            named += ["--embeddings", s["embeddings"]] if frozen else []  # what the trainer names runs by
-            module = plan.SCRIPTS[script][0]
-            exp_id = parse_config(module.Config, named).default_exp_id()
-            if s["only"] and not any(pattern.search(n) for n in (exp_id.rsplit("_s", 1)[0], exp_id)):
+            own = shlex.split(flags) + ["--seed", str(seed)]
+            data = ["--data_folder", argv[argv.index("--data_folder") + 1]]  # what the trainer names runs by
+            data += ["--embeddings", s["embeddings"]] if frozen else []
+            names = [parse_config(config, own + data).default_exp_id()]
+            wanted = lambda: not s["only"] or any(pattern.search(n) for name in names  # noqa: E731
+                                                  for n in (name.rsplit("_s", 1)[0], name))
+            try:
+                names.append(plan.parse_run(f"{script} {flags}", config, own + s["train_args"] + data).default_exp_id())
+            except UserError as e:
+                if wanted():  # TRAIN_ARGS that this trainer does not take, for a run that is asked for
+                    raise
+                refused = refused or e
                 continue
-            if index % s["shard"][1] == s["shard"][0] and exp_id not in (r.exp_id for r in runs):
-                argv += ["--exp_id", exp_id, "--resume", "--no_progress"]
-                runs.append(Run(exp_id, group, script, argv, plan.parse_run(exp_id, module.Config, argv)))
+            if not wanted():
+                continue
+            if index % s["shard"][1] == s["shard"][0] and names[-1] not in (r.exp_id for r in runs):
+                argv += ["--exp_id", names[-1], "--resume", "--no_progress"]
+                runs.append(Run(names[-1], group, script, argv, plan.parse_run(names[-1], config, argv)))
             index += 1
+    if refused and not runs:
+        raise refused
     check(runs, f"no configuration matches ONLY='{s['only']}' in RUN_GROUPS='{' '.join(s['groups'])}' "
           f"(shard {s['shard'][0]}/{s['shard'][1]})")
     return runs

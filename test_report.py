@@ -133,8 +133,9 @@ class TestSweepList(unittest.TestCase):
         import config
         import train_lm
         import train_vit
-        for embeddings in ("none", "gpt1", "/x/glove.6B.npz"):
-            lines = dry_run(embeddings == "none", EMBEDDINGS=embeddings, SEEDS="42 7")  # the first as a user runs it
+        for embeddings, train_args in (("none", ""), ("gpt1", "--lr 0.002 --precision fp32 --compile"),
+                                       ("/x/glove.6B.npz", "")):  # the first as a user runs it
+            lines = dry_run(embeddings == "none", EMBEDDINGS=embeddings, SEEDS="42 7", TRAIN_ARGS=train_args)
             self.assertEqual(len(lines), 2 * 22 + 12)
             for line in lines:
                 _, script, *flags = line.split()
@@ -145,6 +146,9 @@ class TestSweepList(unittest.TestCase):
         self.assertIn("lm_lstm_L1_adam_embeddings-gpt1_s42", exp_ids(lines := dry_run(EMBEDDINGS="gpt1")))
         self.assertIn("lm_lstm_L1_adam_embeddings-glove.6B_s42", exp_ids(dry_run(EMBEDDINGS="/x/glove.6B.npz")))
         self.assertIn("lm_gru_L1_adam_s42", exp_ids(lines))  # the other groups learn theirs
+        # TRAIN_ARGS name the runs they change, and ONLY finds a configuration by its name without them too
+        self.assertEqual(exp_ids(dry_run(TRAIN_ARGS="--lr 0.002", ONLY="^vit_L2_sgd$")), ["vit_L2_sgd_lr0.002_s42"])
+        self.assertEqual(exp_ids(dry_run(TRAIN_ARGS="--mixup=0.8", ONLY="^vit_L6_adamw$")), ["vit_L6_adamw_mixup0.8_s42"])
         # smoke runs keep their configuration's names (in their own folder)
         self.assertEqual(sorted(exp_ids(dry_run(QUICK="1"))), sorted(exp_ids(dry_run())))
 
@@ -200,7 +204,13 @@ class TestSweepList(unittest.TestCase):
                               (dict(DEVICE="tpu"), "DEVICE must be"), (dict(SEEDS=" "), "SEEDS=' ' gives no seed"),
                               (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group"),
                               (dict(TRAIN_ARGS='--compile "'), "TRAIN_ARGS is not a line of shell words"),
-                              (dict(GPUS="0 a"), "GPUS takes GPU indices or UUIDs")):
+                              (dict(GPUS="0 a"), "GPUS takes GPU indices or UUIDs"),
+                              (dict(TRAIN_ARGS="--compile --epochs 3"), "TRAIN_ARGS cannot set --epochs: its value "
+                               "comes from EPOCHS_LM and EPOCHS_VIT"),
+                              (dict(TRAIN_ARGS="--see=5"), "TRAIN_ARGS cannot set --seed: its value comes from SEEDS"),
+                              (dict(TRAIN_ARGS="--mixup 0.8", ONLY="^lm_lstm_L1_adam$"), "error: train_lm.py "
+                               "--optimizer adam: unrecognized arguments: --mixup 0.8"),
+                              (dict(TRAIN_ARGS="--bogus", ONLY="bogus"), "unrecognized arguments: --bogus")):
             code, _, err = sweep_here(dict(DRY_RUN="1", **env))
             self.assertEqual(code, 2, env)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
@@ -430,10 +440,11 @@ class TestPlan(TempDir):
         self.assertIn("== plan: 4 runs on cuda (not here), 2 in parallel", out)
         self.assertIn("not estimated: DEVICE=cuda", out)
 
-    def test_bad_flags_are_one_error_line_naming_the_run(self):
+    def test_bad_flags_are_one_error_line_naming_the_configuration(self):
         proc = sweep(dict(DRY_RUN="1", TRAIN_ARGS="--bogus", ONLY="^vit_L2_sgd$", PYTHON=sys.executable))
         self.assertEqual(proc.returncode, 2)
-        self.assertEqual(proc.stderr.strip(), "error: vit_L2_sgd_s42: unrecognized arguments: --bogus (see --help)")
+        self.assertEqual(proc.stderr.strip(), "error: train_vit.py --layers 2 --optimizer sgd: unrecognized arguments: "
+                         "--bogus (see --help)")
 
     def test_the_estimate_from_flops_and_the_sizes_the_runs_save(self):
         lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
