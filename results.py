@@ -13,16 +13,24 @@ from pathlib import Path
 
 METRIC = dict(name=str, label=str, maximize=bool, digits=int)  # config.json's "metric", as the task states it
 WORD, TEXT = r"[A-Za-z0-9_]{1,40}", r"[\w ().,:+-]{1,80}"  # a file name's part; a title or label (no markup)
+PLAIN = ("layers", "block", "optimizer", "model", "embeddings", "data_source", "data_sha256")  # the readers' keys
 
 
 def stated(config):
-    """Whether config.json states its task (a word: it names files), title and metric as a trainer does."""
-    metric = config.get("metric")
+    """Whether config.json states its task (a word: it names files), title, metric and settings as a
+    trainer does: settings of plain values, named in a list, their run's name and epochs as text and
+    a whole number."""
+    metric, naming = config.get("metric"), config.get("naming", {})
+    names = naming.get("settings", []) if isinstance(naming, dict) else None
     return (isinstance(config.get("task"), str) and re.fullmatch(WORD, config["task"])
             and isinstance(config.get("title"), str) and re.fullmatch(TEXT, config["title"])
             and isinstance(metric, dict) and all(isinstance(metric.get(k), kind) for k, kind in METRIC.items())
             and re.fullmatch(WORD, metric["name"]) and re.fullmatch(TEXT, metric["label"])
-            and 0 <= metric["digits"] <= 12)
+            and 0 <= metric["digits"] <= 12
+            and isinstance(names, list) and all(isinstance(k, str) for k in names)
+            and isinstance(naming.get("configuration", ""), str) and isinstance(naming.get("changed", {}), dict)
+            and all(isinstance(config.get(k), (str, int, float, type(None))) for k in [*names, *PLAIN])
+            and isinstance(config.get("epochs", 0), int) and isinstance(config.get("limit_batches", 0), int))
 
 
 @dataclass
@@ -86,15 +94,15 @@ def read_json(path, problems):
 
 def read_run(path):
     """One run directory -> Run. Damage is recorded in run.problems, never raised; a run whose
-    config.json is unreadable or states no task and metric has no rows and is listed as skipped."""
+    config.json is unreadable or not as the trainers write it has no rows and is listed as skipped."""
     problems, later = [], []
     config = read_json(path / "config.json", problems) or {}
     summary = read_json(path / "summary.json", later)  # whether it finished, even when nothing else is readable
     task, metric = config.get("task"), config.get("metric")
     if not stated(config):
         why = ("no config.json" if not (path / "config.json").exists() else "config.json is empty" if not config
-               else "config.json states no task, title and metric as the trainers write them (an older version's "
-                    "run, or a damaged file)")
+               else "config.json is not as the trainers write it (its task, title, metric or settings; an older "
+                    "version's run, or a damaged file)")
         return Run(path, config, [], summary, task=task, name=path.name,
                    problems=(problems or [f"{why}: not plotted"]) + later)
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name

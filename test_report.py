@@ -638,6 +638,12 @@ class TestPlot(TempDir):
             metric = dict(stated["metric"], **{k: v for k, v in change.items() if k in stated["metric"]})
             rest = {k: v for k, v in change.items() if k not in metric}
             write_run(logs, name, {**base, **stated, "metric": metric, **rest}, vit_rows([0.5]), None)
+        for name, change in (("naming_s1", dict(naming="x")), ("settings_s1", dict(naming=dict(settings=5))),
+                             ("epochs_s1", dict(epochs="x")), ("block_s1", dict(block=[1])),
+                             ("changed_s1", dict(naming=dict(settings=[], changed=[1])))):
+            run = write_run(logs, name, {**base, **stated}, vit_rows([0.5]), None)
+            config = json.loads((run / "config.json").read_text())
+            (run / "config.json").write_text(json.dumps(dict(config, **change)))
         orphan = logs / "orphan"
         orphan.mkdir()
         (orphan / "summary.json").write_text("{}")
@@ -646,9 +652,10 @@ class TestPlot(TempDir):
         summary = (logs / "report" / "summary.md").read_text()
         for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"), ("nocols_s1", "lacks"),
                           ("badsum_s1", "not a JSON object"), ("badconfig", "not a JSON object"),
-                          ("unknown_s1", "states no task, title and metric"), ("orphan", "no config.json"),
-                          ("escape_s1", "states no task"), ("digits_s1", "states no task"), ("markup_s1", "states no task"),
-                          ("title_s1", "states no task")):
+                          ("unknown_s1", "not as the trainers write it (its task, title, metric or settings"),
+                          ("orphan", "no config.json"), *((name, "not as the trainers write it") for name in (
+                              "escape_s1", "digits_s1", "markup_s1", "title_s1", "naming_s1", "settings_s1",
+                              "epochs_s1", "block_s1", "changed_s1"))):
             self.assertIn(f"{name}: ", summary)
             self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
             self.assertIn(name, err.getvalue())
