@@ -9,6 +9,7 @@ found (or fetched) beside the token files: the prompt may be text or token ids, 
 text; without the vocabulary it is printed as ids.
 """
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from config import Parser
 from gpt1 import Vocabulary
 from rundir import load_torch, load_trained
-from train_lm import build_model, embeddings_path, file_sha256, load_embeddings
+from train_lm import MODEL_ARGS, Config, build_model, embeddings_path, file_sha256, load_embeddings
 from utils import UserError, check, cli, first_line
 
 
@@ -37,16 +38,17 @@ def load_run(run_dir):
     check(isinstance(config, dict) and config.get("task") == "lm", f"{run_dir} is not a language-model run")
     check(isinstance(config.get("model_args"), dict), f"{run_dir}/config.json has no model_args")
     check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
+    try:
+        args = checked_model_args(config["model_args"])
+    except (KeyError, TypeError, UserError) as e:
+        raise UserError(f"{run_dir}/config.json: model_args do not describe a model ({first_line(e)})") from None
     embeddings = None
     if config.get("embeddings_sha256"):  # frozen embeddings: not in best.pt, reloaded from their file
         path = embeddings_path(config)
         check(path.is_file() and file_sha256(path) == config["embeddings_sha256"], f"{run_dir} was trained with "
               f"frozen embeddings from {path}, which is missing or has changed since")
-        embeddings = load_embeddings(path, config["model_args"]["vocab_size"], config["model_args"]["embedding_size"])
-    try:
-        model = build_model(config["model_args"], embeddings)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{run_dir}/config.json: model_args do not describe a model ({e})") from None
+        embeddings = load_embeddings(path, args["vocab_size"], args["embedding_size"])
+    model = build_model(args, embeddings)
     weights = load_torch(run_dir / "best.pt")
     check(isinstance(weights, dict) and "model" in weights, f"{run_dir}/best.pt holds no model weights")
     load_trained(model, weights["model"], f"{run_dir}/best.pt (for the model in its config.json)")
@@ -59,10 +61,24 @@ def load_run(run_dir):
             vocab = (run_dir / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read {run_dir}/vocab.txt: {e}") from None
-        size = config["model_args"].get("vocab_size")
+        size = args["vocab_size"]
         check(len(vocab) == size and {"<unk>", "<eos>"} <= set(vocab), f"{run_dir}/vocab.txt is damaged: "
               f"{len(vocab):,} words (the model has {size:,}), <unk> and <eos> must be among them")
     return model.eval(), config, vocab
+
+
+def checked_model_args(args):
+    """The saved model arguments, held to what train_lm.py's Config takes: each of its type, choices
+    and range."""
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name in MODEL_ARGS}
+    for name, f in fields.items():
+        kind = type(f.default)
+        choices = f.metadata.get("choices")
+        check((type(args[name]) is kind or kind is float and type(args[name]) is int)
+              and (not choices or args[name] in choices), f"{name} is {args[name]!r}")
+    check(type(args["vocab_size"]) is int and args["vocab_size"] > 1, f"vocab_size is {args['vocab_size']!r}")
+    Config(**{name: args[name] for name in fields}).validate()
+    return args
 
 
 def encode(prompt, vocab, bpe=None):
@@ -83,7 +99,7 @@ def encode(prompt, vocab, bpe=None):
 def gpt1_vocabulary(config):
     """GPT-1's vocabulary for a run on the token files: beside them, fetched there when missing, or None
     (offline) with a note of what would turn ids into text."""
-    folder = Path(config.get("data_folder") or ".")
+    folder = Path(str(config.get("data_folder") or "."))
     try:
         return Vocabulary.find(folder)
     except (OSError, UserError) as e:

@@ -222,7 +222,7 @@ class TestDamagedEmbeddings(FaultCase):
         self.assertFalse(self.logs.exists())
 
 
-class TestGenerateWithoutVocabulary(FaultCase):
+class TestGenerateOnDamagedRuns(FaultCase):
     def test_a_word_level_run_without_vocab_txt_is_refused_naming_it(self):
         data = write_text_files(self.tmp / "text")
         proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", "words", *LM_TINY,
@@ -235,9 +235,20 @@ class TestGenerateWithoutVocabulary(FaultCase):
         self.assertEqual(proc.stdout, "")
         self.assertEqual(snapshot(self.logs), before)
 
-
-if __name__ == "__main__":
-    unittest.main()
+    def test_model_args_of_the_wrong_type_choice_or_range_are_one_line(self):
+        data = write_token_files(self.tmp / "tokens")
+        proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", "lm", *LM_TINY,
+                   "--epochs", "1")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        config = json.loads((self.logs / "lm" / "config.json").read_text())
+        for change, why in ((dict(layers=True), "layers is True"), (dict(model="rnn"), "model is 'rnn'"),
+                            (dict(num_heads=0), "--num_heads must be at least 1, got 0"),
+                            (dict(vocab_size=-3), "vocab_size is -3")):
+            run = self.tmp / str(change)
+            shutil.copytree(self.logs / "lm", run)
+            (run / "config.json").write_text(json.dumps(dict(config, model_args=dict(config["model_args"], **change))))
+            proc = cli("generate.py", "--run", run, "--words", "5", "--prompt", "1 2")
+            self.assert_one_line(proc, 2, f"error: {run}/config.json: model_args do not describe a model ({why})")
 
 
 class TestBenchOutput(FaultCase):
@@ -248,3 +259,6 @@ class TestBenchOutput(FaultCase):
             self.assert_one_line(proc, 2, "error: ", f"--json {where}: cannot write there")
             self.assertEqual(proc.stdout, "")  # nothing measured
 
+
+if __name__ == "__main__":
+    unittest.main()

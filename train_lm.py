@@ -128,8 +128,8 @@ class TextTask:
 
 def embeddings_path(config):
     """The embeddings file a run (its config.json) loaded."""
-    name = config.get("embeddings") or ""
-    return Path(config.get("data_folder") or ".") / EMBEDDINGS_FILE if name == "gpt1" else Path(name)
+    name = str(config.get("embeddings") or "")
+    return Path(str(config.get("data_folder") or ".")) / EMBEDDINGS_FILE if name == "gpt1" else Path(name)
 
 
 def file_sha256(path):
