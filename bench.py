@@ -313,12 +313,14 @@ def table(rows, ceiling, ceiling_fp32, device, dtype):
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
           f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
     width = max([72] + [len(r["model"]) for r in rows])
-    print(f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | {'epoch s':>8} |")
+    print(f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | "
+          f"{'epoch s':>8} |")
     print(f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
     for r in rows:
         cell = lambda k, f: (f.format(r[k]) if r.get(k) is not None else "")  # noqa: E731
         print(f"| {r['model']:<{width}} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
-              f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | {cell('ratio', '{:.2f}x') or cell('share', '{:.1%}'):>6} | "
+              f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | "
+              f"{cell('ratio', '{:.2f}x') or cell('share', '{:.1%}'):>6} | "
               f"{cell('epoch_s', '{:.1f}'):>8} |")
 
 
@@ -341,7 +343,8 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     out = Path(args.json or ".").absolute()  # found writable now, not after the measurements
-    utils.check(out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(), f"--json {args.json}: cannot write there")
+    utils.check(out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(),
+                f"--json {args.json}: cannot write there")
     device = utils.get_device(args.device)
     precision = utils.choose_precision(args.precision, device)
     dtype = precision.dtype
@@ -353,7 +356,8 @@ def main(argv=None):
                     lm=lambda: bench_lm_models(device, precision, args.quick, args.lm_embeddings == "frozen"),
                     loss=lambda: bench_loss(device, precision, args.quick),
                     augment=lambda: bench_augmentation(device, precision, args.quick),
-                    real=lambda: bench_real(device, precision, args.data, args.quick, args.compile, args.lm_embeddings == "frozen"))
+                    real=lambda: bench_real(device, precision, args.data, args.quick, args.compile,
+                                            args.lm_embeddings == "frozen"))
     assert tuple(sections) == SECTIONS
     for name in args.only:
         start = time.perf_counter()
@@ -370,7 +374,8 @@ def main(argv=None):
     if args.json:
         save_json(dict(
             device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
-            ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:], python=platform.python_version()), args.json)
+            ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:],
+            python=platform.python_version()), args.json)
     return 0
 
 

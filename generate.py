@@ -138,7 +138,8 @@ def decode(ids, vocab):
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=Formatter)
     parser.add_argument("--run", required=True, help="a run directory of train_lm.py")
-    parser.add_argument("--words", type=int, default=100, help="tokens to sample: words for a word-level run, GPT-1 byte-pair pieces for a token-file run")
+    parser.add_argument("--words", type=int, default=100, help="tokens to sample: words for a word-level run, "
+                        "GPT-1 byte-pair pieces for a token-file run")
     parser.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder")
     parser.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
     parser.add_argument("--prompt", default="", help="words (or token ids for token-id runs) to continue")

@@ -113,7 +113,8 @@ def tables(groups, task, ref=None):
         epochs = sorted({len(r.rows) for r in g.runs})
         results.append(head + [len(g.runs), "/".join(map(str, epochs))] +
                        [fmt(*stats[k], digits) for k in ("best_train", "best_valid", "test", "best_test")] +
-                       ([fmt(*stats["ema_best_test"], digits)] if with_ema else []) + (table_cells(g, ref) if with_ref else []))
+                       ([fmt(*stats["ema_best_test"], digits)] if with_ema else [])
+                       + (table_cells(g, ref) if with_ref else []))
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
                              fmt(*stats["valid_s"], digits=2)])
@@ -141,7 +142,8 @@ def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
     n = max(len(r.rows) for g in groups for r in g.runs)
     keys = [(Line2D([], [], color="k", ls="--", marker="v"), "train"), (Line2D([], [], color="k", marker="o"), "valid")]
     if ref and any((reference_config(g, ref) or {}).get(f"best_valid_{m}") for g in groups):
-        keys.append((Line2D([], [], color="grey", ls=":", lw=1.5), "the report's best valid (a level: its whole run's)"))
+        keys.append((Line2D([], [], color="grey", ls=":", lw=1.5),
+                     "the report's best valid (a level: its whole run's)"))
     for x, xlabel in (("epoch", "epoch"), ("elapsed", "training + validation time (s)")):
         fig, rows = plt.subplots(len(chunks), 2, figsize=(14, 5.5 * len(chunks)), squeeze=False, sharey="col")
         for axes, chunk in zip(rows, chunks):
@@ -241,7 +243,8 @@ def norm_findings(groups, task):
     for table in pairs_by(groups, "block", "warmup_epochs"):
         if {b for b, _ in table} != {"prenorm", "postnorm"} or len({w or 0 for _, w in table}) < 2:
             continue  # the plain pre/post comparison is a finding of its own
-        lines += ["", f"Pre- vs post-norm, with and without warmup ({', '.join(sorted(g.name for g in table.values()))}):",
+        names = ", ".join(sorted(g.name for g in table.values()))
+        lines += ["", f"Pre- vs post-norm, with and without warmup ({names}):",
                   "", f"| block | warmup epochs | seeds | best valid {label} | test {label} (best-valid model) | "
                   "grad norm, last / first layer, first step | same, epoch 1 mean |", "|---|---|---|---|---|---|---|"]
         for (block, warmup), g in sorted(table.items(), key=lambda kv: (kv[0][0] != "prenorm", kv[0][1] or 0)):
@@ -269,7 +272,8 @@ def findings(groups, task):
     timed = [g for g in groups if all(r.rows for r in g.runs) and speed[g.name] is not None
              and g.best_of(f"valid_{m}")[0] is not None]
     if not timed:
-        return lines + [f"No {'full ' if smoke else ''}run of this study has finished an epoch yet: nothing to compare.", ""]
+        return lines + [f"No {'full ' if smoke else ''}run of this study has finished an epoch yet: nothing to "
+                        "compare.", ""]
     speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "
@@ -310,7 +314,8 @@ def findings(groups, task):
     unfinished = [r for g in groups for r in g.runs if not r.summary]
     if unfinished:
         lines.append("- Unfinished (plotted as far as they got, no test result): "
-                     + ", ".join(f"{r.path.name} ({len(r.rows)} epoch{'s' * (len(r.rows) != 1)})" for r in unfinished) + ".")
+                     + ", ".join(f"{r.path.name} ({len(r.rows)} epoch{'s' * (len(r.rows) != 1)})"
+                                 for r in unfinished) + ".")
     return lines + [""]
 
 

@@ -61,7 +61,8 @@ def atomic_write(path, write):
                 tmp.unlink(missing_ok=True)
                 raise
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
-        if isinstance(e, RuntimeError) and not re.search(r"PytorchStreamWriter|file write failed|unexpected pos", str(e)):
+        written = r"PytorchStreamWriter|file write failed|unexpected pos"  # torch's words for a failed write
+        if isinstance(e, RuntimeError) and not re.search(written, str(e)):
             raise
         raise UserError(f"could not write {path}: {getattr(e, 'strerror', None) or 'the write failed'}; "
                         f"{free_space(path.parent)} free on its disk; any previous version is intact") from None
@@ -256,7 +257,8 @@ class RunDir:
             return Progress()
         ckpt = load_torch(path)
         ckpt = ckpt if isinstance(ckpt, dict) else {}
-        missing = [k for k in ("config", "model", "history", "norm_history", "best", "best_ema", "rng") if k not in ckpt]
+        missing = [k for k in ("config", "model", "history", "norm_history", "best", "best_ema", "rng")
+                   if k not in ckpt]
         check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
               f"{', '.join(missing) or 'everything'}); start again with --overwrite")
         self.check_same_run(json_plain(ckpt["config"]))
@@ -349,8 +351,8 @@ def load_trained(model, state, source="the checkpoint"):
     except (RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"{source} does not fit the model: {first_line(e)[:200]}") from None
     lacking = sorted(set(missing) - frozen)
-    check(not unexpected and not lacking, f"{source} does not fit the model (missing {', '.join(lacking[:3]) or 'nothing'}"
-          f", unexpected {', '.join(unexpected[:3]) or 'nothing'})")
+    check(not unexpected and not lacking, f"{source} does not fit the model (missing "
+          f"{', '.join(lacking[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'})")
 
 
 def json_plain(value):

@@ -146,7 +146,8 @@ def trainer_argv(s, group, script, flags, seed):
         if "--recipe" in flags and "--warmup_epochs" not in flags:
             flags += ["--warmup_epochs", "1"]  # the recipes warm up for longer
     frozen = group == "reference" and lm and s["embeddings"] != "none"  # the report's LMs froze GPT-1's
-    extra = ["--epochs", str(s["epochs_lm" if lm else "epochs_vit"]), "--data_folder", s["lm_data" if lm else "vit_data"]]
+    extra = ["--epochs", str(s["epochs_lm" if lm else "epochs_vit"]),
+             "--data_folder", s["lm_data" if lm else "vit_data"]]
     if s["quick"]:
         extra += ["--limit_batches", "2"] + (["--batch_size", "4", "--seq_len", "64"] if lm else [])
         extra += ["--embedding_size", "64", "--hidden_size", "64"] if lm and not frozen else []

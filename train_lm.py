@@ -40,7 +40,8 @@ class Config(TrainConfig):
     data_folder: str = option("./data/wikitext2", "folder with wiki.*.npz token files or train/valid/test.txt; "
                               "what is missing is downloaded there", group="data", role="context")
     data_format: str = option("auto", "tokens: the reference's GPT-1 token ids; words: word-level text; auto: "
-                              "whichever is there, token files first", ["auto", "tokens", "words"], group="data", role="data")
+                              "whichever is there, token files first", ["auto", "tokens", "words"], group="data",
+                              role="data")
     seq_len: int = option(256, "tokens per window (each predicts the next token)", group="data")
     embeddings: str = option("", "gpt1: GPT-1's pretrained token embeddings (the reference's; fetched once "
                              "beside the token files), or an .npz with array 'tokens' (vocab x embedding_size); "

@@ -33,10 +33,13 @@ class Config(TrainConfig):
     hidden_dim: int = option(512, "MLP hidden width", group="model")
     num_heads: int = option(8, "attention heads", group="model")
     patch_size: int = option(4, "patch side in pixels", group="model")
-    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation stays plain)", group="optimisation")
-    drop_path: float = option(0.0, "stochastic depth: the last block's drop rate, earlier blocks linearly less", group="model")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation stays plain)",
+                                    group="optimisation")
+    drop_path: float = option(0.0, "stochastic depth: the last block's drop rate, earlier blocks linearly less",
+                              group="model")
     augment: str = option("reference", "training augmentation: reference (flip + resized crop), or strong "
-                          "(also pad-4 translation and one TrivialAugment operation per image)", list(AUGMENTS), group="data")
+                          "(also pad-4 translation and one TrivialAugment operation per image)", list(AUGMENTS),
+                          group="data")
     mixup: float = option(0.0, "MixUp alpha (0: off); with --cutmix too, each batch uses one of the two", group="data")
     cutmix: float = option(0.0, "CutMix alpha (0: off)", group="data")
 
@@ -48,14 +51,14 @@ class Config(TrainConfig):
               f"--patch_size must divide the image size 32, got {self.patch_size}")
         check(0 <= self.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check(0 <= self.drop_path < 1, f"--drop_path must be in [0, 1), got {self.drop_path}")
-        check(0 <= self.mixup < math.inf and 0 <= self.cutmix < math.inf, f"--mixup and --cutmix are Beta alphas >= 0, got "
-              f"{self.mixup} and {self.cutmix}")
+        check(0 <= self.mixup < math.inf and 0 <= self.cutmix < math.inf,
+              f"--mixup and --cutmix are Beta alphas >= 0, got {self.mixup} and {self.cutmix}")
 
     PREFIX = "vit"
     # Lee et al. (2021)'s small-dataset recipe, shortened to 50 epochs
     RECIPES = {"improved": dict(lr=1e-3, weight_decay=0.05, decay_exempt=True, scheduler="cosine", warmup_epochs=5.0,
-                                min_lr=1e-5, label_smoothing=0.1, drop_path=0.1, augment="strong", mixup=0.8, cutmix=1.0,
-                                ema=0.999, grad_clip=1.0, grad_norms=True)}
+                                min_lr=1e-5, label_smoothing=0.1, drop_path=0.1, augment="strong", mixup=0.8,
+                                cutmix=1.0, ema=0.999, grad_clip=1.0, grad_norms=True)}
 
 
 class ImageTask:
