@@ -14,6 +14,7 @@ import io
 import json
 import math
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -402,5 +403,16 @@ def report_task(task, groups, out_dir, ref):
     return lines, figures, page
 
 
+def stop(signum, frame):
+    """Ctrl-C or SIGTERM: one line, not a traceback; each file of the report is written whole or not at all."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    print(f"{'interrupted' if signum == signal.SIGINT else 'terminated'}: the report is incomplete; run plot.py "
+          f"again", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     sys.exit(main())

@@ -8,8 +8,10 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import unittest
 from pathlib import Path
 
@@ -154,6 +156,32 @@ class TestReportInputs(FaultCase):
         proc = self.plot()
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("2,000.00", (self.logs / "report" / "summary_lm.md").read_text())
+
+    def test_ctrl_c_or_sigterm_is_one_line_and_the_report_stays_as_it_was(self):
+        write_lm_run(self.logs, [300.0, 200.0])
+        self.assertEqual(self.plot().returncode, 0)
+        before = snapshot(self.logs / "report")
+        fifo = write_lm_run(self.logs, [250.0], exp_id="lm_lstm_L1_sgd_s42") / "metrics.csv"
+        fifo.unlink()
+        os.mkfifo(fifo)  # plot.py waits in reading it: a signal then comes mid-report, at a known point
+        for signum, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+            proc = subprocess.Popen([sys.executable, "plot.py", "--log_dir", self.logs], cwd=HERE, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            while True:  # open for writing succeeds once plot.py has opened it for reading
+                try:
+                    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError:
+                    self.assertLess(time.monotonic(), deadline, "plot.py never read the runs")
+                    time.sleep(0.05)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+            os.close(writer)
+            self.assertEqual((proc.returncode, err), (code, f"{word}: the report is incomplete; run plot.py again\n"))
+        fifo.unlink()
+        self.assertEqual(snapshot(self.logs / "report"), before)
+        self.assertEqual(self.leftovers(self.logs), [])
 
     def test_a_row_cut_short_marks_the_run_damaged_and_the_rest_is_shown(self):
         write_lm_run(self.logs, [300.0, 250.0, 200.0], cut=12)  # the last row loses its end: 200.0 -> 2
