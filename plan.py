@@ -154,22 +154,28 @@ def matmul_rate(device, dtype):
 def progress(runs):
     """Each run's epochs already done (all of them when its summary.json says so, else its metrics.csv
     rows), from every run in the log folders, read once; returns those runs by folder and name. A run
-    that finished at fewer epochs than now asked, without the checkpoint to continue from, is refused."""
-    previous, stuck = {}, []
+    there that this sweep cannot continue or count as done is refused before anything runs: one of
+    other settings (a QUICK run under the same name), or one finished at fewer epochs than now asked
+    without the checkpoint to go on from."""
+    previous, blocked = {}, []
     for run in runs:
         log_dir = run.cfg.log_dir
         if log_dir not in previous:
             previous[log_dir] = {r.path.name: r for r in results.find_runs([log_dir], Path(log_dir) / "report")}
         found = previous[log_dir].get(run.exp_id)
-        finished = (found.summary or {}).get("epochs") if found else None  # an int in a finished run's summary
-        run.done = 0 if found is None else len(found.rows)
-        if isinstance(finished, int) and finished >= run.cfg.epochs:
-            run.done = run.cfg.epochs
-        elif isinstance(finished, int) and not (found.path / "checkpoint.pt").exists():
-            stuck.append(f"{run.exp_id} ({finished})")
-    check(not stuck, f"{len(stuck)} run{'s' * (len(stuck) > 1)} finished at fewer epochs than asked now and kept no "
-          f"checkpoint.pt to continue from: {', '.join(stuck[:3])}{', ...' * (len(stuck) > 3)}; give another LOG_DIR "
-          f"for the longer runs, or move those away")
+        if found is None:
+            continue
+        finished = (found.summary or {}).get("epochs")  # an int in a finished run's summary
+        run.done = run.cfg.epochs if isinstance(finished, int) and finished >= run.cfg.epochs else len(found.rows)
+        other = [f"{k} {found.config[k]}, not {getattr(run.cfg, k)}" for k in run.cfg.with_role("setting")
+                 if k in found.config and found.config[k] != getattr(run.cfg, k)]
+        if other:
+            blocked.append(f"{run.exp_id} (its {'; '.join(other)})")
+        elif run.done < run.cfg.epochs and isinstance(finished, int) and not (found.path / "checkpoint.pt").exists():
+            blocked.append(f"{run.exp_id} (finished at {finished} epochs, no checkpoint.pt to go on from)")
+    check(not blocked, f"{len(blocked)} run{'s' * (len(blocked) > 1)} in the log folder cannot be continued by this "
+          f"sweep: {', '.join(blocked[:3])}{', ...' * (len(blocked) > 3)}; give another LOG_DIR, or move "
+          f"{'those runs' if len(blocked) > 1 else 'it'} away")
     return previous
 
 

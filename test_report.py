@@ -409,7 +409,7 @@ class TestPlan(TempDir):
                 contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             plan.check_data(sweep_module.select(sweep_module.settings()))  # accepted
 
-    def test_runs_finished_at_fewer_epochs_without_a_checkpoint_are_refused_before_anything_runs(self):
+    def test_runs_the_sweep_cannot_continue_are_refused_before_anything_runs(self):
         logs = self.tmp / "logs"
         for exp_id in ("vit_L2_adam_s42", "vit_L2_sgd_s42"):
             write_run(logs, exp_id, dict(task="vit", seed=42, limit_batches=0), vit_rows([0.5, 0.6]), dict(epochs=2))
@@ -417,13 +417,22 @@ class TestPlan(TempDir):
         self.assertIn("2 finished (skipped)", self.plan(EPOCHS_VIT="2", **env))
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="4", **env))
         self.assertEqual(code, 2, out + err)
-        self.assertEqual(err.strip(), "error: 2 runs finished at fewer epochs than asked now and kept no checkpoint.pt "
-                         "to continue from: vit_L2_adam_s42 (2), vit_L2_sgd_s42 (2); give another LOG_DIR for the "
-                         "longer runs, or move those away")
+        self.assertEqual(err.strip(), "error: 2 runs in the log folder cannot be continued by this sweep: "
+                         "vit_L2_adam_s42 (finished at 2 epochs, no checkpoint.pt to go on from), vit_L2_sgd_s42 "
+                         "(finished at 2 epochs, no checkpoint.pt to go on from); give another LOG_DIR, or move those "
+                         "runs away")
         self.assertNotIn("== checking", out)
         for exp_id in ("vit_L2_adam_s42", "vit_L2_sgd_s42"):  # with their checkpoints they are resumed
             (logs / exp_id / "checkpoint.pt").write_bytes(b"")
         self.assertIn("reference 2; 2 to resume", self.plan(EPOCHS_VIT="4", **env))
+        # a QUICK run under a configuration's name is neither continued nor counted as done
+        write_run(logs, "vit_L2_momentum_s42", dict(task="vit", seed=42, limit_batches=2), vit_rows([0.5]),
+                  dict(epochs=1))
+        code, out, err = sweep_here(dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu",
+                                         EPOCHS_VIT="1", ONLY="^vit_L2_momentum$", VIT_DATA=str(self.tmp / "none")))
+        self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
+                                                  "vit_L2_momentum_s42 (its limit_batches 2, not 0); give another "
+                                                  "LOG_DIR, or move it away"))
 
     def test_a_log_folder_that_cannot_be_written_is_found_before_the_data_check(self):
         (self.tmp / "file").write_text("")
