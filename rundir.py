@@ -256,19 +256,21 @@ class RunDir:
         if not (self.cfg.resume and path.exists()):
             return Progress()
         ckpt = load_torch(path)
-        ckpt = ckpt if isinstance(ckpt, dict) else {}
-        missing = [k for k in ("config", "model", "history", "norm_history", "best", "best_ema", "rng")
-                   if k not in ckpt]
-        check(isinstance(ckpt, dict) and not missing, f"{path} is not a checkpoint of this project (it lacks "
-              f"{', '.join(missing) or 'everything'}); start again with --overwrite")
+        damaged = damaged_parts(ckpt if isinstance(ckpt, dict) else {}, self.columns)
+        check(not damaged, f"{path} is not a checkpoint of this project (its {', '.join(damaged)} "
+              f"{'is' if len(damaged) == 1 else 'are'} missing or damaged); start again with --overwrite")
         self.check_same_run(json_plain(ckpt["config"]))
         done = len(ckpt["history"])  # fewer epochs would record a run that trained more than it says
         check(done <= self.cfg.epochs, f"cannot resume {self.path} with --epochs {self.cfg.epochs}: it has trained "
               f"{done} epochs already; give --epochs {done} or more")
-        for key, obj in stateful.items():
-            if obj is not None and ckpt.get(key) is not None:
-                load_trained(obj, ckpt[key]) if key == "model" else obj.load_state_dict(ckpt[key])
-        set_rng_state(ckpt["rng"])
+        try:
+            for key, obj in stateful.items():
+                if obj is not None and ckpt.get(key) is not None:
+                    load_trained(obj, ckpt[key]) if key == "model" else obj.load_state_dict(ckpt[key])
+            set_rng_state(ckpt["rng"])
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{path} does not fit this run ({first_line(e)[:200]}); start again with --overwrite") \
+                from None
         if self.main:
             print(f"resuming {self.path} after epoch {len(ckpt['history'])}")
         return Progress(ckpt["history"], ckpt["norm_history"], ckpt["best"], ckpt["best_ema"])
@@ -333,6 +335,22 @@ class RunDir:
             save_json(summary, self.path / "summary.json")
             if not self.cfg.keep_checkpoint:
                 (self.path / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def damaged_parts(ckpt, columns):
+    """The parts of a checkpoint that are missing or not as save_epoch writes them (rows of numbers in
+    the run's columns, best epochs, the random states)."""
+    kinds = dict(config=dict, model=dict, history=list, norm_history=list, best=dict, best_ema=dict, rng=dict)
+    damaged = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
+
+    def rows(key, names):
+        return all(isinstance(r, dict) and set(r) == set(names) and all(isinstance(v, (int, float)) for v in r.values())
+                   for r in ckpt[key])
+    damaged += [k for k, names in (("history", columns), ("norm_history", NORM_COLUMNS)) if k not in damaged
+                and not rows(k, names)]
+    damaged += [k for k in ("best", "best_ema") if k not in damaged and not (set(ckpt[k]) == {"epoch", "value"}
+                and isinstance(ckpt[k]["epoch"], int) and isinstance(ckpt[k]["value"], (int, float, type(None))))]
+    return damaged
 
 
 def trained_state(model):

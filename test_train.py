@@ -1230,6 +1230,18 @@ class TestNothingLost(CliCase):
         self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], "not a readable run directory")
         self.refused("generate.py", ["--run", str(run_dir), "--temperature", "inf"], "temperature")
 
+    def test_a_checkpoint_whose_parts_are_not_as_written_is_one_line_and_the_run_stays(self):
+        run_dir, _, _ = self.vit("--epochs", "1", "--keep_checkpoint", exp_id="k")
+        ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        for change, fragment in ((dict(history=[{"x": 1}]), "(its history is missing or damaged)"),
+                                 (dict(best=dict(epoch=1, value="x"), rng=None), "(its rng, best are missing or"),
+                                 (dict(optimizer="x"), "does not fit this run"),
+                                 (dict(rng=dict(python=1)), "does not fit this run")):
+            torch.save(dict(ckpt, **change), run_dir / "checkpoint.pt")
+            self.refused("train_vit.py", ["--data_folder", str(self.tmp / "images"), "--log_dir", str(self.logs),
+                                          "--exp_id", "k", "--resume", "--epochs", "2", *VIT_TINY],
+                         f"{run_dir / 'checkpoint.pt'}", fragment, watch=[run_dir])
+
     def test_damaged_checkpoints_and_names(self):
         run_dir, _, _ = self.vit("--epochs", "1", exp_id="r")
         for content in (b"", b"not a checkpoint", None):
