@@ -51,6 +51,11 @@ class Group:
         self.architecture = (f"ViT {c.get('block')}" if self.task == "vit" else f"Transformer {c.get('block')}"
                              if c.get("model") == "transformer" else str(c.get("model", "?")).upper())
 
+    def devices(self):
+        """The devices its runs trained on, as config.json records them."""
+        envs = [r.config.get("environment") for r in self.runs]
+        return sorted({str(e.get("device_name") or "-") if isinstance(e, dict) else "-" for e in envs})
+
     def best(self, values):
         values = [v for v in values if v == v]  # NaN is no result
         return (max if self.maximize else min)(values) if values else None
@@ -98,7 +103,7 @@ def tables(groups, task, ref=None):
     with_ema = any(g.summary_value(f"ema_best_test_{m}")[0] is not None for g in groups)
     results_cols += [f"test {label} (best-valid EMA)"] * with_ema + ["report", "difference"] * with_ref
     cost_cols = ["architecture", "layers", "optimizer", "experiment", "learnable parameters", "peak memory (MB)",
-                 "memory (%)", "train s/epoch", "valid s/epoch"]
+                 "memory (%)", "train s/epoch", "valid s/epoch", "device"]
     results, costs, flat = [], [], []
     for g in groups:
         c = g.config
@@ -118,7 +123,7 @@ def tables(groups, task, ref=None):
                        + (table_cells(g, ref) if with_ref else []))
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
-                             fmt(*stats["valid_s"], digits=2)])
+                             fmt(*stats["valid_s"], digits=2), " / ".join(g.devices())])
         flat.append(dict(zip(["architecture", "layers", "optimizer", "experiment"], head), seeds=len(g.runs),
                          epochs=max(epochs), **{f"{k}_{s}": v for k, (mean, std) in stats.items()
                                                 for s, v in (("mean", mean), ("std", std))}))
@@ -277,8 +282,11 @@ def findings(groups, task):
                         "compare.", ""]
     speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
+    devices = sorted({d for g in timed for d in g.devices() if d != "-"})
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "
-                 f"(slowest: {max(speed.values()):.2f} s).")
+                 f"(slowest: {max(speed.values()):.2f} s)" + (f"; the runs trained on {len(devices)} devices "
+                                                              f"({', '.join(devices)}): compare times within one."
+                                                              if len(devices) > 1 else "."))
     bests = [g.best_of(f"valid_{m}")[0] for g in timed]
     target = float(np.median(bests))
     reach = {g.name: g.time_to(target) for g in timed}

@@ -545,8 +545,10 @@ class TestPlot(TempDir):
         for seed, (accs, test) in {1: ([0.5, 0.6, 0.7], 0.68), 2: ([0.5, 0.7, 0.6], 0.66)}.items():
             write_run(logs, f"vit_L6_s{seed}", dict(base, block="prenorm", seed=seed), vit_rows(accs),
                       dict(params_learnable=3195146, test_acc=test - 0.01, best_test_acc=test, best_epoch=3))
-        write_run(logs, "vit_L6_post_s1", dict(base, block="postnorm", seed=1), vit_rows([0.4, 0.5, 0.55], 20.0),
-                  dict(params_learnable=3195146, test_acc=0.5, best_test_acc=0.54, best_epoch=3))
+        write_run(logs, "vit_L6_post_s1", dict(base, block="postnorm", seed=1,
+                                               environment=dict(device_name="NVIDIA H100")),
+                  vit_rows([0.4, 0.5, 0.55], 20.0), dict(params_learnable=3195146, test_acc=0.5, best_test_acc=0.54,
+                                                          best_epoch=3))
         write_run(logs, "vit_L2_s1", dict(base, layers=2, block="prenorm", seed=1), vit_rows([0.3], 12.0),
                   None)  # unfinished: no summary
         write_run(logs, "vit_broken_s1", dict(base, block="prenorm", seed=1), [], None)  # died before epoch 1
@@ -572,8 +574,9 @@ class TestPlot(TempDir):
         self.assertIn("| ViT prenorm | 6 | adamw | vit_L6 | 2 | 3 | 0.7500 ± 0.0000 | 0.7000 ± 0.0000 | "
                       "0.6600 ± 0.0141 | 0.6700 ± 0.0141 |", md)
         self.assertIn("| 3,195,146 |", md)
+        self.assertIn("| 20.00 | 1.00 | NVIDIA H100 |", md)  # the cost table names each run's device
         summary = (report / "summary.md").read_text()
-        self.assertIn("Fastest per epoch: **vit_L6**", summary)
+        self.assertIn("Fastest per epoch: **vit_L6**, 10.00 s of training per epoch (slowest: 20.00 s).", summary)
         self.assertIn("Best generalisation, selected on validation: **vit_L6**", summary)
         self.assertIn("Pre- vs post-norm (vit_L6 / vit_L6_post, 2 and 1 seeds)", summary)
         self.assertIn("gap (pre - post) +0.1300", summary)
@@ -582,6 +585,11 @@ class TestPlot(TempDir):
         for name in ("vit_epochs.png", "vit_time.png"):
             self.assertEqual((report / name).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
         self.assertFalse((report / "summary_lm.md").exists())
+        config = json.loads((logs / "vit_L6_s1" / "config.json").read_text())
+        (logs / "vit_L6_s1" / "config.json").write_text(json.dumps(dict(config, environment=dict(device_name="CPU"))))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("(slowest: 20.00 s); the runs trained on 2 devices (CPU, NVIDIA H100): compare times within one.",
+                      (report / "summary.md").read_text())
 
     def test_gradient_norms_figure_and_the_pre_post_warmup_table(self):
         logs = self.tmp / "logs"
