@@ -283,10 +283,9 @@ def findings(groups, task):
     speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     devices = sorted({d for g in timed for d in g.devices() if d != "-"})
+    several = f"; the runs trained on {len(devices)} devices ({', '.join(devices)}): compare times within one"
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "
-                 f"(slowest: {max(speed.values()):.2f} s)" + (f"; the runs trained on {len(devices)} devices "
-                                                              f"({', '.join(devices)}): compare times within one."
-                                                              if len(devices) > 1 else "."))
+                 f"(slowest: {max(speed.values()):.2f} s){several * (len(devices) > 1)}.")
     bests = [g.best_of(f"valid_{m}")[0] for g in timed]
     target = float(np.median(bests))
     reach = {g.name: g.time_to(target) for g in timed}
