@@ -342,8 +342,8 @@ def main(argv=None):
                         "as runs.sh's reference LMs on the token files; learned: as its other LMs, or EMBEDDINGS=none")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    out = Path(args.json or ".").absolute()  # found writable now, not after the measurements
-    utils.check(out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(),
+    out = Path(args.json or "").absolute()  # found writable now, not after the measurements
+    utils.check(not args.json or out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(),
                 f"--json {args.json}: cannot write there")
     device = utils.get_device(args.device)
     precision = utils.choose_precision(args.precision, device)

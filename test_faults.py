@@ -280,12 +280,15 @@ class TestGenerateOnDamagedRuns(FaultCase):
 
 
 class TestBenchOutput(FaultCase):
-    def test_a_json_file_it_cannot_write_is_refused_before_measuring(self):
+    def test_a_json_file_it_cannot_write_is_refused_before_measuring_and_none_is_needed(self):
         (self.tmp / "file").write_text("")
         for where in (self.tmp / "file" / "bench.json", self.tmp, self.tmp / "missing" / "bench.json"):
             proc = cli("bench.py", "--quick", "--only", "augment", "--json", where)
             self.assert_one_line(proc, 2, "error: ", f"--json {where}: cannot write there")
             self.assertEqual(proc.stdout, "")  # nothing measured
+        proc = cli("bench.py", "--quick", "--only", "augment")  # without --json: the table alone
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("| augmentation strong, batch 128, share of a ViT-2 step", proc.stdout)
 
 
 if __name__ == "__main__":
