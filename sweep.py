@@ -169,18 +169,16 @@ def select(s):
             own = shlex.split(flags) + ["--seed", str(seed)]
             data = ["--data_folder", argv[argv.index("--data_folder") + 1]]  # what the trainer names runs by
             data += ["--embeddings", s["embeddings"]] if frozen else []
-            names = [parse_config(config, own + data).default_exp_id()]
-            wanted = lambda: not s["only"] or any(pattern.search(n) for name in names  # noqa: E731
-                                                  for n in (name.rsplit("_s", 1)[0], name))
+            names, error = [parse_config(config, own + data).default_exp_id()], None
             try:
                 names.append(plan.parse_run(f"{script} {flags}", config, own + s["train_args"] + data).default_exp_id())
-            except UserError as e:
-                if wanted():  # TRAIN_ARGS that this trainer does not take, for a run that is asked for
-                    raise
-                refused = refused or e
+            except UserError as e:  # TRAIN_ARGS that this trainer does not take: an error if the run is asked for
+                error = e
+            if s["only"] and not any(pattern.search(n) for name in names for n in (name.rsplit("_s", 1)[0], name)):
+                refused = refused or error
                 continue
-            if not wanted():
-                continue
+            if error:
+                raise error
             if index % s["shard"][1] == s["shard"][0] and names[-1] not in (r.exp_id for r in runs):
                 argv += ["--exp_id", names[-1], "--resume", "--no_progress"]
                 runs.append(Run(names[-1], group, script, argv, plan.parse_run(names[-1], config, argv)))
