@@ -5,8 +5,9 @@
 
 Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
 other machines merge; seeds of one configuration (name and settings) on the same data and epochs are
-averaged (mean +- std), smoke runs apart, and each log folder's runs are its direct sub-folders. Writes the figures
-({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv}, summary.md and index.html.
+averaged (mean +- std), smoke runs apart, and each log folder's runs are its direct sub-folders.
+Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv}, summary.md
+and index.html.
 """
 import argparse
 import csv
@@ -200,7 +201,8 @@ def pairs_by(groups, key, *more):
     out = {}
     for g in groups:
         names = (g.config.get("naming") or {}).get("settings") or []
-        settings = dict({k: g.config.get(k) for k in names if k not in keys}, group=g.key[1:4])
+        settings = dict({k: g.config.get(k) for k in names if k not in keys},
+                        group=(g.key.data, g.key.smoke, g.key.epochs))
         value = g.config.get(key) if not more else tuple(g.config.get(k) for k in keys)
         out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[value] = g
     return [v for v in out.values() if len(v) > 1]
@@ -384,13 +386,12 @@ def write_report(runs, log_dirs, out_dir, ref):
 def label(key, keys):
     """A group's name: its configuration's, told apart from others of that name (smoke runs aside) by
     its data's checksum, its epochs or the settings where they differ."""
-    name, data, smoke, epochs, settings = key
-    same = [k for k in keys if k[0] == name and k[2] == smoke]
-    mine, others = json.loads(settings), [json.loads(k[4]) for k in same]
-    parts = ([f"data {data[:8]}"] * (len({k[1] for k in same}) > 1)
-             + [f"{epochs} epoch{'s' * (epochs != 1)}"] * (len({k[3] for k in same}) > 1)
+    same = [k for k in keys if k.name == key.name and k.smoke == key.smoke]
+    mine, others = json.loads(key.settings), [json.loads(k.settings) for k in same]
+    parts = ([f"data {key.data[:8]}"] * (len({k.data for k in same}) > 1)
+             + [f"{key.epochs} epoch{'s' * (key.epochs != 1)}"] * (len({k.epochs for k in same}) > 1)
              + [f"{k} {v}" for k, v in mine.items() if any(o.get(k) != v for o in others)])
-    return name + (f" ({', '.join(parts)})" if parts else "")
+    return key.name + (f" ({', '.join(parts)})" if parts else "")
 
 
 def report_task(task, groups, out_dir, ref):

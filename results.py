@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 METRIC = dict(name=str, label=str, maximize=bool, digits=int)  # config.json's "metric", as the task states it
 WORD, TEXT = r"[A-Za-z0-9_]{1,40}", r"[\w ().,:+-]{1,80}"  # a file name's part; a title or label (no markup)
@@ -131,11 +132,17 @@ def find_runs(log_dirs, out_dir):
     return [read_run(folder) for folder in sorted(folders)]
 
 
+class GroupKey(NamedTuple):
+    """What runs must share to be seeds of one configuration."""
+    name: str
+    data: str        # a checksum of the data
+    smoke: bool      # --limit_batches
+    epochs: int      # asked for
+    settings: str    # as JSON: the same name given by hand with --exp_id to runs of other settings
+
+
 def group_key(run):
-    """What runs must share to be seeds of one configuration: its name, its data (a checksum of
-    them), whether they are smoke runs (--limit_batches), the epochs they were asked for, and the
-    settings (the same name given by hand with --exp_id to runs of other settings)."""
     epochs, names = run.config.get("epochs"), (run.config.get("naming") or {}).get("settings") or []
     settings = {k: run.config.get(k) for k in names if isinstance(k, str)}
-    return (run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches")),
-            epochs if isinstance(epochs, int) else 0, json.dumps(settings, sort_keys=True, default=str))
+    return GroupKey(run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches")),
+                    epochs if isinstance(epochs, int) else 0, json.dumps(settings, sort_keys=True, default=str))
