@@ -82,15 +82,16 @@ def checked_model_args(args):
 
 
 def encode(prompt, vocab, bpe=None):
-    """Prompt -> token ids, and the words that were not in the vocabulary. Token-id runs take ids, or
-    text when GPT-1's vocabulary (`bpe`) is at hand."""
+    """Prompt -> token ids, and the words that were not in the vocabulary (or hold characters GPT-1's
+    has not). Token-id runs take ids, or text when GPT-1's vocabulary (`bpe`) is at hand."""
     if vocab is None:
         try:
             return [int(t) for t in prompt.split()], []
         except ValueError:
             check(bpe is not None, "this run was trained on token ids and GPT-1's vocabulary files are not at "
                   "hand: give --prompt as space-separated token ids")
-            return bpe.encode(prompt), []
+            unknown = bpe.encoder.get("<unk>", 0) + 1
+            return bpe.encode(prompt), [w for w in prompt.split() if unknown in bpe.encode(w)]
     index = {w: i for i, w in enumerate(vocab)}
     words = prompt.split() or ["<eos>"]  # an empty prompt starts a new line
     return [index.get(w, index["<unk>"]) for w in words], [w for w in words if w not in index]
@@ -137,7 +138,7 @@ def decode(ids, vocab):
 @cli
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=Formatter)
-    parser.add_argument("--run", required=True, help="a run directory of train_lm.py")
+    parser.add_argument("--run", required=True, default=argparse.SUPPRESS, help="a run directory of train_lm.py")
     parser.add_argument("--words", type=int, default=100, help="tokens to sample: words for a word-level run, "
                         "GPT-1 byte-pair pieces for a token-file run")
     parser.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder")
@@ -152,7 +153,7 @@ def main(argv=None):
     model, config, vocab = load_run(args.run)
     bpe = gpt1_vocabulary(config) if vocab is None else None
     ids, unknown = encode(args.prompt, vocab, bpe)
-    check(ids, "--prompt is empty: give token ids to start from")
+    check(ids, f"--prompt is empty: give {'words or ' * (bpe is not None)}token ids to start from")
     check(all(0 < i < config["vocab_size"] for i in ids), f"prompt ids must lie in 1..{config['vocab_size'] - 1}")
     if unknown:
         print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)

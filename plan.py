@@ -155,8 +155,8 @@ def progress(runs):
     """Each run's epochs already done (all of them when its summary.json says so, else its metrics.csv
     rows), from every run in the log folders, read once; returns those runs by folder and name. A run
     there that this sweep cannot continue or count as done is refused before anything runs: one of
-    other settings (a QUICK run under the same name), or one finished at fewer epochs than now asked
-    without the checkpoint to go on from."""
+    other settings (a QUICK run under the same name), one trained for more epochs than now asked, or one
+    finished at fewer without the checkpoint to go on from."""
     previous, blocked = {}, []
     for run in runs:
         log_dir = run.cfg.log_dir
@@ -166,11 +166,13 @@ def progress(runs):
         if found is None:
             continue
         finished = (found.summary or {}).get("epochs")  # an int in a finished run's summary
-        run.done = run.cfg.epochs if isinstance(finished, int) and finished >= run.cfg.epochs else len(found.rows)
+        run.done = finished if isinstance(finished, int) else len(found.rows)
         other = [f"{k} {found.config[k]}, not {getattr(run.cfg, k)}" for k in run.cfg.with_role("setting")
                  if k in found.config and found.config[k] != getattr(run.cfg, k)]
         if other:
             blocked.append(f"{run.exp_id} (its {'; '.join(other)})")
+        elif run.done > run.cfg.epochs:  # its trainer refuses to resume it with fewer epochs, and it is no such run
+            blocked.append(f"{run.exp_id} (trained {run.done} epochs, more than the {run.cfg.epochs} asked)")
         elif run.done < run.cfg.epochs and isinstance(finished, int) and not (found.path / "checkpoint.pt").exists():
             blocked.append(f"{run.exp_id} (finished at {finished} epochs, no checkpoint.pt to go on from)")
     check(not blocked, f"{len(blocked)} run{'s' * (len(blocked) > 1)} in the log folder cannot be continued by this "

@@ -15,6 +15,7 @@ says what each does. One sweep at a time on a log folder. Ctrl-C or SIGTERM stop
 configuration within seconds; the same command resumes. A failing run does not stop the others:
 the failures are listed at the end and the exit code is 1.
 """
+import contextlib
 import dataclasses
 import os
 import queue
@@ -216,38 +217,47 @@ class Sweep:
                 run = self.todo.get_nowait()
             except queue.Empty:
                 return
-            self.run_one(run, gpu, threads)
+            try:
+                code = self.run_one(run, gpu, threads)
+                why = f"exit {code}"
+            except OSError as e:  # its console log or its process could not be made: this run fails, not the sweep
+                code, why = 1, f"{e.strerror or e}: {e.filename}"
+            if code and code not in (130, 143) and self.stopped is None:
+                print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
+                self.failed.append(f"{run.exp_id} ({why})")
 
     def run_one(self, run, gpu, threads):
+        """The run's exit code (0 when it was already done)."""
         if run.done >= run.cfg.epochs:  # as the plan found it
-            return print(f"== {run.exp_id}: done, skipped", flush=True)
+            return print(f"== {run.exp_id}: done, skipped", flush=True) or 0
         command = run.command(self.s["python"])
         print(f"== {run.exp_id}{f' on GPU {gpu}' if gpu is not None else ''}: {shlex.join(command)}", flush=True)
         env = dict(os.environ, **({} if gpu is None else dict(CUDA_VISIBLE_DEVICES=gpu)),
                    **({} if threads is None else dict(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))))
-        log = Path(self.s["log_dir"]) / f"{run.exp_id}.log"
-        with open(log, "a") as f:
+        with open(Path(self.s["log_dir"]) / f"{run.exp_id}.log", "a") as f:
             f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
             f.flush()
             with self.lock:
                 if self.stopped is not None:
-                    return
+                    return 0
                 child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                          env=env, start_new_session=True)
                 self.children[run.exp_id] = child
-            for line in child.stdout:
-                f.write(line)
-                f.flush()
-                if gpu is None:
-                    print(line, end="", flush=True)
-            code = child.wait()
-        with self.lock:
-            del self.children[run.exp_id]
-        if code in (130, 143) or self.stopped is not None:
-            return
-        if code:
-            print(f"== {run.exp_id}: FAILED (exit {code}, log {log})", flush=True)
-            self.failed.append(f"{run.exp_id} (exit {code})")
+            try:
+                for line in child.stdout:
+                    f.write(line)
+                    f.flush()
+                    if gpu is None:
+                        print(line, end="", flush=True)
+            except OSError:  # a full disk: the run stops at its last finished epoch, and resumes later
+                with contextlib.suppress(OSError):
+                    os.killpg(child.pid, signal.SIGTERM)
+                raise
+            finally:
+                code = child.wait()
+                with self.lock:
+                    del self.children[run.exp_id]
+        return code
 
     def execute(self):
         """Every run, on the workers; returns the signal that stopped the sweep, or None."""

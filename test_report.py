@@ -277,6 +277,12 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(proc.returncode, 0)
         self.assertEqual([e for e, _ in calls][4:], ["vit_L2_sgd_s42"])  # only the failed one ran again
         self.assertEqual(proc.stdout.count("done, skipped"), 3)
+        (self.tmp / "logs" / "vit_L6_adamw_s42.log").mkdir()  # its console log cannot be written: it fails
+        proc, calls = self.fake(ONLY="^vit_L6", RUN_GROUPS="reference")
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual([e for e, _ in calls][5:], ["vit_L6_adamw_postnorm_s42"])  # the other one still ran
+        self.assertIn("vit_L6_adamw_s42 (Is a directory: ", proc.stdout)
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)
         proc, _ = self.fake(ONLY="^vit_L4", FAIL="vit_L4")  # every run fails: one line, no report attempted
         self.assertEqual(proc.returncode, 1)
         self.assertIn("every run failed", proc.stdout)
@@ -415,6 +421,11 @@ class TestPlan(TempDir):
             write_run(logs, exp_id, dict(task="vit", seed=42, limit_batches=0), vit_rows([0.5, 0.6]), dict(epochs=2))
         env = dict(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("2 finished (skipped)", self.plan(EPOCHS_VIT="2", **env))
+        code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="1",
+                                         ONLY="^vit_L2_adam$", VIT_DATA=str(self.tmp / "none")))
+        self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
+                                                  "vit_L2_adam_s42 (trained 2 epochs, more than the 1 asked); give "
+                                                  "another LOG_DIR, or move it away"))
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="4", **env))
         self.assertEqual(code, 2, out + err)
         self.assertEqual(err.strip(), "error: 2 runs in the log folder cannot be continued by this sweep: "

@@ -759,6 +759,18 @@ class TestGenerate(CliCase):
         self.assertEqual(code, 2)
         self.assertIn("error: this run was trained on token ids", err)
 
+    def test_token_id_runs_take_text_through_gpt1s_vocabulary(self):
+        run_dir, _, _ = self.lm("--epochs", "1", data=write_token_files(self.tmp / "tok"))
+        bpe = generate.Vocabulary({"<unk>": 0, "t": 1, "h": 2, "e</w>": 3, "c": 4, "a": 5, "t</w>": 6}, [])
+        with mock.patch.object(generate.Vocabulary, "find", return_value=bpe):
+            code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "3", "--prompt", "The cat ✓"])
+            self.assertEqual(code, 0, err)
+            self.assertTrue(out.startswith("the cat <unk>"), out)  # the prompt, then its continuation
+            self.assertIn("warning: not in the vocabulary, read as <unk>: ✓", err)
+            code, _, err = run(generate.main, ["--run", str(run_dir)])
+        self.assertEqual(code, 2)
+        self.assertIn("error: --prompt is empty: give words or token ids to start from", err)
+
 
 class TestDefaults(unittest.TestCase):
     def test_reference_defaults_and_derived_names(self):

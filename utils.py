@@ -331,8 +331,8 @@ def seed_dropout(seed, epoch):
 
 
 def rng_state():
-    np_state = np.random.get_state()
-    state = dict(python=random.getstate(), numpy=(np_state[0], torch.from_numpy(np_state[1].copy()),
+    np_state = np.random.get_state()  # its uint32 keys as int64: torch before 2.5 cannot save a uint32 tensor
+    state = dict(python=random.getstate(), numpy=(np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                                                   *np_state[2:]), torch=torch.get_rng_state())
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -344,7 +344,7 @@ def set_rng_state(state):
     machine with more, or none)."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
