@@ -5,7 +5,8 @@
 
 Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
 other machines merge; seeds of one configuration (name and settings) on the same data and epochs are
-averaged (mean +- std), smoke runs apart, and each log folder's runs are its direct sub-folders.
+averaged (mean +- std), each seed once, smoke runs apart, and each log folder's runs are its direct
+sub-folders.
 Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv}, summary.md
 and index.html.
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from report import DamagedReference, compare, load_reference, markdown, reference_config, table_cells, write_file, \
     write_html
-from results import find_runs, group_key
+from results import find_runs, group_key, one_per_seed
 
 
 def mean_std(values):
@@ -364,7 +365,7 @@ def write_report(runs, log_dirs, out_dir, ref):
             if r.task == task and r.rows:
                 by_key.setdefault(group_key(r), []).append(r)
         if by_key:
-            groups = [Group(key, rs, label(key, by_key)) for key, rs in sorted(by_key.items())]
+            groups = [Group(key, one_per_seed(rs), label(key, by_key)) for key, rs in sorted(by_key.items())]
             smoke_only = smoke_only and all(g.smoke for g in groups)
             opening += compare(groups, task, ref)
             lines, figs, page = report_task(task, groups, out_dir, ref)

@@ -125,11 +125,13 @@ def read_run(path):
 def find_runs(log_dirs, out_dir):
     """The runs of each log folder: its sub-folders holding a run's files, not the report folder
     out_dir, and nothing deeper (logs/quick/, a sweep of smoke runs, is a log folder of its own)."""
-    out_dir, folders = out_dir.resolve(), set()
+    out_dir, folders = out_dir.resolve(), {}  # by real path: a folder given twice is read once
     for log_dir in log_dirs:
         for name in ("config.json", "metrics.csv", "summary.json"):
-            folders |= {p.parent for p in Path(log_dir).glob(f"*/{name}") if p.parent.resolve() != out_dir}
-    return [read_run(folder) for folder in sorted(folders)]
+            for p in Path(log_dir).glob(f"*/{name}"):
+                if p.parent.resolve() != out_dir:
+                    folders.setdefault(p.parent.resolve(), p.parent)
+    return [read_run(folder) for folder in sorted(folders.values())]
 
 
 class GroupKey(NamedTuple):
@@ -146,3 +148,17 @@ def group_key(run):
     settings = {k: run.config.get(k) for k in names if isinstance(k, str)}
     return GroupKey(run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches")),
                     epochs if isinstance(epochs, int) else 0, json.dumps(settings, sort_keys=True, default=str))
+
+
+def one_per_seed(runs):
+    """The runs of one configuration, one per seed: of a run copied into two log folders, or a seed run
+    twice, the one that went furthest counts, and the others are named in their problems, never
+    averaged as seeds of their own."""
+    kept = {}
+    for r in sorted(runs, key=lambda r: (not r.summary, -len(r.rows), str(r.path))):
+        seed = r.config.get("seed", r.path)
+        if seed in kept:
+            r.problems.append(f"seed {seed} again (as in {kept[seed].path}): left out, not a seed of its own")
+        else:
+            kept[seed] = r
+    return sorted(kept.values(), key=lambda r: str(r.path))

@@ -841,6 +841,23 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertIn("- Pre- vs post-norm (vit_L6_adamw (3 epochs) / vit_L6_adamw_postnorm, 1 seed each): best valid "
                       "accuracy 0.6000 vs 0.5000", (logs / "report" / "summary.md").read_text())
 
+    def test_a_run_in_two_log_folders_or_a_folder_given_twice_is_one_seed(self):
+        logs, copy = self.tmp / "logs", self.tmp / "machine2"
+        for seed, acc in ((1, 0.5), (2, 0.7)):
+            write_run(logs, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=0), vit_rows([acc]),
+                      dict(epochs=1, best_test_acc=acc))
+        shutil.copytree(logs / "vit_L2_adam_s2", copy / "vit_L2_adam_s2")  # fetched from the machine that ran it
+        write_run(copy, "vit_L2_adam_s1", dict(task="vit", seed=1, limit_batches=0), vit_rows([0.1]))  # unfinished
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            plot.main(["--log_dir", str(logs), str(copy), os.path.relpath(logs)])
+        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        self.assertIn("| vit_L2_adam | 2 | 1 | 0.6500 ± 0.1414 | 0.6000 ± 0.1414 |", table)  # seeds 1, 2 once each
+        self.assertIn(f"{copy / 'vit_L2_adam_s2'}: seed 2 again (as in {logs / 'vit_L2_adam_s2'}): left out",
+                      err.getvalue())
+        self.assertIn(f"{copy / 'vit_L2_adam_s1'}: seed 1 again", err.getvalue())  # the finished run counts
+        self.assertEqual(err.getvalue().count("vit_L2_adam_s2"), 2)  # the folder given twice is read once
+
     def test_one_name_given_by_hand_to_runs_of_other_settings_is_never_averaged(self):
         logs = self.tmp / "logs"
         for seed, lr in ((1, 1e-3), (2, 3e-4), (3, 3e-4)):
