@@ -241,7 +241,7 @@ class Sweep:
                 if self.stopped is not None:
                     return 0
                 child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         env=env, start_new_session=True)
+                                         encoding="utf-8", errors="replace", env=env, start_new_session=True)
                 self.children[run.exp_id] = child
             try:
                 for line in child.stdout:

@@ -47,6 +47,7 @@ FAKE_PYTHON = f"""#!/usr/bin/env bash
 [[ $1 == plot.py ]] && exit 0
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$" >> "$CALLS"
+printf 'a byte that is no UTF-8: \\377\\n'  # the sweep shows and logs any output
 if [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{FAST:-0}}"; fi
 [[ -n ${{FAIL:-}} && $exp == $FAIL* ]] && exit 3
 mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.json"
@@ -240,7 +241,7 @@ def fake_sweep(tmp):
     if not images.exists():
         write_image_folder(images, per_class=(40, 10))
     return dict(PYTHON=str(fake), LOG_DIR=str(tmp / "logs"), CALLS=str(tmp / "calls"), DEVICE="cpu",
-                VIT_DATA=str(images))
+                VIT_DATA=str(images), PYTHONUTF8="1")  # a UTF-8 locale, as most machines have
 
 
 class TestSweepMechanics(TempDir):
@@ -283,6 +284,8 @@ class TestSweepMechanics(TempDir):
         self.assertEqual([e for e, _ in calls][5:], ["vit_L6_adamw_postnorm_s42"])  # the other one still ran
         self.assertIn("vit_L6_adamw_s42 (Is a directory: ", proc.stdout)
         self.assertNotIn("Traceback", proc.stdout + proc.stderr)
+        log = (self.tmp / "logs" / "vit_L6_adamw_postnorm_s42.log").read_text(encoding="utf-8")
+        self.assertIn("a byte that is no UTF-8: \ufffd", log)  # the run's output, whatever bytes it printed
         proc, _ = self.fake(ONLY="^vit_L4", FAIL="vit_L4")  # every run fails: one line, no report attempted
         self.assertEqual(proc.returncode, 1)
         self.assertIn("every run failed", proc.stdout)
