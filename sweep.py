@@ -31,7 +31,7 @@ from pathlib import Path
 import plan
 from config import parse_config
 from rundir import advisory_lock
-from utils import UserError, check, cli
+from utils import UserError, check, cli, first_line
 
 GROUPS = ("reference", "extras", "improved", "norms")
 # The trainers' flags the sweep gives each run itself, and where their values come from instead.
@@ -220,8 +220,8 @@ class Sweep:
             try:
                 code = self.run_one(run, gpu, threads)
                 why = f"exit {code}"
-            except OSError as e:  # its console log or its process could not be made: this run fails, not the sweep
-                code, why = 1, f"{e.strerror or e}: {e.filename}"
+            except Exception as e:  # noqa: BLE001 - e.g. its log cannot be written: this run fails, not the sweep
+                code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else first_line(e)
             if code and code not in (130, 143) and self.stopped is None:
                 print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
                 self.failed.append(f"{run.exp_id} ({why})")
@@ -249,7 +249,7 @@ class Sweep:
                     f.flush()
                     if gpu is None:
                         print(line, end="", flush=True)
-            except OSError:  # a full disk: the run stops at its last finished epoch, and resumes later
+            except Exception:  # a full disk: the run stops at its last finished epoch, and resumes later
                 with contextlib.suppress(OSError):
                     os.killpg(child.pid, signal.SIGTERM)
                 raise

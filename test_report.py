@@ -291,6 +291,22 @@ class TestSweepMechanics(TempDir):
         self.assertIn("every run failed", proc.stdout)
         self.assertNotIn("plot", proc.stdout)
 
+    def test_a_run_the_sweep_cannot_start_fails_alone_and_every_other_run_still_runs(self):
+        import sweep as sweep_module
+        runs = [sweep_module.Run(f"r{i}", "reference", "train_vit.py", [], None) for i in range(6)]
+        done = []
+
+        def run_one(work, run, gpu, threads):
+            done.append(run.exp_id)
+            if run.exp_id == "r1":
+                raise ValueError("an unforeseen fault")
+            return 3 if run.exp_id == "r4" else 0
+        work = sweep_module.Sweep(runs, dict(log_dir=str(self.tmp), gpus=["0", "1"]))
+        with mock.patch.object(sweep_module.Sweep, "run_one", run_one), contextlib.redirect_stdout(io.StringIO()):
+            self.assertIsNone(work.execute())
+        self.assertEqual(sorted(done), [r.exp_id for r in runs])
+        self.assertEqual(sorted(work.failed), ["r1 (an unforeseen fault)", "r4 (exit 3)"])
+
 
 METRICS = dict(vit=dict(metric=dict(name="acc", label="accuracy", maximize=True, digits=4), title="ViT"),
                lm=dict(metric=dict(name="ppl", label="perplexity", maximize=False, digits=2), title="LM"))
