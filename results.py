@@ -156,7 +156,7 @@ def one_per_seed(runs):
     averaged as seeds of their own."""
     kept = {}
     for r in sorted(runs, key=lambda r: (not r.summary, -len(r.rows), str(r.path))):
-        seed = r.config.get("seed", r.path)
+        seed = r.config.get("seed") if type(r.config.get("seed")) is int else r.path  # a damaged one is its own
         if seed in kept:
             r.problems.append(f"seed {seed} again (as in {kept[seed].path}): left out, not a seed of its own")
         else:

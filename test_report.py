@@ -867,11 +867,13 @@ class TestRunsThatMustNotMix(TempDir):
                       dict(epochs=1, best_test_acc=acc))
         shutil.copytree(logs / "vit_L2_adam_s2", copy / "vit_L2_adam_s2")  # fetched from the machine that ran it
         write_run(copy, "vit_L2_adam_s1", dict(task="vit", seed=1, limit_batches=0), vit_rows([0.1]))  # unfinished
+        write_run(copy, "vit_L2_adam_s9", dict(task="vit", seed=[9], limit_batches=0), vit_rows([0.4]),
+                  dict(epochs=1, best_test_acc=0.4))  # a damaged seed: a run of its own
         err = io.StringIO()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             plot.main(["--log_dir", str(logs), str(copy), os.path.relpath(logs)])
         table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
-        self.assertIn("| vit_L2_adam | 2 | 1 | 0.6500 ± 0.1414 | 0.6000 ± 0.1414 |", table)  # seeds 1, 2 once each
+        self.assertIn("| vit_L2_adam | 3 | 1 | 0.5833 ± 0.1528 | 0.5333 ± 0.1528 |", table)  # seeds 1, 2 and [9]
         self.assertIn(f"{copy / 'vit_L2_adam_s2'}: seed 2 again (as in {logs / 'vit_L2_adam_s2'}): left out",
                       err.getvalue())
         self.assertIn(f"{copy / 'vit_L2_adam_s1'}: seed 1 again", err.getvalue())  # the finished run counts
