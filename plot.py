@@ -336,8 +336,9 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
-    if (out_dir / "config.json").exists():  # its files would be mixed with the report's
-        print(f"error: --out_dir {out_dir} is a run directory; choose another folder", file=sys.stderr)
+    if (out_dir / "config.json").exists() or out_dir.is_file():  # a run's files would be mixed with the report's
+        print(f"error: --out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose another "
+              f"folder", file=sys.stderr)
         return 2
     runs = find_runs(args.log_dir, out_dir)
     if not runs:
@@ -370,7 +371,8 @@ def write_report(runs, log_dirs, out_dir, ref):
             opening += compare(groups, task, ref)
             lines, figs, page = report_task(task, groups, out_dir, ref)
             body, figures, pages = body + lines, figures + figs, pages + [page]
-            print(f"{task}: {len(groups)} configurations, {sum(len(g.runs) for g in groups)} runs -> {out_dir}")
+            n = sum(len(g.runs) for g in groups)
+            print(f"{task}: {len(groups)} configuration{'s' * (len(groups) > 1)}, {n} run{'s' * (n > 1)} -> {out_dir}")
     problems = [f"{r.path}: " + ("; ".join(r.problems) or "no finished epoch (failed or still starting)")
                 for r in runs if not r.rows or r.problems]
     print("".join(f"warning: {p}\n" for p in problems), end="", file=sys.stderr)

@@ -721,6 +721,10 @@ class TestPlot(TempDir):
             self.assertEqual(plot.main(["--log_dir", str(self.tmp / "logs"), "--out_dir", str(run)]), 2)
         self.assertEqual(err.getvalue(), f"error: --out_dir {run} is a run directory; choose another folder\n")
         self.assertEqual(sorted(p.name for p in run.iterdir()), before)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(plot.main(["--log_dir", str(self.tmp / "logs"), "--out_dir", str(run / "metrics.csv")]), 2)
+        self.assertEqual(err.getvalue(), f"error: --out_dir {run / 'metrics.csv'} is a file; choose another folder\n")
 
 
 class TestAgainstTheReport(TempDir):
