@@ -761,8 +761,10 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("| report | difference |", table)
         row = next(line for line in table.splitlines() if "| vit_L6_adamw |" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 |"), row)
-        smoke = next(line for line in table.splitlines() if "| vit_L2_sgd (smoke) |" in line)
-        self.assertTrue(smoke.endswith("| 0.2352 (best valid acc) |  |"), smoke)  # a smoke run is not compared
+        short = next(line for line in table.splitlines() if "| vit_L2_sgd (unfinished) |" in line)
+        self.assertTrue(short.endswith("| 0.2352 (best valid acc) |  |"), short)  # 1 of its 50 epochs: not compared
+        self.assertIn("- Short of their epochs (still running, or stopped), tabulated but not compared: vit_L2_sgd.",
+                      summary)
         lm_row = next(line for line in (logs / "report" / "summary_lm.md").read_text().splitlines() if "lstm_L1" in line)
         self.assertTrue(lm_row.endswith("| 161.00 | 160.00 | 148.53 (test ppl) | +11.47 |"), lm_row)  # two decimals
 
@@ -791,6 +793,13 @@ class TestAgainstTheReport(TempDir):
         with contextlib.redirect_stdout(io.StringIO()):
             plot.main(["--log_dir", str(full)])
         self.assertNotIn('class="banner"', (full / "report" / "index.html").read_text())
+        running = self.tmp / "running"  # a real study on its way: its runs are no smoke runs
+        write_run(running, "vit_L2_sgd_s42", dict(task="vit", layers=2, epochs=50, limit_batches=0), vit_rows([0.2]))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plot.main(["--log_dir", str(running)])
+        self.assertIn("**No configuration has run all its epochs yet: the curves so far; nothing is compared.**",
+                      (running / "report" / "summary.md").read_text())
+        self.assertIn("| vit_L2_sgd (unfinished) |", (running / "report" / "summary_vit.md").read_text())
 
     @unittest.skipUnless(shutil.which("chromium") or shutil.which("chromium-browser"), "no browser installed")
     def test_the_page_renders_in_a_browser(self):
@@ -952,7 +961,7 @@ class TestQuickSweep(TempDir):
             self.assertTrue((logs / name / "summary.json").exists(), name)
         report = logs / "report"
         summary = (report / "summary.md").read_text()
-        self.assertIn("Smoke runs (`--limit_batches`, or fewer epochs than asked), tabulated but not compared", summary)
+        self.assertIn("Smoke runs (`--limit_batches`), tabulated but not compared", summary)
         self.assertNotIn("Fastest per epoch", summary)  # no finding drawn from two batches
         self.assertNotIn("Pre- vs post-norm", summary)
         self.assertIn("(smoke)", (report / "summary_vit.md").read_text())
