@@ -800,6 +800,8 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("**No configuration has run all its epochs yet: the curves so far; nothing is compared.**",
                       (running / "report" / "summary.md").read_text())
         self.assertIn("| vit_L2_sgd (unfinished) |", (running / "report" / "summary_vit.md").read_text())
+        self.assertIn("No full run of this study has finished yet: nothing to compare.",
+                      (running / "report" / "summary.md").read_text())
 
     @unittest.skipUnless(shutil.which("chromium") or shutil.which("chromium-browser"), "no browser installed")
     def test_the_page_renders_in_a_browser(self):
