@@ -284,8 +284,8 @@ def findings(groups, task):
     timed = [g for g in groups if all(r.rows for r in g.runs) and speed[g.name] is not None
              and g.best_of(f"valid_{m}")[0] is not None]
     if not timed:
-        return lines + [f"No {'full run of this study has finished' if smoke else 'run of this study has finished an '
-                                 'epoch'} yet: nothing to compare.", ""]
+        done = "full run of this study has finished" if smoke else "run of this study has finished an epoch"
+        return lines + [f"No {done} yet: nothing to compare.", ""]
     speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     devices = sorted({d for g in timed for d in g.devices() if d != "-"})
