@@ -342,6 +342,10 @@ def damaged_parts(ckpt, columns):
     the run's columns, best epochs, the random states)."""
     kinds = dict(config=dict, model=dict, history=list, norm_history=list, best=dict, best_ema=dict, rng=dict)
     damaged = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
+    try:
+        json.dumps(ckpt.get("config"))  # it is compared with this run's as JSON
+    except (TypeError, ValueError):
+        damaged.append("config")
 
     def rows(key, names):
         return all(isinstance(r, dict) and set(r) == set(names) and all(isinstance(v, (int, float)) for v in r.values())

@@ -1248,7 +1248,8 @@ class TestNothingLost(CliCase):
         for change, fragment in ((dict(history=[{"x": 1}]), "(its history is missing or damaged)"),
                                  (dict(best=dict(epoch=1, value="x"), rng=None), "(its rng, best are missing or"),
                                  (dict(optimizer="x"), "does not fit this run"),
-                                 (dict(rng=dict(python=1)), "does not fit this run")):
+                                 (dict(rng=dict(python=1)), "does not fit this run"),
+                                 (dict(config=dict(lr=torch.ones(1))), "(its config is missing or damaged)")):
             torch.save(dict(ckpt, **change), run_dir / "checkpoint.pt")
             self.refused("train_vit.py", ["--data_folder", str(self.tmp / "images"), "--log_dir", str(self.logs),
                                           "--exp_id", "k", "--resume", "--epochs", "2", *VIT_TINY],
