@@ -345,7 +345,7 @@ def damaged_parts(ckpt, columns):
     try:
         json.dumps(ckpt.get("config"))  # it is compared with this run's as JSON
     except (TypeError, ValueError):
-        damaged.append("config")
+        damaged += ["config"] * ("config" not in damaged)
 
     def rows(key, names):
         return all(isinstance(r, dict) and set(r) == set(names) and all(isinstance(v, (int, float)) for v in r.values())

@@ -802,6 +802,11 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("| vit_L2_sgd (unfinished) |", (running / "report" / "summary_vit.md").read_text())
         self.assertIn("No full run of this study has finished yet: nothing to compare.",
                       (running / "report" / "summary.md").read_text())
+        write_run(running, "vit_L2_adam_s42", dict(task="vit", layers=2, epochs=1, limit_batches=2), vit_rows([0.2]),
+                  dict(best_test_acc=0.2))  # a smoke run beside it: the study is still on its way
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            plot.main(["--log_dir", str(running)])
+        self.assertIn("**No configuration has run all its epochs yet", (running / "report" / "summary.md").read_text())
 
     @unittest.skipUnless(shutil.which("chromium") or shutil.which("chromium-browser"), "no browser installed")
     def test_the_page_renders_in_a_browser(self):
@@ -822,21 +827,26 @@ class TestAgainstTheReport(TempDir):
 class TestRunsThatMustNotMix(TempDir):
     """Smoke runs and runs of other data or epochs never count as seeds of a real run, in the plan or the report."""
 
+    def report(self, *log_dirs, task="vit"):
+        """plot.py on log_dirs, quietly: (exit code, its tables for task, its stderr)."""
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = plot.main(["--log_dir", *map(str, log_dirs)])
+        return code, (Path(log_dirs[0]) / "report" / f"summary_{task}.md").read_text(), err.getvalue()
+
     def test_a_log_folder_holds_its_own_runs_and_smoke_runs_are_never_seeds(self):
         logs = self.tmp / "logs"
         for folder, seed, limit in ((logs, 1, 0), (logs / "quick", 2, 2)):  # logs/quick: QUICK=1's folder
             write_run(folder, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=limit, epochs=1),
                       vit_rows([0.5 if limit else 0.7]), dict(epochs=1, best_test_acc=0.5 if limit else 0.7))
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
-        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        code, table, _ = self.report(logs)
+        self.assertEqual(code, 0)
+        table = table.split("## Cost")[0]
         self.assertEqual(table.count("vit_L2_adam"), 1)  # logs/quick/ is not a run of logs/
         self.assertIn("| 0.7000 |", table)
         write_run(logs, "vit_L2_adam_s3", dict(task="vit", seed=3, limit_batches=2, epochs=1), vit_rows([0.1]),
                   dict(epochs=1, best_test_acc=0.1))  # a smoke run beside the real one
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            plot.main(["--log_dir", str(logs)])
-        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        table = self.report(logs)[1].split("## Cost")[0]
         rows = [line for line in table.splitlines() if "vit_L2_adam" in line]
         self.assertEqual(len(rows), 2)  # two configurations: the real one, and the smoke one apart
         real = next(r for r in rows if "(smoke)" not in r)
@@ -851,9 +861,7 @@ class TestRunsThatMustNotMix(TempDir):
             write_run(logs, f"lm_lstm_L1_adam_s{seed}", dict(task="lm", seed=seed, model="lstm", data_sha256=data),
                       [dict(epoch=1, train_loss=5.0, train_ppl=150.0, valid_loss=5.0, valid_ppl=100.0 * seed,
                             train_time=1.0, valid_time=1.0, elapsed=2.0, peak_mem_mb=1.0, mem_pct=1.0)])
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            plot.main(["--log_dir", str(logs)])
-        table = (logs / "report" / "summary_lm.md").read_text()
+        table = self.report(logs, task="lm")[1]
         self.assertIn("lm_lstm_L1_adam (data aaaaaaaa)", table)
         self.assertIn("lm_lstm_L1_adam (data bbbbbbbb)", table)
         self.assertNotIn("±", table)
@@ -866,9 +874,7 @@ class TestRunsThatMustNotMix(TempDir):
             write_run(logs, exp_id, dict(task="vit", seed=int(exp_id[-1]), epochs=epochs, layers=6, block=block,
                                          optimizer="adamw", limit_batches=0), vit_rows([acc] * epochs),
                       dict(epochs=epochs, best_test_acc=acc, test_acc=acc))
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            plot.main(["--log_dir", str(logs)])
-        table = (logs / "report" / "summary_vit.md").read_text()
+        table = self.report(logs)[1]
         self.assertIn("| vit_L6_adamw (2 epochs) | 1 | 2 |", table)
         self.assertIn("| vit_L6_adamw (3 epochs) | 1 | 3 |", table)
         self.assertNotIn("±", table)
@@ -884,24 +890,20 @@ class TestRunsThatMustNotMix(TempDir):
         write_run(copy, "vit_L2_adam_s1", dict(task="vit", seed=1, limit_batches=0), vit_rows([0.1]))  # unfinished
         write_run(copy, "vit_L2_adam_s9", dict(task="vit", seed=[9], limit_batches=0), vit_rows([0.4]),
                   dict(epochs=1, best_test_acc=0.4))  # a damaged seed: a run of its own
-        err = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            plot.main(["--log_dir", str(logs), str(copy), os.path.relpath(logs)])
-        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        _, table, err = self.report(logs, copy, os.path.relpath(logs))
+        table = table.split("## Cost")[0]
         self.assertIn("| vit_L2_adam | 3 | 1 | 0.5833 ± 0.1528 | 0.5333 ± 0.1528 |", table)  # seeds 1, 2 and [9]
         self.assertIn(f"{copy / 'vit_L2_adam_s2'}: seed 2 again (as in {logs / 'vit_L2_adam_s2'}): left out",
-                      err.getvalue())
-        self.assertIn(f"{copy / 'vit_L2_adam_s1'}: seed 1 again", err.getvalue())  # the finished run counts
-        self.assertEqual(err.getvalue().count("vit_L2_adam_s2"), 2)  # the folder given twice is read once
+                      err)
+        self.assertIn(f"{copy / 'vit_L2_adam_s1'}: seed 1 again", err)  # the finished run counts
+        self.assertEqual(err.count("vit_L2_adam_s2"), 2)  # the folder given twice is read once
 
     def test_one_name_given_by_hand_to_runs_of_other_settings_is_never_averaged(self):
         logs = self.tmp / "logs"
         for seed, lr in ((1, 1e-3), (2, 3e-4), (3, 3e-4)):
             write_run(logs, f"mine_s{seed}", dict(task="vit", seed=seed, lr=lr, layers=2, limit_batches=0),
                       vit_rows([lr * 1000]), dict(epochs=1, best_test_acc=lr * 1000))
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            plot.main(["--log_dir", str(logs)])
-        table = (logs / "report" / "summary_vit.md").read_text().split("## Cost")[0]
+        table = self.report(logs)[1].split("## Cost")[0]
         self.assertIn("| mine (lr 0.001) | 1 |", table)
         self.assertIn("| mine (lr 0.0003) | 2 |", table)  # the two of one setting are seeds
 
