@@ -166,24 +166,14 @@ def loss_peak_mb(kind, device, batch=16, seq_len=256):
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = _status_kb("VmRSS")
+        base = utils.resident_kb("VmRSS")
     loss = (linear_cross_entropy(h, w, t) if kind == "fused" else
             F.cross_entropy(h @ w.T, t, ignore_index=0, reduction="sum"))
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    return (_status_kb("VmHWM") - base) / 2 ** 10
-
-
-def _status_kb(field):
-    """A memory figure of this process from /proc/self/status, in kB. VmHWM, the peak resident
-    set, belongs to the process image, unlike getrusage's ru_maxrss, which a child inherits from
-    its parent's peak at fork."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    return (utils.resident_kb("VmHWM") - base) / 2 ** 10
 
 
 def bench_augmentation(device, precision, quick, batch=128):

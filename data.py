@@ -175,7 +175,7 @@ def build_vocab(words):
 def _load_text_files(folder, device):
     words = {s: tokenize(folder / f) for s, f in TEXT_FILES.items()}
     vocab = build_vocab(words["train"])
-    index = {w: i for i, w in enumerate(vocab)}
+    index = {w: i for i, w in enumerate(vocab) if i}  # a literal "<pad>" in the text is a word, unknown
     unk = index["<unk>"]
     splits = {s: torch.tensor([index.get(w, unk) for w in ws], dtype=torch.int64) for s, ws in words.items()}
     return Corpus({s: t.to(device) for s, t in splits.items()}, len(vocab), vocab,

@@ -92,7 +92,7 @@ def encode(prompt, vocab, bpe=None):
                   "hand: give --prompt as space-separated token ids")
             unknown = bpe.encoder.get("<unk>", 0) + 1
             return bpe.encode(prompt), [w for w in prompt.split() if unknown in bpe.encode(w)]
-    index = {w: i for i, w in enumerate(vocab)}
+    index = {w: i for i, w in enumerate(vocab) if i}  # id 0 is padding, never a word
     words = prompt.split() or ["<eos>"]  # an empty prompt starts a new line
     return [index.get(w, index["<unk>"]) for w in words], [w for w in words if w not in index]
 

@@ -4,9 +4,9 @@
     python plot.py --log_dir logs machine2/logs --out_dir report   # merge runs from several machines
 
 Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
-other machines merge; seeds of one configuration (name and settings) on the same data and epochs are
-averaged (mean +- std), each seed once, smoke runs apart, and each log folder's runs are its direct
-sub-folders. Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv},
+other machines merge; seeds of one configuration (name and settings) on the same data (and frozen
+embeddings) and epochs are averaged (mean +- std), each seed once, smoke runs apart, and each log
+folder's runs are its direct sub-folders. Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv},
 summary.md and index.html.
 """
 import argparse
@@ -54,9 +54,15 @@ class Group:
                              if c.get("model") == "transformer" else str(c.get("model", "?")).upper())
 
     def devices(self):
-        """The devices its runs trained on, as config.json records them."""
-        envs = [r.config.get("environment") for r in self.runs]
-        return sorted({str(e.get("device_name") or "-") if isinstance(e, dict) else "-" for e in envs})
+        """The devices its runs trained on, as config.json records them ("2 x <GPU>" under torchrun),
+        those of its epochs before a resume too."""
+        def device(env, world):
+            name = str(env.get("device_name") or "-") if isinstance(env, dict) else "-"
+            return f"{world} x {name}" if type(world) is int and world > 1 and name != "-" else name
+        envs = [(r.config.get("environment"), r.config.get("world_size")) for r in self.runs]
+        earlier = [r.config.get("earlier_environments") for r in self.runs]
+        envs += [(e, e.get("world_size")) for es in earlier if isinstance(es, list) for e in es if isinstance(e, dict)]
+        return sorted({device(*e) for e in envs})
 
     def best(self, values):
         values = [v for v in values if v == v]  # NaN is no result
@@ -203,7 +209,7 @@ def pairs_by(groups, key, *more):
     for g in groups:
         names = (g.config.get("naming") or {}).get("settings") or []
         settings = dict({k: g.config.get(k) for k in names if k not in keys},
-                        group=(g.key.data, g.key.smoke, g.key.epochs))
+                        group=(g.key.data, g.key.embeddings, g.key.smoke, g.key.epochs))
         value = g.config.get(key) if not more else tuple(g.config.get(k) for k in keys)
         out.setdefault(json.dumps(settings, sort_keys=True, default=str), {})[value] = g
     return [v for v in out.values() if len(v) > 1]
@@ -391,10 +397,11 @@ def write_report(runs, log_dirs, out_dir, ref):
 
 def label(key, keys):
     """A group's name: its configuration's, told apart from others of that name (smoke runs aside) by
-    its data's checksum, its epochs or the settings where they differ."""
+    its data's or frozen embeddings' checksum, its epochs or the settings where they differ."""
     same = [k for k in keys if k.name == key.name and k.smoke == key.smoke]
     mine, others = json.loads(key.settings), [json.loads(k.settings) for k in same]
     parts = ([f"data {key.data[:8]}"] * (len({k.data for k in same}) > 1)
+             + [f"embeddings {key.embeddings[:8] or 'learned'}"] * (len({k.embeddings for k in same}) > 1)
              + [f"{key.epochs} epoch{'s' * (key.epochs != 1)}"] * (len({k.epochs for k in same}) > 1)
              + [f"{k} {v}" for k, v in mine.items() if any(o.get(k) != v for o in others)])
     return key.name + (f" ({', '.join(parts)})" if parts else "")

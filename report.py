@@ -5,7 +5,8 @@ these; the report's numbers are data, in reference.json.
 
 A configuration of ours measures one of the report's when it has the same identity (layers, block,
 optimizer; the LM's core), changed no other setting from the defaults (which are the report's), ran
-the report's epochs to the end, and, for the LM, used GPT-1's frozen embeddings as the report did.
+the report's epochs to the end, and, for the LM, used GPT-1's frozen embeddings on the report's
+token files (their checksum in reference.json) as the report did.
 """
 import base64
 import html
@@ -93,8 +94,11 @@ def not_comparable(group, ref):
             reasons.add("other settings" + (f" ({', '.join(other)})" if other else ""))
         if task == "lm" and "gpt1" not in str(r.config.get("embeddings", "")):
             reasons.add("not GPT-1's frozen embeddings")
+        tokens = ref[task]["settings"].get("data_sha256")  # the report's token files, as data.py sums them
         if task == "lm" and not str(r.config.get("data_source", "token files")).startswith("token files"):
             reasons.add("word-level text, not the report's token files")
+        elif task == "lm" and tokens and r.config.get("data_sha256") != tokens:
+            reasons.add("token files other than the report's")
         if r.config.get("epochs") != want or len(r.rows) < want:
             reasons.add(f"{len(r.rows)} of the report's {want} epochs")
     return "; ".join(sorted(reasons))

@@ -138,6 +138,7 @@ class GroupKey(NamedTuple):
     """What runs must share to be seeds of one configuration."""
     name: str
     data: str        # a checksum of the data
+    embeddings: str  # of the frozen embeddings file, where a run loaded one
     smoke: bool      # --limit_batches
     epochs: int      # asked for
     settings: str    # as JSON: the same name given by hand with --exp_id to runs of other settings
@@ -146,8 +147,9 @@ class GroupKey(NamedTuple):
 def group_key(run):
     epochs, names = run.config.get("epochs"), (run.config.get("naming") or {}).get("settings") or []
     settings = {k: run.config.get(k) for k in names if isinstance(k, str)}
-    return GroupKey(run.name, str(run.config.get("data_sha256", "")), bool(run.config.get("limit_batches")),
-                    epochs if isinstance(epochs, int) else 0, json.dumps(settings, sort_keys=True, default=str))
+    return GroupKey(run.name, str(run.config.get("data_sha256", "")), str(run.config.get("embeddings_sha256", "")),
+                    bool(run.config.get("limit_batches")), epochs if isinstance(epochs, int) else 0,
+                    json.dumps(settings, sort_keys=True, default=str))
 
 
 def one_per_seed(runs):

@@ -126,11 +126,16 @@ def device_name(device):
 
 
 def environment(device):
+    """What the numbers were made with: versions, device, and the code's commit, "-dirty" when a tracked
+    file differs from it (the commit alone would not reproduce the run)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        status = subprocess.run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        lines = status.stdout.splitlines() if status.returncode == 0 else []
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        lines = []
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    commit = None if commit in (None, "(initial)") else commit + "-dirty" * any(not x.startswith("#") for x in lines)
     return dict(torch=torch.__version__, python=platform.python_version(), device=str(device),
                 device_name=device_name(device),
                 threads=torch.get_num_threads(), git_commit=commit, hostname=platform.node())
@@ -301,11 +306,24 @@ class RunDir:
             return
         for name, content in self.files.items():
             atomic_write(self.path / name, lambda f, content=content: f.write(content))
-        save_json(dict(self.config, environment=environment(device), world_size=world_size()),
-                  self.path / "config.json")
+        earlier = self.earlier_environments(len(progress.history)) if progress.history else []
+        save_json(dict(self.config, environment=environment(device), world_size=world_size(),
+                       **({"earlier_environments": earlier} if earlier else {})), self.path / "config.json")
         write_csv(self.path / "metrics.csv", self.columns, progress.history)
         if norms:
             write_csv(self.path / "grad_norms.csv", NORM_COLUMNS, progress.norm_history)
+
+    def earlier_environments(self, done):
+        """Where the run trained before this resume, from its config.json: each environment with the
+        epochs done by its end (a run requeued onto another GPU mixes their epoch times)."""
+        try:
+            old = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(old, dict) or not isinstance(old.get("environment"), dict):
+            return []
+        earlier = old.get("earlier_environments") if isinstance(old.get("earlier_environments"), list) else []
+        return earlier + [dict(old["environment"], world_size=old.get("world_size"), epochs_done=done)]
 
     def save_epoch(self, progress, new_norms, stateful, improved, ema_improved):
         if not self.main:

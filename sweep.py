@@ -160,7 +160,7 @@ def select(s):
     """The runs of the settings: RUN_GROUPS, each seed, ONLY (on the configuration's name, with or
     without TRAIN_ARGS, or the run's), then SHARD. Each run's name is the one its trainer gives
     those flags, TRAIN_ARGS and seed."""
-    runs, index, pattern, refused = [], 0, re.compile(s["only"]), None
+    runs, seen, index, pattern, refused = [], set(), 0, re.compile(s["only"]), None
     for group, script, flags in CONFIGS:
         if group not in s["groups"]:
             continue
@@ -180,7 +180,10 @@ def select(s):
                 continue
             if error:
                 raise error
-            if index % s["shard"][1] == s["shard"][0] and names[-1] not in (r.exp_id for r in runs):
+            if names[-1] in seen:  # TRAIN_ARGS made two configurations one: it runs once, on one shard
+                continue
+            seen.add(names[-1])
+            if index % s["shard"][1] == s["shard"][0]:
                 argv += ["--exp_id", names[-1], "--resume", "--no_progress"]
                 runs.append(Run(names[-1], group, script, argv, plan.parse_run(names[-1], config, argv)))
             index += 1

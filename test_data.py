@@ -208,6 +208,14 @@ class TestWikitext(TempDir):
         train_words = sum(len(line.split()) + 1 for line in (folder / "train.txt").read_text().splitlines())
         self.assertEqual(corpus.splits["train"].numel(), train_words)
 
+    def test_a_literal_pad_in_the_text_is_scored_as_unknown_not_dropped_as_padding(self):
+        folder = write_text_files(self.tmp / "txt")
+        (folder / "train.txt").write_text(" the <pad> cat \n")
+        (folder / "test.txt").write_text(" the <pad> cat \n")
+        corpus = load_wikitext(folder, CPU, download=False)
+        for split in ("train", "test"):  # id 0 is never a target: the word would go unscored
+            self.assertEqual([corpus.vocab[i] for i in corpus.splits[split].tolist()], ["the", "<unk>", "cat", "<eos>"])
+
     def test_empty_text_file_is_refused(self):
         folder = write_text_files(self.tmp / "txt")
         (folder / "test.txt").write_text("\n\n")

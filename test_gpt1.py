@@ -196,6 +196,12 @@ class TestVocabulary(TempDir):
                        server.url)
         self.assertTrue((self.tmp / "data" / "vocab_40000.bpe").exists())
 
+    @unittest.skipUnless((REAL / "wikitext2" / "wiki.train.npz").exists(), "the real token files are not here")
+    def test_the_reports_token_files_are_what_the_report_is_compared_on(self):
+        corpus = data.load_wikitext(REAL / "wikitext2", torch.device("cpu"), download=False)
+        reference = json.loads((HERE / "reference.json").read_text())
+        self.assertEqual(corpus.sha256, reference["lm"]["settings"]["data_sha256"])
+
     @unittest.skipUnless((REAL / "gpt1" / "encoder_bpe_40000.json").exists(), "the real GPT-1 vocabulary is not here")
     def test_real_token_files_decode_to_wikitext_and_text_round_trips(self):
         vocab = gpt1.Vocabulary.find(REAL / "gpt1")

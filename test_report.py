@@ -194,6 +194,11 @@ class TestSweepList(unittest.TestCase):
         self.assertEqual(sorted(sum(shards, [])), sorted(full))
         self.assertEqual(len(set(sum(shards, []))), len(full))
         self.assertTrue(all(abs(len(s) - len(full) / 3) < 1 for s in shards))
+        # TRAIN_ARGS that make two configurations one (every ViT a ViT-6): that run is on one shard alone
+        one = dict(TRAIN_ARGS="--layers 6", RUN_GROUPS="reference")
+        full = exp_ids(dry_run(**one))
+        self.assertEqual(len(full), len(set(full)))
+        self.assertEqual(sorted(exp_ids(dry_run(SHARD="0/2", **one)) + exp_ids(dry_run(SHARD="1/2", **one))), sorted(full))
 
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
@@ -620,6 +625,11 @@ class TestPlot(TempDir):
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
         self.assertIn("(slowest: 20.00 s); the runs trained on 2 devices (CPU, NVIDIA H100): compare times within one.",
                       (report / "summary.md").read_text())
+        config = json.loads((logs / "vit_L6_post_s1" / "config.json").read_text())  # under torchrun, 2 processes
+        (logs / "vit_L6_post_s1" / "config.json").write_text(json.dumps(dict(config, world_size=2)))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("| 20.00 | 1.00 | 2 x NVIDIA H100 |", (report / "summary_vit.md").read_text())
+        self.assertIn("2 devices (2 x NVIDIA H100, CPU)", (report / "summary.md").read_text())
 
     def test_gradient_norms_figure_and_the_pre_post_warmup_table(self):
         logs = self.tmp / "logs"
@@ -736,7 +746,8 @@ class TestAgainstTheReport(TempDir):
                   dict(best_test_acc=0.7301, test_acc=0.7290, params_learnable=3195146), changed=dict(layers=6))
         write_run(logs, "vit_L2_sgd_s42", dict(vit, layers=2, optimizer="sgd", epochs=50), vit_rows([0.2]),
                   dict(best_test_acc=0.2), changed=dict(optimizer="sgd", limit_batches=2))
-        lm = dict(task="lm", model="lstm", layers=1, optimizer="adam", epochs=10, embeddings="gpt1")
+        lm = dict(task="lm", model="lstm", layers=1, optimizer="adam", epochs=10, embeddings="gpt1",
+                  data_sha256=json.loads((HERE / "reference.json").read_text())["lm"]["settings"]["data_sha256"])
         lm_rows = [dict(epoch=e, train_loss=5.0, train_ppl=150.0, valid_loss=5.1, valid_ppl=165.0, lr=1e-3,
                         train_time=60.0, valid_time=3.0, elapsed=63.0 * e, tokens_per_s=1e4, peak_mem_mb=900.0,
                         mem_pct=1.0) for e in range(1, 11)]
@@ -767,6 +778,11 @@ class TestAgainstTheReport(TempDir):
                       summary)
         lm_row = next(line for line in (logs / "report" / "summary_lm.md").read_text().splitlines() if "lstm_L1" in line)
         self.assertTrue(lm_row.endswith("| 161.00 | 160.00 | 148.53 (test ppl) | +11.47 |"), lm_row)  # two decimals
+        config = json.loads((logs / "lm_lstm_L1_adam_s42" / "config.json").read_text())  # one's own token files
+        (logs / "lm_lstm_L1_adam_s42" / "config.json").write_text(json.dumps(dict(config, data_sha256="c" * 64)))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("Config 1 (model lstm layers 1 optimizer adam): not measured here (lm_lstm_L1_adam: token files "
+                      "other than the report's)", (logs / "report" / "summary.md").read_text())
 
     def test_one_self_contained_page(self):
         logs = self.make_logs()
@@ -864,6 +880,14 @@ class TestRunsThatMustNotMix(TempDir):
         table = self.report(logs, task="lm")[1]
         self.assertIn("lm_lstm_L1_adam (data aaaaaaaa)", table)
         self.assertIn("lm_lstm_L1_adam (data bbbbbbbb)", table)
+        self.assertNotIn("±", table)
+        for seed in (1, 2):  # the same data now, but two embeddings files under one name (another machine's)
+            path = logs / f"lm_lstm_L1_adam_s{seed}" / "config.json"
+            config = dict(json.loads(path.read_text()), data_sha256="a" * 64, embeddings_sha256=f"{seed}" * 64)
+            path.write_text(json.dumps(config))
+        table = self.report(logs, task="lm")[1]
+        self.assertIn("lm_lstm_L1_adam (embeddings 11111111)", table)
+        self.assertIn("lm_lstm_L1_adam (embeddings 22222222)", table)
         self.assertNotIn("±", table)
 
     def test_runs_asked_for_other_epochs_are_never_averaged_nor_compared(self):

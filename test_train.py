@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import config
 import engine
 import optim
 import generate
+import plot
 import rundir
 import utils
 import train_lm
@@ -852,6 +854,35 @@ class TestDefaults(unittest.TestCase):
             self.assertEqual([k.get("fused") for k in made], [True, None])
             self.assertFalse(opt.defaults["foreach"])
 
+    def test_cpu_peak_memory_is_the_programs_own_not_its_parents(self):
+        # ru_maxrss starts a program at its parent's peak: a trainer started by a process holding
+        # 2 GB would report 2 GB. Its own peak here is torch's import, a few hundred MB.
+        held = bytearray(2 * 2 ** 30)
+        held[::4096] = b"\1" * len(range(0, len(held), 4096))  # resident, page by page
+        code = "import torch, utils; print(utils.peak_memory(torch.device('cpu'))[0])"
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=HERE)
+        self.assertLess(float(child.stdout), 1024)
+        self.assertGreater(utils.resident_kb("VmHWM"), 2 * 2 ** 20)
+        del held
+
+    def test_a_run_records_its_commit_and_whether_the_code_differed_from_it(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("rundir.py", "utils.py"):
+                shutil.copy(HERE / name, tmp)
+            git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", tmp]
+            code = "import torch, rundir; print(rundir.environment(torch.device('cpu'))['git_commit'])"
+            commit = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                            check=True, cwd=tmp).stdout.strip()
+            self.assertEqual(commit(), "None")  # no repository
+            for step in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+                subprocess.run(git + step, check=True)
+            head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            (Path(tmp) / "notes.txt").write_text("untracked: not the code")
+            self.assertEqual(commit(), head)
+            with open(Path(tmp) / "utils.py", "a") as f:
+                f.write("\n# changed\n")
+            self.assertEqual(commit(), head + "-dirty")
+
     def test_cpu_memory_and_precision_fallbacks(self):
         cpu = torch.device("cpu")
         mb, pct = utils.peak_memory(cpu)
@@ -1021,6 +1052,19 @@ class TestResumeChecksWhatMatters(CliCase):
             _, out, _ = self.lm("--epochs", "3", "--dropout", "0.2", "--resume", data=moved, exp_id="cfg_a")
         self.assertIn("resuming", out)
         self.assertEqual(results(self.logs / "cfg_a"), results(whole))
+
+    def test_a_resume_records_where_the_earlier_epochs_trained_and_the_report_names_both(self):
+        run_dir, _, _ = self.vit("--epochs", "1")
+        here = json.loads((run_dir / "config.json").read_text())["environment"]["device_name"]
+        with mock.patch("rundir.device_name", return_value="Another GPU"):  # requeued onto another machine
+            self.vit("--epochs", "2", "--resume")
+        config = json.loads((run_dir / "config.json").read_text())
+        self.assertEqual(config["environment"]["device_name"], "Another GPU")
+        self.assertEqual([(e["device_name"], e["world_size"], e["epochs_done"]) for e in config["earlier_environments"]],
+                         [(here, 1, 1)])
+        code, _, err = run(plot.main, ["--log_dir", str(self.logs)])
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"| {' / '.join(sorted(['Another GPU', here]))} |", (self.logs / "report" / "summary_vit.md").read_text())
 
     def test_fewer_epochs_than_it_trained_are_refused_and_nothing_changes(self):
         run_dir, _, _ = self.lm("--epochs", "2", "--keep_checkpoint")

@@ -230,9 +230,21 @@ def peak_memory(device):
         used = torch.cuda.max_memory_allocated(device)
         total = torch.cuda.get_device_properties(device).total_memory
     else:
-        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+        used = resident_kb("VmHWM") * 1024
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return used / 2 ** 20, 100.0 * used / total
+
+
+def resident_kb(field):
+    """This process's resident memory in kB, from /proc/self/status: VmRSS now, VmHWM its peak. Not
+    getrusage's ru_maxrss where /proc has it: a program started by another inherits the parent's
+    peak there (a trainer started by a notebook or the sweep would report theirs)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, kB elsewhere
 
 
 # -------------------------------------------------------------------------------------- distributed
