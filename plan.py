@@ -57,13 +57,13 @@ def check_device(name):
 
 
 def check_data(runs):
-    """Load (or fetch, once) every dataset and embeddings file the runs need, saying what it does."""
-    seen = set()
+    """Load (or fetch, once) every dataset and embeddings file the runs need, saying what it does;
+    returns each one's checksum, by (script, folder)."""
+    seen = {}
     for run in runs:
         cfg, (_, setting) = run.cfg, SCRIPTS[run.script]
         if (run.script, cfg.data_folder) in seen:
             continue
-        seen.add((run.script, cfg.data_folder))
         print(f"== checking {setting}={cfg.data_folder} (decoded once, then cached)", flush=True)
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the download's own lines
@@ -71,6 +71,7 @@ def check_data(runs):
                         if run.script == "train_lm.py" else load_cifar10(cfg.data_folder, torch.device("cpu")))
         except UserError as e:
             raise UserError(f"{setting}={cfg.data_folder}: {e}") from None
+        seen[(run.script, cfg.data_folder)] = data.sha256
         # every embeddings file of the LMs on these data, read as their runs will read it
         tables = dict.fromkeys((r.cfg.embeddings, r.cfg.embedding_size) for r in runs if r.script == "train_lm.py"
                                and r.cfg.data_folder == cfg.data_folder and r.cfg.embeddings)
@@ -83,6 +84,15 @@ def check_data(runs):
                                              data.vocab_size, width)
             except UserError as e:
                 raise UserError(f"EMBEDDINGS={name}: {e} (EMBEDDINGS=none learns them instead)") from None
+    return seen
+
+
+def other_data(runs, previous, sums):
+    """The runs in the log folder under the sweep's names that trained on other data than it has now:
+    one skipped as finished would report those data's numbers as these data's."""
+    found = [(run, previous[run.cfg.log_dir].get(run.exp_id)) for run in runs]
+    return [f"{run.exp_id} (trained on other data than {SCRIPTS[run.script][1]}={run.cfg.data_folder})"
+            for run, r in found if r and r.config.get("data_sha256") not in (None, sums[run.script, run.cfg.data_folder])]
 
 
 def data_sizes(run, notes):
@@ -156,7 +166,7 @@ def progress(runs):
     rows), from every run in the log folders, read once; returns those runs by folder and name. A run
     there that this sweep cannot continue or count as done is refused before anything runs: one of
     other settings (a QUICK run under the same name), one trained for more epochs than now asked, or one
-    finished at fewer without the checkpoint to go on from."""
+    finished at fewer without the checkpoint to go on from (and, once the data are read, other_data)."""
     previous, blocked = {}, []
     for run in runs:
         log_dir = run.cfg.log_dir
@@ -175,10 +185,14 @@ def progress(runs):
             blocked.append(f"{run.exp_id} (trained {run.done} epochs, more than the {run.cfg.epochs} asked)")
         elif run.done < run.cfg.epochs and isinstance(finished, int) and not (found.path / "checkpoint.pt").exists():
             blocked.append(f"{run.exp_id} (finished at {finished} epochs, no checkpoint.pt to go on from)")
+    refuse(blocked)
+    return previous
+
+
+def refuse(blocked):
     check(not blocked, f"{len(blocked)} run{'s' * (len(blocked) > 1)} in the log folder cannot be continued by this "
           f"sweep: {', '.join(blocked[:3])}{', ...' * (len(blocked) > 3)}; give another LOG_DIR, or move "
           f"{'those runs' if len(blocked) > 1 else 'it'} away")
-    return previous
 
 
 def measured(run, previous, device):
@@ -283,7 +297,7 @@ def plan(runs, workers, dry_run):
         check(dry_run, str(e))  # a dry run may plan a GPU sweep on a machine without one
         return report(runs, workers, [str(e)], None)
     if not dry_run:
-        check_data(runs)
+        refuse(other_data(runs, previous, check_data(runs)))
     notes = []
     rate = estimate(runs, previous, device, notes)
     report(runs, workers, notes, device, rate)

@@ -16,6 +16,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import torch
 
 import plot
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
@@ -468,6 +469,26 @@ class TestPlan(TempDir):
         self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
                                                   "vit_L2_momentum_s42 (its limit_batches 2, not 0); give another "
                                                   "LOG_DIR, or move it away"))
+
+    def test_a_finished_run_on_other_data_is_refused_not_skipped_as_done(self):
+        import data
+        logs, images = self.tmp / "logs", self.tmp / "images"
+        write_image_folder(images, per_class=(40, 10))
+        write_run(logs, "vit_L2_adam_s42", dict(task="vit", seed=42, limit_batches=0, data_sha256="0" * 64),
+                  vit_rows([0.5, 0.6]), dict(epochs=2))  # finished, on other images than VIT_DATA's
+        env = dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="2", ONLY="^vit_L2_adam$",
+                   VIT_DATA=str(images))
+        code, out, err = sweep_here(env)
+        self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
+                                                  f"vit_L2_adam_s42 (trained on other data than VIT_DATA={images}); "
+                                                  "give another LOG_DIR, or move it away"))
+        self.assertNotIn("== vit_L2_adam_s42", out)
+        config = json.loads((logs / "vit_L2_adam_s42" / "config.json").read_text())  # the same images: done
+        config["data_sha256"] = data.load_cifar10(images, torch.device("cpu")).sha256
+        (logs / "vit_L2_adam_s42" / "config.json").write_text(json.dumps(config))
+        code, out, err = sweep_here(env)
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("== vit_L2_adam_s42: done, skipped", out)
 
     def test_a_log_folder_that_cannot_be_written_is_found_before_the_data_check(self):
         (self.tmp / "file").write_text("")
