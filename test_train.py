@@ -3,6 +3,7 @@ refusals (one line, exit code 2, nothing lost), resume equivalence and safe load
 import concurrent.futures
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -867,19 +868,19 @@ class TestDefaults(unittest.TestCase):
 
     def test_a_run_records_its_commit_and_whether_the_code_differed_from_it(self):
         with tempfile.TemporaryDirectory() as tmp:
-            for name in ("rundir.py", "utils.py"):
-                shutil.copy(HERE / name, tmp)
+            shutil.copy(HERE / "rundir.py", tmp)  # rundir.py asks git about the folder it lies in
+            spec = importlib.util.spec_from_file_location("rundir_elsewhere", Path(tmp) / "rundir.py")
+            elsewhere = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(elsewhere)
+            commit = lambda: elsewhere.environment(torch.device("cpu"))["git_commit"]  # noqa: E731
+            self.assertIsNone(commit())  # no repository
             git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", tmp]
-            code = "import torch, rundir; print(rundir.environment(torch.device('cpu'))['git_commit'])"
-            commit = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
-                                            check=True, cwd=tmp).stdout.strip()
-            self.assertEqual(commit(), "None")  # no repository
             for step in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
                 subprocess.run(git + step, check=True)
             head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
             (Path(tmp) / "notes.txt").write_text("untracked: not the code")
             self.assertEqual(commit(), head)
-            with open(Path(tmp) / "utils.py", "a") as f:
+            with open(Path(tmp) / "rundir.py", "a") as f:
                 f.write("\n# changed\n")
             self.assertEqual(commit(), head + "-dirty")
 
