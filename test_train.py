@@ -1196,14 +1196,15 @@ class TestNothingLost(CliCase):
     """Bad input through the real CLI: one `error:` line, exit 2, every file that existed untouched."""
 
     def refused(self, script, argv, *fragments, watch=()):
+        """The script's main in this process (a traceback would fail the test; a real process's exit
+        code and stderr: TestRefusals) refuses argv in one line and changes nothing in `watch`."""
         before = {w: snapshot(w) for w in watch}
-        proc = subprocess.run([sys.executable, script, *argv], cwd=HERE, capture_output=True, text=True, timeout=300)
-        self.assertEqual(proc.returncode, 2, proc.stderr)
-        self.assert_refused(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "", *fragments)
-        self.assertNotIn("Traceback", proc.stderr)
+        main = {"train_vit.py": train_vit.main, "train_lm.py": train_lm.main, "generate.py": generate.main}[script]
+        code, _, err = run(main, [str(a) for a in argv])
+        self.assertEqual(code, 2, err)
+        self.assert_refused(err.strip().splitlines()[-1] if err.strip() else "", *fragments)
         for w, files in before.items():
             self.assertEqual(snapshot(w), files, w)
-        return proc
 
     def test_overwrite_deletes_only_a_run_and_only_once_the_new_one_can_start(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
