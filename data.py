@@ -172,10 +172,15 @@ def build_vocab(words):
     return vocab
 
 
+def word_index(vocab):
+    """word -> id, without the padding: a literal "<pad>" in a text is a word, and unknown."""
+    return {w: i for i, w in enumerate(vocab) if i}
+
+
 def _load_text_files(folder, device):
     words = {s: tokenize(folder / f) for s, f in TEXT_FILES.items()}
     vocab = build_vocab(words["train"])
-    index = {w: i for i, w in enumerate(vocab) if i}  # a literal "<pad>" in the text is a word, unknown
+    index = word_index(vocab)
     unk = index["<unk>"]
     splits = {s: torch.tensor([index.get(w, unk) for w in ws], dtype=torch.int64) for s, ws in words.items()}
     return Corpus({s: t.to(device) for s, t in splits.items()}, len(vocab), vocab,

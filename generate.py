@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from config import Parser
+from data import word_index
 from gpt1 import Vocabulary
 from rundir import load_torch, load_trained
 from train_lm import MODEL_ARGS, Config, build_model, embeddings_path, file_sha256, load_embeddings
@@ -92,7 +93,7 @@ def encode(prompt, vocab, bpe=None):
                   "hand: give --prompt as space-separated token ids")
             unknown = bpe.encoder.get("<unk>", 0) + 1
             return bpe.encode(prompt), [w for w in prompt.split() if unknown in bpe.encode(w)]
-    index = {w: i for i, w in enumerate(vocab) if i}  # id 0 is padding, never a word
+    index = word_index(vocab)
     words = prompt.split() or ["<eos>"]  # an empty prompt starts a new line
     return [index.get(w, index["<unk>"]) for w in words], [w for w in words if w not in index]
 

@@ -6,8 +6,8 @@
 Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
 other machines merge; seeds of one configuration (name and settings) on the same data (and frozen
 embeddings) and epochs are averaged (mean +- std), each seed once, smoke runs apart, and each log
-folder's runs are its direct sub-folders. Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv},
-summary.md and index.html.
+folder's runs are its direct sub-folders. Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png),
+summary_{lm,vit}.{md,csv}, summary.md and index.html.
 """
 import argparse
 import csv
