@@ -5,8 +5,9 @@ these; the report's numbers are data, in reference.json.
 
 A configuration of ours measures one of the report's when it has the same identity (layers, block,
 optimizer; the LM's core), changed no other setting from the defaults (which are the report's), ran
-the report's epochs to the end, and, for the LM, used GPT-1's frozen embeddings on the report's
-token files (their checksum in reference.json) as the report did.
+the report's epochs to the end on data of the report's: for the ViT, CIFAR-10's 45,000 / 5,000 /
+10,000 images; for the LM, GPT-1's frozen embeddings on the report's token files (their checksum
+in reference.json).
 """
 import base64
 import html
@@ -99,6 +100,9 @@ def not_comparable(group, ref):
             reasons.add("word-level text, not the report's token files")
         elif task == "lm" and tokens and r.config.get("data_sha256") != tokens:
             reasons.add("token files other than the report's")
+        sizes = ref[task]["settings"].get("data_sizes")  # CIFAR-10's, split as data.py splits it
+        if task == "vit" and sizes and r.config.get("data_sizes") != sizes:
+            reasons.add("not CIFAR-10's " + " / ".join(f"{n:,}" for n in sizes.values()) + " images")
         if r.config.get("epochs") != want or len(r.rows) < want:
             reasons.add(f"{len(r.rows)} of the report's {want} epochs")
     return "; ".join(sorted(reasons))
@@ -141,17 +145,17 @@ def compare(groups, task, ref):
             continue  # the report gives no metric for this configuration (only its time)
         matching = [g for g in groups if reference_config(g, ref) is rc]
         fair = [g for g in matching if not not_comparable(g, ref)]
-        value = ours(fair[0], what) if fair else None
         if not fair:
             why = "; ".join(f"{g.name}: {not_comparable(g, ref)}" for g in matching) or "no run of it"
             lines.append(f"- Config {rc['config']} ({name}): not measured here ({why}).")
-        elif value is None:
-            lines.append(f"- Config {rc['config']} ({name}): {fair[0].name} has no {what} yet.")
-        else:
+        for g in fair:  # several: the same configuration on two copies of the data, told apart by their names
+            value, seeds = ours(g, what), len(g.runs)
+            if value is None:
+                lines.append(f"- Config {rc['config']} ({name}): {g.name} has no {what} yet.")
+                continue
             diff, status = verdict(task, value, theirs, ref)
-            seeds = len(fair[0].runs)
             lines.append(f"- Config {rc['config']} ({name}): **{status}**, {what} {value:.4g} against the report's "
-                         f"{theirs:.4g} ({diff:+.4g}; {fair[0].name}, {seeds} seed{'s' * (seeds > 1)}).")
+                         f"{theirs:.4g} ({diff:+.4g}; {g.name}, {seeds} seed{'s' * (seeds > 1)}).")
     return lines + ([""] + [ref.get("note", "")] if task == "vit" else []) + [""]
 
 
@@ -167,7 +171,7 @@ def table_cells(group, ref):
     why = not_comparable(group, ref)
     digits = group.digits
     compared = value is not None and not group.smoke  # a smoke run is no result to set against the report's
-    diff = f"{value - theirs:+,.{digits}f}" + (" (other settings)" if why else "") if compared else ""
+    diff = f"{value - theirs:+,.{digits}f}" + (" (not comparable)" if why else "") if compared else ""  # see summary.md
     return [f"{theirs:,.{digits}f} ({what})", diff]
 
 

@@ -107,8 +107,10 @@ def read_run(path):
         return Run(path, config, [], summary, task=task, name=path.name,
                    problems=(problems or [f"{why}: not plotted"]) + later)
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
-    run = Run(path, config, read_rows(path / "metrics.csv", metric["name"], problems), summary, task=task,
-              name=str(name), metric=metric, problems=problems + later)
+    rows = read_rows(path / "metrics.csv", metric["name"], problems)
+    if isinstance((summary or {}).get("epochs"), int) and summary["epochs"] < len(rows):
+        summary = None  # a finished run extended (--resume --epochs N) and still going: its tests are of an earlier model
+    run = Run(path, config, rows, summary, task=task, name=str(name), metric=metric, problems=problems + later)
     try:
         with open(path / "grad_norms.csv") as f:
             for row in csv.DictReader(f):

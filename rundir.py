@@ -237,7 +237,7 @@ class Progress:
 
 
 NORM_COLUMNS = ["epoch", "layer", "norm"]
-DATA_KEYS = ("data_kind", "data_sha256", "vocab_size", "classes")  # config.json's records of what the data are
+DATA_KEYS = ("data_kind", "data_sha256", "data_sizes", "vocab_size", "classes")  # config.json's records of what the data are
 
 
 class RunDir:

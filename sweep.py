@@ -110,6 +110,9 @@ def settings():
     check(not bad, f"GPUS takes GPU indices or UUIDs, as CUDA_VISIBLE_DEVICES does, got '{bad[0] if bad else ''}'")
     s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
+    for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):
+        folder = Path(s[name.lower()])
+        check(folder.is_dir() or not folder.exists(), f"{name}={folder} is a file, not a folder")
     for name in ("EPOCHS_LM", "EPOCHS_VIT"):
         value = env(name, "10" if name == "EPOCHS_LM" else "50")
         check(re.fullmatch(r"[0-9]+", value) and 0 < int(value) < 2 ** 63, f"{name} must be a positive integer, got "

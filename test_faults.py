@@ -236,19 +236,19 @@ class TestNames(FaultCase):
 
 
 class TestDamagedEmbeddings(FaultCase):
-    def test_nan_complex_and_text_tables_are_refused_before_training(self):
+    def test_nan_complex_text_and_non_npz_tables_are_refused_before_training(self):
         data = write_token_files(self.tmp / "tokens")
         table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
         table[7, 3] = np.nan
         cases = {"nan": (table, "NaN or infinite values", "row 7"), "complex": (table.astype(np.complex64), "complex64"),
-                 "text": (np.full((50, 16), "x"), "<U1")}
+                 "text": (np.full((50, 16), "x"), "<U1"), "bytes": (b"x", "not an .npz archive")}
         for name, (values, *fragments) in cases.items():
             with self.subTest(name):
                 path = self.tmp / f"{name}.npz"
-                np.savez(path, tokens=values)
+                path.write_bytes(values) if isinstance(values, bytes) else np.savez(path, tokens=values)
                 proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", name, *LM_TINY,
                            "--embeddings", path)
-                self.assert_one_line(proc, 2, "error: embeddings ", str(path), *fragments)
+                self.assert_one_line(proc, 2, "error: " + "embeddings " * (name != "bytes"), str(path), *fragments)
         self.assertFalse(self.logs.exists())
 
 

@@ -189,7 +189,7 @@ def build(cfg, device):
     frozen = dict(embeddings_sha256=file_sha256(path)) if path and not cfg.learn_embeddings else {}
     return task, model, dict(task="lm", model_args=model_args, vocab_size=corpus.vocab_size, data_source=corpus.source,
                              data_kind="tokens" if corpus.vocab is None else "words", data_sha256=corpus.sha256,
-                             **frozen), files
+                             data_sizes={s: t.numel() for s, t in corpus.splits.items()}, **frozen), files
 
 
 @cli

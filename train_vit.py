@@ -135,7 +135,7 @@ def build(cfg, device):
     log(f"model: ViT, {cfg.layers} {cfg.block} block{'s' * (cfg.layers > 1)}, {count_params(model):,} parameters")
     task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
     return task, model, dict(task="vit", model_args=model_args, classes=data.classes, data_source=data.source,
-                             data_kind="images", data_sha256=data.sha256), {}
+                             data_kind="images", data_sha256=data.sha256, data_sizes=sizes), {}
 
 
 @cli
