@@ -176,7 +176,8 @@ def progress(runs):
         if found is None:
             continue
         finished = (found.summary or {}).get("epochs")  # an int in a finished run's summary
-        run.done = finished if isinstance(finished, int) else len(found.rows)
+        run.done = finished if isinstance(finished, int) else len(found.rows)  # all of them, untested: resumed
+        run.finished = isinstance(finished, int) and finished >= run.cfg.epochs
         other = [f"{k} {found.config[k]}, not {getattr(run.cfg, k)}" for k in run.cfg.with_role("setting")
                  if k in found.config and found.config[k] != getattr(run.cfg, k)]
         if other:
@@ -256,8 +257,8 @@ def report(runs, workers, notes, device, rate=None):
     groups = {}
     for run in runs:
         groups[run.group] = groups.get(run.group, 0) + 1
-    finished = sum(r.done >= r.cfg.epochs for r in runs)
-    resumed = sum(0 < r.done < r.cfg.epochs for r in runs)
+    finished = sum(r.finished for r in runs)
+    resumed = sum(r.done > 0 and not r.finished for r in runs)
     where = ("cuda (not here)" if device is None else f"{device} ({torch.cuda.get_device_name(device)})"
              if device.type == "cuda" else f"{device} ({torch.get_num_threads()} threads)")
     print(f"== plan: {len(runs)} run{'s' * (len(runs) != 1)} on {where}"
@@ -276,7 +277,7 @@ def report(runs, workers, notes, device, rate=None):
                    f"TFLOP/s")
     print(f"   time: about {duration(makespan([r.seconds for r in known], max(1, workers)))} "
           f"({'; '.join(how)}; compile warm-ups not included)")
-    to_do = [r for r in known if r.done < r.cfg.epochs]
+    to_do = [r for r in known if not r.finished]
     peak = sum(r.disk for r in to_do) + sum(sorted((r.checkpoint for r in to_do), reverse=True)[:max(1, workers)])
     log_dir = next(p for p in [Path(runs[0].cfg.log_dir).absolute(), *Path(runs[0].cfg.log_dir).absolute().parents]
                    if p.exists())

@@ -47,8 +47,9 @@ class Group:
         self.m, self.label, self.maximize, self.digits = (metric[k] for k in ("name", "label", "maximize", "digits"))
         c = self.config = runs[0].config
         self.title = c["title"]
-        # neither is compared: smoke runs (--limit_batches), and runs short of their epochs (running, or stopped)
-        unfinished = any(len(r.rows) < (r.config.get("epochs") or 0) for r in runs)
+        # neither is compared: smoke runs (--limit_batches), and runs short of their epochs or of their tests
+        # (running, or stopped): a mean over the seeds that have a result would pass for one over them all
+        unfinished = any(len(r.rows) < (r.config.get("epochs") or 0) or not r.summary for r in runs)
         self.smoke, self.tag = key.smoke or unfinished, " (smoke)" if key.smoke else " (unfinished)" * unfinished
         self.architecture = (f"ViT {c.get('block')}" if self.task == "vit" else f"Transformer {c.get('block')}"
                              if c.get("model") == "transformer" else str(c.get("model", "?")).upper())
@@ -281,7 +282,7 @@ def findings(groups, task):
     smoke, groups = [g for g in groups if g.smoke], [g for g in groups if not g.smoke]
     lines = [f"## {title}", ""]
     for tag, kind in ((" (smoke)", "Smoke runs (`--limit_batches`)"),
-                      (" (unfinished)", "Short of their epochs (still running, or stopped)")):
+                      (" (unfinished)", "Short of their epochs or tests (still running, or stopped)")):
         names = [g.name for g in smoke if g.tag == tag]
         lines += [f"- {kind}, tabulated but not compared: {', '.join(names)}."] * bool(names)
     speed = {g.name: g.stat(lambda r: np.mean([row["train_time"] for row in r.rows]) if r.rows else None)[0]
@@ -328,11 +329,6 @@ def findings(groups, task):
                          f"{show(*g.best_of(f'valid_{m}'))}), test {label} of the best-valid EMA "
                          f"{show(*g.summary_value(f'ema_best_test_{m}'))}.")
     lines += norm_findings(groups, task)
-    unfinished = [r for g in groups for r in g.runs if not r.summary]
-    if unfinished:
-        lines.append("- Unfinished (plotted as far as they got, no test result): "
-                     + ", ".join(f"{r.path.name} ({len(r.rows)} epoch{'s' * (len(r.rows) != 1)})"
-                                 for r in unfinished) + ".")
     return lines + [""]
 
 

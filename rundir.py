@@ -259,6 +259,8 @@ class RunDir:
               f"{self.path} is finished and its checkpoint.pt was removed (--keep_checkpoint keeps it): it cannot "
               f"be continued; start another run")
         if not (self.cfg.resume and path.exists()):
+            check(not (self.cfg.resume and finished_rows(self.path)), f"{self.path} has finished epochs in its "
+                  f"metrics.csv but no checkpoint.pt to continue from; start again with --overwrite, or another --exp_id")
             return Progress()
         ckpt = load_torch(path)
         damaged = damaged_parts(ckpt if isinstance(ckpt, dict) else {}, self.columns)
@@ -301,7 +303,7 @@ class RunDir:
 
     def start(self, progress, device, norms):
         """The run's files once a resume is accepted, and the CSVs rewritten from the checkpoint's rows
-        (a row written after the last checkpoint is dropped: that epoch is trained again)."""
+        (a row a crash kept from the CSV is written out again)."""
         if not self.main:
             return
         for name, content in self.files.items():
@@ -329,9 +331,6 @@ class RunDir:
         if not self.main:
             return
         epoch = len(progress.history)
-        append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])
-        if new_norms:
-            append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)
         if improved:
             save_torch(dict(model=trained_state(stateful["model"]), epoch=epoch), self.path / "best.pt")
         if ema_improved:
@@ -341,6 +340,10 @@ class RunDir:
         save_torch(dict(states,
                         epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),
                    self.path / "checkpoint.pt")
+        # the rows last: the checkpoint holds them too, and a resume writes them out again
+        append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])
+        if new_norms:
+            append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)
 
     def load_weights(self, model, name):
         state = load_torch(self.path / name)
@@ -353,6 +356,14 @@ class RunDir:
             save_json(summary, self.path / "summary.json")
             if not self.cfg.keep_checkpoint:
                 (self.path / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def finished_rows(run_dir):
+    """Whether run_dir's metrics.csv holds a row: an epoch finished there."""
+    try:
+        return len((Path(run_dir) / "metrics.csv").read_bytes().splitlines()) > 1
+    except OSError:
+        return False
 
 
 def damaged_parts(ckpt, columns):

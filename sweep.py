@@ -66,6 +66,7 @@ class Run:
     argv: list                # the trainer's flags
     cfg: object               # its parsed Config
     done: int = 0             # epochs it has already run (the plan reads them)
+    finished: bool = False    # its summary.json says it ran them all and was tested: skipped
     seconds: float = None     # the time it still needs; None: not estimated
     disk: int = 0             # bytes it holds when finished
     checkpoint: int = 0       # bytes of checkpoint.pt while it runs
@@ -234,7 +235,7 @@ class Sweep:
 
     def run_one(self, run, gpu, threads):
         """The run's exit code (0 when it was already done)."""
-        if run.done >= run.cfg.epochs:  # as the plan found it
+        if run.finished:  # as the plan found it
             return print(f"== {run.exp_id}: done, skipped", flush=True) or 0
         command = run.command(self.s["python"])
         print(f"== {run.exp_id}{f' on GPU {gpu}' if gpu is not None else ''}: {shlex.join(command)}", flush=True)

@@ -359,7 +359,7 @@ class TestResume(CliCase):
         self.assert_refused(err, "No space left on device", "checkpoint.pt")
         ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         self.assertEqual(ckpt["epoch"], 1)
-        self.assertEqual([r["epoch"] for r in read_csv(run_dir / "metrics.csv")], ["1", "2"])
+        self.assertEqual([r["epoch"] for r in read_csv(run_dir / "metrics.csv")], ["1"])  # a row follows its checkpoint
         self.assertEqual([p.name for p in run_dir.iterdir() if p.name.startswith(".")], [])
         self.vit("--epochs", "3", "--resume")
         self.assertEqual([r["epoch"] for r in read_csv(run_dir / "metrics.csv")], ["1", "2", "3"])
@@ -381,13 +381,10 @@ class TestResume(CliCase):
         self.assertFalse(marker.exists())
 
 
-# Runs a trainer and kills it with SIGKILL at one point: "batch:E:S" after training step S of epoch E,
-# "csv:E" after epoch E's metrics row, "best:E" / "checkpoint:E" after that epoch's best.pt /
-# checkpoint.pt. The trainer's own functions are wrapped here; the product knows nothing of it.
 # Runs a trainer and kills it at a point: "batch:E:S" after step S of epoch E's training, "csv:E" after
 # that epoch's row, "best:E" or "checkpoint:E" after that file's write. "batch:E:S:SIGTERM" sends
 # that signal instead; with ":again" too, the same signal once more while the stopped run cleans up,
-# and once more at exit.
+# and once more at exit. The trainer's own functions are wrapped here; the product knows nothing of it.
 CRASH_LAUNCHER = """
 import atexit, os, runpy, signal, sys
 import engine, rundir
@@ -1091,6 +1088,11 @@ class TestResumeChecksWhatMatters(CliCase):
         _, _, err = self.lm("--epochs", "2", "--resume", data=data, expect=2)
         self.assert_refused(err, "is finished")
         self.assertEqual(snapshot(run_dir), before)  # vocab.txt too: the run can still be sampled
+        (run_dir / "summary.json").unlink()  # finished epochs, nothing to go on from: never restarted over them
+        before = snapshot(run_dir)
+        _, _, err = self.lm("--epochs", "2", "--resume", data=data, expect=2)
+        self.assert_refused(err, "has finished epochs in its metrics.csv but no checkpoint.pt", "--overwrite")
+        self.assertEqual(snapshot(run_dir), before)
 
     def test_another_precision_is_refused(self):
         run_dir, _, _ = self.vit("--epochs", "1")
