@@ -154,12 +154,13 @@ def main(argv=None):
     model, config, vocab = load_run(args.run)
     bpe = gpt1_vocabulary(config) if vocab is None else None
     ids, unknown = encode(args.prompt, vocab, bpe)
-    check(ids, f"--prompt is empty: give {'words or ' * (bpe is not None)}token ids to start from")
     check(all(0 < i < config["vocab_size"] for i in ids), f"prompt ids must lie in 1..{config['vocab_size'] - 1}")
     if unknown:
         print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
-    out = sample(model, ids, args.words, args.temperature, args.top_k,
-                 torch.Generator().manual_seed(args.seed), config["seq_len"])
+    generator = torch.Generator().manual_seed(args.seed)
+    drawn = [] if ids else [int(torch.randint(1, config["vocab_size"], (1,), generator=generator))]
+    out = drawn + sample(model, ids or drawn, args.words - len(drawn), args.temperature, args.top_k, generator,
+                         config["seq_len"])  # no prompt: a token drawn with the seed starts the sample
     if bpe is not None:  # the prompt, then its continuation
         print(bpe.decode(ids + out))
     elif vocab is None:
