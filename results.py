@@ -109,7 +109,7 @@ def read_run(path):
     name = (config.get("naming") or {}).get("configuration") or config.get("exp_id") or path.name
     rows = read_rows(path / "metrics.csv", metric["name"], problems)
     if isinstance((summary or {}).get("epochs"), int) and summary["epochs"] < len(rows):
-        summary = None  # a finished run extended (--resume --epochs N) and still going: its tests are of an earlier model
+        summary = None  # a finished run extended (--resume --epochs N), still going: its tests are of an earlier model
     run = Run(path, config, rows, summary, task=task, name=str(name), metric=metric, problems=problems + later)
     try:
         with open(path / "grad_norms.csv") as f:

@@ -237,7 +237,7 @@ class Progress:
 
 
 NORM_COLUMNS = ["epoch", "layer", "norm"]
-DATA_KEYS = ("data_kind", "data_sha256", "data_sizes", "vocab_size", "classes")  # config.json's records of what the data are
+DATA_KEYS = ("data_kind", "data_sha256", "data_sizes", "vocab_size", "classes")  # config.json's records of the data
 
 
 class RunDir:
@@ -260,7 +260,8 @@ class RunDir:
               f"be continued; start another run")
         if not (self.cfg.resume and path.exists()):
             check(not (self.cfg.resume and finished_rows(self.path)), f"{self.path} has finished epochs in its "
-                  f"metrics.csv but no checkpoint.pt to continue from; start again with --overwrite, or another --exp_id")
+                  f"metrics.csv but no checkpoint.pt to continue from; start again with --overwrite, or another "
+                  f"--exp_id")
             return Progress()
         ckpt = load_torch(path)
         damaged = damaged_parts(ckpt if isinstance(ckpt, dict) else {}, self.columns)

@@ -248,7 +248,8 @@ class TestDamagedEmbeddings(FaultCase):
                 path.write_bytes(values) if isinstance(values, bytes) else np.savez(path, tokens=values)
                 proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", name, *LM_TINY,
                            "--embeddings", path)
-                self.assert_one_line(proc, 2, "error: " + "embeddings " * (name != "bytes"), str(path), *fragments)
+                prefix = "error: " + "embeddings " * (name != "bytes")
+                self.assert_one_line(proc, 2, prefix, str(path), *fragments)
         self.assertFalse(self.logs.exists())
 
 
