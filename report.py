@@ -102,7 +102,8 @@ def not_comparable(group, ref):
             reasons.add("token files other than the report's")
         sizes = ref[task]["settings"].get("data_sizes")  # CIFAR-10's, split as data.py splits it
         if task == "vit" and sizes and r.config.get("data_sizes") != sizes:
-            reasons.add("not CIFAR-10's " + " / ".join(f"{n:,}" for n in sizes.values()) + " images")
+            reasons.add("its data's sizes unrecorded (an older run)" if "data_sizes" not in r.config else
+                        "not CIFAR-10's " + " / ".join(f"{n:,}" for n in sizes.values()) + " images")
         if r.config.get("epochs") != want or len(r.rows) < want:
             reasons.add(f"{len(r.rows)} of the report's {want} epochs")
     return "; ".join(sorted(reasons))

@@ -844,6 +844,11 @@ class TestAgainstTheReport(TempDir):
                       "CIFAR-10's 45,000 / 5,000 / 10,000 images)", (logs / "report" / "summary.md").read_text())
         row = next(line for line in (logs / "report" / "summary_vit.md").read_text().splitlines() if "L6_adamw" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 (not comparable) |"), row)
+        del config["data_sizes"]  # as a run of a version that did not record them
+        (logs / "vit_L6_adamw_s42" / "config.json").write_text(json.dumps(config))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("(vit_L6_adamw: its data's sizes unrecorded (an older run))",
+                      (logs / "report" / "summary.md").read_text())
 
     def test_one_self_contained_page(self):
         logs = self.make_logs()
