@@ -8,7 +8,6 @@ generator (the same draws on every device); the work is done for the whole batch
 import functools
 import math
 
-import numpy as np  # only for MixUp/CutMix's Beta draw, which torch generators do not offer
 import torch
 import torch.nn.functional as F
 
@@ -211,8 +210,10 @@ def mix(images, labels, generator, mixup=0.0, cutmix=0.0):
     B, _, H, W = images.shape
     use_cutmix = cutmix > 0 and (mixup == 0 or torch.rand(1, generator=generator).item() < 0.5)
     alpha = cutmix if use_cutmix else mixup
-    # Beta is not drawn by torch generators: seed a NumPy generator from this one (reproducible).
-    lam = float(np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator))).beta(alpha, alpha))
+    # torch draws a Beta from the global generator only: seeded from this one, the global state kept
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = to_device(torch.randperm(B, generator=generator), images.device)
     if use_cutmix:
         r = math.sqrt(1 - lam)
