@@ -166,7 +166,7 @@ def progress(runs):
     rows), from every run in the log folders, read once; returns those runs by folder and name. A run
     there that this sweep cannot continue or count as done is refused before anything runs: one of
     other settings (a QUICK run under the same name), one trained for more epochs than now asked, or one
-    finished at fewer without the checkpoint to go on from (and, once the data are read, other_data)."""
+    with epochs to go but no checkpoint to go on from (and, once the data are read, other_data)."""
     previous, blocked = {}, []
     for run in runs:
         log_dir = run.cfg.log_dir
@@ -184,8 +184,9 @@ def progress(runs):
             blocked.append(f"{run.exp_id} (its {'; '.join(other)})")
         elif run.done > run.cfg.epochs:  # its trainer refuses to resume it with fewer epochs, and it is no such run
             blocked.append(f"{run.exp_id} (trained {run.done} epochs, more than the {run.cfg.epochs} asked)")
-        elif run.done < run.cfg.epochs and isinstance(finished, int) and not (found.path / "checkpoint.pt").exists():
-            blocked.append(f"{run.exp_id} (finished at {finished} epochs, no checkpoint.pt to go on from)")
+        elif not run.finished and run.done and not (found.path / "checkpoint.pt").exists():  # its trainer refuses
+            how = "finished at" if isinstance(finished, int) else "stopped after"
+            blocked.append(f"{run.exp_id} ({how} {run.done} epochs, no checkpoint.pt to go on from)")
     refuse(blocked)
     return previous
 

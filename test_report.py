@@ -411,6 +411,7 @@ class TestPlan(TempDir):
         for seed, n in ((7, 10), (42, 4)):  # another seed finished, and this one half-way (to resume)
             write_run(logs, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=0), rows(n))
         (logs / "vit_L2_adam_s7" / "best.pt").write_bytes(b"w" * 3_000_000)
+        (logs / "vit_L2_adam_s42" / "checkpoint.pt").write_bytes(b"")  # what it resumes from
         out = self.plan(ONLY="^vit_L2_adam$", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("== plan: 1 run on cpu", out)
         self.assertIn("reference 1; 1 to resume", out)
@@ -451,8 +452,15 @@ class TestPlan(TempDir):
         self.assertIn("2 finished (skipped)", self.plan(EPOCHS_VIT="2", **env))
         summary = logs / "vit_L2_adam_s42" / "summary.json"
         kept = summary.read_bytes()
-        summary.unlink()  # every epoch, no test yet (stopped in its tests): resumed, not skipped
+        summary.unlink()  # every epoch, no test yet (stopped in its tests): resumed from its checkpoint, not skipped
+        code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="2",
+                                         **env))
+        self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
+                                                  "vit_L2_adam_s42 (stopped after 2 epochs, no checkpoint.pt to go on "
+                                                  "from); give another LOG_DIR, or move it away"))
+        (logs / "vit_L2_adam_s42" / "checkpoint.pt").write_bytes(b"")
         self.assertIn("reference 2; 1 finished (skipped); 1 to resume", self.plan(EPOCHS_VIT="2", **env))
+        (logs / "vit_L2_adam_s42" / "checkpoint.pt").unlink()
         summary.write_bytes(kept)
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_VIT="1",
                                          ONLY="^vit_L2_adam$", VIT_DATA=str(self.tmp / "none")))
