@@ -407,7 +407,7 @@ def label(key, keys):
 def report_task(task, groups, out_dir, ref):
     """One study's tables (markdown and CSV), figures and findings: (summary lines, figures, tables)."""
     (rc, results), (cc, costs), flat = tables(groups, task, ref)
-    note = f"\n{ref['note']}\n" if ref and "report" in rc and task == "vit" else ""
+    note = f"\n{ref.get('note', '')}\n" if ref and "report" in rc and task == "vit" else ""
     page = f"# {groups[0].title}\n\n## Results\n\n{markdown(rc, results)}{note}\n## Cost\n\n{markdown(cc, costs)}"
     write_file(out_dir / f"summary_{task}.md", page)
     rows = io.StringIO()

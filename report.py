@@ -50,19 +50,24 @@ def reference_problem(ref):
 
     if not isinstance(ref, dict):
         return f"the file holds {type(ref).__name__}, not an object"
-    if not all(number((ref.get("tolerance") or {}).get(k)) for k in ("acc", "ppl_relative")):
+    tolerance = ref.get("tolerance")
+    if not isinstance(tolerance, dict) or not all(number(tolerance.get(k)) for k in ("acc", "ppl_relative")):
         return "its tolerance must give the numbers acc and ppl_relative"
     for task in IDENTITY:
         part = ref.get(task)
-        if not isinstance(part, dict) or not number((part.get("settings") or {}).get("epochs")) \
-                or not isinstance(part.get("configs"), list):
+        settings, configs = (part.get("settings"), part.get("configs")) if isinstance(part, dict) else (None, None)
+        if not isinstance(settings, dict) or not number(settings.get("epochs")) or not isinstance(configs, list):
             return f"{task!r} must hold settings with a number of epochs, and a list of configs"
+        sizes = settings.get("data_sizes", {})
+        if not isinstance(sizes, dict) or not all(number(n) for n in sizes.values()) \
+                or not isinstance(settings.get("data_sha256", ""), str):
+            return f"{task}'s settings: data_sizes must be an object of numbers, data_sha256 text"
         for i, rc in enumerate(part["configs"], 1):
-            if not isinstance(rc, dict) or any(k not in rc for k in IDENTITY[task]):
-                return f"{task} config {i} must be an object with {', '.join(IDENTITY[task])}"
-            bad = [k for k, v in rc.items() if k not in IDENTITY[task] and not number(v)]
+            if not isinstance(rc, dict) or any(k not in rc for k in ("config", *IDENTITY[task])):
+                return f"{task} config {i} must be an object with config, {', '.join(IDENTITY[task])}"
+            bad = [k for k, v in rc.items() if k not in IDENTITY[task] and not (number(v) and v > 0)]
             if bad:
-                return f"{task} config {i}: {bad[0]} is {rc[bad[0]]!r}, not a number"
+                return f"{task} config {i}: {bad[0]} is {rc[bad[0]]!r}, not a positive number"
     return ""
 
 

@@ -205,7 +205,15 @@ class TestReportInputs(FaultCase):
         good = json.loads(Path(HERE, "reference.json").read_text())
         damaged = {"a string": dict(good, tolerance=dict(acc="0.015", ppl_relative=0.05)),
                    "a null": dict(good, lm=dict(good["lm"], configs=[dict(good["lm"]["configs"][0], test_ppl=None)])),
-                   "an empty list": [], "an empty object": {}}
+                   "an empty list": [], "an empty object": {}, "a list for its tolerance": dict(good, tolerance=[1]),
+                   "a list for settings": dict(good, vit=dict(good["vit"], settings=[50])),
+                   "a config without its number": dict(good, lm=dict(good["lm"], configs=[dict(model="lstm", layers=1,
+                                                                                               optimizer="adam")])),
+                   "a perplexity of 0": dict(good, lm=dict(good["lm"], configs=[dict(good["lm"]["configs"][0],
+                                                                                         test_ppl=0)])),
+                   "sizes as a list": dict(good, vit=dict(good["vit"], settings=dict(epochs=50, data_sizes=[1]))),
+                   "a number for a checksum": dict(good, lm=dict(good["lm"], settings=dict(epochs=10,
+                                                                                           data_sha256=5)))}
         for what, content in list(damaged.items()) + [("truncated", "{\"source\": "), ("binary", b"\x89PNG\x00\xff")]:
             with self.subTest(what):
                 path = code / "reference.json"
