@@ -363,9 +363,12 @@ def write_report(runs, log_dirs, out_dir, ref):
     """Every study's tables, figures and findings, summary.md and index.html; the exit code."""
     opening, body, figures, pages, every = [], [], [], [], []
     for task in sorted({r.task for r in runs if r.rows}):
-        by_key = {}
-        for r in runs:
-            if r.task == task and r.rows:
+        mine, by_key = [r for r in runs if r.task == task and r.rows], {}
+        metric = max((r.metric for r in mine), key=lambda m: sum(r.metric == m for r in mine))  # the most runs'
+        for r in mine:
+            if r.metric != metric:  # a damaged config.json: its rows have other columns
+                r.problems.append(f"its metric {r.metric['name']} is not that of the other {task} runs: not plotted")
+            else:
                 by_key.setdefault(group_key(r), []).append(r)
         if by_key:
             groups = [Group(key, one_per_seed(rs), label(key, by_key)) for key, rs in sorted(by_key.items())]

@@ -25,7 +25,7 @@ def stated(config):
     names = naming.get("settings", []) if isinstance(naming, dict) else None
     return (isinstance(config.get("task"), str) and re.fullmatch(WORD, config["task"])
             and isinstance(config.get("title"), str) and re.fullmatch(TEXT, config["title"])
-            and isinstance(metric, dict) and all(isinstance(metric.get(k), kind) for k, kind in METRIC.items())
+            and isinstance(metric, dict) and all(type(metric.get(k)) is kind for k, kind in METRIC.items())
             and re.fullmatch(WORD, metric["name"]) and re.fullmatch(TEXT, metric["label"])
             and 0 <= metric["digits"] <= 12
             and isinstance(names, list) and all(isinstance(k, str) for k in names)

@@ -327,7 +327,8 @@ def write_run(root, exp_id, config, rows, summary=None, changed=None):
     # as the trainers write it: the configuration's name (the seeds' common name), settings and non-settings
     naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"],
                   settings=[k for k in config
-                            if k not in ("task", "seed", "epochs", "data_sha256", "data_sizes", "environment")],
+                            if k not in ("task", "seed", "epochs", "data_sha256", "data_sizes", "environment", "metric",
+                                         "title")],
                   **({} if changed is None else dict(changed=changed)))
     stated = METRICS.get(config.get("task"), {})  # as the trainers state their task's metric
     (run / "config.json").write_text(json.dumps(dict(dict(exp_id=exp_id, naming=naming, **stated), **config)))
@@ -742,7 +743,8 @@ class TestPlot(TempDir):
         write_run(logs, "unknown_s1", dict(base, task="speech"), vit_rows([0.5]), None)
         stated = METRICS["vit"]  # crafted: a task that is a path, digits that format forever, markup in a label
         for name, change in (("escape_s1", dict(task="../../escape")), ("digits_s1", dict(digits=10 ** 9)),
-                             ("markup_s1", dict(label="$\\frac{")), ("title_s1", dict(title="a\n# b"))):
+                             ("markup_s1", dict(label="$\\frac{")), ("title_s1", dict(title="a\n# b")),
+                             ("bool_s1", dict(digits=True))):
             metric = dict(stated["metric"], **{k: v for k, v in change.items() if k in stated["metric"]})
             rest = {k: v for k, v in change.items() if k not in metric}
             write_run(logs, name, {**base, **stated, "metric": metric, **rest}, vit_rows([0.5]), None)
@@ -752,6 +754,9 @@ class TestPlot(TempDir):
             run = write_run(logs, name, {**base, **stated}, vit_rows([0.5]), None)
             config = json.loads((run / "config.json").read_text())
             (run / "config.json").write_text(json.dumps(dict(config, **change)))
+        lm_row = dict(epoch=1, train_loss=5.0, train_ppl=150.0, valid_loss=5.1, valid_ppl=165.0, lr=1e-3, train_time=60.0,
+                      valid_time=3.0, elapsed=63.0, tokens_per_s=1e4, peak_mem_mb=900.0, mem_pct=1.0)
+        write_run(logs, "ppl_s1", {**base, **METRICS["lm"]}, [lm_row], None)  # a vit run with the LM's metric
         orphan = logs / "orphan"
         orphan.mkdir()
         (orphan / "summary.json").write_text("{}")
@@ -763,7 +768,8 @@ class TestPlot(TempDir):
                           ("unknown_s1", "not as the trainers write it (its task, title, metric or settings"),
                           ("orphan", "no config.json"), *((name, "not as the trainers write it") for name in (
                               "escape_s1", "digits_s1", "markup_s1", "title_s1", "naming_s1", "settings_s1",
-                              "epochs_s1", "block_s1", "changed_s1"))):
+                              "epochs_s1", "block_s1", "changed_s1", "bool_s1")),
+                          ("ppl_s1", "its metric ppl is not that of the other vit runs: not plotted")):
             self.assertIn(f"{name}: ", summary)
             self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
             self.assertIn(name, err.getvalue())
