@@ -65,7 +65,7 @@ def load_run(run_dir):
         size = args["vocab_size"]
         check(len(vocab) == size and {"<unk>", "<eos>"} <= set(vocab), f"{run_dir}/vocab.txt is damaged: "
               f"{len(vocab):,} words (the model has {size:,}), <unk> and <eos> must be among them")
-    return model.eval(), config, vocab
+    return model.eval(), dict(config, model_args=args), vocab  # the arguments as checked
 
 
 def checked_model_args(args):
@@ -79,6 +79,8 @@ def checked_model_args(args):
               and (not choices or args[name] in choices), f"{name} is {args[name]!r}")
     check(type(args["vocab_size"]) is int and args["vocab_size"] > 1, f"vocab_size is {args['vocab_size']!r}")
     Config(**{name: args[name] for name in fields}).validate()
+    for name in ("vocab_size", *fields):
+        check(type(args[name]) is not int or args[name] < 2 ** 31, f"{name} is {args[name]}, beyond any model")
     return args
 
 
@@ -154,13 +156,14 @@ def main(argv=None):
     model, config, vocab = load_run(args.run)
     bpe = gpt1_vocabulary(config) if vocab is None else None
     ids, unknown = encode(args.prompt, vocab, bpe)
-    check(all(0 < i < config["vocab_size"] for i in ids), f"prompt ids must lie in 1..{config['vocab_size'] - 1}")
+    size = config["model_args"]["vocab_size"]
+    check(all(0 < i < size for i in ids), f"prompt ids must lie in 1..{size - 1}")
     if unknown:
         print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
     generator = torch.Generator().manual_seed(args.seed)
-    drawn = [] if ids else [int(torch.randint(1, config["vocab_size"], (1,), generator=generator))]
+    drawn = [] if ids else [int(torch.randint(1, size, (1,), generator=generator))]
     out = drawn + sample(model, ids or drawn, args.words - len(drawn), args.temperature, args.top_k, generator,
-                         config["seq_len"])  # no prompt: a token drawn with the seed starts the sample
+                         config["model_args"]["seq_len"])  # no prompt: a token drawn with the seed starts the sample
     if bpe is not None:  # the prompt, then its continuation
         print(bpe.decode(ids + out))
     elif vocab is None:

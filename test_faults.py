@@ -282,12 +282,19 @@ class TestGenerateOnDamagedRuns(FaultCase):
         config = json.loads((self.logs / "lm" / "config.json").read_text())
         for change, why in ((dict(layers=True), "layers is True"), (dict(model="rnn"), "model is 'rnn'"),
                             (dict(num_heads=0), "--num_heads must be at least 1, got 0"),
-                            (dict(vocab_size=-3), "vocab_size is -3")):
+                            (dict(vocab_size=-3), "vocab_size is -3"),
+                            (dict(hidden_size=2 ** 40), "hidden_size is 1099511627776, beyond any model")):
             run = self.tmp / str(change)
             shutil.copytree(self.logs / "lm", run)
             (run / "config.json").write_text(json.dumps(dict(config, model_args=dict(config["model_args"], **change))))
             proc = cli("generate.py", "--run", run, "--words", "5", "--prompt", "1 2")
             self.assert_one_line(proc, 2, f"error: {run}/config.json: model_args do not describe a model ({why})")
+        run = self.tmp / "top"  # the records beside model_args are not what the model is built from
+        shutil.copytree(self.logs / "lm", run)
+        (run / "config.json").write_text(json.dumps(dict(config, vocab_size="x", seq_len=None)))
+        for prompt in ("1 2", ""):
+            proc = cli("generate.py", "--run", run, "--words", "5", "--prompt", prompt)
+            self.assertEqual((proc.returncode, len(proc.stdout.split())), (0, 5), proc.stderr)
 
 
 class TestBenchOutput(FaultCase):
