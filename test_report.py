@@ -487,6 +487,17 @@ class TestPlan(TempDir):
         self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
                                                   "vit_L2_momentum_s42 (its limit_batches 2, not 0); give another "
                                                   "LOG_DIR, or move it away"))
+        # a run under a cosine schedule goes on to the epochs it started with, no more and no fewer
+        write_run(logs, "vit_L6_adamw_improved_s42", dict(task="vit", seed=42, limit_batches=0, scheduler="cosine",
+                                                          epochs=50), vit_rows([0.5]))
+        (logs / "vit_L6_adamw_improved_s42" / "checkpoint.pt").write_bytes(b"")
+        env = dict(RUN_GROUPS="improved", ONLY="^vit_L6_adamw_improved$", VIT_DATA=str(self.tmp / "none"))
+        code, out, err = sweep_here(dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu",
+                                         EPOCHS_VIT="10", **env))
+        self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
+                                                  "vit_L6_adamw_improved_s42 (its cosine schedule spans 50 epochs, not "
+                                                  "the 10 asked); give another LOG_DIR, or move it away"))
+        self.assertIn("improved 1; 1 to resume", self.plan(EPOCHS_VIT="50", **env))
 
     def test_a_finished_run_on_other_data_is_refused_not_skipped_as_done(self):
         import data

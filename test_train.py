@@ -1077,6 +1077,16 @@ class TestResumeChecksWhatMatters(CliCase):
         _, out, _ = self.lm("--epochs", "2", "--resume", "--keep_checkpoint")  # the same epochs: tested again
         self.assertIn("resuming", out)
 
+    def test_other_epochs_under_a_cosine_schedule_are_refused_and_nothing_changes(self):
+        # its learning rate at every step depends on the epochs: 2 epochs then 1 more is no 3-epoch run
+        run_dir, _, _ = self.lm("--epochs", "2", "--scheduler", "cosine", "--keep_checkpoint")
+        before = snapshot(run_dir)
+        _, _, err = self.lm("--epochs", "3", "--scheduler", "cosine", "--resume", expect=2)
+        self.assert_refused(err, "with --epochs 3", "cosine schedule spans the 2 epochs", "give --epochs 2")
+        self.assertEqual(snapshot(run_dir), before)
+        _, out, _ = self.lm("--epochs", "2", "--scheduler", "cosine", "--resume")  # the same epochs: tested again
+        self.assertIn("resuming", out)
+
     def test_other_data_or_precision_are_refused_and_nothing_changes(self):
         data = write_text_files(self.tmp / "text")
         run_dir, _, _ = self.lm("--epochs", "1", data=data)
