@@ -33,9 +33,12 @@ def mean_std(values):
 
 
 def fmt(mean, std=None, digits=4):
-    """A table cell: the mean (to digits, or whole past 1e5; inf for a perplexity beyond float range), ± std."""
-    text = "-" if mean is None else f"{mean:,.{digits}f}" if abs(mean) < 1e5 else f"{mean:,.0f}"
-    return text if std is None or mean is None or not math.isfinite(std) else f"{text} ± {std:.{digits}f}"
+    """A table cell: the mean ± std, each to digits, whole past 1e5, in 3 figures past 1e15 (the
+    perplexity of a diverged run; inf beyond float range)."""
+    def number(v):
+        return f"{v:,.{digits}f}" if abs(v) < 1e5 else f"{v:,.0f}" if abs(v) < 1e15 else f"{v:.3g}"
+    text = "-" if mean is None else number(mean)
+    return text if std is None or mean is None or not math.isfinite(std) else f"{text} ± {number(std)}"
 
 
 class Group:
@@ -84,7 +87,8 @@ class Group:
         """Mean (and std) of a column over seeds, for the epochs that every seed reached."""
         n = min(len(r.rows) for r in self.runs)
         ys = np.array([[row[column] for row in r.rows[:n]] for r in self.runs])
-        ys[~np.isfinite(ys)] = np.nan  # an infinite perplexity or a NaN loss: a gap in the curve
+        # a gap in the curve: a NaN loss, an infinite perplexity, or one no log axis spans (past about 1e260)
+        ys[~(np.abs(ys) < 1e200)] = np.nan
         xs = np.array([[row[x] for row in r.rows[:n]] for r in self.runs]).mean(0)
         return xs, ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
 
@@ -338,11 +342,15 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
-    if (out_dir / "config.json").exists() or out_dir.is_file():  # a run's files would be mixed with the report's
-        print(f"error: --out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose another "
-              f"folder", file=sys.stderr)
+    try:
+        if (out_dir / "config.json").exists() or out_dir.is_file():  # a run's files would be mixed with the report's
+            print(f"error: --out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose "
+                  f"another folder", file=sys.stderr)
+            return 2
+        runs = find_runs(args.log_dir, out_dir)
+    except OSError as e:  # a path the system refuses (a name too long, a loop of links)
+        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
         return 2
-    runs = find_runs(args.log_dir, out_dir)
     if not runs:
         print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)
         return 2

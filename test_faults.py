@@ -156,6 +156,11 @@ class TestReportInputs(FaultCase):
         proc = self.plot()
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("2,000.00", (self.logs / "report" / "summary_lm.md").read_text())
+        # finite, but beyond what a log axis spans (a diverged run with a large learning rate): a gap too
+        write_lm_run(self.logs, [3000.0, 4.2e284], exp_id="lm_lstm_L1_momentum_s42")
+        proc = self.plot()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("| 3,000.00 | 4.2e+284 | 3,000.00 |", (self.logs / "report" / "summary_lm.md").read_text())
 
     def test_ctrl_c_or_sigterm_is_one_line_and_the_report_stays_as_it_was(self):
         write_lm_run(self.logs, [300.0, 200.0])
@@ -241,6 +246,19 @@ class TestNames(FaultCase):
         self.assertFalse(self.logs.exists())
         ok = self.vit("vit-2_lr=3e-4+x.y", "--epochs", "1")
         self.assertEqual(ok.returncode, 0, ok.stderr)
+
+    def test_paths_the_system_refuses_are_one_line(self):
+        long = str(self.tmp / ("y" * 300))  # beyond a file name's 255 bytes
+        commands = [("train_vit.py", "--data_folder", long, "--device", "cpu"), ("train_vit.py", "--log_dir", long, *VIT_TINY),
+                    ("plot.py", "--log_dir", long), ("plot.py", "--log_dir", self.tmp, "--out_dir", long),
+                    ("sweep.py",)]
+        env = dict(os.environ, DRY_RUN="1", LOG_DIR=long, PYTHONPATH=HERE)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            procs = list(pool.map(lambda argv: subprocess.run([sys.executable, *argv], cwd=HERE, capture_output=True,
+                                                              text=True, timeout=300, env=env), commands))
+        for argv, proc in zip(commands, procs):
+            with self.subTest(argv=argv[:2]):
+                self.assert_one_line(proc, 2, "error: File name too long: ", "y" * 300)
 
 
 class TestDamagedEmbeddings(FaultCase):

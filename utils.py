@@ -78,6 +78,8 @@ def cli(main):
             if not isinstance(e, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(e)):
                 raise
             code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
+        except OSError as e:  # a path the system refuses that no check named (a name too long, a loop of links)
+            code, message = EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(e.filename)
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", signal.SIGINT)
             code, previous = 128 + signum, {}  # an exiting process keeps ignoring them (see stop)
