@@ -210,10 +210,14 @@ def mix(images, labels, generator, mixup=0.0, cutmix=0.0):
     B, _, H, W = images.shape
     use_cutmix = cutmix > 0 and (mixup == 0 or torch.rand(1, generator=generator).item() < 0.5)
     alpha = cutmix if use_cutmix else mixup
-    # torch draws a Beta from the global generator only: seeded from this one, the global state kept
+    # lam ~ Beta(alpha, alpha) = G1 / (G1 + G2), each G ~ Gamma(alpha) drawn as Gamma(alpha + 1) * U ** (1 / alpha)
+    # in logs: exact for any alpha, where torch's Beta underflows below about 0.005 (lam 0.5 for alpha 1e-30).
+    # torch draws a Gamma from the global generator only: seeded from this one, the global state kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        log_g = torch.distributions.Gamma(torch.full((2,), alpha + 1.0, dtype=torch.float64), 1.0).sample().log()
+    log_u = (1 - torch.rand(2, generator=generator, dtype=torch.float64)).log()  # U in (0, 1]
+    lam = float(torch.sigmoid(log_g[0] - log_g[1] + (log_u[0] - log_u[1]) / alpha))  # lam = 1 / (1 + G2 / G1)
     perm = to_device(torch.randperm(B, generator=generator), images.device)
     if use_cutmix:
         r = math.sqrt(1 - lam)

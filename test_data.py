@@ -527,6 +527,18 @@ class TestMix(unittest.TestCase):
             torch.testing.assert_close(from_b[moved], torch.full((int(moved.sum()),), 1 - lam))
             self.assertTrue(((out == self.labels.float().view(16, 1, 1, 1)) | (from_b[:, None, None, None] > 0)).all())
 
+    def test_the_weight_follows_its_beta_distribution_for_any_alpha(self):
+        g, reference = torch.Generator().manual_seed(0), np.random.default_rng(0)
+        for alpha in (0.001, 0.4, 50.0):  # torch's own Beta(0.001) gives 0.01 < lam < 0.99 a quarter of the time
+            lams = np.array([mix(self.images, self.labels, g, mixup=alpha)[2] for _ in range(3000)])
+            want = reference.beta(alpha, alpha, 200_000)
+            for stat, delta in ((lambda v: ((v < 0.01) | (v > 0.99)).mean(), 0.03),
+                                (lambda v: (v * (1 - v)).mean(), 0.01)):  # about 4 standard errors
+                self.assertAlmostEqual(stat(lams), stat(want), delta=delta, msg=f"alpha {alpha}")
+        for alpha in (1e-320, 1e308):  # below float32's range, and at float64's end: a weight all the same
+            lams = [mix(self.images, self.labels, g, mixup=alpha, cutmix=alpha)[2] for _ in range(20)]
+            self.assertTrue(all(0 <= lam <= 1 for lam in lams), lams)
+
     def test_both_alphas_alternate_between_mixup_and_cutmix(self):
         kinds = set()
         for seed in range(20):

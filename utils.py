@@ -79,7 +79,8 @@ def cli(main):
                 raise
             code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
         except OSError as e:  # a path the system refuses that no check named (a name too long, a loop of links)
-            code, message = EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(e.filename)
+            code, message = EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(
+                e.filename)
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", signal.SIGINT)
             code, previous = 128 + signum, {}  # an exiting process keeps ignoring them (see stop)
