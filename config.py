@@ -155,6 +155,8 @@ class TrainConfig:
                  if f.metadata.get("group") == "model" and f.type in (int, "int")]
         for name in ("batch_size", "epochs", *sizes):
             check(getattr(self, name) >= 1, f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in sizes:  # where torch's sizes overflow, or a loop over layers would run for days
+            check(getattr(self, name) < 2 ** 31, f"--{name} {getattr(self, name)} is beyond any model")
         for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "grad_clip", "dropout", "momentum"):
             check(math.isfinite(getattr(self, name)), f"--{name} must be a finite number, got {getattr(self, name)}")
         check(self.lr > 0, f"--lr must be a positive number, got {self.lr}")

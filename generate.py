@@ -77,10 +77,8 @@ def checked_model_args(args):
         choices = f.metadata.get("choices")
         check((type(args[name]) is kind or kind is float and type(args[name]) is int)
               and (not choices or args[name] in choices), f"{name} is {args[name]!r}")
-    check(type(args["vocab_size"]) is int and args["vocab_size"] > 1, f"vocab_size is {args['vocab_size']!r}")
+    check(type(args["vocab_size"]) is int and 1 < args["vocab_size"] < 2 ** 31, f"vocab_size is {args['vocab_size']!r}")
     Config(**{name: args[name] for name in fields}).validate()
-    for name in ("vocab_size", *fields):
-        check(type(args[name]) is not int or args[name] < 2 ** 31, f"{name} is {args[name]}, beyond any model")
     return args
 
 

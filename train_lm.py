@@ -58,7 +58,7 @@ class Config(TrainConfig):
 
     def validate(self):
         super().validate()
-        check(self.seq_len >= 2, f"--seq_len must be at least 2, got {self.seq_len}")
+        check(2 <= self.seq_len < 2 ** 31, f"--seq_len must be at least 2 and below 2**31, got {self.seq_len}")
         check(self.model != "transformer" or self.hidden_size % self.num_heads == 0,
               f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
 
