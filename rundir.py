@@ -170,7 +170,9 @@ def advisory_lock(path, busy, what):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise UserError(f"cannot write {what}: {e.strerror or e}") from None
+        file = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)  # /dev/null, a CSV
+        why = f"{file} is a file, not a folder" if file else e.strerror or str(e)
+        raise UserError(f"cannot write {what}: {why}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

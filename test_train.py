@@ -290,6 +290,14 @@ class TestRefusals(CliCase):
         _, _, err = self.vit("--device", "cuda", expect=2)
         self.assert_refused(err, "CUDA is not usable")
 
+    def test_a_log_dir_that_is_a_file_is_named(self):
+        (self.tmp / "results.csv").write_text("kept\n")
+        for log_dir in ("results.csv", "results.csv/sub"):
+            _, _, err = self.vit("--log_dir", str(self.tmp / log_dir), expect=2)
+            self.assert_refused(err, "cannot write the run directory", f"{self.tmp / 'results.csv'} is a file, not a "
+                                "folder")
+        self.assertEqual((self.tmp / "results.csv").read_text(), "kept\n")
+
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)
         self.assert_refused(err, "--batch_size 500", "smallest split")
