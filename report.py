@@ -98,8 +98,8 @@ def not_comparable(group, ref):
         other = sorted(set(changed or {}) - ALLOWED[task])
         if changed is None or other:
             reasons.add("other settings" + (f" ({', '.join(other)})" if other else ""))
-        if task == "lm" and "gpt1" not in str(r.config.get("embeddings", "")):
-            reasons.add("not GPT-1's frozen embeddings")
+        if task == "lm" and r.config.get("embeddings") != "gpt1":  # fetched and verified by gpt1.py
+            reasons.add("not GPT-1's frozen embeddings (--embeddings gpt1)")
         tokens = ref[task]["settings"].get("data_sha256")  # the report's token files, as data.py sums them
         if task == "lm" and not str(r.config.get("data_source", "token files")).startswith("token files"):
             reasons.add("word-level text, not the report's token files")

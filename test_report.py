@@ -852,6 +852,11 @@ class TestAgainstTheReport(TempDir):
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
         self.assertIn("Config 1 (model lstm layers 1 optimizer adam): not measured here (lm_lstm_L1_adam: token files "
                       "other than the report's)", (logs / "report" / "summary.md").read_text())
+        # a table of one's own, though its name says gpt1: only --embeddings gpt1 is GPT-1's, made and verified
+        (logs / "lm_lstm_L1_adam_s42" / "config.json").write_text(json.dumps(dict(config, embeddings="my_gpt1.npz")))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("(lm_lstm_L1_adam: not GPT-1's frozen embeddings (--embeddings gpt1))",
+                      (logs / "report" / "summary.md").read_text())
         config = json.loads((logs / "vit_L6_adamw_s42" / "config.json").read_text())  # two copies of CIFAR-10
         (logs / "vit_L6_adamw_s42" / "config.json").write_text(json.dumps(dict(config, data_sha256="a" * 64)))
         other = write_run(self.tmp / "other", "vit_L6_adamw_s42", dict(config, data_sha256="b" * 64),
