@@ -524,7 +524,8 @@ class TestPlan(TempDir):
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "file" / "logs"),
                                          DEVICE="cpu", ONLY="^vit_L2_adam$", VIT_DATA=str(self.tmp / "none")))
         self.assertEqual(code, 2, out + err)
-        self.assertEqual(err.strip(), f"error: cannot write LOG_DIR={self.tmp / 'file' / 'logs'}: Not a directory")
+        self.assertEqual(err.strip(), f"error: cannot write LOG_DIR={self.tmp / 'file' / 'logs'}: {self.tmp / 'file'} is a "
+                                      f"file, not a folder")
         self.assertNotIn("== checking", out)
 
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
