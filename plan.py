@@ -14,14 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import results
 import train_lm
 import train_vit
 from config import parse_config
-from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TOKEN_FILES, load_cifar10, load_wikitext, tokenize
+from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TEXT_FILES, TOKEN_FILES, load_cifar10, load_wikitext, \
+    read_tokens_npz, tokenize
 from gpt1 import gpt1_embeddings
 from models import lm_flops, lm_train_flops, vit_flops
 from rundir import device_name
@@ -98,23 +98,24 @@ def other_data(runs, previous, sums):
 def data_sizes(run, notes):
     """(examples per split (train, valid, test): tokens or images, vocabulary or classes), counted
     cheaply from the data in place, else the study's standard sizes (and a note saying so)."""
-    folder = Path(run.cfg.data_folder)
-    if run.script == "train_vit.py":
-        counts = [sum(1 for p in (folder / split).glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-                  for split in ("train", "test")]
-        if all(counts):
-            valid = max(1, round(counts[0] * 0.1))
-            return (counts[0] - valid, valid, counts[1]), len(list((folder / "train").glob("*/")))
-    elif all((folder / f).exists() for f in TOKEN_FILES.values()):
-        sizes = []
-        for name in TOKEN_FILES.values():
-            with np.load(folder / name, allow_pickle=False) as d:
-                sizes.append(d["tokens"].size)
-        return tuple(sizes), GPT1_VOCAB_SIZE
-    elif all((folder / f"{s}.txt").exists() for s in ("train", "valid", "test")):
-        splits = [tokenize(folder / f"{s}.txt") for s in ("train", "valid", "test")]
-        return tuple(map(len, splits)), len(set(splits[0]) | {"<pad>", "<unk>", "<eos>"})
-    notes.append(f"{SCRIPTS[run.script][1]}={folder} is not there yet (the sweep fetches it): standard sizes")
+    folder, setting = Path(run.cfg.data_folder), SCRIPTS[run.script][1]
+    kind = run.cfg.data_kind()
+    try:
+        if run.script == "train_vit.py":
+            counts = [sum(1 for p in (folder / split).glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                      for split in ("train", "test")]
+            if all(counts):
+                valid = max(1, round(counts[0] * 0.1))
+                return (counts[0] - valid, valid, counts[1]), len(list((folder / "train").glob("*/")))
+        elif kind == "tokens" and all((folder / f).exists() for f in TOKEN_FILES.values()):
+            return tuple(read_tokens_npz(folder / name)[0].size for name in TOKEN_FILES.values()), GPT1_VOCAB_SIZE
+        elif kind == "words" and all((folder / f).exists() for f in TEXT_FILES.values()):
+            splits = [tokenize(folder / name) for name in TEXT_FILES.values()]
+            return tuple(map(len, splits)), len(set(splits[0]) | {"<pad>", "<unk>", "<eos>"})
+    except UserError as e:  # damaged: a dry run says so (a real sweep's data check has refused it already)
+        notes.append(f"{setting}={folder}: {e}: standard sizes")
+    else:
+        notes.append(f"{setting}={folder} is not there yet (the sweep fetches it): standard sizes")
     return STANDARD[run.script], GPT1_VOCAB_SIZE if run.script == "train_lm.py" else 10
 
 

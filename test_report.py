@@ -519,6 +519,13 @@ class TestPlan(TempDir):
         self.assertEqual(code, 0, out + err)
         self.assertIn("== vit_L2_adam_s42: done, skipped", out)
 
+    def test_a_dry_run_on_damaged_token_files_says_so_and_plans_on_the_standard_sizes(self):
+        data = write_token_files(self.tmp / "tokens")
+        (data / "wiki.train.npz").write_bytes(b"not a zip")
+        out = self.plan(RUN_GROUPS="extras", ONLY="^lm_gru_L1", LM_DATA=str(data))
+        self.assertIn(f"note: LM_DATA={data}: {data / 'wiki.train.npz'} is not a readable .npz file (truncated or "
+                      f"corrupt?): not an .npz archive: standard sizes", out)
+
     def test_a_log_folder_that_cannot_be_written_is_found_before_the_data_check(self):
         (self.tmp / "file").write_text("")
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "file" / "logs"),
