@@ -64,8 +64,9 @@ def make_scheduler(cfg, optimizer, steps_per_epoch):
 
 class EMA:
     """An exponential moving average of a model's weights after every optimizer step, with decay
-    min(decay, (1 + n) / (10 + n)) at the n-th update, so that it soon forgets the initialisation
-    (TensorFlow's num_updates rule); buffers are copied. `model` is an eval-mode copy."""
+    min(decay, (1 + n) / (10 + n)) at the n-th step (those the fp16 scaler skipped count), so that it
+    soon forgets the initialisation (TensorFlow's num_updates rule); buffers are copied. `model` is
+    an eval-mode copy."""
 
     def __init__(self, model, decay):
         self.decay, self.updates = decay, 0
