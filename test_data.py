@@ -530,9 +530,9 @@ class TestMix(unittest.TestCase):
     def test_the_weight_follows_its_beta_distribution_for_any_alpha(self):
         g, reference = torch.Generator().manual_seed(0), np.random.default_rng(0)
         for alpha in (0.001, 0.4, 50.0):  # torch's own Beta(0.001) gives 0.01 < lam < 0.99 a quarter of the time
-            lams = np.array([mix(self.images, self.labels, g, mixup=alpha)[2] for _ in range(3000)])
+            lams = np.array([mix(self.images, self.labels, g, mixup=alpha)[2] for _ in range(1000)])
             want = reference.beta(alpha, alpha, 200_000)
-            for stat, delta in ((lambda v: ((v < 0.01) | (v > 0.99)).mean(), 0.03),
+            for stat, delta in ((lambda v: ((v < 0.01) | (v > 0.99)).mean(), 0.05),
                                 (lambda v: (v * (1 - v)).mean(), 0.01)):  # about 4 standard errors
                 self.assertAlmostEqual(stat(lams), stat(want), delta=delta, msg=f"alpha {alpha}")
         for alpha in (1e-320, 1e308):  # below float32's range, and at float64's end: a weight all the same
