@@ -104,11 +104,11 @@ def settings():
         name = word.split("=", 1)[0]
         own = next((f for f in OWN_FLAGS if len(name) > 3 and f.startswith(name)), None)
         check(own is None, f"TRAIN_ARGS cannot set {own}: its value comes from {OWN_FLAGS.get(own)}")
-    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=env("GPUS", "").split(), only=env("ONLY", ""),
+    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=re.findall(r"[^\s,]+", env("GPUS")), only=env("ONLY", ""),
              python=env("PYTHON", "python3"), train_args=train_args,
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
     bad = [g for g in s["gpus"] if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
-    check(not bad, f"GPUS takes GPU indices or UUIDs, as CUDA_VISIBLE_DEVICES does, got '{bad[0] if bad else ''}'")
+    check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")
     s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):

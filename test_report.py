@@ -538,7 +538,7 @@ class TestPlan(TempDir):
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
             self.skipTest("a GPU is present")
-        out = self.plan(GPUS="0 1", DEVICE="cuda", ONLY="^vit_L2")
+        out = self.plan(GPUS="0,1", DEVICE="cuda", ONLY="^vit_L2")  # as CUDA_VISIBLE_DEVICES writes them, too
         self.assertIn("== plan: 4 runs on cuda (not here), 2 in parallel", out)
         self.assertIn("not estimated: DEVICE=cuda", out)
 
