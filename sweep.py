@@ -83,9 +83,10 @@ def flag(name, default="0"):
     return value in ("1", "true", "yes", "on")
 
 
-def words(name, default, kind=str):
-    """A space-separated setting; integers checked (0 to 2**63 - 1, as the trainers take them)."""
-    items = (os.environ.get(name) or default).split()
+def words(name, default="", kind=str):
+    """A list setting, separated by spaces or commas; integers checked (0 to 2**63 - 1, as the trainers
+    take them)."""
+    items = re.findall(r"[^\s,]+", os.environ.get(name) or default)
     bad = [w for w in items if kind is int and not (re.fullmatch(r"[0-9]+", w) and int(w) < 2 ** 63)]
     check(not bad, f"{name} must be integers from 0 to 2**63 - 1, got '{bad[0] if bad else ''}'")
     return [kind(w) for w in items]
@@ -104,7 +105,7 @@ def settings():
         name = word.split("=", 1)[0]
         own = next((f for f in OWN_FLAGS if len(name) > 3 and f.startswith(name)), None)
         check(own is None, f"TRAIN_ARGS cannot set {own}: its value comes from {OWN_FLAGS.get(own)}")
-    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=re.findall(r"[^\s,]+", env("GPUS")), only=env("ONLY", ""),
+    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=words("GPUS"), only=env("ONLY", ""),
              python=env("PYTHON", "python3"), train_args=train_args,
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
     bad = [g for g in s["gpus"] if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]

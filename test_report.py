@@ -538,8 +538,8 @@ class TestPlan(TempDir):
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
             self.skipTest("a GPU is present")
-        out = self.plan(GPUS="0,1", DEVICE="cuda", ONLY="^vit_L2")  # as CUDA_VISIBLE_DEVICES writes them, too
-        self.assertIn("== plan: 4 runs on cuda (not here), 2 in parallel", out)
+        out = self.plan(GPUS="0,1", DEVICE="cuda", ONLY="^vit_L2", SEEDS="1, 2")  # lists take commas too
+        self.assertIn("== plan: 8 runs on cuda (not here), 2 in parallel", out)
         self.assertIn("not estimated: DEVICE=cuda", out)
 
     def test_bad_flags_are_one_error_line_naming_the_configuration(self):
