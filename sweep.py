@@ -128,7 +128,8 @@ def settings():
     check(s["groups"], f"RUN_GROUPS={os.environ.get('RUN_GROUPS')!r} names no group; choose from {' '.join(GROUPS)}")
     unknown = [g for g in s["groups"] if g not in GROUPS]
     check(not unknown, f"unknown group '{unknown[0] if unknown else ''}' in RUN_GROUPS; choose from {' '.join(GROUPS)}")
-    check(s["device"] in ("auto", "cpu", "cuda"), f"DEVICE must be auto, cpu or cuda, got '{s['device']}'")
+    check(s["device"] in ("auto", "cpu", "cuda"), f"DEVICE must be auto, cpu or cuda, got '{s['device']}'"
+          + " (GPUS picks the GPUs)" * s["device"].startswith("cuda:"))
     try:
         re.compile(s["only"])
     except re.error as e:
