@@ -267,9 +267,10 @@ class RunDir:
             return Progress()
         ckpt = load_torch(path)
         damaged = damaged_parts(ckpt if isinstance(ckpt, dict) else {}, self.columns)
+        if "config" not in damaged:  # another setting first: one (--ema) changes the columns its rows are held to
+            self.check_same_run(json_plain(ckpt["config"]))
         check(not damaged, f"{path} is not a checkpoint of this project (its {', '.join(damaged)} "
               f"{'is' if len(damaged) == 1 else 'are'} missing or damaged); start again with --overwrite")
-        self.check_same_run(json_plain(ckpt["config"]))
         done = len(ckpt["history"])  # fewer epochs would record a run that trained more than it says
         check(done <= self.cfg.epochs, f"cannot resume {self.path} with --epochs {self.cfg.epochs}: it has trained "
               f"{done} epochs already; give --epochs {done} or more")
@@ -291,7 +292,9 @@ class RunDir:
         metric's label and digits, the title) may change."""
         now = json_plain(self.config)
         defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
-        context = set(self.cfg.with_role("context")) | {"naming", "data_source", "precision_reason", "metric", "title"}
+        # the data's settings (--data_format) too: the data they resolve to are compared whole (DATA_KEYS)
+        context = set(self.cfg.with_role("context", "data")) | {"naming", "data_source", "precision_reason", "metric",
+                                                                 "title"}
         diffs = [k for k in sorted(set(saved) | set(now)) if k not in context and (k in saved or k in defaults)
                  and saved.get(k, defaults.get(k)) != now.get(k)]  # a record added since: not compared
         data = [k for k in diffs if k in DATA_KEYS]

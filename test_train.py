@@ -1088,6 +1088,16 @@ class TestResumeChecksWhatMatters(CliCase):
         _, out, _ = self.lm("--epochs", "2", "--resume", "--keep_checkpoint")  # the same epochs: tested again
         self.assertIn("resuming", out)
 
+    def test_a_setting_that_adds_columns_is_named_and_a_data_format_that_resolves_alike_is_accepted(self):
+        data = write_token_files(self.tmp / "tokens")
+        run_dir, _, _ = self.lm("--epochs", "1", "--keep_checkpoint", data=data)
+        before = snapshot(run_dir)
+        _, _, err = self.lm("--epochs", "2", "--ema", "0.5", "--resume", data=data, expect=2)
+        self.assert_refused(err, "with a different configuration (ema: 0.0 -> 0.5)")  # not "a damaged checkpoint"
+        self.assertEqual(snapshot(run_dir), before)
+        _, out, _ = self.lm("--epochs", "2", "--data_format", "tokens", "--resume", data=data)  # what auto read
+        self.assertIn("resuming", out)
+
     def test_other_epochs_under_a_cosine_schedule_are_refused_and_nothing_changes(self):
         # its learning rate at every step depends on the epochs: 2 epochs then 1 more is no 3-epoch run
         run_dir, _, _ = self.lm("--epochs", "2", "--scheduler", "cosine", "--keep_checkpoint")
