@@ -19,7 +19,7 @@ ROLES = {
     "setting": "changes what the run computes: compared on resume and between runs, named where not the default",
     "context": "does not change what the run computes: may differ on resume, never named or compared",
     "seed": "the replicate: named as _s<seed>, compared on resume, averaged over between runs",
-    "data": "a setting named by what it resolves to (the data's kind), not by its own value",
+    "data": "a setting named and compared on resume by the data it resolves to, not by its own value",
 }
 
 
