@@ -164,8 +164,10 @@ class TrainConfig:
         check(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         check(self.limit_batches >= 0, f"--limit_batches must be >= 0, got {self.limit_batches}")
+        recipe = self.RECIPES.get(self.recipe, {}).get("warmup_epochs") == self.warmup_epochs  # not given: whose?
         check(0 <= self.warmup_epochs <= self.epochs, f"--warmup_epochs must be in [0, --epochs], got "
-              f"{self.warmup_epochs}")
+              f"{self.warmup_epochs} with --epochs {self.epochs}" + f" (--recipe {self.recipe} warms up for "
+              f"{self.warmup_epochs:g} epochs unless --warmup_epochs says otherwise)" * recipe)
         check(0 <= self.min_lr <= self.lr, f"--min_lr must be in [0, --lr], got {self.min_lr}")
         check(self.grad_clip >= 0, f"--grad_clip must be >= 0, got {self.grad_clip}")
         check(0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}")

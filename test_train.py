@@ -275,6 +275,8 @@ class TestRefusals(CliCase):
             (train_lm.main, ["--hidden_size", "-1"], "--hidden_size must be at least 1"),
             (train_vit.main, ["--resume", "--overwrite"], "exclude"),
             (train_vit.main, ["--layers", str(2 ** 31)], "--layers 2147483648 is beyond any model"),
+            (train_vit.main, ["--recipe", "improved", "--epochs", "3"], "got 5.0 with --epochs 3 (--recipe improved "
+             "warms up for 5 epochs unless --warmup_epochs says otherwise)"),
             (train_lm.main, ["--embedding_size", str(2 ** 62)], "--embedding_size 4611686018427387904 is beyond"),
             (train_lm.main, ["--seq_len", str(2 ** 62)], "--seq_len must be at least 2 and below 2**31"),
         ]
