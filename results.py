@@ -115,7 +115,10 @@ def read_run(path):
         with open(path / "grad_norms.csv") as f:
             for row in csv.DictReader(f):
                 run.norms.setdefault(int(row["epoch"]), {})[int(row["layer"])] = float(row["norm"])
-        run.norms = {e: [layers[k] for k in sorted(layers)] for e, layers in sorted(run.norms.items())}
+        layers = list(range(1, config.get("layers", 0) + 1)) if type(config.get("layers")) is int else None
+        if any(sorted(norms) != layers for norms in run.norms.values()):  # as the seeds' curves are averaged
+            raise ValueError(f"an epoch without the norms of layers 1 to {config.get('layers')}")
+        run.norms = {e: [norms[k] for k in layers] for e, norms in sorted(run.norms.items())}
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as e:

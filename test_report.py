@@ -776,6 +776,10 @@ class TestPlot(TempDir):
         lm_row = dict(epoch=1, train_loss=5.0, train_ppl=150.0, valid_loss=5.1, valid_ppl=165.0, lr=1e-3, train_time=60.0,
                       valid_time=3.0, elapsed=63.0, tokens_per_s=1e4, peak_mem_mb=900.0, mem_pct=1.0)
         write_run(logs, "ppl_s1", {**base, **METRICS["lm"]}, [lm_row], None)  # a vit run with the LM's metric
+        for seed, last in ((1, 5), (2, 6)):  # seed 1's epoch 1 lacks its last layer: the seeds' norms would not average
+            norms = write_run(logs, f"norms_s{seed}", dict(base, seed=seed), vit_rows([0.5]), None) / "grad_norms.csv"
+            norms.write_text("epoch,layer,norm\n" + "".join(f"{e},{k},1.0\n" for e in (0, 1) for k in range(1, 7)
+                                                             if e == 0 or k <= last))
         orphan = logs / "orphan"
         orphan.mkdir()
         (orphan / "summary.json").write_text("{}")
@@ -788,7 +792,8 @@ class TestPlot(TempDir):
                           ("orphan", "no config.json"), *((name, "not as the trainers write it") for name in (
                               "escape_s1", "digits_s1", "markup_s1", "title_s1", "naming_s1", "settings_s1",
                               "epochs_s1", "block_s1", "changed_s1", "bool_s1")),
-                          ("ppl_s1", "its metric ppl is not that of the other vit runs: not plotted")):
+                          ("ppl_s1", "its metric ppl is not that of the other vit runs: not plotted"),
+                          ("norms_s1", "grad_norms.csv unreadable (an epoch without the norms of layers 1 to 6)")):
             self.assertIn(f"{name}: ", summary)
             self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
             self.assertIn(name, err.getvalue())
