@@ -145,6 +145,12 @@ class TrainConfig:
         """The names of the settings whose option() has one of these roles (ROLES)."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("role", "setting") in roles)
 
+    @staticmethod
+    def fixed_epochs(saved):
+        """The epochs a run of this saved config.json must keep on resume, or None: a cosine schedule's
+        rate at each step depends on them, so more or fewer would make it no run of either."""
+        return saved.get("epochs") if saved.get("scheduler") == "cosine" else None
+
     def data_kind(self):
         """What the data are, as --data_format and --data_folder resolve them (a name's part)."""
         return self.DATA_KIND

@@ -185,8 +185,8 @@ def progress(runs):
             blocked.append(f"{run.exp_id} (its {'; '.join(other)})")
         elif run.done > run.cfg.epochs:  # its trainer refuses to resume it with fewer epochs, and it is no such run
             blocked.append(f"{run.exp_id} (trained {run.done} epochs, more than the {run.cfg.epochs} asked)")
-        elif found.config.get("scheduler") == "cosine" and found.config.get("epochs") != run.cfg.epochs:  # so does it
-            blocked.append(f"{run.exp_id} (its cosine schedule spans {found.config.get('epochs')} epochs, not the "
+        elif run.cfg.fixed_epochs(found.config) not in (None, run.cfg.epochs):  # its trainer refuses it
+            blocked.append(f"{run.exp_id} (its cosine schedule spans {found.config['epochs']} epochs, not the "
                            f"{run.cfg.epochs} asked)")
         elif not run.finished and run.done and not (found.path / "checkpoint.pt").exists():  # its trainer refuses
             how = "finished at" if isinstance(finished, int) else "stopped after"

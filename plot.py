@@ -349,7 +349,7 @@ def main(argv=None):
             return 2
         runs = find_runs(args.log_dir, out_dir)
     except OSError as e:  # a path the system refuses (a name too long, a loop of links)
-        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        print(f"error: {e.strerror or e}" + f": {e.filename}" * bool(e.filename), file=sys.stderr)
         return 2
     if not runs:
         print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)

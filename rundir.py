@@ -300,10 +300,10 @@ class RunDir:
         data = [k for k in diffs if k in DATA_KEYS]
         check(not data, f"cannot resume {self.path}: it was trained on other data (its {', '.join(data)} differ from "
               f"those of {self.cfg.data_folder}); put its data back, or start another run")
-        epochs = saved.get("epochs")  # a cosine rate at each step depends on them: more would be no such run
-        check(saved.get("scheduler") != "cosine" or epochs == self.cfg.epochs, f"cannot resume {self.path} with "
-              f"--epochs {self.cfg.epochs}: its cosine schedule spans the {epochs} epochs it started with; give "
-              f"--epochs {epochs}, or start another run")
+        epochs = self.cfg.fixed_epochs(saved)
+        check(epochs in (None, self.cfg.epochs), f"cannot resume {self.path} with --epochs {self.cfg.epochs}: its "
+              f"cosine schedule spans the {epochs} epochs it started with; give --epochs {epochs}, or start another "
+              f"run")
 
         def short(value):
             text = repr(value)
