@@ -295,7 +295,7 @@ def findings(groups, task):
              and g.best_of(f"valid_{m}")[0] is not None]
     if not timed:
         done = "full run of this study has finished" if smoke else "run of this study has finished an epoch"
-        return lines + [f"No {done} yet: nothing to compare.", ""]
+        return lines + [""] * (lines[-1] != "") + [f"No {done} yet: nothing to compare.", ""]
     speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     devices = sorted({d for g in timed for d in g.devices() if d != "-"})

@@ -929,8 +929,8 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("**No configuration has run all its epochs yet: the curves so far; nothing is compared.**",
                       (running / "report" / "summary.md").read_text())
         self.assertIn("| vit_L2_sgd (unfinished) |", (running / "report" / "summary_vit.md").read_text())
-        self.assertIn("No full run of this study has finished yet: nothing to compare.",
-                      (running / "report" / "summary.md").read_text())
+        self.assertIn(".\n\nNo full run of this study has finished yet: nothing to compare.",  # a paragraph, not in
+                      (running / "report" / "summary.md").read_text())                 # the list above it
         write_run(running, "vit_L2_adam_s42", dict(task="vit", layers=2, epochs=1, limit_batches=2), vit_rows([0.2]),
                   dict(best_test_acc=0.2))  # a smoke run beside it: the study is still on its way
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
