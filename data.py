@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import math
+import operator
 import os
 import sys
 import urllib.request
@@ -133,9 +134,9 @@ def _load_token_files(folder, device):
         path = folder / name
         arrays[split], rest = read_tokens_npz(path)
         try:
-            stated.update({name: int(rest["vocab_size"])} if "vocab_size" in rest else {})
-        except (TypeError, ValueError):
-            raise UserError(f"{path}: its 'vocab_size' is not a number") from None
+            stated.update({name: operator.index(rest["vocab_size"].item())} if "vocab_size" in rest else {})
+        except (TypeError, ValueError):  # a fraction, a string, several numbers
+            raise UserError(f"{path}: its 'vocab_size' is not a whole number") from None
         t = arrays[split]
         check(t.ndim == 1 and t.size > 1 and np.issubdtype(t.dtype, np.integer),
               f"{path}: 'tokens' must be a 1-D integer array of at least 2 ids, got {t.dtype} {t.shape}")

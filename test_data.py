@@ -183,6 +183,8 @@ class TestWikitext(TempDir):
             "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
             "no tokens": lambda p: np.savez(p, sizes=np.array([3])),
             "out of range": lambda p: np.savez(p, tokens=np.array([0, 3, 4], dtype=np.uint16), vocab_size=np.array(50)),
+            "a fractional vocabulary": lambda p: np.savez(p, tokens=np.array([2, 3]), vocab_size=np.array(50.5)),
+            "two vocabularies": lambda p: np.savez(p, tokens=np.array([2, 3]), vocab_size=np.array([50, 60])),
         }
         for case, damage in cases.items():
             with self.subTest(case=case):
