@@ -302,7 +302,7 @@ class TestRefusals(CliCase):
 
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)
-        self.assert_refused(err, "--batch_size 500", "smallest split")
+        self.assert_refused(err, "--batch_size 500", "smallest split (valid: ")
 
     def test_existing_run_is_never_touched(self):
         run_dir, _, _ = self.lm()

@@ -174,10 +174,9 @@ def build(cfg, device):
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
         + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
-    smallest = min(w.num_windows for w in task.windows.values())
-    check(cfg.batch_size <= smallest,
-          f"--batch_size {cfg.batch_size} is larger than the smallest split ({smallest} window{'s' * (smallest != 1)} of "
-          f"{cfg.seq_len} tokens)")
+    split, n = min(((s, w.num_windows) for s, w in task.windows.items()), key=lambda sn: sn[1])
+    check(cfg.batch_size <= n, f"--batch_size {cfg.batch_size} is larger than the smallest split ({split}: {n} "
+          f"window{'s' * (n != 1)} of {cfg.seq_len} tokens)")
     embeddings = load_embeddings(path, corpus.vocab_size, cfg.embedding_size) if path else None
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
     model = build_model(model_args, embeddings)

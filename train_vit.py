@@ -126,8 +126,9 @@ def build(cfg, device):
     sizes = {s: len(y) for s, (_, y) in data.splits.items()}
     log(f"data: {data.source}; " + ", ".join(f"{s} {n:,}" for s, n in sizes.items())
         + f"; {len(data.classes)} classes: {', '.join(data.classes)}")
-    check(cfg.batch_size <= min(sizes.values()),
-          f"--batch_size {cfg.batch_size} is larger than the smallest split ({min(sizes.values())} images)")
+    smallest = min(sizes, key=sizes.get)
+    check(cfg.batch_size <= sizes[smallest], f"--batch_size {cfg.batch_size} is larger than the smallest split "
+          f"({smallest}: {sizes[smallest]} image{'s' * (sizes[smallest] != 1)})")
     check(tuple(data.splits["train"][0].shape[1:]) == (3, 32, 32),
           f"expected 3 x 32 x 32 images, found {tuple(data.splits['train'][0].shape[1:])}")
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, num_classes=len(data.classes))
