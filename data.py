@@ -316,7 +316,10 @@ def _load_torchvision_cifar(folder, download):
         train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
         test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
     except Exception as e:  # noqa: BLE001 - network, integrity and format errors alike
-        raise UserError(f"CIFAR-10 not found in {folder} and could not be downloaded ({str(e).splitlines()[0]}); "
+        batches = folder / "cifar-10-batches-py"
+        found = (f"{batches} fails torchvision's checksums (incomplete or damaged)" if batches.is_dir()
+                 else f"CIFAR-10 not found in {folder}")
+        raise UserError(f"{found} and could not be downloaded ({str(e).splitlines()[0]}); "
                         f"put cifar-10-python.tar.gz or cifar-10-batches-py/ there, or point --data_folder at "
                         f"an image folder tree train/<class>/*.jpg, test/<class>/*.jpg") from None
     to_tensor = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))  # noqa: E731

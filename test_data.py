@@ -338,6 +338,9 @@ class TestCifar(TempDir):
         raw = pickle.loads((self.tmp / "tv" / "cifar-10-batches-py" / "test_batch").read_bytes())
         self.assertEqual(sorted(zip(map(bytes, x.reshape(6, -1).numpy()), y.tolist())),
                          sorted(zip(map(bytes, raw["data"]), raw["labels"])))
+        with self.assertRaises(UserError) as ctx:  # against the real CIFAR-10's checksums: damaged, not missing
+            load_cifar10(self.tmp / "tv", CPU, download=False)
+        self.assertIn(f"{self.tmp / 'tv' / 'cifar-10-batches-py'} fails torchvision's checksums", str(ctx.exception))
 
     def test_a_file_given_as_the_data_folder_is_named_before_any_download(self):
         (self.tmp / "file").write_text("")
