@@ -413,9 +413,11 @@ def _decode(files):
     for p, _ in files:
         try:
             with Image.open(p) as im:
-                images.append(np.asarray(im.convert("RGB")))
+                deep = im.mode in ("I", "F") or im.mode.startswith("I;")  # PIL would clip them to 8 bits
+                images.append(None if deep else np.asarray(im.convert("RGB")))
         except Exception as e:  # noqa: BLE001
             raise UserError(f"cannot decode image {p}: {str(e).splitlines()[0]}") from None
+        check(not deep, f"{p} has more than 8 bits per channel (mode {im.mode}); convert the images to 8-bit first")
     shapes = {im.shape for im in images}
     check(len(shapes) == 1, f"images in {files[0][0].parent.parent} differ in size: {sorted(shapes)[:3]}")
     return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())  # (N, C, H, W)

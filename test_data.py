@@ -5,6 +5,7 @@ import io
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import unittest
@@ -326,6 +327,12 @@ class TestCifar(TempDir):
             (self.tmp / "empty" / split / "cat").mkdir(parents=True)
         with self.assertRaisesRegex(UserError, "holds no images"):
             load_cifar10(self.tmp / "empty", CPU)
+        from PIL import Image
+        folder, _ = write_image_folder(self.tmp / "deep")
+        deep = folder / "train" / "cat" / "0001.png"  # 16 bits a channel: converting to RGB would clip it to 255
+        Image.fromarray(np.full((32, 32), 1000, dtype=np.uint16)).save(deep)
+        with self.assertRaisesRegex(UserError, f"^{re.escape(str(deep))} has more than 8 bits per channel"):
+            load_cifar10(folder, CPU)
 
     def test_torchvision_format(self):
         train_list, test_list, meta = write_torchvision_cifar(self.tmp / "tv")
