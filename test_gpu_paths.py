@@ -266,7 +266,7 @@ def torchrun_vit(tmp, launcher, *args):
             str(HERE / "train_vit.py"), "--data_folder", str(data), "--log_dir", str(tmp / "logs"), "--device", "cpu",
             "--embed_dim", "32", "--hidden_dim", "32", "--num_heads", "4", "--batch_size", "8", *args]
     return subprocess.run(argv, cwd=HERE, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE), MASKS=str(tmp)))
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE), MASKS=str(tmp), TMPDIR=str(tmp)))
 
 
 class TestDistributedFailure(TempDir):

@@ -55,10 +55,15 @@ if [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{F
 mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.json"
 """
 # python3 and py for dry runs: the real python under the names the sweep is told to use.
-STUBS = Path(tempfile.mkdtemp(prefix="runs-stubs-"))
-for stub in ("python3", "py"):
-    (STUBS / stub).write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
-    (STUBS / stub).chmod(0o755)
+STUBS = None  # a fresh folder while this module's tests run
+
+
+def setUpModule():  # not at import: a run that imports this file but selects none of its tests leaves nothing
+    global STUBS
+    STUBS = Path(tempfile.mkdtemp(prefix="runs-stubs-"))
+    for stub in ("python3", "py"):
+        (STUBS / stub).write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
+        (STUBS / stub).chmod(0o755)
 
 
 def tearDownModule():

@@ -514,7 +514,7 @@ class TestDistributed(CliCase):
     def torchrun(self, script, exp_id, *args, procs=2):
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                 script, "--log_dir", str(self.logs), "--exp_id", exp_id, "--device", "cpu", *args]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(self.tmp))  # torchrun's own folders go with the test's
         return subprocess.run(argv, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
 
     def single(self, script, exp_id, *args):
