@@ -184,6 +184,7 @@ class TrainConfig:
         check(len(self.exp_id.encode()) <= 200, f"--exp_id is {len(self.exp_id.encode())} bytes long; file systems "
               f"take at most 255 and the run's files need the rest: give a name of at most 200")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        check(self.log_dir != "", "--log_dir is empty; give a folder (. for this one)")  # not this one in silence
 
     def default_exp_id(self):
         """The run's name, the sweep's too: <PREFIX>_L<layers>_<optimizer>, the recipe, every setting

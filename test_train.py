@@ -274,6 +274,7 @@ class TestRefusals(CliCase):
             (train_lm.main, ["--mlp_dim", "0"], "--mlp_dim must be at least 1"),
             (train_lm.main, ["--hidden_size", "-1"], "--hidden_size must be at least 1"),
             (train_vit.main, ["--resume", "--overwrite"], "exclude"),
+            (train_vit.main, ["--log_dir", ""], "--log_dir is empty"),  # not the current folder in silence
             (train_vit.main, ["--layers", str(2 ** 31)], "--layers 2147483648 is beyond any model"),
             (train_vit.main, ["--recipe", "improved", "--epochs", "3"], "got 5.0 with --epochs 3 (--recipe improved "
              "warms up for 5 epochs unless --warmup_epochs says otherwise)"),
