@@ -278,8 +278,9 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
 
 
 def shown(value, digits):
-    """A metric as the console shows it: to the task's digits, with thousands separators."""
-    return f"{value:,.{digits}f}"
+    """A metric as the console shows it: to the task's digits, with thousands separators; in 3 figures
+    past 1e15 (a diverging run's perplexity would print a 300-digit number)."""
+    return f"{value:,.{digits}f}" if abs(value) < 1e15 else f"{value:.3g}"
 
 
 def log_epoch(row, task, epochs):

@@ -231,6 +231,10 @@ class TestExactMetrics(unittest.TestCase):
         with self.assertRaisesRegex(engine.Diverged, "epoch 4 by step 3"):
             engine.run_epoch(model, NanTask(), "train", 4, engine.Step(torch.optim.SGD(model.parameters(), lr=0.1)))
 
+    def test_a_diverging_perplexity_is_shown_in_three_figures_not_three_hundred_digits(self):
+        self.assertEqual(engine.shown(39402.18638571619, 2), "39,402.19")
+        self.assertEqual(engine.shown(math.exp(700), 2), "1.01e+304")
+        self.assertEqual(engine.shown(float("inf"), 2), "inf")
 
     def test_the_progress_bar_shows_the_running_loss_and_metric_from_the_first_batch(self):
         if engine.tqdm is None:
@@ -300,6 +304,13 @@ class TestRefusals(CliCase):
             self.assert_refused(err, "cannot write the run directory", f"{self.tmp / 'results.csv'} is a file, not a "
                                 "folder")
         self.assertEqual((self.tmp / "results.csv").read_text(), "kept\n")
+
+    def test_a_model_larger_than_the_memory_is_refused_before_it_is_built(self):
+        _, _, err = self.vit("--layers", "100000000", expect=2)  # would build for minutes until the system kills it
+        self.assert_refused(err, "the model would have 854,400,003,843 parameters", "check --layers")
+        _, _, err = self.lm("--hidden_size", "2000000000", expect=2)  # no tensor of torch's holds it
+        self.assert_refused(err, "the model's tensors would be larger than any memory")
+        self.assertFalse(self.logs.exists())
 
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)

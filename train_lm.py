@@ -25,7 +25,7 @@ from data import TEXT_FILES, TOKEN_FILES, Windows, index_batches, load_wikitext,
 from engine import train
 from gpt1 import EMBEDDINGS_FILE, gpt1_embeddings
 from models import CORES, LanguageModel, count_params
-from utils import UserError, check, cli, epoch_generator, first_process_first, log
+from utils import UserError, check, check_fits, cli, epoch_generator, first_process_first, log
 
 
 @dataclasses.dataclass
@@ -179,6 +179,7 @@ def build(cfg, device):
           f"window{'s' * (n != 1)} of {cfg.seq_len} tokens)")
     embeddings = load_embeddings(path, corpus.vocab_size, cfg.embedding_size) if path else None
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, vocab_size=corpus.vocab_size)
+    check_fits(lambda n: build_model(dict(model_args, layers=n)), cfg.layers, device)
     model = build_model(model_args, embeddings)
     kind = "frozen" if embeddings is not None and not cfg.learn_embeddings else "learned"
     log(f"model: {cfg.model}, {cfg.layers} layer{'s' * (cfg.layers != 1)}, {kind} embeddings, "

@@ -19,7 +19,7 @@ from config import TrainConfig, option, parse_config
 from data import index_batches, load_cifar10
 from engine import train
 from models import VisionTransformer, count_params
-from utils import check, cli, epoch_generator, first_process_first, log
+from utils import check, check_fits, cli, epoch_generator, first_process_first, log
 
 
 @dataclasses.dataclass
@@ -132,6 +132,7 @@ def build(cfg, device):
     check(tuple(data.splits["train"][0].shape[1:]) == (3, 32, 32),
           f"expected 3 x 32 x 32 images, found {tuple(data.splits['train'][0].shape[1:])}")
     model_args = dict({k: getattr(cfg, k) for k in MODEL_ARGS}, num_classes=len(data.classes))
+    check_fits(lambda n: build_model(dict(model_args, layers=n)), cfg.layers, device)
     model = build_model(model_args)
     log(f"model: ViT, {cfg.layers} {cfg.block} block{'s' * (cfg.layers > 1)}, {count_params(model):,} parameters")
     task = ImageTask(data, cfg.batch_size, cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)

@@ -227,15 +227,34 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def device_memory(device):
+    """The device's memory in bytes: the GPU's, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def peak_memory(device):
     """(peak MB, % of the device's memory): CUDA max allocated, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        used = torch.cuda.max_memory_allocated(device)
-        total = torch.cuda.get_device_properties(device).total_memory
-    else:
-        used = resident_kb("VmHWM") * 1024
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return used / 2 ** 20, 100.0 * used / total
+    used = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident_kb("VmHWM") * 1024
+    return used / 2 ** 20, 100.0 * used / device_memory(device)
+
+
+def check_fits(make, layers, device):
+    """Refuse, before it is built, a model whose weights alone exceed the device's memory (a typo in
+    --layers would otherwise build for minutes until the system kills it): its size from `make(n)`,
+    n layers, counted on the meta device for one and two layers, since its layers are alike."""
+    advice = "check --layers and the widths"
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nn.LSTM's about dropout with one layer
+            one, two = (sum(p.numel() for p in make(n).parameters()) for n in (1, 2))
+    except RuntimeError as e:  # a tensor of more than 2**63 bytes
+        check("overflow" not in str(e), f"the model's tensors would be larger than any memory; {advice}")
+        raise
+    params, total = one + (layers - 1) * (two - one), device_memory(device)
+    check(4 * params <= total, f"the model would have {params:,} parameters, {4 * params / 2 ** 30:,.1f} GB of "
+          f"weights alone, more than the {total / 2 ** 30:,.1f} GB of memory of {device}; {advice}")
 
 
 def resident_kb(field):
