@@ -33,6 +33,7 @@ from config import parse_config
 from rundir import advisory_lock
 from utils import UserError, check, cli, first_line
 
+HERE = Path(__file__).resolve().parent
 GROUPS = ("reference", "extras", "improved", "norms")
 # The trainers' flags the sweep gives each run itself, and where their values come from instead.
 OWN_FLAGS = {"--epochs": "EPOCHS_LM and EPOCHS_VIT", "--seed": "SEEDS", "--data_folder": "LM_DATA and VIT_DATA",
@@ -73,7 +74,13 @@ class Run:
     source: str = ""          # where the estimate comes from
 
     def command(self, python):
-        return [python, self.script, *self.argv]
+        return [python, script_path(self.script), *self.argv]
+
+
+def script_path(name):
+    """A script beside this one as a command names it: by its name in this folder, else by its path
+    (the sweep runs where it was started, so that relative paths in its settings are the user's)."""
+    return name if Path.cwd().resolve() == HERE else str(HERE / name)
 
 
 def flag(name, default="0"):
@@ -314,7 +321,7 @@ def finish(work, runs, s):
         print(f"== every run failed (logs in {s['log_dir']}/*.log); no report", flush=True)
         return 1
     print("== plots and tables", flush=True)
-    if subprocess.run([s["python"], "plot.py", "--log_dir", s["log_dir"]]).returncode:
+    if subprocess.run([s["python"], script_path("plot.py"), "--log_dir", s["log_dir"]]).returncode:
         work.failed.append("plot.py")
     if work.failed:
         print("== failed:\n" + "".join(f"   {f}\n" for f in work.failed), end="", flush=True)

@@ -45,8 +45,8 @@ EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_tra
 # A stand-in for the runs' python (the sweep itself runs in the real one): records how it was called,
 # sleeps SLEEP seconds for runs named SLOW* (FAST seconds for the others), writes a summary (or fails when asked to).
 FAKE_PYTHON = f"""#!/usr/bin/env bash
-[[ $1 == sweep.py || $1 == -c ]] && exec {sys.executable} "$@"
-[[ $1 == plot.py ]] && exit 0
+[[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} "$@"
+[[ $1 == *plot.py ]] && exit 0
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$" >> "$CALLS"
 printf 'a byte that is no UTF-8: \\377\\n'  # the sweep shows and logs any output
@@ -70,10 +70,11 @@ def tearDownModule():
     shutil.rmtree(STUBS, ignore_errors=True)
 
 
-def sweep(env, timeout=120):
+def sweep(env, timeout=120, cwd=None):
     """`bash runs.sh` with env, python3 being this interpreter."""
     return subprocess.run(["bash", str(HERE / "runs.sh")], env={**os.environ, "PATH": f"{STUBS}:{os.environ['PATH']}",
-                                                                **env}, capture_output=True, text=True, timeout=timeout)
+                                                                **env}, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def sweep_here(env):
@@ -282,6 +283,16 @@ class TestSweepMechanics(TempDir):
         self.assertIn("3 in parallel", proc.stdout)
         self.assertIn("== plots and tables", proc.stdout)
 
+    def test_relative_paths_are_of_the_folder_it_is_started_from(self):
+        env = dict(fake_sweep(self.tmp), LOG_DIR="my logs", VIT_DATA="images", ONLY="^vit_L2_sgd$")
+        proc = sweep(env, cwd=self.tmp)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertTrue((self.tmp / "my logs" / "vit_L2_sgd_s42.log").is_file())
+        self.assertIn(f"{HERE / 'train_vit.py'} --layers 2 --optimizer sgd", proc.stdout)  # the script by its path
+        self.assertIn("--data_folder images", proc.stdout)
+        self.assertIn("== all done: my logs/report", proc.stdout)
+        self.assertFalse((HERE / "my logs").exists())
+
     def test_a_failure_does_not_stop_the_sweep_and_done_runs_are_skipped(self):
         proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2_sgd")
         self.assertEqual(proc.returncode, 1)
@@ -368,7 +379,7 @@ class TestSweepStops(TempDir):
     def test_ctrl_c_stops_every_parallel_run(self):
         fake = self.tmp / "python"
         pids = self.tmp / "pids"
-        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == sweep.py || $1 == -c ]] && exec {sys.executable} \"$@\"\n"
+        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} \"$@\"\n"
                         f"echo $$ >> {pids}\nexec sleep 60\n")
         fake.chmod(0o755)
         images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
