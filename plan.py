@@ -209,11 +209,14 @@ def measured(run, previous, device):
     def where(r):  # the device a run recorded; one that recorded none counts as this one
         env = r.config.get("environment")
         return env.get("device_name", here) if isinstance(env, dict) else here
-    same = [r for r in previous.values() if r.rows and r.name == run.cfg.naming()["configuration"]
+    def seconds(r):  # per epoch; a damaged row's time (NaN, negative, a year an epoch) is no measurement
+        t = r.rows[-1]["elapsed"] / len(r.rows) if r.rows else math.nan
+        return t if 0 < t < 3e7 else None
+    same = [r for r in previous.values() if seconds(r) and r.name == run.cfg.naming()["configuration"]
             and r.config.get("limit_batches") == run.cfg.limit_batches and where(r) == here]
     if not same:
         return None
-    per_epoch = sum(r.rows[-1]["elapsed"] / len(r.rows) for r in same) / len(same)
+    per_epoch = sum(seconds(r) for r in same) / len(same)
     sizes = [sum(p.stat().st_size for p in r.path.iterdir() if p.is_file() and p.name != "checkpoint.pt")
              for r in same]
     return per_epoch, int(sum(sizes) / len(sizes))

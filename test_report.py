@@ -443,6 +443,13 @@ class TestPlan(TempDir):
                                               environment=dict(device="cuda:0", device_name="NVIDIA H100")), rows(2))
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("(1 from FLOPs at 40% of a measured", out)
+        # nor do times that no epoch took (an edited or damaged metrics.csv): "about nan days" otherwise
+        for elapsed in ("nan", "inf", "-50", "1e308"):
+            shutil.rmtree(logs / "vit_L2_sgd_s7")
+            write_run(logs, "vit_L2_sgd_s7", dict(task="vit", seed=7, limit_batches=0),
+                      [dict(r, elapsed=float(elapsed)) for r in rows(1)])
+            out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
+            self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
     def test_an_embeddings_file_that_does_not_fit_stops_the_sweep_before_any_run(self):
         data = write_token_files(self.tmp / "tokens")  # a vocabulary of 50
