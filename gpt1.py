@@ -143,14 +143,19 @@ def main(argv=None):
                         "params_1.npy, params_2.npy (and, for text, encoder_bpe_40000.json and vocab_40000.bpe)")
     parser.add_argument("--data_folder", default="./data/wikitext2", help="where the token files are")
     args = parser.parse_args(argv)
-    gpt1_embeddings(args.data_folder, base=args.source)
-    for name in ("encoder_bpe_40000.json", "vocab_40000.bpe"):  # the vocabulary, where it was fetched too
-        if (Path(args.source) / name).exists() and not (Path(args.data_folder) / name).exists():
+    source, folder = Path(args.source), Path(args.data_folder)
+    vocabulary = [name for name in ("encoder_bpe_40000.json", "vocab_40000.bpe") if (source / name).is_file()]
+    for name in vocabulary:  # for text in and out of generate.py
+        if not (folder / name).exists():
             try:
-                atomic_bytes(Path(args.data_folder) / name, fetch_verified(name, args.source))
+                atomic_bytes(folder / name, fetch_verified(name, source))
             except OSError as e:
                 raise UserError(str(e)) from None
-            print(f"data: {name} copied to {args.data_folder}")
+            print(f"data: {name} copied to {folder}")
+    if vocabulary and not (source / "params_0.npy").exists():  # the vocabulary alone: what generate.py needs
+        print(f"note: {source} holds no params_0.npy, so GPT-1's embeddings (--embeddings gpt1) were not made")
+    else:
+        gpt1_embeddings(folder, base=source)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The reference's LM set-up from public sources, against a local HTTP server serving fixtures in the
 real formats: the token files (sha256), GPT-1's parameters and vocabulary (git blob ids), corrupted
 and interrupted downloads; and, when the real files are here, GPT-1's decoding of Wikitext-2."""
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -116,6 +117,17 @@ class TestEmbeddings(TempDir):
                                str(self.tmp / "data2")], cwd=HERE, capture_output=True, text=True, timeout=120)
         self.assertEqual((proc.returncode, len(proc.stderr.splitlines())), (2, 1), proc.stderr)
         self.assertIn("python gpt1.py --from <their folder>", proc.stderr)  # what to do, in the same words
+
+    def test_from_a_folder_of_the_vocabulary_alone_it_is_copied_and_no_embeddings_made(self):
+        files = {"encoder_bpe_40000.json": b'{"a</w>": 0}', "vocab_40000.bpe": b"#version: 0.2\n"}
+        (self.tmp / "vocab").mkdir()
+        for name, content in files.items():
+            (self.tmp / "vocab" / name).write_bytes(content)
+        blobs = dict(gpt1.BLOBS, **{name: gpt1.git_blob_id(content) for name, content in files.items()})
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            pinned(blobs, gpt1.main, ["--from", str(self.tmp / "vocab"), "--data_folder", str(self.tmp / "data")])
+        self.assertEqual({p.name: p.read_bytes() for p in (self.tmp / "data").iterdir()}, files)
+        self.assertIn("holds no params_0.npy, so GPT-1's embeddings (--embeddings gpt1) were not made", out.getvalue())
 
     def test_a_corrupted_or_interrupted_download_leaves_nothing(self):
         blobs = write_params(self.tmp / "served")
