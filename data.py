@@ -7,6 +7,7 @@ download or an ImageFolder tree), and batch iteration from seeded generators.
 Everything a model sees is decoded once and kept on the training device; a batch is an index
 gather, never a per-sample Python call.
 """
+import contextlib
 import hashlib
 import http.client
 import io
@@ -312,10 +313,14 @@ def load_cifar10(folder, device, download=True):
 
 def _load_torchvision_cifar(folder, download):
     import torchvision
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # by torchvision's download, deepest first
     try:
         train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
         test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
     except Exception as e:  # noqa: BLE001 - network, integrity and format errors alike
+        for p in made:  # a failed download leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
         batches = folder / "cifar-10-batches-py"
         found = (f"{batches} fails torchvision's checksums (incomplete or damaged)" if batches.is_dir()
                  else f"CIFAR-10 not found in {folder}")

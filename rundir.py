@@ -338,22 +338,24 @@ class RunDir:
         return earlier + [dict(old["environment"], world_size=old.get("world_size"), epochs_done=done)]
 
     def save_epoch(self, progress, new_norms, stateful, improved, ema_improved):
+        """The epoch's files as one: Ctrl-C or SIGTERM while they are written takes effect after the
+        last, so that metrics.csv always holds the checkpoint's epochs (after a crash, a resume writes
+        out the rows the checkpoint holds)."""
         if not self.main:
             return
         epoch = len(progress.history)
-        if improved:
-            save_torch(dict(model=trained_state(stateful["model"]), epoch=epoch), self.path / "best.pt")
-        if ema_improved:
-            save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
         states = {k: (trained_state(v) if k == "model" else v.state_dict()) if v is not None else None
                   for k, v in stateful.items()}
-        save_torch(dict(states,
-                        epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),
-                   self.path / "checkpoint.pt")
-        # the rows last: the checkpoint holds them too, and a resume writes them out again
-        append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])
-        if new_norms:
-            append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)
+        with signals_deferred():
+            if improved:
+                save_torch(dict(model=trained_state(stateful["model"]), epoch=epoch), self.path / "best.pt")
+            if ema_improved:
+                save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
+            save_torch(dict(states, epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),
+                       self.path / "checkpoint.pt")
+            append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])  # the rows last
+            if new_norms:
+                append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)
 
     def load_weights(self, model, name):
         state = load_torch(self.path / name)

@@ -362,6 +362,10 @@ class TestCifar(TempDir):
             load_cifar10(self.tmp / "nothing", CPU, download=False)
         self.assertIn("cifar-10-python.tar.gz", str(ctx.exception))
         self.assertIn(str(self.tmp / "nothing"), str(ctx.exception))
+        with mock.patch("urllib.request.urlopen", side_effect=urllib.error.URLError("offline")), \
+                self.assertRaisesRegex(UserError, "could not be downloaded"):
+            load_cifar10(self.tmp / "data" / "cifar10", CPU)
+        self.assertEqual(list(self.tmp.iterdir()), [])  # the folders the download made are gone
 
 
 class TestAugment(unittest.TestCase):

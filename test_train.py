@@ -505,7 +505,7 @@ class TestCrashes(CliCase):
         ckpt = torch.load(self.logs / "ctrl_c" / "checkpoint.pt", weights_only=True)
         rows = read_csv(self.logs / "ctrl_c" / "metrics.csv")
         self.assertGreaterEqual(ckpt["epoch"], 1)
-        self.assertIn(len(rows), (ckpt["epoch"], ckpt["epoch"] + 1))
+        self.assertEqual(len(rows), ckpt["epoch"])  # a stop while the epoch's files are written waits for them all
 
     def test_divergence_through_the_cli_keeps_the_logs_of_finished_epochs_only(self):
         run_dir, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", expect=3)
