@@ -1108,6 +1108,20 @@ class TestCommittedResult(TempDir):
         for key in ("best_valid_acc", "best_test_acc"):
             self.assertIn(f"{run.summary[key]:.1%}", readme, key)
 
+    def test_the_readme_quotes_the_reports_numbers_as_reference_json_holds_them(self):
+        ref = json.loads((HERE / "reference.json").read_text())
+        vit = {(c["layers"], c["block"], c["optimizer"]): c for c in ref["vit"]["configs"]}
+        pre, post = vit[6, "prenorm", "adamw"], vit[6, "postnorm", "adamw"]
+        sgd, momentum, adam = (vit[2, "prenorm", o]["best_valid_acc"] for o in ("sgd", "momentum", "adam"))
+        readme = (HERE / "README.md").read_text()
+        for quote in (f"reached {pre['best_valid_acc']:.1%} best valid and {pre['test_acc']:.1%} test with 6 pre-norm "
+                      f"layers ({post['test_acc']:.1%} test post-norm)",
+                      f"# ViT-6: {pre['test_acc']:.1%} test in the report",
+                      f"| {pre['best_valid_acc']:.1%} / {pre['test_acc']:.1%} ({post['best_valid_acc']:.1%} / "
+                      f"{post['test_acc']:.1%}) |", f"| {adam:.1%} ({sgd:.1%}, {momentum:.1%}) best valid",
+                      f"# LSTM-1: {ref['lm']['configs'][0]['test_ppl']:.1f} test perplexity"):
+            self.assertIn(quote, " ".join(readme.split()))  # across line breaks
+
 
 class TestQuickSweep(TempDir):
     def test_quick_sweep_on_fixture_data_produces_every_run_figure_and_table(self):
