@@ -23,7 +23,7 @@ from utils import STOP_SIGNALS, UserError, barrier, check, first_line, rank, rng
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Ctrl-C or SIGTERM during the block takes effect at its end: a file is finished first (and
+    """Ctrl-C, SIGTERM or SIGHUP during the block takes effect at its end: a file is finished first (and
     torch.save's own clean-up cannot turn the interrupt into a different error)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -37,11 +37,12 @@ def signals_deferred():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    handler = previous[received[0]] if received else signal.SIG_IGN
+    live = [s for s in received if previous[s] != signal.SIG_IGN]  # not a SIGHUP that nohup ignores
+    handler = previous[live[0]] if live else signal.SIG_IGN
     if callable(handler):
-        handler(received[0], None)  # ours, or Python's own: KeyboardInterrupt
+        handler(live[0], None)  # ours, or Python's own: KeyboardInterrupt
     elif handler == signal.SIG_DFL:
-        signal.raise_signal(received[0])
+        signal.raise_signal(live[0])
 
 
 def atomic_write(path, write):

@@ -11,9 +11,9 @@ Groups: reference (the report's 13 configurations), extras (GRU and Transformer 
 without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 
 Its settings are environment variables, read and checked in `settings()`; docs/recipes.md's table
-says what each does. One sweep at a time on a log folder. Ctrl-C or SIGTERM stops every running
-configuration within seconds; the same command resumes. A failing run does not stop the others:
-the failures are listed at the end and the exit code is 1.
+says what each does. One sweep at a time on a log folder. Ctrl-C or SIGTERM (or a closed terminal's
+SIGHUP, unless under nohup) stops every running configuration within seconds; the same command
+resumes. A failing run does not stop the others: the failures are listed at the end, exit code 1.
 """
 import contextlib
 import dataclasses
@@ -31,7 +31,7 @@ from pathlib import Path
 import plan
 from config import parse_config
 from rundir import advisory_lock
-from utils import UserError, check, cli, first_line
+from utils import STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, stop_signals
 
 HERE = Path(__file__).resolve().parent
 GROUPS = ("reference", "extras", "improved", "norms")
@@ -210,7 +210,7 @@ def select(s):
 class Sweep:
     """The runs as a work queue over workers (one per GPU, or one on the device), each run a child
     process in its own process group, its output appended to <log_dir>/<exp_id>.log (and shown, with
-    one worker). Ctrl-C or SIGTERM is forwarded to every running child; no new run starts."""
+    one worker). Ctrl-C, SIGTERM or SIGHUP is forwarded to every running child; no new run starts."""
 
     def __init__(self, runs, s):
         self.s, self.todo, self.failed, self.children = s, queue.Queue(), [], {}
@@ -238,7 +238,7 @@ class Sweep:
                 why = f"exit {code}"
             except Exception as e:  # noqa: BLE001 - e.g. its log cannot be written: this run fails, not the sweep
                 code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else first_line(e)
-            if code and code not in (130, 143) and self.stopped is None:
+            if code and code - 128 not in STOP_SIGNALS and self.stopped is None:
                 print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
                 self.failed.append(f"{run.exp_id} ({why})")
 
@@ -279,7 +279,7 @@ class Sweep:
         """Every run, on the workers; returns the signal that stopped the sweep, or None."""
         gpus = self.s["gpus"] or [None]
         threads = str(max(1, (os.cpu_count() or 1) // len(gpus))) if self.s["gpus"] else None
-        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self.stop) for s in stop_signals()}
         workers = [threading.Thread(target=self.work, args=(gpu, threads), daemon=True) for gpu in gpus]
         for w in workers:
             w.start()
@@ -309,7 +309,7 @@ def main(argv=None):
         work = Sweep(runs, s)
         stopped = work.execute()
         if stopped is not None:
-            print(f"== {'interrupted' if stopped == signal.SIGINT else 'terminated'}: every run stopped; run the "
+            print(f"== {STOP_WORDS[stopped]}: every run stopped; run the "
                   f"same command again to resume", file=sys.stderr, flush=True)
             return 128 + stopped
         return finish(work, runs, s)

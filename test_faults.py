@@ -22,13 +22,19 @@ from test_train import CRASH_LAUNCHER, LM_TINY, VIT_TINY, results, snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-def cli(*argv, fault=None, file_limit=None, cwd=HERE):
+def cli(*argv, fault=None, file_limit=None, cwd=HERE, nohup=False):
     """A real process: a script and its flags, under CRASH_LAUNCHER at `fault` ("batch:E:S:SIGTERM"), with at most
-    `file_limit` bytes per file written (as `ulimit -f`: writing past it fails as on a full disk)."""
-    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))) if file_limit else None
+    `file_limit` bytes per file written (as `ulimit -f`: writing past it fails as on a full disk), SIGHUP ignored
+    with `nohup` (as the nohup command does)."""
+    def preexec():
+        if file_limit:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+        if nohup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
     launcher = ["-c", CRASH_LAUNCHER, fault] if fault else []
     return subprocess.run([sys.executable, *launcher, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit, env=dict(os.environ, PYTHONPATH=HERE))
+                          timeout=300, preexec_fn=preexec if file_limit or nohup else None,
+                          env=dict(os.environ, PYTHONPATH=HERE))
 
 
 class FaultCase(TempDir):
@@ -100,6 +106,14 @@ class TestSignals(FaultCase):
         resumed = self.vit("run", "--epochs", "3", "--dropout", "0.1", "--resume")
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
         self.assertEqual(results(self.logs / "run"), results(self.logs / "whole"))
+
+    def test_a_closed_terminal_stops_a_run_cleanly_unless_under_nohup(self):
+        proc = self.vit("run", "--epochs", "3", fault="batch:2:3:SIGHUP")
+        self.assert_one_line(proc, 129, "hung up: ", "continue with --resume")
+        self.assertEqual(len((self.logs / "run" / "metrics.csv").read_text().splitlines()), 2)  # epoch 1 kept
+        nohup = self.vit("nohup", "--epochs", "3", fault="batch:2:3:SIGHUP", nohup=True)  # the signal is ignored
+        self.assertEqual(nohup.returncode, 0, nohup.stderr)
+        self.assertTrue((self.logs / "nohup" / "summary.json").exists())
 
     def test_a_second_signal_while_stopping_changes_nothing(self):
         signals = (("SIGINT", 130, "interrupted: "), ("SIGTERM", 143, "terminated: "))

@@ -606,8 +606,8 @@ class TestSweepProcesses(TempDir):
             time.sleep(0.1)
         return [line.split()[2] for line in calls.read_text().splitlines()]
 
-    def test_int_and_term_stop_every_running_configuration_within_seconds(self):
-        for signum, gpus in ((signal.SIGINT, ""), (signal.SIGTERM, ""), (signal.SIGTERM, "0 1")):
+    def test_int_term_and_hup_stop_every_running_configuration_within_seconds(self):
+        for signum, gpus in ((signal.SIGINT, ""), (signal.SIGTERM, ""), (signal.SIGTERM, "0 1"), (signal.SIGHUP, "0 1")):
             with self.subTest(signal=signum.name, gpus=gpus):
                 (self.tmp / "calls").unlink(missing_ok=True)
                 proc = self.start(GPUS=gpus)

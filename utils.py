@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; docker stop, Slurm, timeout
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; docker stop, Slurm, timeout; a closed terminal
+STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 class UserError(Exception):
@@ -33,7 +34,7 @@ class Diverged(Exception):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the run stops at once, keeping its last finished epoch; exit 128 + signal."""
+    """SIGINT, SIGTERM or SIGHUP: the run stops at once, keeping its last finished epoch; exit 128 + signal."""
 
     def __init__(self, signum=signal.SIGINT, detail=""):
         super().__init__(detail)
@@ -48,6 +49,12 @@ def stop(signum, frame):
     raise Stopped(signum)
 
 
+def stop_signals():
+    """The stop signals a process catches: Ctrl-C and SIGTERM always (also where a shell started it
+    with Ctrl-C ignored, a background job), a closed terminal's SIGHUP unless ignored on purpose (nohup)."""
+    return [s for s in STOP_SIGNALS if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN]
+
+
 def check(condition, message):
     if not condition:
         raise UserError(message)
@@ -60,13 +67,12 @@ def first_line(exc):
 
 
 def cli(main):
-    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C or
-    SIGTERM a clean stop (exit 130 or 143) that says what was kept. Under torchrun a failing rank
+    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C,
+    SIGTERM or SIGHUP a clean stop (exit 130, 143, 129) that says what was kept. Under torchrun a failing rank
     says so with its rank and leaves at once (os._exit): torchrun then ends the others, which would
     otherwise wait in a collective until its timeout."""
     def wrapped(argv=None):
-        # Ours, also where a shell started the process with Ctrl-C ignored (a background job).
-        previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+        previous = {s: signal.signal(s, stop) for s in stop_signals()}
         code, message = 0, None
         try:
             result = main(argv)
@@ -84,8 +90,7 @@ def cli(main):
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", signal.SIGINT)
             code, previous = 128 + signum, {}  # an exiting process keeps ignoring them (see stop)
-            word = "terminated" if signum == signal.SIGTERM else "interrupted"
-            message = f"{word}: {getattr(e, 'detail', '') or 'stopped'}"
+            message = f"{STOP_WORDS.get(signum, 'interrupted')}: {getattr(e, 'detail', '') or 'stopped'}"
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         distributed = dist.is_available() and dist.is_initialized()
