@@ -336,8 +336,12 @@ def _list_images(folder):
     .ipynb_checkpoints); a class without images is refused, since it would shift every later label."""
     check(folder.is_dir(), f"{folder} is missing")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [(p, label) for label, c in enumerate(classes) for p in sorted((folder / c).iterdir())
-             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    found = [(p, label) for label, c in enumerate(classes) for p in sorted((folder / c).iterdir())
+             if not p.name.startswith(".")]
+    nested = next((p for p, _ in found if p.is_dir()), None)  # torchvision's ImageFolder would read its images
+    check(nested is None, f"{nested} is a folder inside a class folder; images are read from {folder}/<class>/* "
+          f"only; move its images into the class folder, or the folder out")
+    files = [(p, label) for p, label in found if p.suffix.lower() in IMAGE_EXTENSIONS]
     check(files, f"{folder} holds no images (expected {folder}/<class>/*.jpg)")
     empty = sorted(set(classes) - {classes[label] for _, label in files})
     check(not empty, f"{folder}: class folder{'s' * (len(empty) > 1)} without images: {', '.join(empty)}")

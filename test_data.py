@@ -327,6 +327,11 @@ class TestCifar(TempDir):
             (self.tmp / "empty" / split / "cat").mkdir(parents=True)
         with self.assertRaisesRegex(UserError, "holds no images"):
             load_cifar10(self.tmp / "empty", CPU)
+        folder, _ = write_image_folder(self.tmp / "nested")
+        (folder / "train" / "cat" / "more").mkdir()  # read by torchvision's ImageFolder: not left out in silence
+        with self.assertRaisesRegex(UserError, f"^{re.escape(str(folder / 'train' / 'cat' / 'more'))} is a folder "
+                                    "inside a class folder"):
+            load_cifar10(folder, CPU)
         from PIL import Image
         folder, _ = write_image_folder(self.tmp / "deep")
         deep = folder / "train" / "cat" / "0001.png"  # 16 bits a channel: converting to RGB would clip it to 255
