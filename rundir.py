@@ -339,9 +339,9 @@ class RunDir:
         return earlier + [dict(old["environment"], world_size=old.get("world_size"), epochs_done=done)]
 
     def save_epoch(self, progress, new_norms, stateful, improved, ema_improved):
-        """The epoch's files as one: Ctrl-C or SIGTERM while they are written takes effect after the
-        last, so that metrics.csv always holds the checkpoint's epochs (after a crash, a resume writes
-        out the rows the checkpoint holds)."""
+        """The epoch's files as one: a stop signal while they are written takes effect after the last,
+        so that metrics.csv always holds the checkpoint's epochs (after a crash, a resume writes out
+        the rows the checkpoint holds)."""
         if not self.main:
             return
         epoch = len(progress.history)
@@ -349,7 +349,7 @@ class RunDir:
                   for k, v in stateful.items()}
         with signals_deferred():
             if improved:
-                save_torch(dict(model=trained_state(stateful["model"]), epoch=epoch), self.path / "best.pt")
+                save_torch(dict(model=states["model"], epoch=epoch), self.path / "best.pt")
             if ema_improved:
                 save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
             save_torch(dict(states, epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),

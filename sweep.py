@@ -309,8 +309,8 @@ def main(argv=None):
         work = Sweep(runs, s)
         stopped = work.execute()
         if stopped is not None:
-            print(f"== {STOP_WORDS[stopped]}: every run stopped; run the "
-                  f"same command again to resume", file=sys.stderr, flush=True)
+            print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
+                  file=sys.stderr, flush=True)
             return 128 + stopped
         return finish(work, runs, s)
 

@@ -174,7 +174,8 @@ def build(cfg, device):
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
         + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
-    split, n = min(((s, w.num_windows) for s, w in task.windows.items()), key=lambda sn: sn[1])
+    split = min(task.windows, key=lambda s: task.windows[s].num_windows)
+    n = task.windows[split].num_windows
     check(cfg.batch_size <= n, f"--batch_size {cfg.batch_size} is larger than the smallest split ({split}: {n} "
           f"window{'s' * (n != 1)} of {cfg.seq_len} tokens)")
     embeddings = load_embeddings(path, corpus.vocab_size, cfg.embedding_size) if path else None
