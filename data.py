@@ -360,7 +360,13 @@ def _fingerprint(files):
 
 
 def _cache_paths(folder):
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vit-lm-study"
+    """Beside the data, then in the user's cache: $XDG_CACHE_HOME where it is an absolute path (the XDG
+    rule: an empty or relative one is ignored), else ~/.cache, else (no home folder) none."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    try:
+        user_cache = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "vit-lm-study"
+    except (RuntimeError, KeyError):  # HOME unset and a uid without a passwd entry
+        return [folder / CACHE_NAME]
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
     return [folder / CACHE_NAME, user_cache / f"cifar10_{key}.npz"]
 

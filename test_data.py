@@ -317,6 +317,25 @@ class TestCifar(TempDir):
         load_cifar10(folder, CPU)
         self.assertFalse((folder / data.CACHE_NAME).exists())
         self.assertEqual(len(list((self.tmp / "user-cache").rglob("*.npz"))), 1)
+        # an empty or relative XDG_CACHE_HOME is ignored (never a cache in the working folder), and
+        # without any home folder the images are decoded again, without a cache
+        home = self.tmp / "home"
+        for xdg in ("", "relative"):
+            cwd = os.getcwd()
+            os.chdir(self.tmp)
+            try:
+                with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": xdg, "HOME": str(home)}):
+                    load_cifar10(folder, CPU)
+            finally:
+                os.chdir(cwd)
+            self.assertFalse((self.tmp / "relative").exists() or (self.tmp / "vit-lm-study").exists())
+            self.assertEqual(len(list((home / ".cache" / "vit-lm-study").glob("*.npz"))), 1)
+        shutil.rmtree(home)
+        with mock.patch.object(Path, "home", side_effect=RuntimeError("Could not determine home directory.")), \
+                mock.patch.dict(os.environ, {"XDG_CACHE_HOME": ""}):
+            splits = load_cifar10(folder, CPU).splits
+        self.assertEqual(len(splits["test"][1]), 4 * len(CLASSES))
+        self.assertFalse(home.exists())
 
     def test_bad_image_folders_are_refused(self):
         folder, _ = write_image_folder(self.tmp / "differ")
