@@ -16,6 +16,7 @@ import math
 import operator
 import os
 import sys
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -91,10 +92,17 @@ def fetch(url, timeout=60):
             content = response.read()
             length = response.headers.get("Content-Length")
     except (OSError, http.client.HTTPException) as e:  # offline, refused, HTTP error, cut short
-        raise OSError(f"{url}: {getattr(e, 'reason', None) or e!r}") from None
+        raise OSError(f"{url}: {reason(e)}") from None
     if isinstance(length, str) and length.isdigit() and len(content) != int(length):
         raise OSError(f"{url}: the transfer was cut short ({len(content):,} of {int(length):,} bytes)")
     return content
+
+
+def reason(error):
+    """Why a download failed, in words: urllib's error wraps the socket's ("Name or service not known");
+    an HTTP error says its code."""
+    why = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", None) or error
+    return getattr(why, "strerror", None) or (str(why).splitlines() or [""])[0] or type(why).__name__
 
 
 def atomic_bytes(path, content):
@@ -324,7 +332,7 @@ def _load_torchvision_cifar(folder, download):
         batches = folder / "cifar-10-batches-py"
         found = (f"{batches} fails torchvision's checksums (incomplete or damaged)" if batches.is_dir()
                  else f"CIFAR-10 not found in {folder}")
-        raise UserError(f"{found} and could not be downloaded ({str(e).splitlines()[0]}); "
+        raise UserError(f"{found} and could not be downloaded ({reason(e)}); "
                         f"put cifar-10-python.tar.gz or cifar-10-batches-py/ there, or point --data_folder at "
                         f"an image folder tree train/<class>/*.jpg, test/<class>/*.jpg") from None
     to_tensor = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))  # noqa: E731

@@ -71,7 +71,7 @@ def gpt1_embeddings(folder, base=GPT1_URL):
             pieces.append(piece)
             have, i = have + piece.size, i + 1
     except (OSError, ValueError) as e:
-        raise UserError(f"--embeddings gpt1: cannot fetch GPT-1's parameters ({str(e)[:150]}); put {EMBEDDINGS_FILE} "
+        raise UserError(f"--embeddings gpt1: cannot fetch GPT-1's parameters ({str(e)[:300]}); put {EMBEDDINGS_FILE} "
                         f"(array 'tokens', 40,479 x 768) into {folder}, or make it from params_0.npy, params_1.npy "
                         f"and params_2.npy fetched elsewhere ({GPT1_URL}): python gpt1.py --from <their folder> "
                         f"--data_folder {folder}; or pass an .npz of your own") from None

@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import tempfile
 import unittest
 import urllib.error
@@ -239,6 +240,14 @@ class TestWikitext(TempDir):
         for name in ("wiki.train.npz", "train.txt", "valid.txt", "test.txt", "no network", str(self.tmp / "empty")):
             self.assertIn(name, message)
         self.assertFalse((self.tmp / "empty" / "train.txt").exists())
+        # the reason in words, as the system gives it, not an object's repr
+        for error, said in ((urllib.error.URLError(socket.gaierror(-2, "Name or service not known")),
+                             ": Name or service not known"),
+                            (urllib.error.HTTPError("u", 404, "Not Found", {}, None), ": HTTP Error 404: Not Found"),
+                            (TimeoutError(), ": TimeoutError")):
+            with mock.patch("urllib.request.urlopen", side_effect=error), self.assertRaises(OSError) as ctx:
+                data.fetch("https://example.org/wiki.train.npz")
+            self.assertEqual(str(ctx.exception), "https://example.org/wiki.train.npz" + said)
 
     def _fake_archive(self):
         buf = io.BytesIO()
