@@ -8,6 +8,7 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def count_params(model, learnable_only=True):
@@ -64,9 +65,8 @@ class Block(nn.Module):
             # unbind on the (B, T, 3, H, D) view, not on a (3, B, H, T, D) permute: autograd then
             # stacks the three gradients straight into qkv's layout, one copy fewer per Block.
             q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)  # (B, T, H, D) each
-        y = F.scaled_dot_product_attention(  # (B, H, T, D)
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.causal,
+                      self.dropout if self.training else 0.0)  # (B, H, T, D)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, q.shape[1], C)))
 
     def forward(self, x, first_only=False):  # (B, T, C) -> (B, T, C), or (B, 1, C) with first_only
@@ -79,6 +79,13 @@ class Block(nn.Module):
             return r + dp(self.resid_drop(self.mlp(self.norm2(r))))
         r = self.norm1(r + dp(self.attn(x, first_only)))
         return self.norm2(r + dp(self.resid_drop(self.mlp(r))))
+
+
+def attention(q, k, v, causal, dropout):  # (B, H, T, D) each
+    if q.shape[0] == 0:  # a process's slice of a short last batch: the flash kernel of torch < 2.10 refuses it
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
 
 
 BLOCKS = {"prenorm": True, "postnorm": False}

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +206,28 @@ class TestBlock(unittest.TestCase):
                 torch.testing.assert_close(a, b)
         with self.assertRaisesRegex(ValueError, "at least one Block"):
             VisionTransformer(0)
+
+    def test_an_empty_slice_of_a_batch_trains_every_weight_by_zero_past_a_kernel_that_refuses_it(self):
+        """Under torchrun a last batch smaller than the process count leaves some processes an empty
+        slice; each must still run forward and backward (DDP waits for every weight's gradient), and the
+        flash attention kernel of torch before 2.10 raises on a batch of 0."""
+        real = F.scaled_dot_product_attention
+
+        def flash_like(q, *args, **kwargs):
+            if q.shape[0] == 0 and torch.backends.cuda.flash_sdp_enabled():
+                raise RuntimeError("batch size must be positive")
+            return real(q, *args, **kwargs)
+        for model, batch in ((VisionTransformer(2, embed_dim=32, hidden_dim=64, num_heads=4, drop_path=0.1),
+                              torch.zeros(0, 3, 32, 32)),
+                             (LanguageModel("transformer", 2, 50, 16, 32, dropout=0.1, max_len=8, num_heads=4,
+                                            mlp_dim=32), torch.zeros(0, 8, dtype=torch.long))):
+            with mock.patch.object(F, "scaled_dot_product_attention", flash_like):
+                out = model(batch)[0] if isinstance(model, LanguageModel) else model(batch)
+                out.sum().backward()
+            self.assertEqual(out.shape[0], 0)
+            for name, p in model.named_parameters():
+                self.assertTrue(p.grad is not None and not p.grad.any(), name)
+            self.assertTrue(torch.backends.cuda.flash_sdp_enabled())  # as it was
 
     def test_heads_must_divide_the_width(self):
         with self.assertRaisesRegex(ValueError, "not divisible"):
