@@ -131,7 +131,7 @@ def read_tokens_npz(path):
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
     except Exception as e:  # noqa: BLE001 - missing, zip, pickle and format errors all mean a bad file
-        why = "not an .npz archive" if "contains pickled" in str(e) else str(e).splitlines()[0]  # numpy: unpickle it
+        why = "not an .npz archive" if "pickled" in str(e) else str(e).splitlines()[0]  # numpy 1 and 2 say "pickled"
         raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {why}") from None
     check("tokens" in arrays, f"{path} has no 'tokens' array (it has: {', '.join(arrays) or 'none'})")
     return arrays.pop("tokens"), arrays
