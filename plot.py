@@ -347,6 +347,12 @@ def main(argv=None):
             print(f"error: --out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose "
                   f"another folder", file=sys.stderr)
             return 2
+        for folder in map(Path, args.log_dir):  # a typo, or one run given for its folder: never left out in silence
+            if not folder.is_dir() or (folder / "config.json").is_file():
+                print(f"error: --log_dir {folder} " + (f"is a run directory; give the folder that holds it: "
+                      f"--log_dir {folder.parent}" if folder.is_dir() else "is a file, not a folder" if folder.exists()
+                      else "does not exist"), file=sys.stderr)
+                return 2
         runs = find_runs(args.log_dir, out_dir)
     except OSError as e:  # a path the system refuses (a name too long, a loop of links)
         print(f"error: {e.strerror or e}" + f": {e.filename}" * bool(e.filename), file=sys.stderr)

@@ -825,7 +825,22 @@ class TestPlot(TempDir):
         self.assertTrue(old.exists())
 
     def test_no_runs_is_an_error(self):
-        self.assertEqual(plot.main(["--log_dir", str(self.tmp / "none")]), 2)
+        (self.tmp / "empty").mkdir()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(plot.main(["--log_dir", str(self.tmp / "empty")]), 2)
+        self.assertEqual(err.getvalue(), f"error: no run directories (with config.json) under {self.tmp / 'empty'}\n")
+
+    def test_a_log_folder_that_is_missing_a_file_or_a_run_is_named_not_left_out(self):
+        logs = self.tmp / "logs"
+        run = write_run(logs, "vit_s1", dict(task="vit", seed=1), vit_rows([0.5]))
+        for folder, said in ((self.tmp / "typo", "does not exist"), (run / "metrics.csv", "is a file, not a folder"),
+                             (run, f"is a run directory; give the folder that holds it: --log_dir {logs}")):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                self.assertEqual(plot.main(["--log_dir", str(logs), str(folder)]), 2)
+            self.assertEqual(err.getvalue(), f"error: --log_dir {folder} {said}\n")
+            self.assertFalse((logs / "report").exists())
 
     def test_a_run_directory_is_no_report_folder(self):
         run = write_run(self.tmp / "logs", "vit_s1", dict(task="vit", seed=1), vit_rows([0.5]))
