@@ -1337,6 +1337,8 @@ class TestNothingLost(CliCase):
                 self.refused("generate.py", ["--run", str(run_dir), "--words", "3"], fragment)
                 (run_dir / name).write_bytes(original)
         self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], "not a readable run directory")
+        self.refused("generate.py", ["--run", str(self.logs), "--words", "3"], f"{self.logs} is a folder of runs, "
+                     f"not one run: give one of them, e.g. --run {self.logs / 'other'} (2 there)")
         self.refused("generate.py", ["--run", str(run_dir), "--temperature", "inf"], "temperature")
 
     def test_a_checkpoint_whose_parts_are_not_as_written_is_one_line_and_the_run_stays(self):
