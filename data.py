@@ -74,6 +74,7 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     missing = [f for k in wanted if have[k] for f in files[k].values() if f not in have[k]]  # of a format begun
     check(not any(have.values()), f"{folder} is incomplete: has {', '.join(sum(have.values(), []))}; put {names} "
           f"there (missing: {', '.join(missing)})")
+    _data_not_below(folder, "Wikitext-2", lambda p: any(all((p / f).exists() for f in files[k].values()) for k in wanted))
     errors = []
     for kind in wanted if download else []:
         try:
@@ -83,6 +84,13 @@ def load_wikitext(folder, device, data_format="auto", download=True):
             errors.append(f"{kind}: {e}")
     failed = f" and the download failed ({'; '.join(errors)})" if errors else ""
     raise UserError(f"Wikitext-2 not found in {folder}{failed}; put {names} into {folder}")
+
+
+def _data_not_below(folder, what, holds):
+    """Refuse, before anything is downloaded into it, a folder whose sub-folder holds the data (./data
+    given for ./data/cifar10)."""
+    inner = next((p for p in sorted(folder.iterdir()) if p.is_dir() and holds(p)), None) if folder.is_dir() else None
+    check(inner is None, f"{folder} holds no {what}, but {inner} in it does: give that folder instead")
 
 
 def fetch(url, timeout=60):
@@ -309,6 +317,9 @@ def load_cifar10(folder, device, download=True):
         (train_x, train_y, test_x, test_y), classes = _load_image_folder(folder)
         source = f"image folders (train/, test/) in {folder}"
     else:
+        if not any((folder / name).exists() for name in ("cifar-10-batches-py", "cifar-10-python.tar.gz")):
+            _data_not_below(folder, "CIFAR-10", lambda p: all((p / s).is_dir() for s in ("train", "test"))
+                            or (p / "cifar-10-batches-py").is_dir())
         (train_x, train_y, test_x, test_y), classes = _load_torchvision_cifar(folder, download)
         source = f"torchvision CIFAR-10 in {folder}"
     train_idx, valid_idx = split_train_valid(len(train_y))

@@ -390,6 +390,19 @@ class TestCifar(TempDir):
                 load(self.tmp / "file", CPU)
             fetch.assert_not_called()
 
+    def test_the_folder_above_the_data_is_named_with_the_one_to_give_before_any_download(self):
+        data = self.tmp / "data"
+        write_image_folder(data / "cifar10", per_class=(1, 1))
+        write_token_files(data / "wikitext2")
+        write_text_files(data / "words")
+        for load, inner, what in ((load_cifar10, "cifar10", "CIFAR-10"), (load_wikitext, "wikitext2", "Wikitext-2")):
+            with mock.patch("urllib.request.urlopen") as fetch, self.assertRaisesRegex(UserError, re.escape(
+                    f"{data} holds no {what}, but {data / inner} in it does: give that folder instead")):
+                load(data, CPU)
+            fetch.assert_not_called()
+        with self.assertRaisesRegex(UserError, re.escape(f"but {data / 'words'} in it does")):
+            load_wikitext(data, CPU, "words")
+
     def test_missing_cifar_offline_names_what_to_put_where(self):
         with self.assertRaises(UserError) as ctx:
             load_cifar10(self.tmp / "nothing", CPU, download=False)
