@@ -133,11 +133,16 @@ def download_token_files(folder):
 
 
 def read_tokens_npz(path):
-    """The 'tokens' array of an .npz file (token ids, or an embedding table) and the file's other
-    arrays; never a pickle. One line naming the file when it is missing, damaged or has no tokens."""
+    """The 'tokens' array of an .npz file (token ids, or an embedding table), or the array of an .npy
+    file, and the file's other arrays; never a pickle. One line naming the file when it is missing,
+    damaged or has no tokens."""
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in d.files}
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):  # an .npy file: the one array
+                return loaded, {}
+            with loaded as d:
+                arrays = {k: d[k] for k in d.files}
     except Exception as e:  # noqa: BLE001 - missing, zip, pickle and format errors all mean a bad file
         why = "not an .npz archive" if "pickled" in str(e) else str(e).splitlines()[0]  # numpy 1 and 2 say "pickled"
         raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {why}") from None

@@ -158,6 +158,10 @@ class TestLanguageModelCli(CliCase):
         self.assertEqual(config["effective_weight_decay"], 0.0)  # the reference's Adam has none
         self.assertFalse((run_dir / "vocab.txt").exists())
         self.assertIn("frozen embeddings", out)
+        np.save(self.tmp / "emb.npy", table)  # the table alone, as numpy saves one array
+        run_dir, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npy"), "--optimizer", "adam", data=data,
+                                exp_id="npy")
+        torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, torch.from_numpy(table))
 
     def test_embeddings_that_do_not_fit_are_refused(self):
         data = write_token_files(self.tmp / "tok")
