@@ -9,15 +9,12 @@ gather, never a per-sample Python call.
 """
 import contextlib
 import hashlib
-import http.client
 import io
 import json
 import math
 import operator
 import os
 import sys
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from augment import to_device
-from rundir import atomic_write
-from utils import UserError, check
+from rundir import atomic_bytes, atomic_write
+from utils import UserError, check, fetch, reason
 
 # ------------------------------------------------------------------------------------ Wikitext-2
 
@@ -91,31 +88,6 @@ def _data_not_below(folder, what, holds):
     given for ./data/cifar10)."""
     inner = next((p for p in sorted(folder.iterdir()) if p.is_dir() and holds(p)), None) if folder.is_dir() else None
     check(inner is None, f"{folder} holds no {what}, but {inner} in it does: give that folder instead")
-
-
-def fetch(url, timeout=60):
-    """The bytes at url. OSError when offline, on an HTTP error, or when the transfer is cut short."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            content = response.read()
-            length = response.headers.get("Content-Length")
-    except (OSError, http.client.HTTPException) as e:  # offline, refused, HTTP error, cut short
-        raise OSError(f"{url}: {reason(e)}") from None
-    if isinstance(length, str) and length.isdigit() and len(content) != int(length):
-        raise OSError(f"{url}: the transfer was cut short ({len(content):,} of {int(length):,} bytes)")
-    return content
-
-
-def reason(error):
-    """Why a download failed, in words: urllib's error wraps the socket's ("Name or service not known");
-    an HTTP error says its code."""
-    why = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", None) or error
-    return getattr(why, "strerror", None) or (str(why).splitlines() or [""])[0] or type(why).__name__
-
-
-def atomic_bytes(path, content):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(content))
 
 
 def download_token_files(folder):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from config import Parser
-from data import atomic_bytes, fetch
-from utils import UserError, check, cli
+from rundir import atomic_bytes
+from utils import UserError, check, cli, fetch
 
 GPT1_URL = "https://raw.githubusercontent.com/openai/finetune-transformer-lm/a69b5c43b0452462890bca8ff92fb75dee9290cf/model/"
 # git blob ids at that commit: a blob id is the SHA-1 of b"blob <size>\0" + content

@@ -23,7 +23,7 @@ import numpy as np
 
 from report import DamagedReference, compare, load_reference, markdown, reference_config, table_cells, write_file, \
     write_html
-from results import find_runs, group_key, one_per_seed
+from results import find_runs, folders_problem, group_key, one_per_seed
 
 
 def mean_std(values):
@@ -343,16 +343,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
     try:
-        if (out_dir / "config.json").exists() or out_dir.is_file():  # a run's files would be mixed with the report's
-            print(f"error: --out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose "
-                  f"another folder", file=sys.stderr)
+        problem = folders_problem(args.log_dir, out_dir)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
-        for folder in map(Path, args.log_dir):  # a typo, or one run given for its folder: never left out in silence
-            if not folder.is_dir() or (folder / "config.json").is_file():
-                print(f"error: --log_dir {folder} " + (f"is a run directory; give the folder that holds it: "
-                      f"--log_dir {folder.parent}" if folder.is_dir() else "is a file, not a folder" if folder.exists()
-                      else "does not exist"), file=sys.stderr)
-                return 2
         runs = find_runs(args.log_dir, out_dir)
     except OSError as e:  # a path the system refuses (a name too long, a loop of links)
         print(f"error: {e.strerror or e}" + f": {e.filename}" * bool(e.filename), file=sys.stderr)

@@ -139,6 +139,20 @@ def find_runs(log_dirs, out_dir):
     return [read_run(folder) for folder in sorted(folders.values())]
 
 
+def folders_problem(log_dirs, out_dir):
+    """Why the report cannot be made from log_dirs into out_dir, or '': a log folder that is missing, a
+    file or one run's directory (a typo: never left out in silence), or a report folder that is a
+    run's (its files would be mixed with the report's)."""
+    if (out_dir / "config.json").exists() or out_dir.is_file():
+        return f"--out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose another folder"
+    for folder in map(Path, log_dirs):
+        if not folder.is_dir() or (folder / "config.json").is_file():
+            return f"--log_dir {folder} " + (f"is a run directory; give the folder that holds it: --log_dir "
+                                             f"{folder.parent}" if folder.is_dir() else "is a file, not a folder"
+                                             if folder.exists() else "does not exist")
+    return ""
+
+
 class GroupKey(NamedTuple):
     """What runs must share to be seeds of one configuration."""
     name: str

@@ -75,6 +75,12 @@ def atomic_write(path, write):
             os.close(fd)
 
 
+def atomic_bytes(path, content):
+    """atomic_write of bytes, making the folder first."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(content))
+
+
 def free_space(folder):
     """The free space on folder's disk, in words ("1.2 GB")."""
     try:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import utils
 import augment as augment_module
 from augment import AUGMENTS, CIFAR_MEAN, CIFAR_STD, TA_OPS, augment, crop_params, mix, normalize, trivial_augment
 from data import Windows, index_batches, load_cifar10, load_wikitext, split_train_valid
@@ -246,7 +247,7 @@ class TestWikitext(TempDir):
                             (urllib.error.HTTPError("u", 404, "Not Found", {}, None), ": HTTP Error 404: Not Found"),
                             (TimeoutError(), ": TimeoutError")):
             with mock.patch("urllib.request.urlopen", side_effect=error), self.assertRaises(OSError) as ctx:
-                data.fetch("https://example.org/wiki.train.npz")
+                utils.fetch("https://example.org/wiki.train.npz")
             self.assertEqual(str(ctx.exception), "https://example.org/wiki.train.npz" + said)
 
     def _fake_archive(self):

@@ -1,15 +1,18 @@
-"""What the trainers share that is not the training loop: errors and the CLI wrapper, device and
-precision, distributed helpers, seeding and the random state.
+"""What the trainers share that is not the training loop: errors and the CLI wrapper, downloads,
+device and precision, distributed helpers, seeding and the random state.
 
     >>> device = get_device("auto"); precision = choose_precision("auto", device)
 """
 import contextlib
+import http.client
 import os
 import random
 import re
 import resource
 import signal
 import sys
+import urllib.error
+import urllib.request
 import warnings
 import zlib
 from pathlib import Path
@@ -108,6 +111,26 @@ def cli(main):
             dist.destroy_process_group()
         return result
     return wrapped
+
+
+def fetch(url, timeout=60):
+    """The bytes at url. OSError when offline, on an HTTP error, or when the transfer is cut short."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            content = response.read()
+            length = response.headers.get("Content-Length")
+    except (OSError, http.client.HTTPException) as e:  # offline, refused, HTTP error, cut short
+        raise OSError(f"{url}: {reason(e)}") from None
+    if isinstance(length, str) and length.isdigit() and len(content) != int(length):
+        raise OSError(f"{url}: the transfer was cut short ({len(content):,} of {int(length):,} bytes)")
+    return content
+
+
+def reason(error):
+    """Why a download failed, in words: urllib's error wraps the socket's ("Name or service not known");
+    an HTTP error says its code."""
+    why = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", None) or error
+    return getattr(why, "strerror", None) or (str(why).splitlines() or [""])[0] or type(why).__name__
 
 
 # --------------------------------------------------------------------------- device and precision
