@@ -153,16 +153,16 @@ def existing_run(cfg):
     run_dir = Path(cfg.log_dir) / cfg.exp_id
     exists = run_dir.is_dir() and any(run_dir.iterdir())
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
-    if exists and not (cfg.resume or cfg.overwrite):
+    if exists and not cfg.overwrite:
         try:
             theirs = json.loads((run_dir / "config.json").read_text()).get("data_kind")
         except (OSError, ValueError, AttributeError):
             theirs = None
-        if theirs and theirs != cfg.data_kind():  # --resume would be refused: do not suggest it
+        if theirs and theirs != cfg.data_kind():  # the other trainer's, or other text: no --resume continues it
             raise UserError(f"run directory {run_dir} already exists and holds a run on other data ({theirs}, not "
                             f"{cfg.data_kind()}); give another --exp_id, or --overwrite to replace it")
-        raise UserError(f"run directory {run_dir} already exists; use --resume to continue it, "
-                        f"--overwrite to start it again, or another --exp_id")
+        check(cfg.resume, f"run directory {run_dir} already exists; use --resume to continue it, --overwrite to "
+              f"start it again, or another --exp_id")
     if exists and cfg.overwrite:  # never delete what is not recognisably a run of this project
         check((run_dir / "config.json").is_file() or (run_dir / "checkpoint.pt").is_file(),
               f"--overwrite refused: {run_dir} is not a run directory (it has no config.json or checkpoint.pt)")

@@ -1102,6 +1102,13 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertEqual(code, 2)
         self.assertIn("holds a run on other data (words, not tokens)", err)
         self.assertNotIn("--resume", err)
+        # --resume onto it (or onto a run of the other trainer) is refused alike, before any data is loaded
+        code, _, err = run(train_lm.main, ["--data_folder", str(tokens), "--log_dir", str(logs), *LM_TINY,
+                                           "--epochs", "1", "--exp_id", names[0], "--resume"])
+        self.assertEqual((code, err.splitlines()[-1]), (2, f"error: run directory {logs / names[0]} already exists "
+                         "and holds a run on other data (words, not tokens); give another --exp_id, or --overwrite "
+                         "to replace it"))
+        self.assertNotIn("data:", err)
 
 
 class TestCommittedResult(TempDir):
