@@ -297,6 +297,9 @@ def load_cifar10(folder, device, download=True):
         if not any((folder / name).exists() for name in ("cifar-10-batches-py", "cifar-10-python.tar.gz")):
             _data_not_below(folder, "CIFAR-10", lambda p: all((p / s).is_dir() for s in ("train", "test"))
                             or (p / "cifar-10-batches-py").is_dir())
+            inside = (folder / "data_batch_1").exists() or folder.name in ("train", "test") and all(
+                (folder.parent / s).is_dir() for s in ("train", "test"))  # torchvision's folder, or a split's
+            check(not inside, f"{folder} is a part of the data, not its folder: give {folder.parent} instead")
         (train_x, train_y, test_x, test_y), classes = _load_torchvision_cifar(folder, download)
         source = f"torchvision CIFAR-10 in {folder}"
     train_idx, valid_idx = split_train_valid(len(train_y))

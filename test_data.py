@@ -403,6 +403,13 @@ class TestCifar(TempDir):
             fetch.assert_not_called()
         with self.assertRaisesRegex(UserError, re.escape(f"but {data / 'words'} in it does")):
             load_wikitext(data, CPU, "words")
+        (data / "tv" / "cifar-10-batches-py").mkdir(parents=True)
+        (data / "tv" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
+        for part in (data / "cifar10" / "train", data / "tv" / "cifar-10-batches-py"):  # a folder inside the data
+            with mock.patch("urllib.request.urlopen") as fetch, self.assertRaisesRegex(UserError, re.escape(
+                    f"{part} is a part of the data, not its folder: give {part.parent} instead")):
+                load_cifar10(part, CPU)
+            fetch.assert_not_called()
 
     def test_missing_cifar_offline_names_what_to_put_where(self):
         with self.assertRaises(UserError) as ctx:
