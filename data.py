@@ -71,7 +71,8 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     missing = [f for k in wanted if have[k] for f in files[k].values() if f not in have[k]]  # of a format begun
     check(not any(have.values()), f"{folder} is incomplete: has {', '.join(sum(have.values(), []))}; put {names} "
           f"there (missing: {', '.join(missing)})")
-    _data_not_below(folder, "Wikitext-2", lambda p: any(all((p / f).exists() for f in files[k].values()) for k in wanted))
+    _data_not_below(folder, "Wikitext-2",
+                    lambda p: any(all((p / f).exists() for f in files[k].values()) for k in wanted))
     errors = []
     for kind in wanted if download else []:
         try:

@@ -44,8 +44,8 @@ class Config(TrainConfig):
                               role="data")
     seq_len: int = option(256, "tokens per window (each predicts the next token)", group="data")
     embeddings: str = option("", "gpt1: GPT-1's pretrained token embeddings (the reference's; fetched once "
-                             "beside the token files), or an .npz with array 'tokens', or an .npy (vocab x embedding_size); "
-                             "frozen unless --learn_embeddings", group="model")
+                             "beside the token files), or an .npz with array 'tokens', or an .npy (vocab x "
+                             "embedding_size); frozen unless --learn_embeddings", group="model")
     learn_embeddings: bool = option(False, "train embeddings loaded with --embeddings", group="model")
     embedding_size: int = option(768, "embedding width (tied to the output layer)", group="model")
     hidden_size: int = option(512, "recurrent state or transformer width", group="model")
