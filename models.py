@@ -82,7 +82,7 @@ class Block(nn.Module):
 
 
 def attention(q, k, v, causal, dropout):  # (B, H, T, D) each
-    if q.shape[0] == 0:  # a process's slice of a short last batch: the flash kernel of torch < 2.10 refuses it
+    if q.shape[0] == 0:  # a process's slice of a short last batch: flash attention in torch 2.4 refuses it
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)

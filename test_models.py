@@ -210,7 +210,7 @@ class TestBlock(unittest.TestCase):
     def test_an_empty_slice_of_a_batch_trains_every_weight_by_zero_past_a_kernel_that_refuses_it(self):
         """Under torchrun a last batch smaller than the process count leaves some processes an empty
         slice; each must still run forward and backward (DDP waits for every weight's gradient), and the
-        flash attention kernel of torch before 2.10 raises on a batch of 0."""
+        flash attention kernel of torch 2.4 (and of later versions, for a while) raises on a batch of 0."""
         real = F.scaled_dot_product_attention
 
         def flash_like(q, *args, **kwargs):
