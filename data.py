@@ -73,6 +73,10 @@ def load_wikitext(folder, device, data_format="auto", download=True):
           f"there (missing: {', '.join(missing)})")
     _data_not_below(folder, "Wikitext-2",
                     lambda p: any(all((p / f).exists() for f in files[k].values()) for k in wanted))
+    archive = [Path(m).name for m in WIKITEXT_MEMBERS.values()]  # wiki.train.tokens, ...: the archive unpacked by hand
+    where = next((p for p in (folder, folder / "wikitext-2") if all((p / name).exists() for name in archive)), None)
+    check(where is None or "words" not in wanted, f"{where} holds Wikitext-2's own files ({', '.join(archive)}); "
+          f"they are read as {', '.join(TEXT_FILES.values())} in {folder}: copy them there under those names")
     errors = []
     for kind in wanted if download else []:
         try:

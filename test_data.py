@@ -403,6 +403,18 @@ class TestCifar(TempDir):
             fetch.assert_not_called()
         with self.assertRaisesRegex(UserError, re.escape(f"but {data / 'words'} in it does")):
             load_wikitext(data, CPU, "words")
+        unpacked = self.tmp / "unpacked"  # wikitext-2-v1.zip unpacked by hand, in the folder or as it comes
+        for where in (unpacked, unpacked / "wikitext-2"):
+            where.mkdir(parents=True, exist_ok=True)
+            for name in ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"):
+                (where / name).write_text(" a b \n")
+            with mock.patch("urllib.request.urlopen") as fetch, self.assertRaisesRegex(UserError, re.escape(
+                    f"{where} holds Wikitext-2's own files (wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens); "
+                    f"they are read as train.txt, valid.txt, test.txt in {unpacked}: copy them there under those "
+                    f"names")):
+                load_wikitext(unpacked, CPU)
+            fetch.assert_not_called()
+            shutil.rmtree(unpacked)
         (data / "tv" / "cifar-10-batches-py").mkdir(parents=True)
         (data / "tv" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
         for part in (data / "cifar10" / "train", data / "tv" / "cifar-10-batches-py"):  # a folder inside the data
