@@ -121,7 +121,8 @@ def read_tokens_npz(path):
             with loaded as d:
                 arrays = {k: d[k] for k in d.files}
     except Exception as e:  # noqa: BLE001 - missing, zip, pickle and format errors all mean a bad file
-        why = "not an .npz archive" if "pickled" in str(e) else str(e).splitlines()[0]  # numpy 1 and 2 say "pickled"
+        pickled = isinstance(e, ValueError) and "pickled" in str(e)  # in numpy 1's words and 2's
+        why = "not an .npz archive" if pickled else str(e).splitlines()[0]
         raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {why}") from None
     check("tokens" in arrays, f"{path} has no 'tokens' array (it has: {', '.join(arrays) or 'none'})")
     return arrays.pop("tokens"), arrays

@@ -74,7 +74,7 @@ def gpt1_embeddings(folder, base=GPT1_URL):
         raise UserError(f"--embeddings gpt1: cannot fetch GPT-1's parameters ({str(e)[:300]}); put {EMBEDDINGS_FILE} "
                         f"(array 'tokens', 40,479 x 768) into {folder}, or make it from params_0.npy, params_1.npy "
                         f"and params_2.npy fetched elsewhere ({GPT1_URL}): python gpt1.py --from <their folder> "
-                        f"--data_folder {folder}; or pass an .npz of your own") from None
+                        f"--data_folder {folder}; or pass an .npz or .npy of your own") from None
     table = np.concatenate(pieces)[start:start + count].reshape(SHAPES[1]).astype(np.float32)
     table = np.concatenate([np.zeros((1, SHAPES[1][1]), np.float32), table])  # id 0: padding
     buf = io.BytesIO()
