@@ -549,7 +549,8 @@ class TestDistributed(CliCase):
             self.assertLessEqual(abs(x - y), rel * max(1.0, abs(y)), key)
 
     def test_vit_two_processes_equal_one(self):
-        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        # train 105 and test 33 images: each pass ends in a batch of 1, so one process steps on an empty slice
+        data, _ = write_image_folder(self.tmp / "images", per_class=(39, 11))
         # augmentation and mixing are drawn for the global batch: the same with any number of processes
         args = ["--data_folder", str(data), *VIT_TINY, "--epochs", "2", "--augment", "strong", "--mixup", "0.5",
                 "--cutmix", "1.0", "--ema", "0.9", "--grad_norms"]
