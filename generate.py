@@ -32,9 +32,10 @@ def load_run(run_dir):
     """(model in eval mode, config, vocabulary or None) of a train_lm.py run; a damaged run is refused
     in one line."""
     run_dir = Path(run_dir)
-    runs = sorted((p.parent.name for p in run_dir.glob("*/config.json")), key=lambda n: (not n.startswith("lm_"), n))
-    check((run_dir / "config.json").exists() or not runs, f"{run_dir} is a folder of runs, not one run: give one "
-          f"of them, e.g. --run {run_dir / runs[0] if runs else ''}" + f" ({len(runs)} there)" * (len(runs) > 1))
+    if not (run_dir / "config.json").exists():  # a log folder given for one of its runs: name one, an LM's first
+        runs = sorted((p.parent.name for p in run_dir.glob("*/config.json")), key=lambda n: (n[:3] != "lm_", n))
+        check(not runs, f"{run_dir} is a folder of runs, not one run: give one of them, e.g. --run "
+              f"{run_dir / runs[0] if runs else ''}" + f" ({len(runs)} there)" * (len(runs) > 1))
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as e:

@@ -146,10 +146,10 @@ def folders_problem(log_dirs, out_dir):
     if (out_dir / "config.json").exists() or out_dir.is_file():
         return f"--out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose another folder"
     for folder in map(Path, log_dirs):
-        if not folder.is_dir() or (folder / "config.json").is_file():
-            return f"--log_dir {folder} " + (f"is a run directory; give the folder that holds it: --log_dir "
-                                             f"{folder.parent}" if folder.is_dir() else "is a file, not a folder"
-                                             if folder.exists() else "does not exist")
+        if (folder / "config.json").is_file():
+            return f"--log_dir {folder} is a run directory; give the folder that holds it: --log_dir {folder.parent}"
+        if not folder.is_dir():
+            return f"--log_dir {folder} " + ("is a file, not a folder" if folder.exists() else "does not exist")
     return ""
 
 
