@@ -11,9 +11,9 @@ Groups: reference (the report's 13 configurations), extras (GRU and Transformer 
 without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 
 Its settings are environment variables, read and checked in `settings()`; docs/recipes.md's table
-says what each does. One sweep at a time on a log folder. Ctrl-C or SIGTERM (or a closed terminal's
-SIGHUP, unless under nohup) stops every running configuration within seconds; the same command
-resumes. A failing run does not stop the others: the failures are listed at the end, exit code 1.
+says what each does. One sweep at a time on a log folder, or the shards of one list. Ctrl-C or
+SIGTERM (or a closed terminal's SIGHUP, unless under nohup) stops every running configuration within
+seconds; the same command resumes. A failing run does not stop the others: the failures are listed at the end, exit code 1.
 """
 import contextlib
 import dataclasses
@@ -302,31 +302,62 @@ def main(argv=None):
         for run in runs:
             print(shlex.join(run.command(s["python"])))
         return plan.plan(runs, len(s["gpus"]), dry_run=True)
-    lock = Path(s["log_dir"]) / ".sweep.lock"  # one sweep at a time on a log folder, found writable first
-    with advisory_lock(lock, f"another sweep is running on LOG_DIR={s['log_dir']} (it holds {lock}); wait for it "
-                             f"to end, or give another LOG_DIR", f"LOG_DIR={s['log_dir']}"):
+    with folder_lock(s):
         plan.plan(runs, len(s["gpus"]), dry_run=False)  # checks the device and the data (fetching them) first
         work = Sweep(runs, s)
         stopped = work.execute()
-        if stopped is not None:
-            print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
-                  file=sys.stderr, flush=True)
-            return 128 + stopped
-        return finish(work, runs, s)
+    if stopped is not None:
+        print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return 128 + stopped
+    return finish(work, runs, s)
+
+
+@contextlib.contextmanager
+def folder_lock(s):
+    """One sweep at a time on a log folder, or the shards of one list side by side (SHARD=i/N, one N:
+    a job array on a shared filesystem): a whole sweep holds the folder's lock alone, shards share it
+    and each holds its own. The folder is found writable first."""
+    folder, (i, n) = Path(s["log_dir"]), s["shard"]
+    lock, what = folder / ".sweep.lock", f"LOG_DIR={folder}"
+    with contextlib.ExitStack() as held:
+        held.enter_context(advisory_lock(lock, f"another sweep is running on {what} (it holds {lock}); wait for it "
+                                               f"to end, or give another LOG_DIR", what, shared=n > 1))
+        if n > 1:
+            mine = folder / f".sweep.{i}of{n}.lock"
+            held.enter_context(advisory_lock(mine, f"another sweep is running SHARD={i}/{n} on {what} (it holds "
+                                                   f"{mine}); wait for it to end", what))
+            for other in folder.glob(".sweep.*of*.lock"):
+                theirs = re.fullmatch(r"\.sweep\.(\d+)of(\d+)\.lock", other.name)
+                if theirs and int(theirs[2]) != n:  # shards of two splittings would run some runs twice
+                    with advisory_lock(other, f"a sweep with SHARD={theirs[1]}/{theirs[2]} is running on {what}: the "
+                                              f"shards of one log folder split its list alike (SHARD=i/{theirs[2]})",
+                                       what, shared=True):
+                        pass
+        yield
 
 
 def finish(work, runs, s):
-    """The report (unless every run failed) and the list of failures; the exit code."""
+    """The report, drawn by the last sweep on the log folder to end (shards end apart), unless every
+    run failed; the list of failures; the exit code."""
     if len(work.failed) == len(runs):
         print(f"== every run failed (logs in {s['log_dir']}/*.log); no report", flush=True)
         return 1
-    print("== plots and tables", flush=True)
-    if subprocess.run([s["python"], script_path("plot.py"), "--log_dir", s["log_dir"]]).returncode:
-        work.failed.append("plot.py")
+    drawn = False
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(advisory_lock(Path(s["log_dir"]) / ".sweep.lock", "", f"LOG_DIR={s['log_dir']}"))
+        except UserError:  # another shard is still running: it draws the report, of every run, when it ends
+            print(f"== plots and tables: left to the sweep still running on LOG_DIR={s['log_dir']}", flush=True)
+        else:
+            print("== plots and tables", flush=True)
+            drawn = not subprocess.run([s["python"], script_path("plot.py"), "--log_dir", s["log_dir"]]).returncode
+            work.failed += [] if drawn else ["plot.py"]
     if work.failed:
         print("== failed:\n" + "".join(f"   {f}\n" for f in work.failed), end="", flush=True)
         return 1
-    print(f"== all done: {s['log_dir']}/report", flush=True)
+    report = f"{s['log_dir']}/report" if drawn else f"the report when the last sweep on LOG_DIR={s['log_dir']} ends"
+    print(f"== all done: {report}", flush=True)
     return 0
 
 

@@ -251,8 +251,9 @@ class TestSweepList(unittest.TestCase):
 def fake_sweep(tmp):
     """The environment of a sweep whose runs are FAKE_PYTHON's, on tiny images (the sweep checks its data)."""
     fake, images = tmp / "python", tmp / "images"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
+    if not fake.exists():  # written once: rewriting a script that a running sweep executes fails ("Text file busy")
+        fake.write_text(FAKE_PYTHON)
+        fake.chmod(0o755)
     if not images.exists():
         write_image_folder(images, per_class=(40, 10))
     return dict(PYTHON=str(fake), LOG_DIR=str(tmp / "logs"), CALLS=str(tmp / "calls"), DEVICE="cpu",
@@ -637,6 +638,31 @@ class TestSweepProcesses(TempDir):
         self.assertEqual(len((self.tmp / "calls").read_text().splitlines()), 1)
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=30)
+
+    def test_the_shards_of_one_list_share_a_folder_and_the_last_to_end_draws_the_report(self):
+        first = self.start(SHARD="0/2", SLOW="vit_L2_adam_", SLEEP="20")  # a job array's first task, still running
+        self.running(1)
+        second = self.start(SHARD="1/2", SLOW="")
+        out, err = second.communicate(timeout=60)
+        self.assertEqual(second.returncode, 0, err)
+        self.assertIn("== plots and tables: left to the sweep still running on LOG_DIR=", out)
+        logs = self.tmp / "logs"
+        others = {"0/2": f"error: another sweep is running SHARD=0/2 on LOG_DIR={logs} (it holds {logs}/.sweep.0of2.lock)"
+                         f"; wait for it to end",
+                  "1/3": f"error: a sweep with SHARD=0/2 is running on LOG_DIR={logs}: the shards of one log folder split "
+                         f"its list alike (SHARD=i/2)",
+                  "0/1": f"error: another sweep is running on LOG_DIR={logs} (it holds {logs}/.sweep.lock); wait for it "
+                         f"to end, or give another LOG_DIR"}
+        refused = {shard: self.start(SHARD=shard, SLOW="") for shard in others}
+        for shard, proc in refused.items():
+            _, err = proc.communicate(timeout=60)
+            self.assertEqual((proc.returncode, err.strip().splitlines()[-1]), (2, others[shard]))
+        out, err = first.communicate(timeout=60)
+        self.assertEqual(first.returncode, 0, err)
+        self.assertIn("== plots and tables\n", out)
+        self.assertIn(f"== all done: {logs}/report", out)
+        calls = [line.split()[0] for line in (self.tmp / "calls").read_text().splitlines()]
+        self.assertEqual(sorted(calls), sorted(f"vit_L2_{o}_s42" for o in ("adam", "adamw", "sgd", "momentum")))
 
     def test_a_printed_command_pastes_as_it_is(self):
         odd = self.tmp / "my logs $(touch pwned) 'x'"
