@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from augment import to_device
-from rundir import atomic_bytes, atomic_write
+from rundir import advisory_lock, atomic_bytes, atomic_write
 from utils import UserError, check, fetch, reason
 
 # ------------------------------------------------------------------------------------ Wikitext-2
@@ -320,9 +320,14 @@ def _load_torchvision_cifar(folder, download):
     import torchvision
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # by torchvision's download, deepest first
     try:
-        train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
-        test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
+        with contextlib.ExitStack() as held:  # runs started together wait for one download: torchvision
+            with contextlib.suppress(UserError):  # writes in place (a folder that cannot be written fetches nothing)
+                held.enter_context(advisory_lock(folder / ".download.lock", "", str(folder), wait=True))
+            train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
+            test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
     except Exception as e:  # noqa: BLE001 - network, integrity and format errors alike
+        if made:
+            (folder / ".download.lock").unlink(missing_ok=True)
         for p in made:  # a failed download leaves no empty folder behind
             with contextlib.suppress(OSError):
                 p.rmdir()

@@ -170,10 +170,10 @@ def existing_run(cfg):
 
 
 @contextlib.contextmanager
-def advisory_lock(path, busy, what, shared=False):
+def advisory_lock(path, busy, what, shared=False, wait=False):
     """Hold an advisory lock on the file `path` for the block (exclusive, or shared with others that
-    share it), or refuse with `busy` when another process holds it otherwise (`what`: what it guards).
-    The kernel drops it when a process dies: never stale."""
+    share it); when another process holds it otherwise, wait, or refuse with `busy` (`what`: what it
+    guards). The kernel drops it when a process dies: never stale."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -183,7 +183,7 @@ def advisory_lock(path, busy, what, shared=False):
         raise UserError(f"cannot write {what}: {why}") from None
     try:
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             raise UserError(busy) from None
         yield

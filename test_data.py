@@ -9,6 +9,8 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
+import time
 import unittest
 import urllib.error
 import zipfile
@@ -382,6 +384,33 @@ class TestCifar(TempDir):
         with self.assertRaises(UserError) as ctx:  # against the real CIFAR-10's checksums: damaged, not missing
             load_cifar10(self.tmp / "tv", CPU, download=False)
         self.assertIn(f"{self.tmp / 'tv' / 'cifar-10-batches-py'} fails torchvision's checksums", str(ctx.exception))
+
+    def test_runs_started_together_on_a_fresh_machine_wait_for_one_download(self):
+        train_list, test_list, meta = write_torchvision_cifar(self.tmp / "published")
+        published = {p.name: p.read_bytes() for p in (self.tmp / "published" / "cifar-10-batches-py").iterdir()}
+        fetched = []
+
+        def download(url, root, filename, md5):  # as torchvision's: the files written in place, one after another
+            fetched.append(root)
+            base = Path(root) / "cifar-10-batches-py"
+            base.mkdir(parents=True, exist_ok=True)
+            for name, content in published.items():
+                (base / name).write_bytes(content[:100])
+                time.sleep(0.05)
+                (base / name).write_bytes(content)
+        import torchvision
+        loaded = {}
+        with mock.patch.multiple(torchvision.datasets.CIFAR10, train_list=train_list, test_list=test_list, meta=meta), \
+                mock.patch("torchvision.datasets.cifar.download_and_extract_archive", download):
+            runs = [threading.Thread(target=lambda i=i: loaded.update({i: load_cifar10(self.tmp / "fresh", CPU)}))
+                    for i in range(2)]
+            for run in runs:
+                run.start()
+            for run in runs:
+                run.join(60)
+        self.assertEqual(len(fetched), 1)
+        self.assertEqual(sorted(loaded), [0, 1])
+        self.assertEqual(loaded[0].sha256, loaded[1].sha256)
 
     def test_a_file_given_as_the_data_folder_is_named_before_any_download(self):
         (self.tmp / "file").write_text("")
