@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -184,11 +185,19 @@ def advisory_lock(path, busy, what, shared=False, wait=False):
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
-        except OSError:
+        except BlockingIOError:
             raise UserError(busy) from None
+        except OSError as e:  # a file system without locks (Lustre without -o flock, NFS with nolock): unguarded
+            if Path(path).parent not in UNLOCKED:
+                UNLOCKED.add(Path(path).parent)
+                print(f"warning: {Path(path).parent} takes no file locks ({e.strerror or e}): {what} is not guarded "
+                      f"against a second process", file=sys.stderr, flush=True)
         yield
     finally:
         os.close(fd)
+
+
+UNLOCKED = set()  # the folders whose file system refused a lock, said once
 
 
 @contextlib.contextmanager

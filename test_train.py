@@ -3,6 +3,7 @@ refusals (one line, exit code 2, nothing lost), resume equivalence and safe load
 import concurrent.futures
 import contextlib
 import csv
+import errno
 import importlib.util
 import io
 import json
@@ -1289,6 +1290,15 @@ class TestNothingLost(CliCase):
         self.assertEqual(len(read_csv(self.logs / "shared" / "metrics.csv")), 3)  # one run's rows, not two
         lr = json.loads((self.logs / "shared" / "config.json").read_text())["lr"]
         self.assertIn(lr, (1e-3, 2e-3))
+
+    def test_a_file_system_without_locks_trains_unguarded_and_says_so(self):
+        def no_locks(fd, operation):  # Lustre mounted without -o flock, NFS with nolock
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        with mock.patch("fcntl.flock", no_locks):
+            run_dir, _, err = self.vit("--epochs", "1", exp_id="unlocked")
+        self.assertEqual(len(read_csv(run_dir / "metrics.csv")), 1)
+        self.assertEqual(err.count(f"warning: {self.logs} takes no file locks (Function not implemented): the run "
+                                   f"directory {run_dir} is not guarded against a second process"), 1, err)
 
     def test_folders_that_are_not_classes(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
