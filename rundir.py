@@ -187,7 +187,7 @@ def advisory_lock(path, busy, what, shared=False, wait=False):
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise UserError(busy) from None
-        except OSError as e:  # a file system without locks (Lustre without -o flock, NFS with nolock): unguarded
+        except OSError as e:  # a file system without locks (Lustre without -o flock, NFS without lockd): unguarded
             if Path(path).parent not in UNLOCKED:
                 UNLOCKED.add(Path(path).parent)
                 print(f"warning: {Path(path).parent} takes no file locks ({e.strerror or e}): {what} is not guarded "

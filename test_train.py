@@ -1292,7 +1292,7 @@ class TestNothingLost(CliCase):
         self.assertIn(lr, (1e-3, 2e-3))
 
     def test_a_file_system_without_locks_trains_unguarded_and_says_so(self):
-        def no_locks(fd, operation):  # Lustre mounted without -o flock, NFS with nolock
+        def no_locks(fd, operation):  # Lustre mounted without -o flock, NFS without its lock daemon
             raise OSError(errno.ENOSYS, "Function not implemented")
         with mock.patch("fcntl.flock", no_locks):
             run_dir, _, err = self.vit("--epochs", "1", exp_id="unlocked")
