@@ -324,14 +324,19 @@ def main(argv=None):
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
     parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--data", default="./data", help="folder with cifar10/ (or cifar10-jpeg/) and wikitext2/ "
-                        "(random data of the same sizes where they are missing)")
+    parser.add_argument("--data", default=None, help="folder with cifar10/ (or cifar10-jpeg/) and wikitext2/ "
+                        "(random data of the same sizes where they are missing; default ./data)")
     parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
                         "compiled in place, as the trainers' --compile (the warm-up reported apart)")
     parser.add_argument("--lm_embeddings", default="frozen", choices=["frozen", "learned"], help="frozen: GPT-1's, "
                         "as runs.sh's reference LMs on the token files; learned: as its other LMs, or EMBEDDINGS=none")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    data = Path(args.data or "./data")
+    if args.data:  # one given is read: not a typo, not one dataset
+        utils.check(data.is_dir(), f"--data {data} " + ("is not a folder" if data.exists() else "does not exist"))
+        utils.check(not (data / "train").is_dir() and not (data / "wiki.train.npz").exists(), f"--data {data} is one "
+                    f"dataset; give the folder that holds cifar10/ and wikitext2/: --data {data.parent}")
     out = Path(args.json or "").absolute()  # found writable now, not after the measurements
     utils.check(not args.json or out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(),
                 f"--json {args.json}: cannot write there")
@@ -346,7 +351,7 @@ def main(argv=None):
                     lm=lambda: bench_lm_models(device, precision, args.quick, args.lm_embeddings == "frozen"),
                     loss=lambda: bench_loss(device, precision, args.quick),
                     augment=lambda: bench_augmentation(device, precision, args.quick),
-                    real=lambda: bench_real(device, precision, args.data, args.quick, args.compile,
+                    real=lambda: bench_real(device, precision, data, args.quick, args.compile,
                                             args.lm_embeddings == "frozen"))
     assert tuple(sections) == SECTIONS
     for name in args.only:

@@ -339,6 +339,16 @@ class TestBenchOutput(FaultCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("| augmentation strong, batch 128, share of a ViT-2 step", proc.stdout)
 
+    def test_a_data_folder_that_is_one_dataset_or_a_typo_is_refused_not_replaced_by_random_data(self):
+        (self.tmp / "data" / "cifar10" / "train").mkdir(parents=True)
+        (self.tmp / "data" / "wikitext2").mkdir()
+        (self.tmp / "data" / "wikitext2" / "wiki.train.npz").write_bytes(b"")
+        for folder, said in ((self.tmp / "data" / "cifar10", f"is one dataset; give the folder that holds cifar10/ "
+                                                              f"and wikitext2/: --data {self.tmp / 'data'}"),
+                             (self.tmp / "data" / "wikitext2", "is one dataset"), (self.tmp / "dtaa", "does not exist")):
+            proc = cli("bench.py", "--quick", "--only", "real", "--data", folder)
+            self.assert_one_line(proc, 2, "error: ", f"--data {folder} {said}")
+
 
 if __name__ == "__main__":
     unittest.main()
