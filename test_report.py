@@ -640,7 +640,8 @@ class TestSweepProcesses(TempDir):
         first.communicate(timeout=30)
 
     def test_the_shards_of_one_list_share_a_folder_and_the_last_to_end_draws_the_report(self):
-        first = self.start(SHARD="0/2", SLOW="vit_L2_adam_", SLEEP="20")  # a job array's first task, still running
+        # a job array's first task, still running; its runs fail, but the report is of every shard's runs
+        first = self.start(SHARD="0/2", SLOW="vit_L2_adam_", SLEEP="20", FAIL="vit_L2_")
         self.running(1)
         second = self.start(SHARD="1/2", SLOW="")
         out, err = second.communicate(timeout=60)
@@ -658,9 +659,8 @@ class TestSweepProcesses(TempDir):
             _, err = proc.communicate(timeout=60)
             self.assertEqual((proc.returncode, err.strip().splitlines()[-1]), (2, others[shard]))
         out, err = first.communicate(timeout=60)
-        self.assertEqual(first.returncode, 0, err)
-        self.assertIn("== plots and tables\n", out)
-        self.assertIn(f"== all done: {logs}/report", out)
+        self.assertEqual(first.returncode, 1, err)
+        self.assertIn("== plots and tables\n== failed:\n   vit_L2_adam_s42 (exit 3)\n   vit_L2_sgd_s42 (exit 3)\n", out)
         calls = [line.split()[0] for line in (self.tmp / "calls").read_text().splitlines()]
         self.assertEqual(sorted(calls), sorted(f"vit_L2_{o}_s42" for o in ("adam", "adamw", "sgd", "momentum")))
 
