@@ -4,6 +4,7 @@ best_ema.pt and summary.json."""
 import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import io
 import json
@@ -185,10 +186,10 @@ def advisory_lock(path, busy, what, shared=False, wait=False):
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise UserError(busy) from None
-        except OSError as e:  # a file system without locks (Lustre without -o flock, NFS without lockd): unguarded
-            if Path(path).parent not in UNLOCKED:
+        except OSError as e:  # held (EACCES: some file systems' word for it), or no locks there: unguarded
+            if isinstance(e, BlockingIOError) or e.errno == errno.EACCES:
+                raise UserError(busy) from None
+            if Path(path).parent not in UNLOCKED:  # Lustre without -o flock, NFS without its lock daemon
                 UNLOCKED.add(Path(path).parent)
                 print(f"warning: {Path(path).parent} takes no file locks ({e.strerror or e}): {what} is not guarded "
                       f"against a second process", file=sys.stderr, flush=True)
