@@ -33,7 +33,7 @@ import optim
 import plan
 import utils
 from config import Parser
-from rundir import device_name, environment, save_json
+from rundir import environment, save_json
 from augment import augment, normalize
 from data import Corpus, ImageData, load_cifar10, load_wikitext
 from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_recurrent_share, \
@@ -293,7 +293,7 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
 
 
 def table(rows, ceiling, ceiling_fp32, device, dtype):
-    here = device_name(device)
+    here = utils.device_name(device)
     name = here if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     peak = utils.published_peak(name, kind)

@@ -24,8 +24,7 @@ from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TEXT_FILES, TOKEN_FILES, loa
     read_tokens_npz, tokenize
 from gpt1 import gpt1_embeddings
 from models import lm_flops, lm_train_flops, vit_flops
-from rundir import device_name
-from utils import UserError, check, choose_precision, cuda_unusable_reason, get_device, sync
+from utils import UserError, check, choose_precision, cuda_unusable_reason, device_name, get_device, sync
 
 SCRIPTS = {"train_lm.py": (train_lm, "LM_DATA"), "train_vit.py": (train_vit, "VIT_DATA")}
 EFFICIENCY = 0.4  # the share of the matmul rate a training step reaches (50-70% measured on a CPU: docs/speed.md)

@@ -16,11 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from utils import STOP_SIGNALS, UserError, barrier, check, first_line, rank, rng_state, set_rng_state, world_size
+from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, rank, rng_state, set_rng_state, \
+    world_size
 
 
 @contextlib.contextmanager
@@ -130,10 +133,6 @@ def append_csv(path, columns, *rows):
                         f"disk") from None
 
 
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
 def environment(device):
     """What the numbers were made with: versions, device, and the code's commit, "-dirty" when a tracked
     file differs from it (the commit alone would not reproduce the run)."""
@@ -222,19 +221,28 @@ def prepare_run_dir(cfg):
     exists = existing_run(cfg)
     fresh = not exists or cfg.overwrite
     barrier()  # every process has looked before the first one changes anything
-    if rank() != 0:
+    probe, token = run_dir / ".write_test", [os.urandom(8).hex()]
+    if rank() == 0:
+        try:
+            if exists and cfg.overwrite:
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_text(token[0])
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+    if world_size() > 1:  # every process reads what the first writes (best.pt, checkpoint.pt): one file system
+        dist.broadcast_object_list(token)  # once the first process has written it
+        for _ in range(60):  # a second at a time: a network file system may list a new file late
+            with contextlib.suppress(OSError):
+                if probe.read_text() == token[0]:
+                    break
+            time.sleep(1)
+        else:
+            raise UserError(f"process {rank()} does not see the run directory {run_dir} that the first process made: "
+                            f"on several machines, --log_dir must be a folder they all share")
         barrier()
-        return run_dir, fresh
-    try:
-        if exists and cfg.overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_bytes(b"")
+    if rank() == 0:
         probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
-    barrier()
     return run_dir, fresh
 
 

@@ -580,6 +580,20 @@ class TestDistributed(CliCase):
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-2000:])
         self.assertEqual(results(self.logs / "part"), results(self.logs / "whole"))
 
+    def test_machines_that_do_not_share_the_log_folder_are_refused_before_training(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        apart = self.tmp / "apart.py"  # each process with a log folder of its own, as machines with no shared one
+        apart.write_text(f"import os, runpy, sys, time\nsys.path.insert(0, {str(HERE)!r})\n"
+                         f"time.sleep = lambda seconds: None  # no waiting for a late file in the test\n"
+                         f"sys.argv[sys.argv.index('--log_dir') + 1] += os.environ['RANK']\n"
+                         f"runpy.run_path({str(HERE / 'train_vit.py')!r}, run_name='__main__')\n")
+        proc = self.torchrun(str(apart), "run", "--data_folder", str(data), *VIT_TINY)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn(f"[rank 1] error: process 1 does not see the run directory {self.logs}1/run that the first process "
+                      f"made: on several machines, --log_dir must be a folder they all share", proc.stderr)
+        self.assertNotIn("epoch 1/", proc.stdout)
+        self.assertNotIn("[rank0]: Traceback", proc.stderr)  # the other process: a line at most, never a traceback
+
     def test_a_batch_that_does_not_divide_is_refused_once(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
         proc = self.torchrun("train_vit.py", "odd", "--data_folder", str(data), *VIT_TINY, "--batch_size", "7")

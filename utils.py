@@ -6,6 +6,7 @@ device and precision, distributed helpers, seeding and the random state.
 import contextlib
 import http.client
 import os
+import platform
 import random
 import re
 import resource
@@ -26,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; docker stop, Slurm, timeout; a closed terminal
 STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+# what a collective raises when another process has ended (gloo's words, then NCCL's)
+PEER_GONE = r"(closed|reset) by peer|remote process exited|communicator was aborted"
 
 
 class UserError(Exception):
@@ -83,10 +86,13 @@ def cli(main):
             code, message = EXIT_USER_ERROR, f"error: {first_line(e)}"
         except Diverged as e:
             code, message = EXIT_DIVERGED, f"diverged: {first_line(e)}"
-        except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeErrors
-            if not isinstance(e, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(e)):
+        except (MemoryError, RuntimeError) as e:  # torch's allocators and collectives raise RuntimeErrors
+            if dist.is_available() and dist.is_initialized() and re.search(PEER_GONE, str(e)):
+                code, message = 1, "stopped: another process ended (its own line says why)"
+            elif isinstance(e, MemoryError) or re.search(r"out of memory|can't allocate memory", str(e)):
+                code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
+            else:
                 raise
-            code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
         except OSError as e:  # a path the system refuses that no check named (a name too long, a loop of links)
             code, message = EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(
                 e.filename)
@@ -248,6 +254,10 @@ def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
     """The FLOP rate over what the device could reach for the same work, each part against the
     ceiling of its precision (fp32_share of the FLOPs in fp32)."""
     return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def sync(device):
