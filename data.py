@@ -320,8 +320,8 @@ def _load_torchvision_cifar(folder, download):
     import torchvision
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # by torchvision's download, deepest first
     try:
-        with contextlib.ExitStack() as held:  # runs started together wait for one download: torchvision
-            with contextlib.suppress(UserError):  # writes in place (a folder that cannot be written fetches nothing)
+        with contextlib.ExitStack() as held:  # runs started together wait for one download (torchvision writes
+            with contextlib.suppress(UserError):  # in place); a folder that cannot be written fetches nothing
                 held.enter_context(advisory_lock(folder / ".download.lock", "", str(folder), wait=True))
             train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
             test = torchvision.datasets.CIFAR10(folder, train=False, download=False)

@@ -13,7 +13,8 @@ without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 Its settings are environment variables, read and checked in `settings()`; docs/recipes.md's table
 says what each does. One sweep at a time on a log folder, or the shards of one list. Ctrl-C or
 SIGTERM (or a closed terminal's SIGHUP, unless under nohup) stops every running configuration within
-seconds; the same command resumes. A failing run does not stop the others: the failures are listed at the end, exit code 1.
+seconds; the same command resumes. A failing run does not stop the others: the failures are listed
+at the end, exit code 1.
 """
 import contextlib
 import dataclasses
