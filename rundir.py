@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, rank, rng_state, set_rng_state, \
-    world_size
+from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, free_space, rank, rng_state, \
+    set_rng_state, world_size
 
 
 @contextlib.contextmanager
@@ -86,15 +86,6 @@ def atomic_bytes(path, content):
     atomic_write(path, lambda f: f.write(content))
 
 
-def free_space(folder):
-    """The free space on folder's disk, in words ("1.2 GB")."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return "unknown space"
-    return f"{free / 2 ** 30:.1f} GB" if free >= 2 ** 30 else f"{free / 2 ** 20:.1f} MB"
-
-
 def save_torch(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -150,24 +141,29 @@ def environment(device):
 
 
 def existing_run(cfg):
-    """Whether <log_dir>/<exp_id> holds something; refuse it unless --resume, or --overwrite of a run."""
+    """Whether <log_dir>/<exp_id> holds something; refuse it unless --resume, or --overwrite, of a run
+    (never what is not recognisably a run of this project: --resume would write into it, --overwrite
+    delete it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
     exists = run_dir.is_dir() and any(run_dir.iterdir())
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
-    if exists and not cfg.overwrite:
-        try:
-            theirs = json.loads((run_dir / "config.json").read_text()).get("data_kind")
-        except (OSError, ValueError, AttributeError):
-            theirs = None
-        if theirs and theirs != cfg.data_kind():  # the other trainer's, or other text: no --resume continues it
-            raise UserError(f"run directory {run_dir} already exists and holds a run on other data ({theirs}, not "
+    if not exists:
+        return False
+    try:
+        theirs = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        theirs = None
+    theirs = theirs if isinstance(theirs, dict) and theirs.get("task") in ("vit", "lm") else None
+    check(theirs or (run_dir / "checkpoint.pt").is_file(), f"{run_dir} exists and is not a run directory (it has "
+          f"no run's config.json or checkpoint.pt); give another --exp_id or --log_dir, or move it away")
+    if not cfg.overwrite:
+        kind = (theirs or {}).get("data_kind")
+        if kind and kind != cfg.data_kind():  # the other trainer's, or other text: no --resume continues it
+            raise UserError(f"run directory {run_dir} already exists and holds a run on other data ({kind}, not "
                             f"{cfg.data_kind()}); give another --exp_id, or --overwrite to replace it")
         check(cfg.resume, f"run directory {run_dir} already exists; use --resume to continue it, --overwrite to "
               f"start it again, or another --exp_id")
-    if exists and cfg.overwrite:  # never delete what is not recognisably a run of this project
-        check((run_dir / "config.json").is_file() or (run_dir / "checkpoint.pt").is_file(),
-              f"--overwrite refused: {run_dir} is not a run directory (it has no config.json or checkpoint.pt)")
-    return exists
+    return True
 
 
 @contextlib.contextmanager

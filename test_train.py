@@ -1289,6 +1289,16 @@ class TestNothingLost(CliCase):
         self.refused("train_vit.py", ["--data_folder", str(self.tmp / "nothing"), "--log_dir", str(self.logs),
                                       "--exp_id", "done", "--overwrite", *VIT_TINY], watch=[run_dir])
 
+    def test_resume_never_writes_into_a_folder_that_is_not_a_run(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        notes = self.tmp / "projects" / "notes"
+        notes.mkdir(parents=True)
+        (notes / "config.json").write_text('{"mine": 1}')  # a file of that common name, not a run's
+        for exp_id in ("notes", "images"):  # and the data's own folder, given as a run
+            self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(notes.parent if exp_id == "notes"
+                                          else self.tmp), "--exp_id", exp_id, "--resume", *VIT_TINY],
+                         "is not a run directory", watch=[notes, data])
+
     def test_two_trainers_on_one_run_directory_one_runs_the_other_is_refused(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
         argv = [sys.executable, "train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),

@@ -10,6 +10,7 @@ import platform
 import random
 import re
 import resource
+import shutil
 import signal
 import sys
 import urllib.error
@@ -263,6 +264,15 @@ def device_name(device):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def free_space(folder):
+    """The free space on folder's disk, in words ("1.2 GB")."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    return f"{free / 2 ** 30:.1f} GB" if free >= 2 ** 30 else f"{free / 2 ** 20:.1f} MB"
 
 
 def device_memory(device):
