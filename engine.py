@@ -339,7 +339,8 @@ def train(cfg, build):
     try:
         device, precision = setup(cfg)
         log(f"device {device}; precision {precision.why}")
-        existing_run(cfg)  # refused at once, before the data is loaded
+        if rank() == 0:  # refused at once, before the data is loaded (the first process looks: see prepare_run_dir)
+            existing_run(cfg)
         task, model, extra, files = build(cfg, device)
     except KeyboardInterrupt as e:
         raise Stopped(getattr(e, "signum", signal.SIGINT), "nothing of the run was written yet") from None

@@ -214,9 +214,10 @@ def prepare_run_dir(cfg):
     """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite. Returns the
     path, and whether the run starts afresh (nothing of an earlier run is in it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
-    exists = existing_run(cfg)
+    # The first process looks: a network file system would go on telling the others that a folder they
+    # looked for before it was made is not there (its cache of lookups), and fail the check below.
+    exists = existing_run(cfg) if rank() == 0 else False
     fresh = not exists or cfg.overwrite
-    barrier()  # every process has looked before the first one changes anything
     probe, token = run_dir / ".write_test", [os.urandom(8).hex()]
     if rank() == 0:
         try:
