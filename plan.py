@@ -9,6 +9,7 @@ matmul rate measured here in a fraction of a second; its disk from its learnable
 import contextlib
 import io
 import math
+import os
 import shutil
 import sys
 import time
@@ -44,9 +45,15 @@ def parse_run(exp_id, config_class, argv):
         raise UserError(f"{exp_id}: {(err.getvalue().strip() or str(e)).removeprefix('error: ')}") from None
 
 
-def check_device(name):
-    """The device the runs will use; DEVICE=cuda without a usable GPU is refused."""
+def check_device(name, gpus=()):
+    """The device the runs will use; DEVICE=cuda without a usable GPU is refused, and so is GPUS naming
+    a GPU this process does not see (a worker on it would fail every run it takes, at once)."""
     if name != "cpu" and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        beyond = [g for g in gpus if g.isdigit() and int(g) >= count]
+        check(not beyond, f"GPUS names GPU {beyond[0] if beyond else ''}, but this process sees {count} GPU"
+              f"{'s' * (count > 1)}, numbered from 0" + " (after CUDA_VISIBLE_DEVICES)" * bool(
+                  os.environ.get("CUDA_VISIBLE_DEVICES")))
         return get_device("cuda")  # a GPU this torch has no kernels for is refused here, before any run
     check(name != "cuda", f"DEVICE=cuda (the default with GPUS and in the image), but {cuda_unusable_reason()}")
     if name == "auto":
@@ -295,12 +302,12 @@ def report(runs, workers, notes, device, rate=None):
         print(f"warning: the sweep needs about {size(peak)} but {log_dir} has {size(free)} free", file=sys.stderr)
 
 
-def plan(runs, workers, dry_run):
+def plan(runs, gpus, dry_run):
     """Check the runs already in the log folder, the device and (unless a dry run) the data, then
     print the plan."""
-    previous = progress(runs)
+    previous, workers = progress(runs), len(gpus)
     try:
-        device = check_device(runs[0].cfg.device)
+        device = check_device(runs[0].cfg.device, gpus)
     except UserError as e:
         check(dry_run, str(e))  # a dry run may plan a GPU sweep on a machine without one
         return report(runs, workers, [str(e)], None)

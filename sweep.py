@@ -118,6 +118,11 @@ def settings():
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
     bad = [g for g in s["gpus"] if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
     check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")
+    # GPU indices count the GPUs this process sees, as torch does: under CUDA_VISIBLE_DEVICES (Slurm's), its own
+    s["visible"] = re.findall(r"[^\s,]+", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    beyond = [g for g in s["gpus"] if g.isdigit() and s["visible"] and int(g) >= len(s["visible"])]
+    check(not beyond, f"GPUS names GPU {beyond[0] if beyond else ''}, but CUDA_VISIBLE_DEVICES="
+          f"{os.environ.get('CUDA_VISIBLE_DEVICES')} shows this process {len(s['visible'])}, numbered from 0")
     s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):
@@ -249,7 +254,8 @@ class Sweep:
             return print(f"== {run.exp_id}: done, skipped", flush=True) or 0
         command = run.command(self.s["python"])
         print(f"== {run.exp_id}{f' on GPU {gpu}' if gpu is not None else ''}: {shlex.join(command)}", flush=True)
-        env = dict(os.environ, **({} if gpu is None else dict(CUDA_VISIBLE_DEVICES=gpu)),
+        visible = self.s["visible"][int(gpu)] if gpu is not None and gpu.isdigit() and self.s["visible"] else gpu
+        env = dict(os.environ, **({} if gpu is None else dict(CUDA_VISIBLE_DEVICES=visible)),
                    **({} if threads is None else dict(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))))
         with open(Path(self.s["log_dir"]) / f"{run.exp_id}.log", "a") as f:
             f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
@@ -302,9 +308,9 @@ def main(argv=None):
     if s["dry_run"]:
         for run in runs:
             print(shlex.join(run.command(s["python"])))
-        return plan.plan(runs, len(s["gpus"]), dry_run=True)
+        return plan.plan(runs, s["gpus"], dry_run=True)
     with folder_lock(s):
-        plan.plan(runs, len(s["gpus"]), dry_run=False)  # checks the device and the data (fetching them) first
+        plan.plan(runs, s["gpus"], dry_run=False)  # checks the device and the data (fetching them) first
         work = Sweep(runs, s)
         stopped = work.execute()
     if stopped is not None:

@@ -93,6 +93,11 @@ class TestGpuWithoutKernels(TempDir):
             with self.assertRaisesRegex(utils.UserError, "compute capability 7.0.*cu126"):
                 plan.check_device("cuda")  # the sweep's check, before its first run
             plan.check_device("cpu")
+            with mock.patch("torch.cuda.device_count", return_value=2), \
+                    mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": ""}):  # GPUS naming a GPU that is not there
+                with self.assertRaisesRegex(utils.UserError, "^GPUS names GPU 2, but this process sees 2 GPUs, numbered "
+                                                             "from 0$"):
+                    plan.check_device("cuda", ["0", "2"])
         with mock.patch("torch.cuda.get_device_capability", return_value=(8, 9)):
             self.assertIsNone(utils.cuda_arch_problem())  # an L40S runs sm_86 kernels
         with mock.patch("torch.cuda.get_device_capability", return_value=(7, 0)), \

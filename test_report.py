@@ -284,6 +284,15 @@ class TestSweepMechanics(TempDir):
         self.assertIn("3 in parallel", proc.stdout)
         self.assertIn("== plots and tables", proc.stdout)
 
+    def test_gpus_count_the_gpus_this_process_sees(self):
+        # under CUDA_VISIBLE_DEVICES (Slurm's allocation), GPUS 0 and 2 are its first and third GPUs
+        proc, calls = self.fake(GPUS="0 2", ONLY="^vit_L2_(adam|sgd)$", CUDA_VISIBLE_DEVICES="5,6,7", FAST="0.5")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertEqual(sorted(gpu for _, gpu in calls), ["5", "7"])
+        code, _, err = sweep_here(dict(DRY_RUN="1", GPUS="0 3", CUDA_VISIBLE_DEVICES="5,6,7"))
+        self.assertEqual((code, err.strip()), (2, "error: GPUS names GPU 3, but CUDA_VISIBLE_DEVICES=5,6,7 shows this "
+                                                  "process 3, numbered from 0"))
+
     def test_relative_paths_are_of_the_folder_it_is_started_from(self):
         env = dict(fake_sweep(self.tmp), LOG_DIR="my logs", VIT_DATA="images", ONLY="^vit_L2_sgd$")
         proc = sweep(env, cwd=self.tmp)
