@@ -285,7 +285,9 @@ class Sweep:
     def execute(self):
         """Every run, on the workers; returns the signal that stopped the sweep, or None."""
         gpus = self.s["gpus"] or [None]
-        threads = str(max(1, (os.cpu_count() or 1) // len(gpus))) if self.s["gpus"] else None
+        # the CPUs this process may use (a Slurm job's, a taskset's), not the machine's
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = str(max(1, cpus // len(gpus))) if self.s["gpus"] else None
         previous = {s: signal.signal(s, self.stop) for s in stop_signals()}
         workers = [threading.Thread(target=self.work, args=(gpu, threads), daemon=True) for gpu in gpus]
         for w in workers:

@@ -48,7 +48,7 @@ FAKE_PYTHON = f"""#!/usr/bin/env bash
 [[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} "$@"
 [[ $1 == *plot.py ]] && exit 0
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
-echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$" >> "$CALLS"
+echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$ ${{OMP_NUM_THREADS:-none}}" >> "$CALLS"
 printf 'a byte that is no UTF-8: \\377\\n'  # the sweep shows and logs any output
 if [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{FAST:-0}}"; fi
 [[ -n ${{FAIL:-}} && $exp == $FAIL* ]] && exit 3
@@ -292,6 +292,15 @@ class TestSweepMechanics(TempDir):
         code, _, err = sweep_here(dict(DRY_RUN="1", GPUS="0 3", CUDA_VISIBLE_DEVICES="5,6,7"))
         self.assertEqual((code, err.strip()), (2, "error: GPUS names GPU 3, but CUDA_VISIBLE_DEVICES=5,6,7 shows this "
                                                   "process 3, numbered from 0"))
+
+    @unittest.skipUnless(shutil.which("taskset"), "taskset is not installed")
+    def test_each_gpu_gets_its_share_of_the_cpus_this_process_may_use(self):
+        env = {k: v for k, v in {**os.environ, **fake_sweep(self.tmp), "GPUS": "0", "ONLY": "^vit_L2_sgd$"}.items()
+               if k != "OMP_NUM_THREADS"}  # the sweep's share, not one set by hand
+        proc = subprocess.run(["taskset", "-c", "0", "bash", str(HERE / "runs.sh")], env=env, capture_output=True,
+                              text=True, timeout=120)  # one CPU of the machine's, as a Slurm job's share
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertEqual((self.tmp / "calls").read_text().split()[3], "1")
 
     def test_relative_paths_are_of_the_folder_it_is_started_from(self):
         env = dict(fake_sweep(self.tmp), LOG_DIR="my logs", VIT_DATA="images", ONLY="^vit_L2_sgd$")
