@@ -241,10 +241,11 @@ class Sweep:
                 return
             try:
                 code = self.run_one(run, gpu, threads)
-                why = f"exit {code}"
+                # stopped by a signal to it alone (not the sweep's): unfinished, so not done
+                why = f"{STOP_WORDS[code - 128]}, exit {code}" if code - 128 in STOP_SIGNALS else f"exit {code}"
             except Exception as e:  # noqa: BLE001 - e.g. its log cannot be written: this run fails, not the sweep
                 code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else first_line(e)
-            if code and code - 128 not in STOP_SIGNALS and self.stopped is None:
+            if code and self.stopped is None:
                 print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
                 self.failed.append(f"{run.exp_id} ({why})")
 

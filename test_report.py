@@ -418,6 +418,18 @@ class TestSweepStops(TempDir):
         self.assertEqual(running, [])  # both workers' runs are gone, and no further run started
         self.assertEqual(len(pids.read_text().split()), 2)
 
+    def test_a_run_stopped_by_a_signal_to_it_alone_is_not_done(self):
+        fake = self.tmp / "python"  # a trainer terminated on its own (a user's kill of its pid): unfinished
+        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} \"$@\"\n"
+                        f"exit 143\n")
+        fake.chmod(0o755)
+        images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        proc = sweep(dict(PYTHON=str(fake), LOG_DIR=str(self.tmp / "logs"), ONLY="^vit_L2_sgd$", DEVICE="cpu",
+                          VIT_DATA=str(images)))
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertIn("== vit_L2_sgd_s42: FAILED (terminated, exit 143", proc.stdout)
+        self.assertNotIn("all done", proc.stdout)
+
 
 def alive(pid):
     """A process that exists and is not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
