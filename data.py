@@ -319,15 +319,17 @@ def load_cifar10(folder, device, download=True):
 def _load_torchvision_cifar(folder, download):
     import torchvision
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # by torchvision's download, deepest first
+    lock = folder / ".download.lock"
+    ours = not lock.exists()  # left in a folder only beside the data it fetched
     try:
         with contextlib.ExitStack() as held:  # runs started together wait for one download (torchvision writes
             with contextlib.suppress(UserError):  # in place); a folder that cannot be written fetches nothing
-                held.enter_context(advisory_lock(folder / ".download.lock", "", str(folder), wait=True))
+                held.enter_context(advisory_lock(lock, "", str(folder), wait=True))
             train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
             test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
     except Exception as e:  # noqa: BLE001 - network, integrity and format errors alike
-        if made:
-            (folder / ".download.lock").unlink(missing_ok=True)
+        if ours:
+            lock.unlink(missing_ok=True)
         for p in made:  # a failed download leaves no empty folder behind
             with contextlib.suppress(OSError):
                 p.rmdir()

@@ -461,6 +461,11 @@ class TestCifar(TempDir):
                 self.assertRaisesRegex(UserError, "could not be downloaded"):
             load_cifar10(self.tmp / "data" / "cifar10", CPU)
         self.assertEqual(list(self.tmp.iterdir()), [])  # the folders the download made are gone
+        (self.tmp / "other").mkdir()  # a folder of something else, given by mistake: left as it was
+        with mock.patch("urllib.request.urlopen", side_effect=urllib.error.URLError("offline")), \
+                self.assertRaisesRegex(UserError, "could not be downloaded"):
+            load_cifar10(self.tmp / "other", CPU)
+        self.assertEqual(list(self.tmp.rglob("*")), [self.tmp / "other"])
 
 
 class TestAugment(unittest.TestCase):
