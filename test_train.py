@@ -1376,6 +1376,8 @@ class TestNothingLost(CliCase):
                 self.refused("generate.py", ["--run", str(run_dir), "--words", "3"], fragment)
                 (run_dir / name).write_bytes(original)
         self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], "not a readable run directory")
+        self.refused("generate.py", ["--run", str(self.tmp / "typo")], f"--run {self.tmp / 'typo'} does not exist")
+        self.refused("generate.py", ["--run", str(run_dir / "best.pt")], "best.pt is a file, not a run directory")
         self.refused("generate.py", ["--run", str(self.logs), "--words", "3"], f"{self.logs} is a folder of runs, "
                      f"not one run: give one of them, e.g. --run {self.logs / 'other'} (2 there)")
         self.refused("generate.py", ["--run", str(run_dir), "--temperature", "inf"], "temperature")
