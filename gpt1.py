@@ -144,6 +144,8 @@ def main(argv=None):
     parser.add_argument("--data_folder", default="./data/wikitext2", help="where the token files are")
     args = parser.parse_args(argv)
     source, folder = Path(args.source), Path(args.data_folder)
+    check(source.is_dir(), f"--from {source} " + ("is a file: give the folder that holds it" if source.exists()
+                                                 else "does not exist"))
     vocabulary = [name for name in ("encoder_bpe_40000.json", "vocab_40000.bpe") if (source / name).is_file()]
     for name in vocabulary:  # for text in and out of generate.py
         if not (folder / name).exists():

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -113,10 +114,17 @@ class TestEmbeddings(TempDir):
         with self.assertRaisesRegex(UserError, "not the pinned file"):
             embeddings(self.tmp / "other", str(self.tmp / "elsewhere"), blobs)
         self.assertFalse((self.tmp / "other").exists())
-        proc = subprocess.run([sys.executable, "gpt1.py", "--from", str(self.tmp / "nowhere"), "--data_folder",
+        (self.tmp / "empty").mkdir()
+        proc = subprocess.run([sys.executable, "gpt1.py", "--from", str(self.tmp / "empty"), "--data_folder",
                                str(self.tmp / "data2")], cwd=HERE, capture_output=True, text=True, timeout=120)
         self.assertEqual((proc.returncode, len(proc.stderr.splitlines())), (2, 1), proc.stderr)
         self.assertIn("python gpt1.py --from <their folder>", proc.stderr)  # what to do, in the same words
+        for source, said in (("nowhere", "does not exist"), ("elsewhere/params_0.npy", "is a file")):
+            with contextlib.redirect_stderr(io.StringIO()) as err, self.assertRaises(SystemExit) as ctx:
+                gpt1.main(["--from", str(self.tmp / source), "--data_folder", str(self.tmp / "data2")])
+            self.assertEqual(ctx.exception.code, 2)
+            self.assertRegex(err.getvalue(), f"^error: --from {re.escape(str(self.tmp / source))} {said}")
+        self.assertFalse((self.tmp / "data2").exists())
 
     def test_from_a_folder_of_the_vocabulary_alone_it_is_copied_and_no_embeddings_made(self):
         files = {"encoder_bpe_40000.json": b'{"a</w>": 0}', "vocab_40000.bpe": b"#version: 0.2\n"}
