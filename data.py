@@ -120,10 +120,13 @@ def read_tokens_npz(path):
                 return loaded, {}
             with loaded as d:
                 arrays = {k: d[k] for k in d.files}
-    except Exception as e:  # noqa: BLE001 - missing, zip, pickle and format errors all mean a bad file
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{path} {'is a folder, not a file' if Path(path).is_dir() else 'does not exist'}") from None
+    except Exception as e:  # noqa: BLE001 - zip, pickle and format errors all mean a bad file
         pickled = isinstance(e, ValueError) and "pickled" in str(e)  # in numpy 1's words and 2's
-        why = "not an .npz archive" if pickled else str(e).splitlines()[0]
-        raise UserError(f"{path} is not a readable .npz file (truncated or corrupt?): {why}") from None
+        why = "not NumPy data" if pickled else str(e).splitlines()[0]
+        kind = ".npy" if Path(path).suffix == ".npy" else ".npz"
+        raise UserError(f"{path} is not a readable {kind} file (truncated or corrupt?): {why}") from None
     check("tokens" in arrays, f"{path} has no 'tokens' array (it has: {', '.join(arrays) or 'none'})")
     return arrays.pop("tokens"), arrays
 

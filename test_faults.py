@@ -280,14 +280,18 @@ class TestDamagedEmbeddings(FaultCase):
         table = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
         table[7, 3] = np.nan
         cases = {"nan": (table, "NaN or infinite values", "row 7"), "complex": (table.astype(np.complex64), "complex64"),
-                 "text": (np.full((50, 16), "x"), "<U1"), "bytes": (b"x", "not an .npz archive")}
+                 "text": (np.full((50, 16), "x"), "<U1"), "bytes": (b"x", "not a readable .npz file", "not NumPy data"),
+                 "missing": (None, "does not exist"), "folder": ("folder", "is a folder, not a file")}
         for name, (values, *fragments) in cases.items():
             with self.subTest(name):
                 path = self.tmp / f"{name}.npz"
-                path.write_bytes(values) if isinstance(values, bytes) else np.savez(path, tokens=values)
+                if isinstance(values, str):
+                    path.mkdir()
+                elif values is not None:
+                    path.write_bytes(values) if isinstance(values, bytes) else np.savez(path, tokens=values)
                 proc = cli("train_lm.py", "--data_folder", data, "--log_dir", self.logs, "--exp_id", name, *LM_TINY,
                            "--embeddings", path)
-                prefix = "error: " + "embeddings " * (name != "bytes")
+                prefix = "error: " + "embeddings " * (name not in ("bytes", "missing", "folder"))
                 self.assert_one_line(proc, 2, prefix, str(path), *fragments)
         self.assertFalse(self.logs.exists())
 

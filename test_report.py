@@ -578,7 +578,7 @@ class TestPlan(TempDir):
         (data / "wiki.train.npz").write_bytes(b"not a zip")
         out = self.plan(RUN_GROUPS="extras", ONLY="^lm_gru_L1", LM_DATA=str(data))
         self.assertIn(f"note: LM_DATA={data}: {data / 'wiki.train.npz'} is not a readable .npz file (truncated or "
-                      f"corrupt?): not an .npz archive: standard sizes", out)
+                      f"corrupt?): not NumPy data: standard sizes", out)
 
     def test_a_log_folder_that_cannot_be_written_is_found_before_the_data_check(self):
         (self.tmp / "file").write_text("")
