@@ -124,9 +124,8 @@ def read_tokens_npz(path):
         raise UserError(f"{path} {'is a folder, not a file' if Path(path).is_dir() else 'does not exist'}") from None
     except Exception as e:  # noqa: BLE001 - zip, pickle and format errors all mean a bad file
         pickled = isinstance(e, ValueError) and "pickled" in str(e)  # in numpy 1's words and 2's
-        why = "not NumPy data" if pickled else str(e).splitlines()[0]
-        kind = ".npy" if Path(path).suffix == ".npy" else ".npz"
-        raise UserError(f"{path} is not a readable {kind} file (truncated or corrupt?): {why}") from None
+        raise UserError(f"{path} is not a readable {'.npy' if Path(path).suffix == '.npy' else '.npz'} file (truncated "
+                        f"or corrupt?): {'not NumPy data' if pickled else str(e).splitlines()[0]}") from None
     check("tokens" in arrays, f"{path} has no 'tokens' array (it has: {', '.join(arrays) or 'none'})")
     return arrays.pop("tokens"), arrays
 
@@ -171,9 +170,8 @@ def tokenize(path):
 
 def build_vocab(words):
     """id 0 is padding; then <unk>, <eos> and the training words in order of first appearance."""
-    vocab = ["<pad>", "<unk>", "<eos>"]
-    vocab += [w for w in dict.fromkeys(words) if w not in ("<pad>", "<unk>", "<eos>")]
-    return vocab
+    specials = ["<pad>", "<unk>", "<eos>"]
+    return specials + [w for w in dict.fromkeys(words) if w not in specials]
 
 
 def word_index(vocab):
@@ -195,10 +193,8 @@ def content_sha256(*parts):
     """A checksum of tensors (their bytes, in order) and JSON-able values: what a dataset is."""
     digest = hashlib.sha256()
     for part in parts:
-        if torch.is_tensor(part):
-            digest.update(memoryview(part.contiguous().numpy()).cast("B"))
-        else:
-            digest.update(json.dumps(part).encode())
+        tensor = torch.is_tensor(part)
+        digest.update(memoryview(part.contiguous().numpy()).cast("B") if tensor else json.dumps(part).encode())
         digest.update(b"\0")
     return digest.hexdigest()
 
