@@ -289,6 +289,8 @@ class TestRefusals(CliCase):
              "warms up for 5 epochs unless --warmup_epochs says otherwise)"),
             (train_lm.main, ["--embedding_size", str(2 ** 62)], "--embedding_size 4611686018427387904 is beyond"),
             (train_lm.main, ["--seq_len", str(2 ** 62)], "--seq_len must be at least 2 and below 2**31"),
+            (train_lm.main, ["--embeddings", "None"], "--embeddings none: leave --embeddings out"),
+            (train_lm.main, ["--learn_embeddings"], "--learn_embeddings trains the embeddings loaded with"),
         ]
         for main, argv, fragment in cases:
             with self.subTest(argv=argv):

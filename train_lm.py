@@ -43,9 +43,10 @@ class Config(TrainConfig):
                               "whichever is there, token files first", ["auto", "tokens", "words"], group="data",
                               role="data")
     seq_len: int = option(256, "tokens per window (each predicts the next token)", group="data")
-    embeddings: str = option("", "gpt1: GPT-1's pretrained token embeddings (the reference's; fetched once "
-                             "beside the token files), or an .npz with array 'tokens', or an .npy (vocab x "
-                             "embedding_size); frozen unless --learn_embeddings", group="model")
+    embeddings: str = option("", "pretrained token embeddings: gpt1 (GPT-1's, the reference's; fetched once "
+                             "beside the token files), an .npz with array 'tokens', or an .npy (vocab x "
+                             "embedding_size); frozen unless --learn_embeddings. Without it (the default) they "
+                             "are learned from scratch", group="model")
     learn_embeddings: bool = option(False, "train embeddings loaded with --embeddings", group="model")
     embedding_size: int = option(768, "embedding width (tied to the output layer)", group="model")
     hidden_size: int = option(512, "recurrent state or transformer width", group="model")
@@ -61,6 +62,10 @@ class Config(TrainConfig):
         check(2 <= self.seq_len < 2 ** 31, f"--seq_len must be at least 2 and below 2**31, got {self.seq_len}")
         check(self.model != "transformer" or self.hidden_size % self.num_heads == 0,
               f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
+        check(self.embeddings.lower() != "none", "--embeddings none: leave --embeddings out; without it the "
+              "embeddings are learned from scratch")
+        check(self.embeddings or not self.learn_embeddings, "--learn_embeddings trains the embeddings loaded with "
+              "--embeddings; without them the embeddings are learned from scratch anyway: leave it out")
 
     PREFIX = "lm_{model}"
     DATA_KIND = "tokens"  # the report's: GPT-1 token ids
