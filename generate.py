@@ -46,7 +46,7 @@ def load_run(run_dir):
     check(isinstance(config.get("model_args"), dict), f"{run_dir}/config.json has no model_args")
     check((run_dir / "best.pt").exists(), f"{run_dir} has no best.pt yet (no finished epoch)")
     try:
-        args = checked_model_args(config["model_args"])
+        args = checked_model_args(config["model_args"], str(config.get("embeddings") or ""))
     except (KeyError, TypeError, UserError) as e:
         raise UserError(f"{run_dir}/config.json: model_args do not describe a model ({first_line(e)})") from None
     embeddings = None
@@ -74,9 +74,9 @@ def load_run(run_dir):
     return model.eval(), dict(config, model_args=args), vocab  # the arguments as checked
 
 
-def checked_model_args(args):
-    """The saved model arguments, held to what train_lm.py's Config takes: each of its type, choices
-    and range."""
+def checked_model_args(args, embeddings=""):
+    """The saved model arguments, held to what train_lm.py's Config takes (with the run's --embeddings):
+    each of its type, choices and range."""
     fields = {f.name: f for f in dataclasses.fields(Config) if f.name in MODEL_ARGS}
     for name, f in fields.items():
         kind = type(f.default)
@@ -84,7 +84,7 @@ def checked_model_args(args):
         check((type(args[name]) is kind or kind is float and type(args[name]) is int)
               and (not choices or args[name] in choices), f"{name} is {args[name]!r}")
     check(type(args["vocab_size"]) is int and 1 < args["vocab_size"] < 2 ** 31, f"vocab_size is {args['vocab_size']!r}")
-    Config(**{name: args[name] for name in fields}).validate()
+    Config(**{name: args[name] for name in fields}, embeddings=embeddings).validate()
     return args
 
 

@@ -163,6 +163,10 @@ class TestLanguageModelCli(CliCase):
         run_dir, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npy"), "--optimizer", "adam", data=data,
                                 exp_id="npy")
         torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, torch.from_numpy(table))
+        run_dir, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npy"), "--learn_embeddings", data=data,
+                                exp_id="learned")  # trained from the file: saved with the weights, sampled alike
+        learned = torch.load(run_dir / "best.pt", weights_only=True)["model"]["embedding.weight"]
+        torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, learned)
 
     def test_embeddings_that_do_not_fit_are_refused(self):
         data = write_token_files(self.tmp / "tok")
