@@ -145,7 +145,7 @@ def existing_run(cfg):
     (never what is not recognisably a run of this project: --resume would write into it, --overwrite
     delete it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
-    exists = run_dir.is_dir() and any(run_dir.iterdir())
+    exists = run_dir.is_dir() and any(p.name != ".write_test" for p in run_dir.iterdir())  # its probe alone: no run
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
     if not exists:
         return False
@@ -203,8 +203,7 @@ def run_lock(cfg):
     if rank() != 0:
         yield
         return
-    path = Path(cfg.log_dir) / f".{cfg.exp_id}.lock"
-    run_dir = Path(cfg.log_dir) / cfg.exp_id
+    path, run_dir = Path(cfg.log_dir) / f".{cfg.exp_id}.lock", Path(cfg.log_dir) / cfg.exp_id
     with advisory_lock(path, f"{run_dir} is in use by another process (it holds {path}); wait for it, or use "
                              f"another --exp_id", f"the run directory {run_dir}"):
         yield
@@ -227,19 +226,24 @@ def prepare_run_dir(cfg):
             probe.write_text(token[0])
         except OSError as e:
             raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
-    if world_size() > 1:  # every process reads what the first writes (best.pt, checkpoint.pt): one file system
-        dist.broadcast_object_list(token)  # once the first process has written it
-        for _ in range(60):  # a second at a time: a network file system may list a new file late
-            with contextlib.suppress(OSError):
-                if probe.read_text() == token[0]:
-                    break
-            time.sleep(1)
-        else:
-            raise UserError(f"process {rank()} does not see the run directory {run_dir} that the first process made: "
-                            f"on several machines, --log_dir must be a folder they all share")
-        barrier()
-    if rank() == 0:
-        probe.unlink()
+    try:
+        if world_size() > 1:  # every process reads what the first writes (best.pt, checkpoint.pt): one file system
+            dist.broadcast_object_list(token)  # once the first process has written it
+            for _ in range(60):  # a second at a time: a network file system may list a new file late
+                with contextlib.suppress(OSError):
+                    if probe.read_text() == token[0]:
+                        break
+                time.sleep(1)
+            else:
+                raise UserError(f"process {rank()} does not see the run directory {run_dir} that the first process "
+                                f"made: on several machines, --log_dir must be a folder they all share")
+            barrier()
+    except BaseException:  # a fresh run leaves no directory behind: the same command, fixed, runs again
+        keep_or_remove(run_dir, fresh)
+        raise
+    finally:
+        if rank() == 0:
+            probe.unlink(missing_ok=True)
     return run_dir, fresh
 
 
@@ -329,8 +333,7 @@ class RunDir:
               f"run")
 
         def short(value):
-            text = repr(value)
-            return text if len(text) <= 40 else text[:37] + "..."
+            return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         check(not diffs, f"cannot resume {self.path} with a different configuration ("
               + "; ".join(f"{k}: {short(saved.get(k, defaults.get(k)))} -> {short(now.get(k))}" for k in diffs) + ")")
 

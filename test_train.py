@@ -599,6 +599,7 @@ class TestDistributed(CliCase):
                       f"made: on several machines, --log_dir must be a folder they all share", proc.stderr)
         self.assertNotIn("epoch 1/", proc.stdout)
         self.assertNotIn("[rank0]: Traceback", proc.stderr)  # the other process: a line at most, never a traceback
+        self.assertFalse((Path(f"{self.logs}0") / "run").exists())  # nothing left to refuse the command run again
 
     def test_a_batch_that_does_not_divide_is_refused_once(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
@@ -1304,6 +1305,12 @@ class TestNothingLost(CliCase):
             self.refused("train_vit.py", ["--data_folder", str(data), "--log_dir", str(notes.parent if exp_id == "notes"
                                           else self.tmp), "--exp_id", exp_id, "--resume", *VIT_TINY],
                          "is not a run directory", watch=[notes, data])
+        (self.logs / "probed").mkdir(parents=True)  # what a process killed between its folder and its first file
+        (self.logs / "probed" / ".write_test").write_text("0")  # leaves: no run, so the command runs
+        code, _, err = run(train_vit.main, ["--data_folder", str(data), "--log_dir", str(self.logs), "--exp_id",
+                                            "probed", "--epochs", "1", *VIT_TINY])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(p.name for p in (self.logs / "probed").iterdir() if p.name.startswith(".")), [])
 
     def test_two_trainers_on_one_run_directory_one_runs_the_other_is_refused(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
