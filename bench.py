@@ -334,7 +334,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     data = Path(args.data or "./data")
     if args.data:  # one given is read: not a typo, not one dataset
-        utils.check(data.is_dir(), f"--data {data} " + ("is not a folder" if data.exists() else "does not exist"))
+        utils.check_folder(data, "--data", "is not a folder")
         utils.check(not (data / "train").is_dir() and not (data / "wiki.train.npz").exists(), f"--data {data} is one "
                     f"dataset; give the folder that holds cifar10/ and wikitext2/: --data {data.parent}")
     out = Path(args.json or "").absolute()  # found writable now, not after the measurements

@@ -21,7 +21,7 @@ from data import word_index
 from gpt1 import Vocabulary
 from rundir import load_torch, load_trained
 from train_lm import MODEL_ARGS, Config, build_model, embeddings_path, file_sha256, load_embeddings
-from utils import UserError, check, cli, first_line
+from utils import UserError, check, check_folder, cli, first_line
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -32,8 +32,7 @@ def load_run(run_dir):
     """(model in eval mode, config, vocabulary or None) of a train_lm.py run; a damaged run is refused
     in one line."""
     run_dir = Path(run_dir)
-    check(run_dir.is_dir(), f"--run {run_dir} " + ("is a file, not a run directory" if run_dir.exists()
-                                                   else "does not exist"))
+    check_folder(run_dir, "--run", "is a file, not a run directory")
     if not (run_dir / "config.json").exists():  # a log folder given for one of its runs: name one, an LM's first
         runs = sorted((p.parent.name for p in run_dir.glob("*/config.json")), key=lambda n: (n[:3] != "lm_", n))
         check(not runs, f"{run_dir} is a folder of runs, not one run: give one of them, e.g. --run "

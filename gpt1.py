@@ -24,7 +24,7 @@ import numpy as np
 
 from config import Parser
 from rundir import atomic_bytes
-from utils import UserError, check, cli, fetch
+from utils import UserError, check, check_folder, cli, fetch
 
 GPT1_URL = "https://raw.githubusercontent.com/openai/finetune-transformer-lm/a69b5c43b0452462890bca8ff92fb75dee9290cf/model/"
 # git blob ids at that commit: a blob id is the SHA-1 of b"blob <size>\0" + content
@@ -144,8 +144,7 @@ def main(argv=None):
     parser.add_argument("--data_folder", default="./data/wikitext2", help="where the token files are")
     args = parser.parse_args(argv)
     source, folder = Path(args.source), Path(args.data_folder)
-    check(source.is_dir(), f"--from {source} " + ("is a file: give the folder that holds it" if source.exists()
-                                                 else "does not exist"))
+    check_folder(source, "--from", "is a file: give the folder that holds it")
     vocabulary = [name for name in ("encoder_bpe_40000.json", "vocab_40000.bpe") if (source / name).is_file()]
     for name in vocabulary:  # for text in and out of generate.py
         if not (folder / name).exists():

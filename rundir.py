@@ -145,7 +145,7 @@ def existing_run(cfg):
     (never what is not recognisably a run of this project: --resume would write into it, --overwrite
     delete it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
-    exists = run_dir.is_dir() and any(p.name != ".write_test" for p in run_dir.iterdir())  # its probe alone: no run
+    exists = run_dir.is_dir() and any(p.name != PROBE for p in run_dir.iterdir())  # its probe alone: no run
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
     if not exists:
         return False
@@ -194,6 +194,7 @@ def advisory_lock(path, busy, what, shared=False, wait=False):
 
 
 UNLOCKED = set()  # the folders whose file system refused a lock, said once
+PROBE = ".write_test"  # written by the first process, read by the others: they share the run directory
 
 
 @contextlib.contextmanager
@@ -217,7 +218,7 @@ def prepare_run_dir(cfg):
     # looked for before it was made is not there (its cache of lookups), and fail the check below.
     exists = existing_run(cfg) if rank() == 0 else False
     fresh = not exists or cfg.overwrite
-    probe, token = run_dir / ".write_test", [os.urandom(8).hex()]
+    probe, token = run_dir / PROBE, [os.urandom(8).hex()]
     if rank() == 0:
         try:
             if exists and cfg.overwrite:

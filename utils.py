@@ -67,6 +67,11 @@ def check(condition, message):
         raise UserError(message)
 
 
+def check_folder(path, flag, if_file="is a file, not a folder"):
+    """`flag` names a folder: one line saying why `path` is not one."""
+    check(Path(path).is_dir(), f"{flag} {path} " + (if_file if Path(path).exists() else "does not exist"))
+
+
 def first_line(exc):
     """An exception as one short line, even when its message is empty."""
     lines = str(exc).strip().splitlines()
