@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -72,8 +73,7 @@ class Group:
         values = [v for v in values if v == v]  # NaN is no result
         return (max if self.maximize else min)(values) if values else None
 
-    def stat(self, per_run):
-        """mean, std of per_run(run) over the runs where it is defined."""
+    def stat(self, per_run):  # mean, std of per_run(run) over the runs where it is defined
         return mean_std([per_run(r) for r in self.runs])
 
     def best_of(self, column):
@@ -92,12 +92,10 @@ class Group:
         xs = np.array([[row[x] for row in r.rows[:n]] for r in self.runs]).mean(0)
         return xs, ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
 
-    def norm_epochs(self):
-        """The grad-norm epochs every seed logged, or []."""
+    def norm_epochs(self):  # those every seed logged, or []
         return sorted(set.intersection(*(set(r.norms) for r in self.runs)))
 
-    def norms_at(self, epoch):
-        """Per-layer gradient norms at an epoch: mean and std over seeds (arrays over layers)."""
+    def norms_at(self, epoch):  # per-layer gradient norms at an epoch: mean and std over seeds (arrays over layers)
         ys = np.array([r.norms[epoch] for r in self.runs])
         return ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
 
@@ -195,8 +193,7 @@ def plot_curves(groups, task, out_dir, ref=None, per_panel=8):
     return written
 
 
-def finish(fig, title, path):
-    """Title, save (headless), close; returns the path."""
+def finish(fig, title, path):  # title, save, close
     fig.suptitle(title)
     fig.tight_layout()
     png = io.BytesIO()
@@ -336,23 +333,25 @@ def findings(groups, task):
     return lines + [""]
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as the trainers' flags (config.Parser, which this module cannot import)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log_dir", nargs="+", default=["logs"], help="folders holding run directories")
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
     try:
         problem = folders_problem(args.log_dir, out_dir)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        runs = find_runs(args.log_dir, out_dir)
+        runs = [] if problem else find_runs(args.log_dir, out_dir)
     except OSError as e:  # a path the system refuses (a name too long, a loop of links)
-        print(f"error: {e.strerror or e}" + f": {e.filename}" * bool(e.filename), file=sys.stderr)
-        return 2
-    if not runs:
-        print(f"error: no run directories (with config.json) under {', '.join(args.log_dir)}", file=sys.stderr)
+        problem = f"{e.strerror or e}" + f": {e.filename}" * bool(e.filename)
+    if problem or not runs:
+        print(f"error: {problem or 'no run directories (with config.json) under ' + ', '.join(args.log_dir)}",
+              file=sys.stderr)
         return 2
     try:
         ref = load_reference()
@@ -360,6 +359,9 @@ def main(argv=None):
         return write_report(runs, args.log_dir, out_dir, ref)
     except DamagedReference as e:
         print(f"error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except OSError as e:  # a folder that cannot be written, a full disk: what was there stays whole
         free = shutil.disk_usage(next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())).free
         print(f"error: cannot write the report in {out_dir}: {e.strerror or e} ({free / 2 ** 20:,.1f} MB free "
@@ -369,7 +371,7 @@ def main(argv=None):
 
 def write_report(runs, log_dirs, out_dir, ref):
     """Every study's tables, figures and findings, summary.md and index.html; the exit code."""
-    opening, body, figures, pages, every = [], [], [], [], []
+    opening, body, figures, pages, every, said = [], [], [], [], [], []
     for task in sorted({r.task for r in runs if r.rows}):
         mine, by_key = [r for r in runs if r.task == task and r.rows], {}
         metric = max((r.metric for r in mine), key=lambda m: sum(r.metric == m for r in mine))  # the most runs'
@@ -384,8 +386,8 @@ def write_report(runs, log_dirs, out_dir, ref):
             opening += compare(groups, task, ref)
             lines, figs, page = report_task(task, groups, out_dir, ref)
             body, figures, pages = body + lines, figures + figs, pages + [page]
-            n = sum(len(g.runs) for g in groups)
-            print(f"{task}: {len(groups)} configuration{'s' * (len(groups) > 1)}, {n} run{'s' * (n > 1)} -> {out_dir}")
+            n, k = sum(len(g.runs) for g in groups), len(groups)
+            said.append(f"{task}: {k} configuration{'s' * (k > 1)}, {n} run{'s' * (n > 1)} -> {out_dir}")
     problems = [f"{r.path}: " + ("; ".join(r.problems) or "no finished epoch (failed or still starting)")
                 for r in runs if not r.rows or r.problems]
     print("".join(f"warning: {p}\n" for p in problems), end="", file=sys.stderr)
@@ -400,6 +402,7 @@ def write_report(runs, log_dirs, out_dir, ref):
                + (["## Missing or damaged", ""] + [f"- {p}" for p in problems] + [""]) * bool(problems))
     write_file(out_dir / "summary.md", "\n".join(summary))
     write_html(out_dir, ["\n".join(summary)] + pages, figures, banner)
+    print("".join(f"{line}\n" for line in said), end="", flush=True)  # once it is whole: a closed stdout loses nothing
     return 0 if any(r.rows for r in runs) else 1
 
 

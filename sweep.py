@@ -10,14 +10,16 @@ Groups: reference (the report's 13 configurations), extras (GRU and Transformer 
 (`--recipe improved`: ViT-6 pre- and post-norm, LSTM-1), norms (ViT-6 pre/post-norm with and
 without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 
-Its settings are environment variables, read and checked in `settings()`; docs/recipes.md's table
-says what each does. One sweep at a time on a log folder, or the shards of one list. Ctrl-C or
-SIGTERM (or a closed terminal's SIGHUP, unless under nohup) stops every running configuration within
-seconds; the same command resumes. A failing run does not stop the others: the failures are listed
-at the end, exit code 1.
+Its settings are environment variables (SETTINGS, below), given before the command as above: it
+takes no arguments. docs/recipes.md's table says what each does; `settings()` reads and checks
+them. One sweep at a time on a log folder, or the shards of one list.
+Ctrl-C or SIGTERM (or a closed terminal's SIGHUP, unless under nohup) stops every running
+configuration within seconds; the same command resumes. A failing run does not stop the others:
+the failures are listed at the end, exit code 1.
 """
 import contextlib
 import dataclasses
+import difflib
 import os
 import queue
 import re
@@ -35,6 +37,8 @@ from rundir import advisory_lock
 from utils import STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, stop_signals
 
 HERE = Path(__file__).resolve().parent
+SETTINGS = ("QUICK", "DRY_RUN", "RUN_GROUPS", "SEEDS", "NORMS_SEEDS", "ONLY", "EPOCHS_LM", "EPOCHS_VIT", "DEVICE",
+            "GPUS", "LOG_DIR", "LM_DATA", "VIT_DATA", "EMBEDDINGS", "TRAIN_ARGS", "SHARD", "PYTHON")
 GROUPS = ("reference", "extras", "improved", "norms")
 # The trainers' flags the sweep gives each run itself, and where their values come from instead.
 OWN_FLAGS = {"--epochs": "EPOCHS_LM and EPOCHS_VIT", "--seed": "SEEDS", "--data_folder": "LM_DATA and VIT_DATA",
@@ -105,6 +109,10 @@ def settings():
     empty variable is an unset one, as in the shell's ${VAR:-default}."""
     def env(name, default=""):
         return os.environ.get(name) or default
+    for name in sorted(set(os.environ) - set(SETTINGS)):  # RUN_GROUP=reference: every group, silently
+        near = difflib.get_close_matches(name.upper(), SETTINGS, 1, 0.8)
+        if near:
+            print(f"warning: {name} is not a setting of the sweep, and is ignored: {near[0]}?", file=sys.stderr)
     try:
         train_args = shlex.split(env("TRAIN_ARGS", ""))
     except ValueError as e:  # an unclosed quote
@@ -303,6 +311,13 @@ class Sweep:
 
 @cli
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        return print(f"{__doc__.strip()}\n\nSETTINGS: {', '.join(SETTINGS)}") or 0
+    settings_given = [re.fullmatch(r"([A-Za-z_]\w*)=(.*)", a, re.S) for a in argv]  # QUICK=1 after the command
+    check(not argv, f"runs.sh takes no arguments (got {shlex.join(argv)}): its settings are environment variables, "
+          f"given before it: " + (" ".join(f"{m[1]}={shlex.quote(m[2])}" for m in settings_given) + " bash runs.sh"
+                                  if all(settings_given) else "QUICK=1 bash runs.sh (--help lists them)"))
     s = settings()
     runs = select(s)
     if s["quick"]:  # names are the configurations', what runs is cut short: say so

@@ -332,6 +332,36 @@ class TestGenerateOnDamagedRuns(FaultCase):
             self.assertEqual((proc.returncode, len(proc.stdout.split())), (0, 5), proc.stderr)
 
 
+class TestClosedOutput(FaultCase):
+    """A reader of the output that ends early (`| head -1`) ends the command quietly, as SIGPIPE ends a C
+    program (exit 141), after the report is whole; a trainer's fresh run leaves nothing behind."""
+
+    def closed(self, argv, lines, env=None):
+        """(exit code, stderr) of argv with its stdout closed after `lines` lines."""
+        with subprocess.Popen(argv, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=HERE, **(env or {}))) as proc:
+            for _ in range(lines):
+                proc.stdout.readline()
+            proc.stdout.close()
+            err = proc.stderr.read()
+            return proc.wait(timeout=120), err
+
+    def test_head_ends_the_sweep_plot_and_trainer_quietly(self):
+        code, err = self.closed(["bash", "runs.sh"], 1, dict(DRY_RUN="1", PYTHON=sys.executable))
+        self.assertEqual(code, 141, err)
+        self.assertNotRegex(err, "error|Error|Exception")
+        write_lm_run(self.logs, [300.0, 200.0])
+        code, err = self.closed([sys.executable, "plot.py", "--log_dir", self.logs], 0)
+        self.assertEqual((code, err), (141, ""))
+        for name in ("summary.md", "summary_lm.md", "index.html", "lm_epochs.png"):
+            self.assertTrue((self.logs / "report" / name).exists(), name)
+        self.images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        code, err = self.closed([sys.executable, "train_vit.py", "--data_folder", self.images, "--log_dir", self.logs,
+                                 "--exp_id", "vit", *VIT_TINY], 1)
+        self.assertEqual((code, err), (141, ""))
+        self.assertFalse((self.logs / "vit").exists())  # no epoch had finished
+
+
 class TestBenchOutput(FaultCase):
     def test_a_json_file_it_cannot_write_is_refused_before_measuring_and_none_is_needed(self):
         (self.tmp / "file").write_text("")

@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -77,7 +79,7 @@ def sweep(env, timeout=120, cwd=None):
                           cwd=cwd)
 
 
-def sweep_here(env):
+def sweep_here(env, argv=()):
     """sweep.py's main in this process, as `bash runs.sh` runs it (TestSweepProcesses runs it so):
     (exit code, stdout, stderr). Much faster than a process with its own torch import per call."""
     import sweep as sweep_module
@@ -85,7 +87,7 @@ def sweep_here(env):
     try:
         os.chdir(HERE)
         with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = sweep_module.main() or 0
+            code = sweep_module.main(list(argv)) or 0
     except SystemExit as e:
         code = e.code
     finally:
@@ -231,6 +233,25 @@ class TestSweepList(unittest.TestCase):
             self.assertEqual(code, 2, env)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertIn(fragment, err)
+        for argv, advice in ((["QUICK=1"], "given before it: QUICK=1 bash runs.sh"),
+                             (["SEEDS=1 2", "QUICK=yes"], "given before it: SEEDS='1 2' QUICK=yes bash runs.sh"),
+                             (["--quick"], "given before it: QUICK=1 bash runs.sh (--help lists them)")):
+            with tempfile.TemporaryDirectory() as tmp:  # refused before anything: never the whole study
+                code, out, err = sweep_here(dict(LOG_DIR=str(Path(tmp) / "logs")), argv)
+                self.assertFalse((Path(tmp) / "logs").exists())
+            self.assertEqual((code, out, err), (2, "", f"error: runs.sh takes no arguments (got {shlex.join(argv)}): "
+                                                       f"its settings are environment variables, {advice}\n"))
+        proc = subprocess.run(["bash", str(HERE / "runs.sh"), "--help"], capture_output=True, text=True, timeout=60)
+        self.assertEqual((proc.returncode, proc.stderr), (0, ""))
+        table = (HERE / "docs" / "recipes.md").read_text().split("Settings are environment variables")[1]
+        documented = {name for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for name in re.findall(r"`([A-Z_]+)",
+                                                                                                         cell)}
+        listed = re.search(r"^SETTINGS: (.+)$", proc.stdout, re.M)[1].split(", ")
+        self.assertEqual(sorted(listed), sorted(documented))  # docs/recipes.md's table, each setting once
+        code, out, err = sweep_here(dict(DRY_RUN="1", ONLY="^vit_L2_sgd$", RUN_GROUP="norms", quick="1", SEEDS_="1"))
+        self.assertEqual((code, exp_ids(out.split("== plan")[0].splitlines())), (0, ["vit_L2_sgd_s42"]), err)
+        for typo, meant in (("RUN_GROUP", "RUN_GROUPS"), ("quick", "QUICK"), ("SEEDS_", "SEEDS")):  # said, not used
+            self.assertIn(f"warning: {typo} is not a setting of the sweep, and is ignored: {meant}?\n", err)
         proc = sweep(dict(DRY_RUN="maybe"))  # through runs.sh, as a user meets it
         self.assertEqual((proc.returncode, proc.stderr.strip()), (2, "error: DRY_RUN must be 1, true or yes (or 0, "
                                                                       "false, no), got 'maybe'"))
@@ -886,6 +907,12 @@ class TestPlot(TempDir):
         with contextlib.redirect_stderr(err):
             self.assertEqual(plot.main(["--log_dir", str(self.tmp / "empty")]), 2)
         self.assertEqual(err.getvalue(), f"error: no run directories (with config.json) under {self.tmp / 'empty'}\n")
+        for argv, said in ((["logs"], "unrecognized arguments: logs"), (["--log_dir"], "argument --log_dir: expected "
+                                                                         "at least one argument")):  # a flag, one line
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as stopped:
+                plot.main(argv)
+            self.assertEqual((stopped.exception.code, err.getvalue()), (2, f"error: {said} (see --help)\n"))
 
     def test_a_log_folder_that_is_missing_a_file_or_a_run_is_named_not_left_out(self):
         logs = self.tmp / "logs"

@@ -88,6 +88,7 @@ def cli(main):
         code, message = 0, None
         try:
             result = main(argv)
+            sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
         except UserError as e:
             code, message = EXIT_USER_ERROR, f"error: {first_line(e)}"
         except Diverged as e:
@@ -99,6 +100,9 @@ def cli(main):
                 code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
             else:
                 raise
+        except BrokenPipeError:  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+            code = 128 + signal.SIGPIPE
         except OSError as e:  # a path the system refuses that no check named (a name too long, a loop of links)
             code, message = EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(
                 e.filename)
@@ -109,12 +113,10 @@ def cli(main):
         for s, handler in previous.items():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         distributed = dist.is_available() and dist.is_initialized()
-        if message:
+        if code:
             # Before the process group exists every rank fails alike (flags, batch size): one message.
-            if distributed:
-                print(f"[rank {rank()}] {message}", file=sys.stderr, flush=True)
-            elif rank() == 0:
-                print(message, file=sys.stderr, flush=True)
+            if message and (distributed or rank() == 0):
+                print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
             if distributed:
                 sys.stdout.flush()
                 os._exit(code)  # the other ranks may be inside a collective that will never complete
@@ -311,9 +313,8 @@ def check_fits(make, layers, device):
 
 
 def resident_kb(field):
-    """This process's resident memory in kB, from /proc/self/status: VmRSS now, VmHWM its peak. Not
-    getrusage's ru_maxrss where /proc has it: a program started by another inherits the parent's
-    peak there (a trainer started by a notebook or the sweep would report theirs)."""
+    """This process's resident memory in kB from /proc/self/status (VmRSS now, VmHWM its peak); getrusage's
+    peak only where /proc is missing, since a program inherits its parent's there (a notebook's, the sweep's)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -335,8 +336,7 @@ def world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def log(*args):
-    """print, from the first process only."""
+def log(*args):  # print, from the first process only
     if rank() == 0:
         print(*args, flush=True)
 
