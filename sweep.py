@@ -242,20 +242,27 @@ class Sweep:
                     pass  # it has just ended
 
     def work(self, gpu, threads):
-        while self.stopped is None:
-            try:
-                run = self.todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                code = self.run_one(run, gpu, threads)
-                # stopped by a signal to it alone (not the sweep's): unfinished, so not done
-                why = f"{STOP_WORDS[code - 128]}, exit {code}" if code - 128 in STOP_SIGNALS else f"exit {code}"
-            except Exception as e:  # noqa: BLE001 - e.g. its log cannot be written: this run fails, not the sweep
-                code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else first_line(e)
-            if code and self.stopped is None:
-                print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
-                self.failed.append(f"{run.exp_id} ({why})")
+        try:
+            while self.stopped is None:
+                try:
+                    run = self.todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    code = self.run_one(run, gpu, threads)
+                    # stopped by a signal to it alone (not the sweep's): unfinished, so not done
+                    why = f"{STOP_WORDS[code - 128]}, exit {code}" if code - 128 in STOP_SIGNALS else f"exit {code}"
+                except BrokenPipeError:
+                    raise  # the sweep's own output: below
+                except Exception as e:  # noqa: BLE001 - e.g. its log cannot be written: this run fails, not the sweep
+                    code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror \
+                        else first_line(e)
+                if code and self.stopped is None:
+                    print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
+                    self.failed.append(f"{run.exp_id} ({why})")
+        except BrokenPipeError:  # the reader of its output has gone (| head): every run stops, as on SIGTERM
+            self.stopped = self.stopped or signal.SIGPIPE
+            self.stop(signal.SIGTERM, None)
 
     def run_one(self, run, gpu, threads):
         """The run's exit code (0 when it was already done)."""
@@ -332,8 +339,9 @@ def main(argv=None):
         work = Sweep(runs, s)
         stopped = work.execute()
     if stopped is not None:
-        print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
-              file=sys.stderr, flush=True)
+        if stopped != signal.SIGPIPE:  # a closed output (| head) ends it quietly
+            print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
+                  file=sys.stderr, flush=True)
         return 128 + stopped
     return finish(work, runs, s)
 

@@ -674,6 +674,17 @@ class TestSweepProcesses(TempDir):
                 self.assertEqual([p for p in pids if alive(p)], [])
                 self.assertEqual(len((self.tmp / "calls").read_text().splitlines()), len(pids))  # none started after
 
+    def test_a_closed_output_stops_the_sweep_quietly_between_runs(self):
+        proc = self.start(SLOW="", FAST="1")  # four runs of a second each, their output shown
+        while "no UTF-8" not in proc.stdout.readline():  # the first run's own line
+            pass
+        proc.stdout.close()  # | head: its next line finds no reader
+        err = proc.stderr.read()
+        proc.stderr.close()
+        self.assertEqual(proc.wait(timeout=30), 141, err)
+        self.assertNotRegex(err, "Traceback|Error|FAILED|stopped")
+        self.assertLess(len((self.tmp / "calls").read_text().splitlines()), 4)  # the rest never started
+
     def test_a_second_sweep_on_the_same_folder_is_refused_and_touches_nothing(self):
         first = self.start()
         self.running(1)
