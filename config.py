@@ -6,6 +6,7 @@ both trainers share. Each trainer subclasses it with its own defaults.
 """
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import math
 import re
@@ -32,8 +33,13 @@ def option(default, help, choices=None, group="run and output", role="setting"):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not the whole usage block
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
+    def error(self, message):  # one line, not the whole usage block; a misspelt flag's likely meaning
+        given = message.removeprefix("unrecognized arguments:") if message.startswith("unrecognized") else ""
+        unknown = re.findall(r"(?<!\S)--?[A-Za-z][\w-]*", given)  # --flag, --flag=value; not a value such as -1
+        flags = [flag for action in self._actions for flag in action.option_strings]
+        near = [m[0] for flag in unknown if (m := difflib.get_close_matches(flag, flags, 1, 0.75))]
+        self.exit(EXIT_USER_ERROR, f"error: {message}" + f"; did you mean {', '.join(near)}?" * bool(near)
+                  + " (see --help)\n")
 
 
 def _number(kind):

@@ -295,6 +295,9 @@ class TestRefusals(CliCase):
             (train_lm.main, ["--seq_len", str(2 ** 62)], "--seq_len must be at least 2 and below 2**31"),
             (train_lm.main, ["--embeddings", "None"], "--embeddings none: leave --embeddings out"),
             (train_lm.main, ["--learn_embeddings"], "--learn_embeddings trains the embeddings loaded with"),
+            (train_vit.main, ["--optimiser", "sgd", "--bach_size=8", "--foo"], "unrecognized arguments: --optimiser "
+             "sgd --bach_size=8 --foo; did you mean --optimizer, --batch_size? (see --help)"),  # the flags meant
+            (train_lm.main, ["--bogus"], "unrecognized arguments: --bogus (see --help)"),
         ]
         for main, argv, fragment in cases:
             with self.subTest(argv=argv):
