@@ -12,10 +12,10 @@ without warmup, with per-layer gradient norms, NORMS_SEEDS each).
 
 Its settings are environment variables (SETTINGS, below), given before the command as above: it
 takes no arguments. docs/recipes.md's table says what each does; `settings()` reads and checks
-them. One sweep at a time on a log folder, or the shards of one list.
-Ctrl-C or SIGTERM (or a closed terminal's SIGHUP, unless under nohup) stops every running
-configuration within seconds; the same command resumes. A failing run does not stop the others:
-the failures are listed at the end, exit code 1.
+them. One sweep at a time on a log folder, or the shards of one list. Ctrl-C or SIGTERM (or a
+closed terminal's SIGHUP, unless under nohup) stops every running configuration within seconds; the
+same command resumes. A failing run does not stop the others: the failures are listed at the end,
+exit code 1.
 """
 import contextlib
 import dataclasses
