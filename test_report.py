@@ -676,8 +676,7 @@ class TestSweepProcesses(TempDir):
 
     def test_a_closed_output_stops_the_sweep_quietly_between_runs(self):
         proc = self.start(SLOW="", FAST="1")  # four runs of a second each, their output shown
-        while "no UTF-8" not in proc.stdout.readline():  # the first run's own line
-            pass
+        next(line for line in proc.stdout if "no UTF-8" in line)  # the first run's own line
         proc.stdout.close()  # | head: its next line finds no reader
         err = proc.stderr.read()
         proc.stderr.close()
