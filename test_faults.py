@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-import bench
 import generate
 import train_lm
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
@@ -371,10 +370,10 @@ class TestBenchOutput(FaultCase):
     def test_a_json_file_it_cannot_write_is_refused_before_measuring_and_none_is_needed(self):
         (self.tmp / "file").write_text("")
         for where in (self.tmp / "file" / "bench.json", self.tmp, self.tmp / "missing" / "bench.json"):
-            proc = here(bench.main, "--quick", "--only", "augment", "--json", where)
+            proc = cli("bench.py", "--quick", "--only", "augment", "--json", where)
             self.assert_one_line(proc, 2, "error: ", f"--json {where}: cannot write there")
             self.assertEqual(proc.stdout, "")  # nothing measured
-        proc = here(bench.main, "--quick", "--only", "augment")  # without --json: the table alone
+        proc = cli("bench.py", "--quick", "--only", "augment")  # without --json: the table alone
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("| augmentation strong, batch 128, share of a ViT-2 step", proc.stdout)
 
@@ -385,7 +384,7 @@ class TestBenchOutput(FaultCase):
         for folder, said in ((self.tmp / "data" / "cifar10", f"is one dataset; give the folder that holds cifar10/ "
                                                               f"and wikitext2/: --data {self.tmp / 'data'}"),
                              (self.tmp / "data" / "wikitext2", "is one dataset"), (self.tmp / "dtaa", "does not exist")):
-            proc = here(bench.main, "--quick", "--only", "real", "--data", folder)
+            proc = cli("bench.py", "--quick", "--only", "real", "--data", folder)
             self.assert_one_line(proc, 2, "error: ", f"--data {folder} {said}")
 
 
