@@ -163,7 +163,7 @@ def check_finite(total, what, where):
 
 
 def progress_bar(n, split):
-    if tqdm is None or rank() != 0 or not sys.stderr.isatty():
+    if tqdm is None or rank() != 0 or not (sys.stderr and sys.stderr.isatty()):
         return None
     return tqdm(total=n, desc=split, leave=False, dynamic_ncols=True)
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -343,7 +344,7 @@ class TestGenerateOnDamagedRuns(FaultCase):
 
 class TestClosedOutput(FaultCase):
     """A reader of the output that ends early (`| head -1`) ends the command quietly, as SIGPIPE ends a C
-    program (exit 141), after the report is whole."""
+    program (exit 141), after the report is whole; one started without stdout or stderr (>&-, 2>&-) runs."""
 
     def closed(self, argv, lines, env=None):
         """(exit code, stderr) of argv with its stdout closed after `lines` lines."""
@@ -355,7 +356,7 @@ class TestClosedOutput(FaultCase):
             err = proc.stderr.read()
             return proc.wait(timeout=120), err
 
-    def test_head_ends_the_sweep_and_plot_quietly(self):
+    def test_a_closed_or_missing_output_is_quiet_and_loses_nothing(self):
         code, err = self.closed(["bash", "runs.sh"], 1, dict(DRY_RUN="1", PYTHON=sys.executable))
         self.assertEqual(code, 141, err)
         self.assertNotRegex(err, "error|Error|Exception")
@@ -364,6 +365,18 @@ class TestClosedOutput(FaultCase):
         self.assertEqual((code, err), (141, ""))
         for name in ("summary.md", "summary_lm.md", "index.html", "lm_epochs.png"):
             self.assertTrue((self.logs / "report" / name).exists(), name)
+        # no stdout at all from the start (>&-, as some job runners start a command): print writes nothing
+        proc = subprocess.run(["bash", "-c", "bash runs.sh >&-"], cwd=HERE, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, DRY_RUN="1", ONLY="^vit_L2_sgd$", PYTHON=sys.executable))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertNotRegex(proc.stderr, "error|Error|Exception")
+        images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))  # no stderr: no progress bars either
+        argv = ["train_vit.py", "--data_folder", images, "--log_dir", self.logs, "--exp_id", "vit", "--epochs", "1",
+                *(a for a in VIT_TINY if a != "--no_progress")]
+        proc = subprocess.run(["bash", "-c", f"{shlex.join([sys.executable, *map(str, argv)])} 2>&-"], cwd=HERE,
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stdout)
+        self.assertTrue((self.logs / "vit" / "summary.json").exists())
 
 
 class TestBenchOutput(FaultCase):

@@ -72,8 +72,7 @@ def check_folder(path, flag, if_file="is a file, not a folder"):
     check(Path(path).is_dir(), f"{flag} {path} " + (if_file if Path(path).exists() else "does not exist"))
 
 
-def first_line(exc):
-    """An exception as one short line, even when its message is empty."""
+def first_line(exc):  # an exception as one short line, even when its message is empty
     lines = str(exc).strip().splitlines()
     return (lines[0][:1500] if lines else "") or type(exc).__name__
 
@@ -88,7 +87,8 @@ def cli(main):
         code, message = 0, None
         try:
             result = main(argv)
-            sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
+            if sys.stdout is not None:  # None: started with no stdout at all (>&-), where print writes nothing
+                sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
         except UserError as e:
             code, message = EXIT_USER_ERROR, f"error: {first_line(e)}"
         except Diverged as e:
