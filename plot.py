@@ -83,8 +83,7 @@ class Group:
         number = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
         return self.stat(lambda r: number(r.summary.get(key)) if r.summary else None)
 
-    def curve(self, column, x="epoch"):
-        """Mean (and std) of a column over seeds, for the epochs that every seed reached."""
+    def curve(self, column, x="epoch"):  # mean (and std) of a column over seeds, for the epochs every seed reached
         n = min(len(r.rows) for r in self.runs)
         ys = np.array([[row[column] for row in r.rows[:n]] for r in self.runs])
         # a gap in the curve: a NaN loss, an infinite perplexity, or one no log axis spans (past about 1e260)
@@ -99,8 +98,7 @@ class Group:
         ys = np.array([r.norms[epoch] for r in self.runs])
         return ys.mean(0), (ys.std(0, ddof=1) if len(self.runs) > 1 else None)
 
-    def time_to(self, target):
-        """Mean elapsed seconds until the valid metric first reaches target (None if it never does)."""
+    def time_to(self, target):  # mean elapsed seconds until the valid metric first reaches target, or None
         reached = (lambda v: v >= target) if self.maximize else (lambda v: v <= target)
         times = [next((row["elapsed"] for row in r.rows if reached(row[f"valid_{self.m}"])), None) for r in self.runs]
         return None if None in times else float(np.mean(times))
@@ -335,7 +333,9 @@ def findings(groups, task):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, as the trainers' flags (config.Parser, which this module cannot import)
-        self.exit(2, f"error: {message} (see --help)\n")
+        given = message.removeprefix("unrecognized arguments: ")  # `plot.py logs`: a folder without its flag
+        hint = f"; did you mean --log_dir {given}?" if given != message and not given.startswith("-") else ""
+        self.exit(2, f"error: {message}{hint} (see --help)\n")
 
 
 def main(argv=None):

@@ -917,8 +917,9 @@ class TestPlot(TempDir):
         with contextlib.redirect_stderr(err):
             self.assertEqual(plot.main(["--log_dir", str(self.tmp / "empty")]), 2)
         self.assertEqual(err.getvalue(), f"error: no run directories (with config.json) under {self.tmp / 'empty'}\n")
-        for argv, said in ((["logs"], "unrecognized arguments: logs"), (["--log_dir"], "argument --log_dir: expected "
-                                                                         "at least one argument")):  # a flag, one line
+        for argv, said in ((["logs"], "unrecognized arguments: logs; did you mean --log_dir logs?"),
+                           (["--logdir", "logs"], "unrecognized arguments: --logdir logs"),
+                           (["--log_dir"], "argument --log_dir: expected at least one argument")):  # a flag, one line
             err = io.StringIO()
             with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as stopped:
                 plot.main(argv)
