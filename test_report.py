@@ -210,6 +210,18 @@ class TestSweepList(unittest.TestCase):
         self.assertEqual(len(full), len(set(full)))
         self.assertEqual(sorted(exp_ids(dry_run(SHARD="0/2", **one)) + exp_ids(dry_run(SHARD="1/2", **one))), sorted(full))
 
+    def test_the_settings_it_reads_are_those_it_lists(self):  # SETTINGS: --help, and the misspelling warning
+        import sweep as sweep_module
+        read = set()
+
+        class Recording(dict):
+            def get(self, name, default=None):
+                read.add(name)
+                return super().get(name, default)
+        with mock.patch.object(os, "environ", Recording(os.environ, DRY_RUN="1")):
+            sweep_module.settings()
+        self.assertEqual(read - {"CUDA_VISIBLE_DEVICES"}, set(sweep_module.SETTINGS))
+
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
                               (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'"),
