@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 SETTINGS = ("QUICK", "DRY_RUN", "RUN_GROUPS", "SEEDS", "NORMS_SEEDS", "ONLY", "EPOCHS_LM", "EPOCHS_VIT", "DEVICE",
             "GPUS", "LOG_DIR", "LM_DATA", "VIT_DATA", "EMBEDDINGS", "TRAIN_ARGS", "SHARD", "PYTHON")
 GROUPS = ("reference", "extras", "improved", "norms")
+RETIRE_AFTER = 3  # runs failed in a row on one GPU (with others working): it is the likelier fault
 # The trainers' flags the sweep gives each run itself, and where their values come from instead.
 OWN_FLAGS = {"--epochs": "EPOCHS_LM and EPOCHS_VIT", "--seed": "SEEDS", "--data_folder": "LM_DATA and VIT_DATA",
              "--device": "DEVICE", "--log_dir": "LOG_DIR", "--embeddings": "EMBEDDINGS",
@@ -228,7 +229,7 @@ class Sweep:
 
     def __init__(self, runs, s):
         self.s, self.todo, self.failed, self.children = s, queue.Queue(), [], {}
-        self.stopped, self.lock = None, threading.Lock()
+        self.stopped, self.lock, self.working, self.retired = None, threading.Lock(), len(s["gpus"]) or 1, []
         for run in runs:
             self.todo.put(run)
 
@@ -242,8 +243,16 @@ class Sweep:
                     pass  # it has just ended
 
     def work(self, gpu, threads):
+        failures = 0  # in a row
         try:
             while self.stopped is None:
+                with self.lock:  # a faulty GPU would fail every run it took, the whole queue in minutes
+                    retire = failures >= RETIRE_AFTER and self.working > 1
+                    self.working -= retire
+                if retire:
+                    self.retired.append(gpu)
+                    return print(f"== GPU {gpu}: {failures} runs in a row failed on it; it takes no more (check it: "
+                                 f"nvidia-smi), the other GPUs take the rest", flush=True)
                 try:
                     run = self.todo.get_nowait()
                 except queue.Empty:
@@ -260,6 +269,7 @@ class Sweep:
                 if code and self.stopped is None:
                     print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
                     self.failed.append(f"{run.exp_id} ({why})")
+                failures = failures + 1 if code else 0
         except BrokenPipeError:  # the reader of its output has gone (| head): every run stops, as on SIGTERM
             self.stopped = self.stopped or signal.SIGPIPE
             self.stop(signal.SIGTERM, None)
@@ -373,6 +383,9 @@ def folder_lock(s):
 def finish(work, runs, s):
     """The report, drawn by the last sweep on the log folder to end (shards end apart), unless every
     run failed; the list of failures; the exit code."""
+    if work.retired:
+        print(f"== taken out of the queue after {RETIRE_AFTER} failed runs in a row: GPU {', '.join(work.retired)}",
+              flush=True)
     if len(work.failed) == len(runs) and s["shard"][1] == 1:  # a shard's report is of every shard's runs
         print(f"== every run failed (logs in {s['log_dir']}/*.log); no report", flush=True)
         return 1

@@ -384,6 +384,37 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(sorted(done), [r.exp_id for r in runs])
         self.assertEqual(sorted(work.failed), ["r1 (an unforeseen fault)", "r4 (exit 3)"])
 
+    def test_a_gpu_that_fails_every_run_leaves_the_queue_to_the_others(self):
+        import sweep as sweep_module
+
+        def execute(bad_gpus, gpus=("0", "1")):
+            runs = [sweep_module.Run(f"r{i}", "reference", "train_vit.py", [], None) for i in range(10)]
+            taken = []
+
+            def run_one(work, run, gpu, threads):  # a faulty GPU fails at once; a run elsewhere takes a while
+                taken.append((run.exp_id, gpu))
+                time.sleep(0.05 * (gpu not in bad_gpus))
+                return 1 if gpu in bad_gpus else 0
+            work = sweep_module.Sweep(runs, dict(log_dir=str(self.tmp), gpus=list(gpus)))
+            out = io.StringIO()
+            with mock.patch.object(sweep_module.Sweep, "run_one", run_one), contextlib.redirect_stdout(out):
+                self.assertIsNone(work.execute())
+                if len(work.failed) == len(runs):  # no report to draw
+                    self.assertEqual(sweep_module.finish(work, runs, dict(log_dir=str(self.tmp), shard=(0, 1))), 1)
+            return work, taken, out.getvalue()
+
+        work, taken, out = execute({"1"})
+        self.assertEqual(sorted(e for e, _ in taken), [f"r{i}" for i in range(10)])  # each run once
+        self.assertEqual(sum(g == "1" for _, g in taken), 3)  # three failures in a row, then no more
+        self.assertEqual((len(work.failed), work.retired), (3, ["1"]))
+        self.assertIn("== GPU 1: 3 runs in a row failed on it; it takes no more", out)
+        work, taken, out = execute({"0", "1"})  # the runs, not a GPU: the last one working still tries each
+        self.assertEqual((len(taken), len(work.failed), len(work.retired)), (10, 10, 1))
+        self.assertIn(f"== taken out of the queue after 3 failed runs in a row: GPU {work.retired[0]}\n== every run "
+                      f"failed", out)
+        work, taken, _ = execute({None}, gpus=())  # one worker (no GPUS) is never taken out
+        self.assertEqual((len(taken), len(work.failed), work.retired), (10, 10, []))
+
 
 METRICS = dict(vit=dict(metric=dict(name="acc", label="accuracy", maximize=True, digits=4), title="ViT"),
                lm=dict(metric=dict(name="ppl", label="perplexity", maximize=False, digits=2), title="LM"))
@@ -514,6 +545,14 @@ class TestPlan(TempDir):
                       [dict(r, elapsed=float(elapsed)) for r in rows(1)])
             out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
             self.assertIn("(1 from FLOPs at 40% of a measured", out)
+
+    def test_the_time_of_a_work_queue_is_that_of_its_busiest_worker(self):
+        import plan
+        # each run, in the list's order, goes to the worker free first: the 4 on one, the four 1s on the other
+        self.assertEqual(plan.makespan([4, 1, 1, 1, 1], 2), 4)
+        self.assertEqual(plan.makespan([1, 1, 1, 1, 4], 2), 6)  # the long run last: it starts after two short ones
+        self.assertEqual(plan.makespan([3, 3, 3], 1), 9)
+        self.assertEqual(plan.makespan([5], 3), 5)
 
     def test_an_embeddings_file_that_does_not_fit_stops_the_sweep_before_any_run(self):
         data = write_token_files(self.tmp / "tokens")  # a vocabulary of 50
