@@ -253,7 +253,8 @@ class TestSweepList(unittest.TestCase):
                 self.assertFalse((Path(tmp) / "logs").exists())
             self.assertEqual((code, out, err), (2, "", f"error: runs.sh takes no arguments (got {shlex.join(argv)}): "
                                                        f"its settings are environment variables, {advice}\n"))
-        proc = subprocess.run(["bash", str(HERE / "runs.sh"), "--help"], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(["bash", str(HERE / "runs.sh"), "--help"], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHON=sys.executable))  # this interpreter, activated or not
         self.assertEqual((proc.returncode, proc.stderr), (0, ""))
         table = (HERE / "docs" / "recipes.md").read_text().split("Settings are environment variables")[1]
         documented = {name for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for name in re.findall(r"`([A-Z_]+)",
