@@ -546,6 +546,11 @@ class TestPlan(TempDir):
                       [dict(r, elapsed=float(elapsed)) for r in rows(1)])
             out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
             self.assertIn("(1 from FLOPs at 40% of a measured", out)
+        # nor does a smoke run's (a QUICK run under the configuration's name): two batches are no epoch
+        shutil.rmtree(logs / "vit_L2_sgd_s7")
+        write_run(logs, "vit_L2_sgd_s7", dict(task="vit", seed=7, limit_batches=2), rows(1))
+        out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
+        self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
     def test_the_time_of_a_work_queue_is_that_of_its_busiest_worker(self):
         import plan

@@ -269,6 +269,48 @@ class TestExactMetrics(unittest.TestCase):
         self.assertIn("valid", first)
         self.assertRegex(first, r"1/3 .*loss=3\.\d{4}, ppl=\d{2}\.\d{2}\b")  # after the first of three batches
 
+
+class ScriptedTask:
+    """One weight w, starting at 0: each training batch is the loss -w (SGD at lr 1 adds 1 to w), each
+    valid or test batch (w - 2)^2, so that epoch 2 of 3 is the best-validation epoch, and not the last."""
+    metric, label, maximize, digits, unit, title = "score", "score", False, 4, "examples", "Scripted"
+    num_batches = staticmethod(lambda split: 5)
+    batch_sizes = staticmethod(lambda split: {1})
+
+    def batches(self, split, epoch):
+        return iter([(split,)] * (1 if split == "train" else 5))
+
+    def loss(self, model, batch):
+        w = model.weight.sum()
+        return (-w if batch[0] == "train" else (w - 2) ** 2), 1, torch.zeros(())
+
+    def metric_value(self, loss, accuracy):
+        return loss
+
+
+class TestBestValidationModel(TempDir):
+    def test_the_best_valid_epoch_not_the_last_is_kept_and_tested(self):
+        def build(cfg, device):
+            model = torch.nn.Linear(1, 1, bias=False)
+            torch.nn.init.zeros_(model.weight)
+            return ScriptedTask(), model, dict(task="scripted"), {}
+        cfg = config.parse_config(config.TrainConfig, ["--optimizer", "sgd", "--lr", "1", "--weight_decay", "0",
+                                                       "--epochs", "3", "--log_dir", str(self.tmp), "--exp_id", "run",
+                                                       "--device", "cpu", "--no_progress"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = engine.train(cfg, build)
+        self.assertEqual([float(r["valid_score"]) for r in read_csv(self.tmp / "run" / "metrics.csv")], [1, 0, 1])
+        self.assertEqual((summary["best_epoch"], summary["best_valid_score"]), (2, 0.0))
+        self.assertEqual((summary["test_score"], summary["best_test_score"]), (1.0, 0.0))  # final model; best.pt's
+        best = torch.load(self.tmp / "run" / "best.pt", weights_only=True)
+        self.assertEqual((best["epoch"], best["model"]["weight"].item()), (2, 2.0))
+
+    def test_limit_batches_bounds_every_pass(self):
+        model = torch.nn.Linear(1, 1, bias=False)
+        self.assertEqual(engine.run_epoch(model, ScriptedTask(), "valid")["count"], 5)
+        self.assertEqual(engine.run_epoch(model, ScriptedTask(), "valid", limit=2)["count"], 2)
+
+
 class TestRefusals(CliCase):
     def test_bad_flags_exit_2_with_one_line(self):
         cases = [
