@@ -317,6 +317,12 @@ class TestCifar(TempDir):
             for s in first.splits:
                 self.assertTrue(torch.equal(first.splits[s][0], third.splits[s][0]))
                 self.assertTrue(torch.equal(first.splits[s][1], third.splits[s][1]))
+        # as many images, each of them new: the cache's arrays would fit, its fingerprint (sizes, times) does not
+        write_image_folder(self.tmp / "cifar", suffix=".jpg", seed=1)
+        redrawn = load_cifar10(folder, CPU)
+        (folder / data.CACHE_NAME).unlink()
+        self.assertFalse(torch.equal(redrawn.splits["train"][0], first.splits["train"][0]))
+        self.assertTrue(torch.equal(redrawn.splits["train"][0], load_cifar10(folder, CPU).splits["train"][0]))
         # a changed folder invalidates the cache
         write_image_folder(self.tmp / "cifar", per_class=(13, 4), suffix=".jpg", seed=1)
         changed = load_cifar10(folder, CPU).splits

@@ -815,6 +815,15 @@ class TestStreams(CliCase):
 
 
 class TestGenerate(CliCase):
+    def test_top_k_samples_among_the_k_likeliest_only(self):
+        torch.manual_seed(0)
+        model = LanguageModel("gru", 1, vocab_size=40, embedding_size=8, hidden_size=8).eval()
+
+        def draw(seed, top_k):
+            return generate.sample(model, [3, 4], 12, 2.0, top_k, torch.Generator().manual_seed(seed))
+        self.assertNotEqual(draw(1, 0), draw(2, 0))  # among all 39 words: the seed decides
+        self.assertEqual(draw(1, 1), draw(2, 1))  # k = 1: the likeliest word each time, whatever the seed
+
     def test_word_level_samples_are_text_and_repeat_with_a_seed(self):
         for core in ("lstm", "transformer"):
             with self.subTest(core=core):
