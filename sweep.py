@@ -229,7 +229,7 @@ class Sweep:
 
     def __init__(self, runs, s):
         self.s, self.todo, self.failed, self.children = s, queue.Queue(), [], {}
-        self.stopped, self.lock, self.working, self.retired = None, threading.Lock(), len(s["gpus"]) or 1, []
+        self.stopped, self.lock, self.retired = None, threading.Lock(), []
         for run in runs:
             self.todo.put(run)
 
@@ -247,10 +247,9 @@ class Sweep:
         try:
             while self.stopped is None:
                 with self.lock:  # a faulty GPU would fail every run it took, the whole queue in minutes
-                    retire = failures >= RETIRE_AFTER and self.working > 1
-                    self.working -= retire
+                    retire = failures >= RETIRE_AFTER and len(self.retired) < len(self.s["gpus"]) - 1
+                    self.retired += [gpu] * retire
                 if retire:
-                    self.retired.append(gpu)
                     return print(f"== GPU {gpu}: {failures} runs in a row failed on it; it takes no more (check it: "
                                  f"nvidia-smi), the other GPUs take the rest", flush=True)
                 try:
