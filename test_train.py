@@ -6,6 +6,7 @@ import csv
 import errno
 import importlib.util
 import io
+import itertools
 import json
 import math
 import os
@@ -34,7 +35,8 @@ import rundir
 import utils
 import train_lm
 import train_vit
-from data import Windows, load_wikitext
+from augment import normalize
+from data import ImageData, Windows, load_wikitext
 from models import LanguageModel
 from test_data import CLASSES, TempDir, write_image_folder, write_text_files, write_token_files
 
@@ -745,6 +747,20 @@ class TestRecipeFlags(CliCase):
         hits = logits.argmax(1)
         self.assertAlmostEqual(correct.item(), (lam * (hits == y) + (1 - lam) * (hits == y_b)).sum().item(), places=5)
 
+    def test_evaluation_sees_the_plain_images_in_order_whatever_the_epoch(self):
+        images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        labels = torch.arange(10) % 3
+        data = ImageData({s: (images, labels) for s in ("train", "valid", "test")}, ["a", "b", "c"])
+        task = train_vit.ImageTask(data, 4, 0, augment="strong", mixup=0.8, cutmix=1.0)
+        for split, epoch in (("valid", 1), ("valid", 7), ("test", 0)):
+            batches = list(task.batches(split, epoch))
+            self.assertEqual([b[-1] for b in batches], [4, 4, 2])
+            self.assertTrue(all(b[3] == 1.0 and torch.equal(b[1], b[2]) for b in batches))  # unmixed
+            self.assertTrue(torch.equal(torch.cat([b[0] for b in batches]), normalize(images)))  # not augmented
+            self.assertTrue(torch.equal(torch.cat([b[1] for b in batches]), labels))  # not shuffled
+        train = list(task.batches("train", 1))
+        self.assertFalse(torch.equal(torch.cat([b[0] for b in train]), normalize(images)))
+
     def test_label_smoothing_on_a_known_case_and_only_in_training(self):
         logits = torch.tensor([[2.0, 0.0, 0.0]])
 
@@ -783,6 +799,17 @@ class TestRecipeFlags(CliCase):
         self.assertLessEqual((after - before).norm().item(), 0.01 + 1e-6)
 
 
+class TestGenerators(unittest.TestCase):
+    def test_each_purpose_epoch_and_seed_draws_its_own_stream_and_the_same_one_again(self):
+        def draw(*key):
+            return torch.rand(8, generator=utils.epoch_generator(*key))
+        keys = [(42, 1, "shuffle"), (42, 1, "augment"), (42, 1, "mix"), (42, 2, "shuffle"), (43, 1, "shuffle")]
+        streams = [draw(*key) for key in keys]
+        for i, j in itertools.combinations(range(len(keys)), 2):  # data order and augmentation uncorrelated
+            self.assertFalse(torch.equal(streams[i], streams[j]), (keys[i], keys[j]))
+        self.assertTrue(torch.equal(draw(42, 1, "augment"), streams[1]))  # a resumed run draws the same
+
+
 class TestStreams(CliCase):
     def test_carried_state_equals_one_pass_over_each_whole_stream(self):
         data = write_token_files(self.tmp / "tokens", n=(400, 103, 70))
@@ -804,6 +831,8 @@ class TestStreams(CliCase):
         windows = engine.run_epoch(model, train_lm.TextTask(corpus, 4, 3, 0), "valid")
         self.assertEqual(windows["count"], 102)
         self.assertNotAlmostEqual(windows["loss"], result["loss"], places=4)  # resetting the state differs
+        engine.run_epoch(model, task, "train")  # its last state is not the next pass's first
+        self.assertEqual(engine.run_epoch(model, task, "valid")["loss"], result["loss"])
 
     def test_streams_train_through_the_cli(self):
         run_dir, _, _ = self.lm("--batching", "streams", "--dropout", "0.2", "--grad_clip", "0.5", "--epochs", "2",
