@@ -22,6 +22,7 @@ import torch
 
 import plot
 import report
+import results
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
 
 HERE = Path(__file__).resolve().parent
@@ -813,6 +814,18 @@ class TestPlot(TempDir):
                   None)  # unfinished: no summary
         write_run(logs, "vit_broken_s1", dict(base, block="prenorm", seed=1), [], None)  # died before epoch 1
         return logs
+
+    def test_a_curve_is_the_mean_over_seeds_to_the_last_epoch_all_reached_and_its_band_their_sample_std(self):
+        logs = self.make_logs()
+        base = dict(task="vit", layers=6, optimizer="adamw", lr=3e-4, batch_size=128, block="prenorm")
+        write_run(logs, "vit_L6_s3", dict(base, seed=3), vit_rows([0.4, 0.8]), None)  # a seed still running
+        runs = [r for r in results.find_runs([logs], logs / "report") if r.path.name.startswith("vit_L6_s")]
+        self.assertEqual(len(runs), 3)
+        xs, mean, std = plot.Group(results.group_key(runs[0]), runs, "vit_L6").curve("valid_acc")
+        np.testing.assert_allclose(xs, [1, 2])
+        np.testing.assert_allclose(mean, [1.4 / 3, 0.7])
+        np.testing.assert_allclose(std, [0.1 / 3 ** 0.5, 0.1])  # ddof 1, as the tables' +- std
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
 
     def test_tables_match_the_fixtures(self):
         logs = self.make_logs()
