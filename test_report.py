@@ -1039,6 +1039,15 @@ class TestAgainstTheReport(TempDir):
                   changed=dict(optimizer="adam", embeddings="gpt1"))
         return logs
 
+    def test_perplexity_is_reproduced_within_a_relative_tolerance_and_accuracy_within_points(self):
+        ref = report.load_reference()  # 5% of perplexity, 1.5 points of accuracy
+        for task, ours, theirs, said in (("lm", 150.0, 148.53, "reproduced"), ("lm", 156.0, 148.53, "not reproduced"),
+                                         ("lm", 141.0, 148.53, "better than the report"),
+                                         ("vit", 0.7150, 0.7288, "reproduced"), ("vit", 0.7130, 0.7288, "not reproduced"),
+                                         ("vit", 0.7450, 0.7288, "better than the report")):
+            with self.subTest(task=task, ours=ours):
+                self.assertEqual(report.verdict(task, ours, theirs, ref), (ours - theirs, said))
+
     def test_the_summary_opens_with_what_was_reproduced_and_the_tables_show_the_report(self):
         logs = self.make_logs()
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)

@@ -274,38 +274,54 @@ class TestExactMetrics(unittest.TestCase):
 
 class ScriptedTask:
     """One weight w, starting at 0: each training batch is the loss -w (SGD at lr 1 adds 1 to w), each
-    valid or test batch (w - 2)^2, so that epoch 2 of 3 is the best-validation epoch, and not the last."""
+    valid or test batch (w - target)^2, so that epoch 2 of 3 is the best-validation epoch, and not the last."""
     metric, label, maximize, digits, unit, title = "score", "score", False, 4, "examples", "Scripted"
     num_batches = staticmethod(lambda split: 5)
     batch_sizes = staticmethod(lambda split: {1})
+    target = 2.0
 
     def batches(self, split, epoch):
         return iter([(split,)] * (1 if split == "train" else 5))
 
     def loss(self, model, batch):
         w = model.weight.sum()
-        return (-w if batch[0] == "train" else (w - 2) ** 2), 1, torch.zeros(())
+        return (-w if batch[0] == "train" else (w - self.target) ** 2), 1, torch.zeros(())
 
     def metric_value(self, loss, accuracy):
         return loss
 
 
 class TestBestValidationModel(TempDir):
-    def test_the_best_valid_epoch_not_the_last_is_kept_and_tested(self):
+    def train(self, task, *flags):
         def build(cfg, device):
             model = torch.nn.Linear(1, 1, bias=False)
             torch.nn.init.zeros_(model.weight)
-            return ScriptedTask(), model, dict(task="scripted"), {}
+            return task, model, dict(task="scripted"), {}
         cfg = config.parse_config(config.TrainConfig, ["--optimizer", "sgd", "--lr", "1", "--weight_decay", "0",
-                                                       "--epochs", "3", "--log_dir", str(self.tmp), "--exp_id", "run",
-                                                       "--device", "cpu", "--no_progress"])
+                                                       "--log_dir", str(self.tmp), "--exp_id", "run", "--device",
+                                                       "cpu", "--no_progress", *flags])
         with contextlib.redirect_stdout(io.StringIO()):
-            summary = engine.train(cfg, build)
-        self.assertEqual([float(r["valid_score"]) for r in read_csv(self.tmp / "run" / "metrics.csv")], [1, 0, 1])
+            return engine.train(cfg, build), read_csv(self.tmp / "run" / "metrics.csv")
+
+    def test_the_best_valid_epoch_not_the_last_is_kept_and_tested(self):
+        summary, rows = self.train(ScriptedTask(), "--epochs", "3")
+        self.assertEqual([float(r["valid_score"]) for r in rows], [1, 0, 1])
         self.assertEqual((summary["best_epoch"], summary["best_valid_score"]), (2, 0.0))
         self.assertEqual((summary["test_score"], summary["best_test_score"]), (1.0, 0.0))  # final model; best.pt's
         best = torch.load(self.tmp / "run" / "best.pt", weights_only=True)
         self.assertEqual((best["epoch"], best["model"]["weight"].item()), (2, 2.0))
+
+    def test_the_weight_average_keeps_and_tests_its_own_best_epoch(self):
+        task = ScriptedTask()
+        task.target = 2.5  # the model is best at w = 2 (epoch 2), its lagging average at epoch 3
+        summary, rows = self.train(task, "--epochs", "4", "--ema", "0.5")
+        ema = [float(r["ema_valid_score"]) for r in rows]
+        self.assertEqual((summary["best_epoch"], summary["ema_best_epoch"]), (2, 3))
+        self.assertEqual(summary["ema_best_valid_score"], min(ema))
+        # valid and test batches score alike: each test is of the weights of its epoch
+        self.assertAlmostEqual(summary["ema_best_test_score"], ema[2], places=6)
+        self.assertAlmostEqual(summary["ema_test_score"], ema[3], places=6)
+        self.assertGreater(ema[3] - ema[2], 0.5)
 
     def test_limit_batches_bounds_every_pass(self):
         model = torch.nn.Linear(1, 1, bias=False)
@@ -848,10 +864,11 @@ class TestGenerate(CliCase):
         torch.manual_seed(0)
         model = LanguageModel("gru", 1, vocab_size=40, embedding_size=8, hidden_size=8).eval()
 
-        def draw(seed, top_k):
-            return generate.sample(model, [3, 4], 12, 2.0, top_k, torch.Generator().manual_seed(seed))
+        def draw(seed, top_k, temperature=2.0):
+            return generate.sample(model, [3, 4], 12, temperature, top_k, torch.Generator().manual_seed(seed))
         self.assertNotEqual(draw(1, 0), draw(2, 0))  # among all 39 words: the seed decides
         self.assertEqual(draw(1, 1), draw(2, 1))  # k = 1: the likeliest word each time, whatever the seed
+        self.assertEqual(draw(1, 0, 1e-4), draw(1, 1))  # so does a temperature near 0
 
     def test_word_level_samples_are_text_and_repeat_with_a_seed(self):
         for core in ("lstm", "transformer"):
@@ -1459,7 +1476,10 @@ class TestNothingLost(CliCase):
         run_dir, _, _ = self.lm("--epochs", "1", exp_id="words")
         other, _, _ = self.lm("--epochs", "1", "--hidden_size", "8", exp_id="other")
         vocab = (run_dir / "vocab.txt").read_text()
+        best, lacking = torch.load(run_dir / "best.pt", weights_only=True), io.BytesIO()
+        torch.save(dict(best, model={k: v for k, v in best["model"].items() if k != "proj.0.bias"}), lacking)
         cases = [("vocab.txt", vocab.splitlines(keepends=True)[:-3], "vocab.txt is damaged"),
+                 ("best.pt", lacking.getvalue(), "does not fit the model (missing proj.0.bias, unexpected nothing)"),
                  ("vocab.txt", [w for w in vocab.splitlines(keepends=True) if w != "<unk>\n"] + ["extra\n"],
                   "vocab.txt is damaged"),
                  ("best.pt", (other / "best.pt").read_bytes(), "does not fit the model"),
