@@ -165,6 +165,11 @@ class TestWindows(unittest.TestCase):
 
 
 class TestWikitext(TempDir):
+    def test_word_ids_follow_first_appearance_after_the_special_words(self):
+        # the ids are part of the data's checksum: another order would make earlier runs unresumable
+        self.assertEqual(data.build_vocab(["b", "a", "<eos>", "b", "c", "<unk>"]),
+                         ["<pad>", "<unk>", "<eos>", "b", "a", "c"])
+
     def test_token_files(self):
         folder = write_token_files(self.tmp / "tok")
         corpus = load_wikitext(folder, CPU, download=False)
@@ -558,10 +563,12 @@ class TestStrongAugment(unittest.TestCase):
         return trivial_augment(x, None, torch.full((n,), TA_OPS.index(name)), torch.full((n,), float(magnitude)))
 
     def test_magnitude_zero_is_the_identity(self):
+        images = self.images.clone()
+        images[:, :, 0, :2] = torch.tensor([0, 255], dtype=torch.uint8)  # black and white pixels too
         for name in TA_OPS:
             if name != "autocontrast":  # has no magnitude, as in torchvision
                 with self.subTest(op=name):
-                    torch.testing.assert_close(self.op(name, 0.0), self.images.float(), atol=1e-4, rtol=0)
+                    torch.testing.assert_close(self.op(name, 0.0, images), images.float(), atol=1e-4, rtol=0)
 
     def test_operations_equal_torchvision_at_their_largest_magnitude(self):
         import torchvision.transforms.v2.functional as TF
@@ -572,6 +579,7 @@ class TestStrongAugment(unittest.TestCase):
             ("saturation", -1): TF.adjust_saturation(x, 0.1) * 255,
             ("sharpness", 1): TF.adjust_sharpness(x, f) * 255,
             ("posterize", 1): TF.posterize(self.images, 4).float(),
+            ("posterize", 0.3): TF.posterize(self.images, 7).float(),  # 8 - round(4 x 0.3) bits
             ("autocontrast", 0.5): TF.autocontrast(x) * 255,
             ("solarize", 0.5): TF.solarize(self.images, 128).float(),  # pixels above 127.5: 128 and up
         }
