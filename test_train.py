@@ -821,7 +821,7 @@ class TestGenerators(unittest.TestCase):
             return torch.rand(8, generator=utils.epoch_generator(*key))
         keys = [(42, 1, "shuffle"), (42, 1, "augment"), (42, 1, "mix"), (42, 2, "shuffle"), (43, 1, "shuffle")]
         streams = [draw(*key) for key in keys]
-        for i, j in itertools.combinations(range(len(keys)), 2):  # data order and augmentation uncorrelated
+        for i, j in itertools.combinations(range(len(keys)), 2):  # data order and augmentation draw apart
             self.assertFalse(torch.equal(streams[i], streams[j]), (keys[i], keys[j]))
         self.assertTrue(torch.equal(draw(42, 1, "augment"), streams[1]))  # a resumed run draws the same
 
