@@ -274,7 +274,7 @@ class TestExactMetrics(unittest.TestCase):
 
 class ScriptedTask:
     """One weight w, starting at 0: each training batch is the loss -w (SGD at lr 1 adds 1 to w), each
-    valid or test batch (w - target)^2, so that epoch 2 of 3 is the best-validation epoch, and not the last."""
+    valid or test batch (w - target)^2; with target 2, epoch 2 of 3 is the best-validation epoch, not the last."""
     metric, label, maximize, digits, unit, title = "score", "score", False, 4, "examples", "Scripted"
     num_batches = staticmethod(lambda split: 5)
     batch_sizes = staticmethod(lambda split: {1})
