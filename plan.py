@@ -22,7 +22,7 @@ import train_lm
 import train_vit
 from config import parse_config
 from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TEXT_FILES, TOKEN_FILES, load_cifar10, load_wikitext, \
-    read_tokens_npz, tokenize
+    read_tokens_npz, split_train_valid, tokenize
 from gpt1 import gpt1_embeddings
 from models import lm_flops, lm_train_flops, vit_flops
 from utils import UserError, check, choose_precision, cuda_unusable_reason, device_name, get_device, sync
@@ -111,7 +111,7 @@ def data_sizes(run, notes):
             counts = [sum(1 for p in (folder / split).glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
                       for split in ("train", "test")]
             if all(counts):
-                valid = max(1, round(counts[0] * 0.1))
+                valid = len(split_train_valid(counts[0])[1])
                 return (counts[0] - valid, valid, counts[1]), len(list((folder / "train").glob("*/")))
         elif kind == "tokens" and all((folder / f).exists() for f in TOKEN_FILES.values()):
             return tuple(read_tokens_npz(folder / name)[0].size for name in TOKEN_FILES.values()), GPT1_VOCAB_SIZE

@@ -553,6 +553,27 @@ class TestPlan(TempDir):
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
+    def test_the_plan_counts_each_split_as_the_loaders_make_it(self):
+        import plan
+        from config import parse_config
+        from data import load_cifar10, load_wikitext
+        from types import SimpleNamespace
+        images, _ = write_image_folder(self.tmp / "images", per_class=(5, 2))  # 15 images: a valid split of 2
+        text, tokens = write_text_files(self.tmp / "text"), write_token_files(self.tmp / "tokens")
+        cpu = torch.device("cpu")
+        for script, folder, data in (("train_vit.py", images, load_cifar10(images, cpu)),
+                                     ("train_lm.py", text, load_wikitext(text, cpu)),
+                                     ("train_lm.py", tokens, load_wikitext(tokens, cpu))):
+            config = plan.SCRIPTS[script][0].Config
+            run = SimpleNamespace(script=script, cfg=parse_config(config, ["--data_folder", str(folder)]))
+            notes = []
+            sizes, classes = plan.data_sizes(run, notes)
+            self.assertEqual(notes, [])
+            self.assertEqual(sizes, tuple(len(data.splits[s][0] if script == "train_vit.py" else data.splits[s])
+                                          for s in ("train", "valid", "test")), folder)
+            if folder != tokens:  # token files are planned over GPT-1's vocabulary, the report's
+                self.assertEqual(classes, len(data.classes) if script == "train_vit.py" else data.vocab_size)
+
     def test_the_time_of_a_work_queue_is_that_of_its_busiest_worker(self):
         import plan
         # each run, in the list's order, goes to the worker free first: the 4 on one, the four 1s on the other
