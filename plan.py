@@ -148,9 +148,9 @@ def work(run, sizes, classes):
             model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
         model.embedding.weight.requires_grad_(not frozen)
     batches = [min(b, cfg.limit_batches or b) for b in batches]
-    evals = 2 if cfg.ema else 1  # the weight average is evaluated too
+    evals = 2 if cfg.ema else 1  # the weight average is validated and tested too
     learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return (batches[0] * per_batch[0], evals * batches[1] * per_batch[1], (evals + 1) * batches[2] * per_batch[1],
+    return (batches[0] * per_batch[0], evals * batches[1] * per_batch[1], 2 * evals * batches[2] * per_batch[1],
             learnable)
 
 

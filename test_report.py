@@ -574,6 +574,27 @@ class TestPlan(TempDir):
             if folder != tokens:  # token files are planned over GPT-1's vocabulary, the report's
                 self.assertEqual(classes, len(data.classes) if script == "train_vit.py" else data.vocab_size)
 
+    def test_the_flops_of_a_run_count_every_pass_it_makes(self):
+        import plan
+        from config import parse_config
+        from types import SimpleNamespace
+
+        def work(script, *flags):  # (train, valid, test FLOPs, learnable), every split 3 batches (or 6)
+            run = SimpleNamespace(script=script, cfg=parse_config(plan.SCRIPTS[script][0].Config,
+                                                                  ["--limit_batches", "3", *flags]))
+            return plan.work(run, (10 ** 6,) * 3, 10 if script == "train_vit.py" else 1000)
+        for script in ("train_vit.py", "train_lm.py"):
+            train, valid, test, learnable = work(script)
+            self.assertEqual(train, 3 * valid)  # a backward pass is twice the forward
+            self.assertEqual(test, 2 * valid)  # the final and the best-validation model
+            self.assertEqual(work(script, "--limit_batches", "6")[:3], (2 * train, 2 * valid, 2 * test))
+            ema = work(script, "--ema", "0.9")  # its average is validated each epoch and tested twice too
+            self.assertEqual(ema[:3], (train, 2 * valid, 2 * test), script)
+        frozen = work("train_lm.py", "--embeddings", "table.npz")  # no gradient for the tied table
+        self.assertLess(frozen[0], train)
+        self.assertEqual(frozen[1:3], (valid, test))
+        self.assertEqual(learnable - frozen[3], 1000 * 768)
+
     def test_the_time_of_a_work_queue_is_that_of_its_busiest_worker(self):
         import plan
         # each run, in the list's order, goes to the worker free first: the 4 on one, the four 1s on the other
