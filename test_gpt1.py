@@ -221,6 +221,8 @@ class TestVocabulary(TempDir):
         corpus = data.load_wikitext(REAL / "wikitext2", torch.device("cpu"), download=False)
         reference = json.loads((HERE / "reference.json").read_text())
         self.assertEqual(corpus.sha256, reference["lm"]["settings"]["data_sha256"])
+        import plan  # what the plan assumes before the files are in place
+        self.assertEqual(tuple(len(corpus.splits[s]) for s in ("train", "valid", "test")), plan.STANDARD["train_lm.py"])
 
     @unittest.skipUnless((REAL / "gpt1" / "encoder_bpe_40000.json").exists(), "the real GPT-1 vocabulary is not here")
     def test_real_token_files_decode_to_wikitext_and_text_round_trips(self):
