@@ -15,6 +15,7 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -557,7 +558,6 @@ class TestPlan(TempDir):
         import plan
         from config import parse_config
         from data import load_cifar10, load_wikitext
-        from types import SimpleNamespace
         images, _ = write_image_folder(self.tmp / "images", per_class=(5, 2))  # 15 images: a valid split of 2
         text, tokens = write_text_files(self.tmp / "text"), write_token_files(self.tmp / "tokens")
         cpu = torch.device("cpu")
@@ -577,7 +577,6 @@ class TestPlan(TempDir):
     def test_the_flops_of_a_run_count_every_pass_it_makes(self):
         import plan
         from config import parse_config
-        from types import SimpleNamespace
 
         def work(script, *flags):  # (train, valid, test FLOPs, learnable), every split 3 batches (or 6)
             run = SimpleNamespace(script=script, cfg=parse_config(plan.SCRIPTS[script][0].Config,
@@ -594,6 +593,17 @@ class TestPlan(TempDir):
         self.assertLess(frozen[0], train)
         self.assertEqual(frozen[1:3], (valid, test))
         self.assertEqual(learnable - frozen[3], 1000 * 768)
+
+    def test_a_sweep_larger_than_the_free_space_is_warned_of_before_it_starts(self):
+        env = dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu",
+                   ONLY="^vit_L2_adam$", VIT_DATA=str(self.tmp / "none"))
+        for free, warned in ((10 ** 12, False), (10 ** 6, True)):
+            with mock.patch("shutil.disk_usage", return_value=SimpleNamespace(total=10 ** 12, used=0, free=free)):
+                code, out, err = sweep_here(env)
+            self.assertEqual(code, 0, err)
+            # ViT-2's weights (4 MB) and, while it runs, its checkpoint with Adam's two moments (13 MB)
+            self.assertEqual("warning: the sweep needs about 17 MB but" in err, warned, err)
+        self.assertIn(f"{self.tmp} has 1 MB free", err)  # its nearest folder that exists
 
     def test_the_time_of_a_work_queue_is_that_of_its_busiest_worker(self):
         import plan
