@@ -541,6 +541,12 @@ class TestPlan(TempDir):
                                               environment=dict(device="cuda:0", device_name="NVIDIA H100")), rows(2))
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("(1 from FLOPs at 40% of a measured", out)
+        write_run(logs, "vit_L2_sgd_s42", dict(task="vit", seed=42, limit_batches=0, environment=dict(
+            device="cuda:0", device_name="NVIDIA H100")), rows(10), summary=dict(epochs=10))  # finished there
+        out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"), SEEDS="42", EPOCHS_VIT="10")
+        self.assertIn("1 finished (skipped)", out)
+        self.assertIn("time: about 0 s (1 from FLOPs", out)  # skipped: it costs nothing, however it is estimated
+        shutil.rmtree(logs / "vit_L2_sgd_s42")
         # nor do times that no epoch took (an edited or damaged metrics.csv): "about nan days" otherwise
         for elapsed in ("nan", "inf", "-50", "1e308"):
             shutil.rmtree(logs / "vit_L2_sgd_s7")
