@@ -560,25 +560,34 @@ class TestPlan(TempDir):
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
-    def test_the_plan_counts_each_split_as_the_loaders_make_it(self):
+    def test_the_plan_counts_each_split_and_its_batches_as_the_trainers_make_them(self):
         import plan
         from config import parse_config
-        from data import load_cifar10, load_wikitext
         images, _ = write_image_folder(self.tmp / "images", per_class=(5, 2))  # 15 images: a valid split of 2
         text, tokens = write_text_files(self.tmp / "text"), write_token_files(self.tmp / "tokens")
-        cpu = torch.device("cpu")
-        for script, folder, data in (("train_vit.py", images, load_cifar10(images, cpu)),
-                                     ("train_lm.py", text, load_wikitext(text, cpu)),
-                                     ("train_lm.py", tokens, load_wikitext(tokens, cpu))):
-            config = plan.SCRIPTS[script][0].Config
-            run = SimpleNamespace(script=script, cfg=parse_config(config, ["--data_folder", str(folder)]))
+        for script, folder, flags in (("train_vit.py", images, ["--layers", "1", "--batch_size", "2"]),
+                                      ("train_lm.py", text, ["--seq_len", "16", "--hidden_size", "8",
+                                                             "--batch_size", "2"]),
+                                      # 400 training tokens: 399 targets, exactly 21 windows of 19
+                                      ("train_lm.py", tokens, ["--seq_len", "19", "--batch_size", "3",
+                                                               "--batching", "streams"])):
+            flags += ["--data_folder", str(folder)]
+            trainer, config = plan.SCRIPTS[script][0], plan.SCRIPTS[script][0].Config
+            with contextlib.redirect_stdout(io.StringIO()):
+                task, model, extra, _ = trainer.build(parse_config(config, flags), torch.device("cpu"))
+            run = SimpleNamespace(script=script, cfg=parse_config(config, flags))
             notes = []
             sizes, classes = plan.data_sizes(run, notes)
             self.assertEqual(notes, [])
-            self.assertEqual(sizes, tuple(len(data.splits[s][0] if script == "train_vit.py" else data.splits[s])
-                                          for s in ("train", "valid", "test")), folder)
+            self.assertEqual(sizes, tuple(extra["data_sizes"][s] for s in ("train", "valid", "test")), folder)
             if folder != tokens:  # token files are planned over GPT-1's vocabulary, the report's
-                self.assertEqual(classes, len(data.classes) if script == "train_vit.py" else data.vocab_size)
+                self.assertEqual(classes, model.head.out_features if script == "train_vit.py" else extra["vocab_size"])
+            # the batches of each pass: its FLOPs over those of one batch
+            one = plan.work(SimpleNamespace(script=script, cfg=parse_config(config, flags + ["--limit_batches", "1"])),
+                            sizes, classes)
+            passes = [whole / first for whole, first in zip(plan.work(run, sizes, classes), one)]
+            self.assertEqual(passes[:3], [task.num_batches(s) for s in ("train", "valid", "test")], folder)
+            self.assertGreater(passes[0], 2)
 
     def test_the_flops_of_a_run_count_every_pass_it_makes(self):
         import plan
