@@ -527,7 +527,7 @@ class TestPlan(TempDir):
         for seed, n in ((7, 10), (42, 4)):  # another seed finished, and this one half-way (to resume)
             write_run(logs, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=0), rows(n))
         (logs / "vit_L2_adam_s7" / "best.pt").write_bytes(b"w" * 3_000_000)
-        (logs / "vit_L2_adam_s42" / "checkpoint.pt").write_bytes(b"")  # what it resumes from
+        (logs / "vit_L2_adam_s42" / "checkpoint.pt").write_bytes(b"c" * 5_000_000)  # to resume from; not kept
         out = self.plan(ONLY="^vit_L2_adam$", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("== plan: 1 run on cpu", out)
         self.assertIn("reference 1; 1 to resume", out)
