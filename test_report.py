@@ -390,14 +390,15 @@ class TestSweepMechanics(TempDir):
     def test_a_gpu_that_fails_every_run_leaves_the_queue_to_the_others(self):
         import sweep as sweep_module
 
-        def execute(bad_gpus, gpus=("0", "1")):
+        def execute(bad_gpus, gpus=("0", "1"), fails=None):  # fails(gpu, k): whether the GPU's k-th run fails
             runs = [sweep_module.Run(f"r{i}", "reference", "train_vit.py", [], None) for i in range(10)]
-            taken = []
+            taken, fails = [], fails or (lambda gpu, k: gpu in bad_gpus)
 
             def run_one(work, run, gpu, threads):  # a faulty GPU fails at once; a run elsewhere takes a while
                 taken.append((run.exp_id, gpu))
-                time.sleep(0.05 * (gpu not in bad_gpus))
-                return 1 if gpu in bad_gpus else 0
+                failed = fails(gpu, sum(g == gpu for _, g in taken))
+                time.sleep(0.05 * (not failed))
+                return int(failed)
             work = sweep_module.Sweep(runs, dict(log_dir=str(self.tmp), gpus=list(gpus)))
             out = io.StringIO()
             with mock.patch.object(sweep_module.Sweep, "run_one", run_one), contextlib.redirect_stdout(out):
@@ -417,6 +418,9 @@ class TestSweepMechanics(TempDir):
                       f"failed", out)
         work, taken, _ = execute({None}, gpus=())  # one worker (no GPUS) is never taken out
         self.assertEqual((len(taken), len(work.failed), work.retired), (10, 10, []))
+        work, taken, _ = execute(set(), fails=lambda gpu, k: gpu == "1" and k % 2)  # failures, but never 3 in a row
+        self.assertEqual((len(taken), work.retired), (10, []))
+        self.assertGreaterEqual(len(work.failed), 3)
 
 
 METRICS = dict(vit=dict(metric=dict(name="acc", label="accuracy", maximize=True, digits=4), title="ViT"),
