@@ -201,6 +201,7 @@ class TestSweepList(unittest.TestCase):
     def test_seeds_and_shards_partition_the_list(self):
         full = exp_ids(dry_run(SEEDS="1 2"))
         self.assertEqual(len(full), 2 * 22 + 3 * 4)
+        self.assertEqual(sorted(exp_ids(dry_run(SEEDS="2,1 2", NORMS_SEEDS="3 1 2 1"))), sorted(full))  # twice: once
         self.assertIn("vit_L6_adamw_postnorm_s2", full)
         shards = [exp_ids(dry_run(SEEDS="1 2", SHARD=f"{i}/3")) for i in range(3)]
         self.assertEqual(sorted(sum(shards, [])), sorted(full))
@@ -337,6 +338,16 @@ class TestSweepMechanics(TempDir):
                               text=True, timeout=120)  # one CPU of the machine's, as a Slurm job's share
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual((self.tmp / "calls").read_text().split()[3], "1")
+
+    def test_the_cpus_are_shared_equally_among_the_gpus(self):
+        import sweep as sweep_module
+        for gpus, share in ((["0", "1", "2"], {"3"}), ([], {None})):  # 10 CPUs: 3 each (one idle); no GPUS: as set
+            threads = []
+            work = sweep_module.Sweep([sweep_module.Run(f"r{i}", "", "", [], None) for i in range(6)], dict(gpus=gpus))
+            with mock.patch.object(sweep_module.Sweep, "run_one", lambda _, run, gpu, n: threads.append(n) or 0), \
+                    mock.patch("os.sched_getaffinity", return_value=set(range(10)), create=True):
+                work.execute()
+            self.assertEqual((len(threads), set(threads)), (6, share))
 
     def test_relative_paths_are_of_the_folder_it_is_started_from(self):
         env = dict(fake_sweep(self.tmp), LOG_DIR="my logs", VIT_DATA="images", ONLY="^vit_L2_sgd$")
