@@ -189,7 +189,8 @@ class TestTokenFiles(TempDir):
 
 class TestVocabulary(TempDir):
     def vocabulary(self):
-        encoder = {"<unk>": 0, "a": 1, "b": 2, "a</w>": 3, "b</w>": 4, "ab</w>": 5, "ba": 6, "bab</w>": 7}
+        encoder = {"<unk>": 0, "a": 1, "b": 2, "a</w>": 3, "b</w>": 4, "ab</w>": 5, "ba": 6, "bab</w>": 7, "-</w>": 8,
+                   "'</w>": 9}
         return gpt1.Vocabulary(encoder, ["b a", "a b</w>", "ba b</w>", ""])
 
     def test_merges_by_rank_word_ends_and_ids_plus_one(self):
@@ -201,6 +202,7 @@ class TestVocabulary(TempDir):
         self.assertEqual(ids, [6, 8, 4])  # GPT-1 ids 5, 7, 3, plus one
         self.assertEqual(vocab.decode(ids), "ab bab a")
         self.assertEqual(vocab.encode("c"), [1])  # unknown: <unk>
+        self.assertEqual(vocab.encode("— – ― ’ ‘"), [9, 9, 9, 10, 10])  # as GPT-1 spells dashes and quotes
 
     def test_files_are_fetched_verified_and_kept_beside_the_data(self):
         served = self.tmp / "served"
