@@ -1316,7 +1316,7 @@ class TestRunsThatMustNotMix(TempDir):
                       "accuracy 0.6000 vs 0.5000", (logs / "report" / "summary.md").read_text())
 
     def test_a_run_in_two_log_folders_or_a_folder_given_twice_is_one_seed(self):
-        logs, copy = self.tmp / "logs", self.tmp / "machine2"
+        logs, copy = self.tmp / "logs", self.tmp / "fetched"  # read first: its path sorts first
         for seed, acc in ((1, 0.5), (2, 0.7)):
             write_run(logs, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=0), vit_rows([acc]),
                       dict(epochs=1, best_test_acc=acc))
@@ -1327,9 +1327,9 @@ class TestRunsThatMustNotMix(TempDir):
         _, table, err = self.report(logs, copy, os.path.relpath(logs))
         table = table.split("## Cost")[0]
         self.assertIn("| vit_L2_adam | 3 | 1 | 0.5833 ± 0.1528 | 0.5333 ± 0.1528 |", table)  # seeds 1, 2 and [9]
-        self.assertIn(f"{copy / 'vit_L2_adam_s2'}: seed 2 again (as in {logs / 'vit_L2_adam_s2'}): left out",
+        self.assertIn(f"{logs / 'vit_L2_adam_s2'}: seed 2 again (as in {copy / 'vit_L2_adam_s2'}): left out",
                       err)
-        self.assertIn(f"{copy / 'vit_L2_adam_s1'}: seed 1 again", err)  # the finished run counts
+        self.assertIn(f"{copy / 'vit_L2_adam_s1'}: seed 1 again", err)  # the finished run counts, wherever it is
         self.assertEqual(err.count("vit_L2_adam_s2"), 2)  # the folder given twice is read once
 
     def test_one_name_given_by_hand_to_runs_of_other_settings_is_never_averaged(self):
