@@ -358,6 +358,9 @@ class TestRefusals(CliCase):
             (train_vit.main, ["--optimiser", "sgd", "--bach_size=8", "--foo"], "unrecognized arguments: --optimiser "
              "sgd --bach_size=8 --foo; did you mean --optimizer, --batch_size? (see --help)"),  # the flags meant
             (train_lm.main, ["--bogus"], "unrecognized arguments: --bogus (see --help)"),
+            (train_vit.main, ["--optimizer", "momentum", "--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
+            (train_vit.main, ["--scheduler", "cosine", "--min_lr", "0.01", "--lr", "0.001"],
+             "--min_lr must be in [0, --lr], got 0.01"),
         ]
         for main, argv, fragment in cases:
             with self.subTest(argv=argv):
@@ -940,6 +943,13 @@ class TestDefaults(unittest.TestCase):
         lm = config.parse_config(train_lm.Config, ["--model", "transformer", "--block", "postnorm", "--epochs", "3",
                                                    "--dropout", "0.1", "--embeddings", "/x/glove.6B.npz"])
         self.assertEqual(lm.default_exp_id(), "lm_transformer_L1_adamw_postnorm_dropout0.1_embeddings-glove.6B_s42")
+        # a file's name made a plain name; a number in full; the seed as the name's own part only
+        lm = config.parse_config(train_lm.Config, ["--lr", "0.00125", "--embeddings", "my table (v2).npz"])
+        self.assertEqual(lm.default_exp_id(), "lm_lstm_L1_adamw_lr0.00125_embeddings-my-table--v2-_s42")
+        for exp_id, configuration in (("vit_L2_sgd_s42", "vit_L2_sgd"), ("vit_small_s42_try2", "vit_small_try2"),
+                                      ("vit_small", "vit_small"), ("vit_s420", "vit_s420")):
+            named = config.parse_config(train_vit.Config, ["--exp_id", exp_id])
+            self.assertEqual(named.naming()["configuration"], configuration)
         # how a run is computed, not what: one configuration, its runs comparable with the report's
         fast = config.parse_config(train_vit.Config, ["--compile", "--device", "cpu", "--no_progress"])
         self.assertEqual(fast.default_exp_id(), "vit_L2_adamw_s42")
