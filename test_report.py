@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -912,6 +913,17 @@ class TestPlot(TempDir):
         np.testing.assert_allclose(mean, [1.4 / 3, 0.7])
         np.testing.assert_allclose(std, [0.1 / 3 ** 0.5, 0.1])  # ddof 1, as the tables' +- std
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+
+    def test_a_runs_best_and_peak_are_over_all_its_epochs(self):
+        logs = self.tmp / "logs"
+        rows = vit_rows([math.nan, 0.5, 0.6, 0.55])  # a NaN is no result, wherever it stands
+        rows[1]["peak_mem_mb"] = 900.0  # the peak in epoch 2, less after it (a resume starts a fresh process)
+        write_run(logs, "vit_L6_s1", dict(task="vit", layers=6, seed=1, epochs=4), rows,
+                  dict(epochs=4, test_acc=0.5, best_test_acc=0.6))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        with open(logs / "report" / "summary_vit.csv") as f:
+            row = next(csv.DictReader(f))
+        self.assertEqual((float(row["best_valid_mean"]), float(row["memory_mean"])), (0.6, 900.0))
 
     def test_tables_match_the_fixtures(self):
         logs = self.make_logs()
