@@ -925,6 +925,20 @@ class TestPlot(TempDir):
             row = next(csv.DictReader(f))
         self.assertEqual((float(row["best_valid_mean"]), float(row["memory_mean"])), (0.6, 900.0))
 
+    def test_the_fastest_to_a_target_counts_a_configuration_only_when_every_seed_reaches_it(self):
+        logs = self.tmp / "logs"
+        for exp_id, ppls in (("lm_a_s1", [300, 200, 150]), ("lm_b_s1", [250, 180, 170]), ("lm_b_s2", [250, 150, 150])):
+            rows = [dict(epoch=e, train_loss=5.0, train_ppl=p, valid_loss=math.log(p), valid_ppl=p, lr=1e-3,
+                         train_time=5.0 * e, valid_time=0.0, elapsed=10.0 * e * (1 + (exp_id < "lm_b")),
+                         tokens_per_s=1e4, peak_mem_mb=9.0, mem_pct=1.0) for e, p in enumerate(ppls, 1)]
+            write_run(logs, exp_id, dict(task="lm", model="lstm", layers=1, seed=int(exp_id[-1]), epochs=3), rows,
+                      dict(epochs=3, test_ppl=min(ppls), best_test_ppl=min(ppls)))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        # the target: the median of the best valid perplexities (150 and 160), lower being better; one seed of
+        # lm_b never reaches 155, so lm_a (at 60 s, the slower per epoch) is the only one to
+        self.assertIn("- Fastest to a valid perplexity of 155.00 (the median of the configurations' best): **lm_a** "
+                      "in 60.0 s; 1 of 2 configurations reach it.", (logs / "report" / "summary.md").read_text())
+
     def test_tables_match_the_fixtures(self):
         logs = self.make_logs()
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
