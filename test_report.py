@@ -588,7 +588,8 @@ class TestPlan(TempDir):
                                       ("train_lm.py", tokens, ["--seq_len", "19", "--batch_size", "3",
                                                                "--batching", "streams"])):
             flags += ["--data_folder", str(folder)]
-            trainer, config = plan.SCRIPTS[script][0], plan.SCRIPTS[script][0].Config
+            trainer = plan.SCRIPTS[script][0]
+            config = trainer.Config
             with contextlib.redirect_stdout(io.StringIO()):
                 task, model, extra, _ = trainer.build(parse_config(config, flags), torch.device("cpu"))
             run = SimpleNamespace(script=script, cfg=parse_config(config, flags))

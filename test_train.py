@@ -1204,9 +1204,9 @@ class TestResumeChecksWhatMatters(CliCase):
         whole, _, _ = self.lm("--epochs", "3", "--dropout", "0.2", data=data, exp_id="whole")
         self.lm("--epochs", "1", "--dropout", "0.2", data=data, exp_id="cfg")
         # a checkpoint of an earlier version: without a record added since, and a setting added since (its default)
-        ckpt = torch.load(self.logs / "cfg" / "checkpoint.pt", weights_only=False)
+        ckpt = rundir.load_torch(self.logs / "cfg" / "checkpoint.pt")
         del ckpt["config"]["weight_decay_groups"], ckpt["config"]["grad_clip"]
-        torch.save(ckpt, self.logs / "cfg" / "checkpoint.pt")
+        rundir.save_torch(ckpt, self.logs / "cfg" / "checkpoint.pt")
         moved = self.tmp / "elsewhere"
         data.rename(moved)
         (self.logs / "cfg").rename(self.logs / "cfg_a")
