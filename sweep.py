@@ -127,6 +127,10 @@ def settings():
              lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
     bad = [g for g in s["gpus"] if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
     check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")
+    named = [str(int(g)) if g.isdigit() else g for g in s["gpus"]]
+    twice = [g for i, g in enumerate(named) if g in named[:i]]
+    check(not twice, f"GPUS names GPU {twice[0] if twice else ''} twice: two runs sharing a GPU would each report "
+          f"the other's time in their epoch times")
     # GPU indices count the GPUs this process sees, as torch does: under CUDA_VISIBLE_DEVICES (Slurm's), its own
     s["visible"] = re.findall(r"[^\s,]+", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     beyond = [g for g in s["gpus"] if g.isdigit() and s["visible"] and int(g) >= len(s["visible"])]

@@ -237,6 +237,7 @@ class TestSweepList(unittest.TestCase):
                               (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group"),
                               (dict(TRAIN_ARGS='--compile "'), "TRAIN_ARGS is not a line of shell words"),
                               (dict(GPUS="0 a"), "GPUS takes GPU indices or UUIDs"),
+                              (dict(GPUS="0 1,00"), "GPUS names GPU 0 twice: two runs sharing a GPU"),
                               (dict(TRAIN_ARGS="--compile --epochs 3"), "TRAIN_ARGS cannot set --epochs: its value "
                                "comes from EPOCHS_LM and EPOCHS_VIT"),
                               (dict(TRAIN_ARGS="--see=5"), "TRAIN_ARGS cannot set --seed: its value comes from SEEDS"),
