@@ -192,6 +192,22 @@ class TrainConfig:
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         check(self.log_dir != "", "--log_dir is empty; give a folder (. for this one)")  # not this one in silence
 
+    def unused(self):
+        """The settings this configuration does not use, each with why: {name: reason}."""
+        uses = dict(momentum=(self.optimizer == "momentum", "only --optimizer momentum has momentum"),
+                    weight_decay=(self.optimizer != "adam", "--optimizer adam has none, as in the reference "
+                                  "(adamw has)"),
+                    decay_exempt=(self.optimizer != "adam" and self.weight_decay > 0, "nothing is weight-decayed"),
+                    min_lr=(self.scheduler == "cosine", "only --scheduler cosine decays to it"))
+        return {name: why for name, (used, why) in uses.items() if not used}
+
+    def ignored(self):
+        """A line for each setting given a value this configuration does not use (its name keeps it)."""
+        defaults, recipe = type(self)(), self.RECIPES.get(self.recipe, {})
+        return [f"{flag_text(name, value)}{f' (--recipe {self.recipe})' * (recipe.get(name) == value)} changes "
+                f"nothing here: {why}" for name, why in self.unused().items()
+                if (value := getattr(self, name)) != getattr(defaults, name)]
+
     def default_exp_id(self):
         """The run's name, the sweep's too: <PREFIX>_L<layers>_<optimizer>, the recipe, every setting
         that differs from the recipe's default, the data's kind where it is not the report's, _s<seed>."""

@@ -351,6 +351,8 @@ def train(cfg, build):
                  precision_used=precision.name, precision_reason=precision.why)
     with run_lock(cfg):
         run_dir, fresh = prepare_run_dir(cfg)
+        for line in cfg.ignored() if rank() == 0 else ():  # once the run starts: a refusal stays one line
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         try:
             return fit(distribute(model), task, cfg, run_dir, optimizer, device, precision, extra, files)
         except BaseException as e:  # Ctrl-C and SIGTERM too

@@ -147,16 +147,19 @@ class TestSweepList(unittest.TestCase):
         import config
         import train_lm
         import train_vit
-        for embeddings, train_args in (("none", ""), ("gpt1", "--lr 0.002 --precision fp32 --compile"),
-                                       ("/x/glove.6B.npz", "")):  # the first as a user runs it
-            lines = dry_run(embeddings == "none", EMBEDDINGS=embeddings, SEEDS="42 7", TRAIN_ARGS=train_args)
+        for embeddings, train_args, quick in (("none", "", ""), ("gpt1", "--lr 0.002 --precision fp32 --compile", ""),
+                                              ("/x/glove.6B.npz", "", ""), ("none", "", "1")):  # the first as a user runs it
+            lines = dry_run(embeddings == "none" and not quick, EMBEDDINGS=embeddings, SEEDS="42 7",
+                            TRAIN_ARGS=train_args, QUICK=quick)
             self.assertEqual(len(lines), 2 * 22 + 12)
             for line in lines:
                 _, script, *flags = line.split()
                 i = flags.index("--exp_id")
                 exp_id, flags = flags[i + 1], flags[:i] + flags[i + 2:]
                 cfg = config.parse_config((train_lm if script == "train_lm.py" else train_vit).Config, flags)
-                self.assertEqual(exp_id, cfg.default_exp_id(), line)
+                if not quick:  # smoke runs keep their configuration's names
+                    self.assertEqual(exp_id, cfg.default_exp_id(), line)
+                self.assertEqual(cfg.ignored(), [], line)  # the study sets nothing its runs would not use
         self.assertIn("lm_lstm_L1_adam_embeddings-gpt1_s42", exp_ids(lines := dry_run(EMBEDDINGS="gpt1")))
         self.assertIn("lm_lstm_L1_adam_embeddings-glove.6B_s42", exp_ids(dry_run(EMBEDDINGS="/x/glove.6B.npz")))
         self.assertIn("lm_gru_L1_adam_s42", exp_ids(lines))  # the other groups learn theirs

@@ -369,6 +369,37 @@ class TestRefusals(CliCase):
                 self.assert_refused(err, fragment)
         self.assertFalse(self.logs.exists())
 
+    def test_a_setting_the_configuration_does_not_use_is_warned_of_and_named(self):
+        def ignored(main_module, *argv):
+            return config.parse_config(main_module.Config, list(argv)).ignored()
+        self.assertEqual(ignored(train_lm, "--optimizer", "adam", "--weight_decay", "0.01", "--decay_exempt"), [
+            "--weight_decay 0.01 changes nothing here: --optimizer adam has none, as in the reference (adamw has)",
+            "--decay_exempt changes nothing here: nothing is weight-decayed"])
+        self.assertEqual(ignored(train_vit, "--recipe", "improved", "--optimizer", "sgd", "--momentum", "0.8"),
+                         ["--momentum 0.8 changes nothing here: only --optimizer momentum has momentum"])
+        self.assertEqual(ignored(train_vit, "--recipe", "improved", "--optimizer", "adam")[0],
+                         "--weight_decay 0.05 (--recipe improved) changes nothing here: --optimizer adam has none, "
+                         "as in the reference (adamw has)")
+        self.assertEqual(ignored(train_vit, "--min_lr", "1e-5", "--warmup_epochs", "1"),
+                         ["--min_lr 1e-05 changes nothing here: only --scheduler cosine decays to it"])
+        self.assertEqual(ignored(train_lm, "--weight_decay", "0", "--decay_exempt"),
+                         ["--decay_exempt changes nothing here: nothing is weight-decayed"])
+        for main_module, argv in ((train_vit, ["--optimizer", "sgd"]), (train_vit, ["--optimizer", "adam"]),
+                                  (train_vit, ["--recipe", "improved"]), (train_lm, ["--recipe", "improved"]),
+                                  (train_vit, ["--block", "postnorm", "--num_heads", "4", "--momentum", "0.5",
+                                               "--optimizer", "momentum", "--scheduler", "cosine", "--min_lr", "0"]),
+                                  (train_lm, ["--model", "transformer", "--block", "postnorm", "--mlp_dim", "8"])):
+            self.assertEqual(ignored(main_module, *argv), [], argv)
+        # through the trainer: a warning each, the run named with them all the same, as typed
+        run_dir, _, err = self.lm("--model", "gru", "--block", "postnorm", "--epochs", "1", "--limit_batches", "1",
+                                  exp_id="")
+        self.assertEqual(re.findall(r"^warning: .*", err, re.M), [
+            "warning: --block postnorm changes nothing here: the gru core has no LayerNorm",
+            "warning: --num_heads 4 changes nothing here: the gru core has no attention",
+            "warning: --mlp_dim 32 changes nothing here: the gru core has no MLP"])
+        saved = json.loads(next(run_dir.glob("lm_gru_L1_adamw_*_s42/config.json")).read_text())
+        self.assertEqual(saved["naming"]["changed"]["block"], "postnorm")
+
     @unittest.skipIf(torch.cuda.is_available(), "CUDA is present")
     def test_cuda_without_cuda(self):
         _, _, err = self.vit("--device", "cuda", expect=2)

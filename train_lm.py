@@ -67,6 +67,12 @@ class Config(TrainConfig):
         check(self.embeddings or not self.learn_embeddings, "--learn_embeddings trains the embeddings loaded with "
               "--embeddings; without them the embeddings are learned from scratch anyway: leave it out")
 
+    def unused(self):
+        parts = (("block", "LayerNorm"), ("num_heads", "attention"), ("mlp_dim", "MLP"))
+        core = {} if self.model == "transformer" else {name: f"the {self.model} core has no {part}"
+                                                        for name, part in parts}
+        return super().unused() | core
+
     PREFIX = "lm_{model}"
     DATA_KIND = "tokens"  # the report's: GPT-1 token ids
 
