@@ -105,6 +105,23 @@ def words(name, default="", kind=str):
     return [kind(w) for w in items]
 
 
+def gpus():
+    """GPUS, checked, and the GPUs this process sees by CUDA_VISIBLE_DEVICES (Slurm's, for one): indices
+    count those from 0, as torch does."""
+    gpus = words("GPUS")
+    bad = [g for g in gpus if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
+    check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")
+    named = [str(int(g)) if g.isdigit() else g for g in gpus]
+    twice = [g for i, g in enumerate(named) if g in named[:i]]
+    check(not twice, f"GPUS names GPU {twice[0] if twice else ''} twice: two runs sharing a GPU would each report "
+          f"the other's time in their epoch times")
+    visible = re.findall(r"[^\s,]+", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    beyond = [g for g in gpus if g.isdigit() and visible and int(g) >= len(visible)]
+    check(not beyond, f"GPUS names GPU {beyond[0] if beyond else ''}, but CUDA_VISIBLE_DEVICES="
+          f"{os.environ.get('CUDA_VISIBLE_DEVICES')} shows this process {len(visible)}, numbered from 0")
+    return gpus, visible
+
+
 def settings():
     """The sweep's settings from the environment, checked: one line for the first that is wrong. An
     empty variable is an unset one, as in the shell's ${VAR:-default}."""
@@ -122,20 +139,10 @@ def settings():
         name = word.split("=", 1)[0]
         own = next((f for f in OWN_FLAGS if len(name) > 3 and f.startswith(name)), None)
         check(own is None, f"TRAIN_ARGS cannot set {own}: its value comes from {OWN_FLAGS.get(own)}")
-    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), gpus=words("GPUS"), only=env("ONLY", ""),
-             python=env("PYTHON", "python3"), train_args=train_args,
-             lm_data=env("LM_DATA", "./data/wikitext2"), vit_data=env("VIT_DATA", "./data/cifar10"))
-    bad = [g for g in s["gpus"] if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
-    check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")
-    named = [str(int(g)) if g.isdigit() else g for g in s["gpus"]]
-    twice = [g for i, g in enumerate(named) if g in named[:i]]
-    check(not twice, f"GPUS names GPU {twice[0] if twice else ''} twice: two runs sharing a GPU would each report "
-          f"the other's time in their epoch times")
-    # GPU indices count the GPUs this process sees, as torch does: under CUDA_VISIBLE_DEVICES (Slurm's), its own
-    s["visible"] = re.findall(r"[^\s,]+", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    beyond = [g for g in s["gpus"] if g.isdigit() and s["visible"] and int(g) >= len(s["visible"])]
-    check(not beyond, f"GPUS names GPU {beyond[0] if beyond else ''}, but CUDA_VISIBLE_DEVICES="
-          f"{os.environ.get('CUDA_VISIBLE_DEVICES')} shows this process {len(s['visible'])}, numbered from 0")
+    s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), only=env("ONLY", ""), python=env("PYTHON", "python3"),
+             train_args=train_args, lm_data=env("LM_DATA", "./data/wikitext2"),
+             vit_data=env("VIT_DATA", "./data/cifar10"))
+    s["gpus"], s["visible"] = gpus()
     s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):

@@ -147,8 +147,9 @@ class TestSweepList(unittest.TestCase):
         import config
         import train_lm
         import train_vit
-        for embeddings, train_args, quick in (("none", "", ""), ("gpt1", "--lr 0.002 --precision fp32 --compile", ""),
-                                              ("/x/glove.6B.npz", "", ""), ("none", "", "1")):  # the first as a user runs it
+        for embeddings, train_args, quick in (("none", "", ""),  # as a user runs it
+                                              ("gpt1", "--lr 0.002 --precision fp32 --compile", ""),
+                                              ("/x/glove.6B.npz", "", ""), ("none", "", "1")):
             lines = dry_run(embeddings == "none" and not quick, EMBEDDINGS=embeddings, SEEDS="42 7",
                             TRAIN_ARGS=train_args, QUICK=quick)
             self.assertEqual(len(lines), 2 * 22 + 12)
