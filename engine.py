@@ -251,6 +251,8 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
     stateful = dict(model=raw, optimizer=optimizer, scheduler=step.scheduler, scaler=step.scaler, ema=step.ema)
     progress = run.resume(stateful)
+    for line in cfg.ignored() if rank() == 0 else ():  # once the run goes on: a refusal stays one line
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     compile_seconds = compile_model(model, task, precision) if cfg.compile else None
     run.start(progress, device, step.grad_norms is not None)
 
@@ -351,8 +353,6 @@ def train(cfg, build):
                  precision_used=precision.name, precision_reason=precision.why)
     with run_lock(cfg):
         run_dir, fresh = prepare_run_dir(cfg)
-        for line in cfg.ignored() if rank() == 0 else ():  # once the run starts: a refusal stays one line
-            print(f"warning: {line}", file=sys.stderr, flush=True)
         try:
             return fit(distribute(model), task, cfg, run_dir, optimizer, device, precision, extra, files)
         except BaseException as e:  # Ctrl-C and SIGTERM too
