@@ -3,11 +3,10 @@
     python plot.py --log_dir logs                      # writes logs/report/
     python plot.py --log_dir logs machine2/logs --out_dir report   # merge runs from several machines
 
-Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from
-other machines merge; seeds of one configuration (name and settings) on the same data (and frozen
-embeddings) and epochs are averaged (mean +- std), each seed once, smoke runs apart, and each log
-folder's runs are its direct sub-folders. Writes the figures ({lm,vit}_{epochs,time,grad_norms}.png),
-summary_{lm,vit}.{md,csv}, summary.md and index.html.
+Reads only each run's config.json, metrics.csv, summary.json and grad_norms.csv, so runs copied from other machines
+merge; seeds of one configuration (name and settings) on the same data (and frozen embeddings) and epochs are averaged
+(mean +- std), each seed once, smoke runs apart, and each log folder's runs are its direct sub-folders. Writes the
+figures ({lm,vit}_{epochs,time,grad_norms}.png), summary_{lm,vit}.{md,csv}, summary.md and index.html.
 """
 import argparse
 import csv
@@ -340,9 +339,10 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log_dir", nargs="+", default=["logs"], help="folders holding run directories")
+    parser.add_argument("--log_dir", nargs="+", action="extend", help="folders holding run directories (default: logs)")
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
+    args.log_dir = args.log_dir or ["logs"]  # not a default: --log_dir would extend it
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
     try:
         problem = folders_problem(args.log_dir, out_dir)

@@ -145,7 +145,9 @@ def folders_problem(log_dirs, out_dir):
     run's (its files would be mixed with the report's)."""
     if (out_dir / "config.json").exists() or out_dir.is_file():
         return f"--out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose another folder"
-    for folder in map(Path, log_dirs):
+    for given, folder in zip(log_dirs, map(Path, log_dirs)):
+        if not given:  # Path("") is this folder: never read in silence
+            return "--log_dir is empty; give a folder (. for this one)"
         if (folder / "config.json").is_file():
             return f"--log_dir {folder} is a run directory; give the folder that holds it: --log_dir {folder.parent}"
         if not folder.is_dir():

@@ -1124,6 +1124,26 @@ class TestPlot(TempDir):
             self.assertEqual(err.getvalue(), f"error: --log_dir {folder} {said}\n")
             self.assertFalse((logs / "report").exists())
 
+    def test_log_folders_given_as_one_list_or_flag_by_flag_are_all_read(self):
+        for seed, folder in ((1, "a"), (2, "b")):
+            write_run(self.tmp / folder, f"vit_s{seed}", dict(task="vit", seed=seed), vit_rows([0.5]))
+        a, b = str(self.tmp / "a"), str(self.tmp / "b")
+        for argv in (["--log_dir", a, b], ["--log_dir", a, "--log_dir", b]):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                self.assertEqual(plot.main(argv), 0)
+            self.assertEqual(out.getvalue(), f"vit: 1 configuration, 2 runs -> {self.tmp / 'a' / 'report'}\n")
+        err, cwd = io.StringIO(), os.getcwd()
+        with contextlib.redirect_stderr(err):  # "" is no folder; without the flag, logs/ of this folder
+            self.assertEqual(plot.main(["--log_dir", a, ""]), 2)
+            try:
+                os.chdir(self.tmp)
+                self.assertEqual(plot.main([]), 2)
+            finally:
+                os.chdir(cwd)
+        self.assertEqual(err.getvalue(), "error: --log_dir is empty; give a folder (. for this one)\n"
+                                         "error: --log_dir logs does not exist\n")
+
     def test_a_run_directory_is_no_report_folder(self):
         run = write_run(self.tmp / "logs", "vit_s1", dict(task="vit", seed=1), vit_rows([0.5]))
         before = sorted(p.name for p in run.iterdir())
