@@ -323,7 +323,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a few minutes on a CPU")
-    parser.add_argument("--only", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--only", nargs="+", action="extend", choices=SECTIONS, help="the sections to run, in "
+                        "this order (default: all)")
     parser.add_argument("--data", default=None, help="folder with cifar10/ (or cifar10-jpeg/) and wikitext2/ "
                         "(random data of the same sizes where they are missing; default ./data)")
     parser.add_argument("--compile", action="store_true", help="also time the real epochs with the models "
@@ -354,7 +355,7 @@ def main(argv=None):
                     real=lambda: bench_real(device, precision, data, args.quick, args.compile,
                                             args.lm_embeddings == "frozen"))
     assert tuple(sections) == SECTIONS
-    for name in args.only:
+    for name in dict.fromkeys(args.only or SECTIONS):  # --only vit --only lm: both, each once
         start = time.perf_counter()
         rows += sections[name]()
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)

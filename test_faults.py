@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import math
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -388,6 +389,15 @@ class TestBenchOutput(FaultCase):
         proc = cli("bench.py", "--quick", "--only", "augment")  # without --json: the table alone
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("| augmentation strong, batch 128, share of a ViT-2 step", proc.stdout)
+
+    def test_the_sections_given_flag_by_flag_all_run_each_once(self):
+        stand_ins = ("import sys, bench\n"  # each section replaced by a line saying it ran
+                     "bench.bench_loss = lambda *a: print('ran loss') or []\n"
+                     "bench.bench_augmentation = lambda *a: print('ran augment') or []\n"
+                     "sys.exit(bench.main(sys.argv[1:]))\n")
+        proc = subprocess.run([sys.executable, "-c", stand_ins, "--quick", "--device", "cpu", "--only", "loss",
+                               "augment", "--only", "loss"], cwd=HERE, capture_output=True, text=True, timeout=120)
+        self.assertEqual(re.findall(r"^ran \w+", proc.stdout, re.M), ["ran loss", "ran augment"], proc.stderr)
 
     def test_a_data_folder_that_is_one_dataset_or_a_typo_is_refused_not_replaced_by_random_data(self):
         (self.tmp / "data" / "cifar10" / "train").mkdir(parents=True)
