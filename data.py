@@ -295,7 +295,8 @@ def load_cifar10(folder, device, download=True):
     torchvision's CIFAR-10 (downloaded when missing). Returns train/valid/test on the device."""
     folder = Path(folder)
     check(not folder.exists() or folder.is_dir(), f"{folder} is a file, not the data's folder")
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
+    tree = [(folder / split).is_dir() for split in ("train", "test")]  # one alone: a tree half made, never CIFAR-10
+    if all(tree) or any(tree) and not (folder / "cifar-10-batches-py").is_dir():
         (train_x, train_y, test_x, test_y), classes = _load_image_folder(folder)
         source = f"image folders (train/, test/) in {folder}"
     else:
@@ -345,7 +346,7 @@ def _load_torchvision_cifar(folder, download):
 def _list_images(folder):
     """(class names, [(image path, label)]): one class per visible sub-folder (not Jupyter's
     .ipynb_checkpoints); a class without images is refused, since it would shift every later label."""
-    check(folder.is_dir(), f"{folder} is missing")
+    check(folder.is_dir(), f"{folder} is missing: an image folder tree holds train/<class>/* and test/<class>/*")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = [(p, label) for label, c in enumerate(classes) for p in sorted((folder / c).iterdir())
              if not p.name.startswith(".")]

@@ -374,6 +374,13 @@ class TestCifar(TempDir):
         with self.assertRaisesRegex(UserError, f"^{re.escape(str(folder / 'train' / 'cat' / 'more'))} is a folder "
                                     "inside a class folder"):
             load_cifar10(folder, CPU)
+        for gone in ("test", "train"):  # half a tree is no CIFAR-10 to fetch into it
+            folder, _ = write_image_folder(self.tmp / f"no_{gone}")
+            shutil.rmtree(folder / gone)
+            with mock.patch("urllib.request.urlopen") as fetch, self.assertRaisesRegex(UserError, "^" + re.escape(
+                    f"{folder / gone} is missing: an image folder tree holds train/<class>/* and test/<class>/*")):
+                load_cifar10(folder, CPU)
+            fetch.assert_not_called()
         from PIL import Image
         folder, _ = write_image_folder(self.tmp / "deep")
         deep = folder / "train" / "cat" / "0001.png"  # 16 bits a channel: converting to RGB would clip it to 255
