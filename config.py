@@ -13,6 +13,7 @@ import re
 import textwrap
 from pathlib import Path
 
+from optim import OPTIMIZERS
 from utils import EXIT_USER_ERROR, check
 
 
@@ -101,7 +102,7 @@ class TrainConfig:
                         ["prenorm", "postnorm"], group="model")
     dropout: float = option(0.0, "dropout probability", group="model")
     optimizer: str = option("adamw", "sgd: plain SGD; momentum: SGD with momentum; adam: Adam without weight "
-                            "decay; adamw: AdamW", ["sgd", "momentum", "adam", "adamw"], group="optimisation")
+                            "decay; adamw: AdamW", list(OPTIMIZERS), group="optimisation")
     batch_size: int = option(128, "examples (windows or images) per optimizer step", group="optimisation")
     epochs: int = option(10, "passes over the training split", group="optimisation", role="context")
     lr: float = option(3e-4, "learning rate", group="optimisation")
@@ -194,10 +195,11 @@ class TrainConfig:
 
     def unused(self):
         """The settings this configuration does not use, each with why: {name: reason}."""
-        uses = dict(momentum=(self.optimizer == "momentum", "only --optimizer momentum has momentum"),
-                    weight_decay=(self.optimizer != "adam", "--optimizer adam has none, as in the reference "
-                                  "(adamw has)"),
-                    decay_exempt=(self.optimizer != "adam" and self.weight_decay > 0, "nothing is weight-decayed"),
+        takes = OPTIMIZERS[self.optimizer][1]
+        uses = dict(momentum=("momentum" in takes, "only --optimizer momentum has momentum"),
+                    weight_decay=("weight_decay" in takes, f"--optimizer {self.optimizer} has none, as in the "
+                                  "reference (adamw has)"),
+                    decay_exempt=("weight_decay" in takes and self.weight_decay > 0, "nothing is weight-decayed"),
                     min_lr=(self.scheduler == "cosine", "only --scheduler cosine decays to it"))
         return {name: why for name, (used, why) in uses.items() if not used}
 

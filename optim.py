@@ -21,16 +21,19 @@ def parameter_groups(model, exempt=False):
     return [p for (_, p), e in zip(named, exempted) if not e], [p for (_, p), e in zip(named, exempted) if e]
 
 
+# The reference's four optimizers: each one's class and the settings it takes (it ignores the others).
+OPTIMIZERS = dict(sgd=(torch.optim.SGD, ("weight_decay",)), momentum=(torch.optim.SGD, ("momentum", "weight_decay")),
+                  adam=(torch.optim.Adam, ()),  # the reference's Adam has no weight decay
+                  adamw=(torch.optim.AdamW, ("weight_decay",)))
+
+
 def make_optimizer(name, model, lr, momentum=0.9, weight_decay=0.0, device=None, exempt=False):
-    """The reference's four optimizers over `model`'s learnable parameters, fused where this torch
-    has the kernel for the device: (optimizer, effective weight decay, what config.json records of
-    the groups). A new optimizer goes here."""
-    kinds = dict(sgd=(torch.optim.SGD, dict(weight_decay=weight_decay)),
-                 momentum=(torch.optim.SGD, dict(momentum=momentum, weight_decay=weight_decay)),
-                 adam=(torch.optim.Adam, dict(weight_decay=0.0)),  # the reference's Adam has no weight decay
-                 adamw=(torch.optim.AdamW, dict(weight_decay=weight_decay)))
-    check(name in kinds, f"unknown optimizer {name!r}; choose from {', '.join(kinds)}")
-    cls, kwargs = kinds[name]
+    """One of OPTIMIZERS over `model`'s learnable parameters, fused where this torch has the kernel
+    for the device: (optimizer, effective weight decay, what config.json records of the groups). A
+    new optimizer goes into OPTIMIZERS."""
+    check(name in OPTIMIZERS, f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    cls, takes = OPTIMIZERS[name]
+    kwargs = {k: v for k, v in dict(momentum=momentum, weight_decay=weight_decay).items() if k in takes}
     decay, no_decay = parameter_groups(model, exempt)
     groups = [dict(params=decay)] + [dict(params=no_decay, weight_decay=0.0)] * bool(no_decay)
     recorded = {label: dict(tensors=len(ps), parameters=sum(p.numel() for p in ps))
@@ -39,7 +42,7 @@ def make_optimizer(name, model, lr, momentum=0.9, weight_decay=0.0, device=None,
         optimizer = cls(groups, lr=lr, fused=True, **kwargs)
     except (TypeError, RuntimeError, ValueError):  # a torch or device without this fused kernel
         optimizer = cls(groups, lr=lr, foreach=device is not None and device.type == "cuda", **kwargs)
-    return optimizer, kwargs["weight_decay"], recorded
+    return optimizer, kwargs.get("weight_decay", 0.0), recorded
 
 
 def lr_factor(step, total_steps, warmup_steps, kind="constant", min_ratio=0.0):

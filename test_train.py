@@ -1040,7 +1040,7 @@ class TestDefaults(unittest.TestCase):
                     raise RuntimeError("fused=True requires all the params to be CUDA tensors")
                 super().__init__(params, **kwargs)
 
-        with mock.patch("torch.optim.AdamW", NoFused):
+        with mock.patch.dict(optim.OPTIMIZERS, adamw=(NoFused, optim.OPTIMIZERS["adamw"][1])):
             opt, _, _ = optim.make_optimizer("adamw", params, 0.1, device=torch.device("cuda"))
             self.assertEqual([k.get("fused") for k in made], [True, None])
             self.assertTrue(opt.defaults["foreach"])
