@@ -296,9 +296,9 @@ def table(rows, ceiling, ceiling_fp32, device, dtype):
     here = utils.device_name(device)
     name = here if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-    peak = utils.published_peak(name, kind)
+    peak = plan.published_peak(name, kind)
     fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
-                                     f"{utils.published_peak(name, 'fp32') or 'unknown'}")
+                                     f"{plan.published_peak(name, 'fp32') or 'unknown'}")
     print(f"\ndevice {device} ({here}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
           f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
@@ -365,7 +365,7 @@ def main(argv=None):
         ceiling_fp32 = ceiling if dtype is None else max(ceiling_fp32, plan.matmul_rate(device, None))
     for r in rows:
         if r.get("tflops"):
-            r["mfu"] = utils.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
+            r["mfu"] = plan.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
     table(rows, ceiling, ceiling_fp32, device, dtype)
     if args.json:
         save_json(dict(

@@ -2,7 +2,8 @@
 missing fetched once, before the first run), then how many runs, where, and about how long and how
 much disk. A run's time comes from the finished epochs of its configuration in the log folder when
 there are any, else from its FLOPs (models.py's formulas, over the data's sizes) at a share of a
-matmul rate measured here in a fraction of a second; its disk from its learnable parameters.
+matmul rate measured here in a fraction of a second; its disk from its learnable parameters. bench.py
+measures its MFU against the same rate, beside GPUs' published peaks.
 
     DRY_RUN=1 bash runs.sh          # the commands, then this plan, in seconds (nothing fetched)
 """
@@ -10,6 +11,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -166,6 +168,27 @@ def matmul_rate(device, dtype):
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best
+
+
+# Published dense peaks (TFLOP/s, no sparsity) of common GPUs in the precision a run uses (fp32: TF32
+# on tensor cores where the GPU has them), by the model's word in the device's name.
+PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
+         "A100": dict(bf16=312, fp16=312, fp32=156), "L40S": dict(bf16=362, fp16=362, fp32=183),
+         "L4": dict(bf16=121, fp16=121, fp32=60), "A10": dict(bf16=125, fp16=125, fp32=62),
+         "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
+
+
+def published_peak(device_name, kind):
+    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None; a model matches as a
+    word of the name ("NVIDIA L40S" is no L4)."""
+    words = set(re.split(r"[^A-Za-z0-9]+", device_name))
+    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in words), None)
+
+
+def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
+    """The FLOP rate over what the device could reach for the same work, each part against the
+    ceiling of its precision (fp32_share of the FLOPs in fp32)."""
+    return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
 
 
 def progress(runs):

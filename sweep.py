@@ -108,18 +108,18 @@ def words(name, default="", kind=str):
 def gpus():
     """GPUS, checked, and the GPUs this process sees by CUDA_VISIBLE_DEVICES (Slurm's, for one): indices
     count those from 0, as torch does."""
-    gpus = words("GPUS")
-    bad = [g for g in gpus if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
+    given = words("GPUS")
+    bad = [g for g in given if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
     check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")
-    named = [str(int(g)) if g.isdigit() else g for g in gpus]
+    named = [str(int(g)) if g.isdigit() else g for g in given]
     twice = [g for i, g in enumerate(named) if g in named[:i]]
     check(not twice, f"GPUS names GPU {twice[0] if twice else ''} twice: two runs sharing a GPU would each report "
           f"the other's time in their epoch times")
     visible = re.findall(r"[^\s,]+", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    beyond = [g for g in gpus if g.isdigit() and visible and int(g) >= len(visible)]
+    beyond = [g for g in given if g.isdigit() and visible and int(g) >= len(visible)]
     check(not beyond, f"GPUS names GPU {beyond[0] if beyond else ''}, but CUDA_VISIBLE_DEVICES="
           f"{os.environ.get('CUDA_VISIBLE_DEVICES')} shows this process {len(visible)}, numbered from 0")
-    return gpus, visible
+    return given, visible
 
 
 def settings():

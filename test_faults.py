@@ -16,6 +16,7 @@ import sys
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -282,6 +283,23 @@ class TestNames(FaultCase):
         for argv, proc in zip(commands, procs):
             with self.subTest(argv=argv[:2]):
                 self.assert_one_line(proc, 2, "error: File name too long: ", "y" * 300)
+
+
+class TestTorchrunEnvironment(FaultCase):
+    def test_a_partial_or_malformed_one_is_one_line_and_a_rank_left_in_a_shell_changes_nothing(self):
+        full = dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+        for env in (dict(WORLD_SIZE="2"), dict(full, MASTER_ADDR=""), dict(full, RANK="2"), dict(full, WORLD_SIZE="a"),
+                    dict(full, WORLD_SIZE="0"), dict(full, LOCAL_RANK="-1"), dict(full, MASTER_PORT="http")):
+            with self.subTest(env=env), mock.patch.dict(os.environ, env):  # said by every process, rank 1's too
+                proc = here(train_vit.main, "--log_dir", self.logs, "--data_folder", self.tmp / "none", *VIT_TINY)
+                self.assert_one_line(proc, 2, f"error: WORLD_SIZE={env['WORLD_SIZE']}, RANK=",
+                                     "not one process of several as torchrun starts them", "unset WORLD_SIZE")
+        self.assertFalse(self.logs.exists())
+        with mock.patch.dict(os.environ, RANK="1"):  # without WORLD_SIZE: one process, which says and writes all
+            proc = self.vit("alone", "--epochs", "1")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("test acc: final", proc.stdout)
+        self.assertTrue((self.logs / "alone" / "summary.json").exists())
 
 
 class TestDamagedEmbeddings(FaultCase):

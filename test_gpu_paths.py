@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import engine
 import optim
+import plan
 import utils
 from models import LanguageModel, linear_cross_entropy, lm_recurrent_share
 from test_data import TempDir, write_image_folder
@@ -319,10 +320,10 @@ class TestBenchPeaks(unittest.TestCase):
     def test_names_match_whole_words_and_mfu_uses_each_precisions_ceiling(self):
         for name, peak in (("NVIDIA L40S", 362), ("NVIDIA L4", 121), ("NVIDIA A100-SXM4-80GB", 312),
                            ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA GeForce RTX 4090", None), ("", None)):
-            self.assertEqual(utils.published_peak(name, "bf16"), peak, name)
-        self.assertEqual(utils.published_peak("Tesla V100-SXM2-16GB", "fp32"), 16)
-        self.assertAlmostEqual(utils.mfu(100e12, 0.0, 400e12, 200e12), 0.25)
-        self.assertAlmostEqual(utils.mfu(100e12, 1.0, 400e12, 200e12), 0.5)  # all of it in fp32
+            self.assertEqual(plan.published_peak(name, "bf16"), peak, name)
+        self.assertEqual(plan.published_peak("Tesla V100-SXM2-16GB", "fp32"), 16)
+        self.assertAlmostEqual(plan.mfu(100e12, 0.0, 400e12, 200e12), 0.25)
+        self.assertAlmostEqual(plan.mfu(100e12, 1.0, 400e12, 200e12), 0.5)  # all of it in fp32
         share = lm_recurrent_share("lstm", 1, True, 256)
         self.assertTrue(0.1 < share < 0.5, share)  # the recurrence is a fair part, the 40k-way head the rest
         self.assertLess(lm_recurrent_share("lstm", 1, True, 256), lm_recurrent_share("lstm", 4, True, 256))

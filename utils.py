@@ -243,27 +243,6 @@ def choose_precision(name, device):
 FP32 = Precision()
 
 
-# Published dense peaks (TFLOP/s, no sparsity) of common GPUs in the precision a run uses (fp32: TF32
-# on tensor cores where the GPU has them), by the model's word in the device's name.
-PEAKS = {"H200": dict(bf16=989, fp16=989, fp32=495), "H100": dict(bf16=989, fp16=989, fp32=495),
-         "A100": dict(bf16=312, fp16=312, fp32=156), "L40S": dict(bf16=362, fp16=362, fp32=183),
-         "L4": dict(bf16=121, fp16=121, fp32=60), "A10": dict(bf16=125, fp16=125, fp32=62),
-         "T4": dict(fp16=65, fp32=8), "V100": dict(fp16=125, fp32=16)}
-
-
-def published_peak(device_name, kind):
-    """The published peak of a GPU in kind ("bf16", "fp16", "fp32"), or None; a model matches as a
-    word of the name ("NVIDIA L40S" is no L4)."""
-    words = set(re.split(r"[^A-Za-z0-9]+", device_name))
-    return next((peaks.get(kind) for gpu, peaks in PEAKS.items() if gpu in words), None)
-
-
-def mfu(flops_per_s, fp32_share, ceiling, ceiling_fp32):
-    """The FLOP rate over what the device could reach for the same work, each part against the
-    ceiling of its precision (fp32_share of the FLOPs in fp32)."""
-    return flops_per_s * (fp32_share / ceiling_fp32 + (1 - fp32_share) / ceiling)
-
-
 def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
@@ -326,10 +305,21 @@ def resident_kb(field):
 # -------------------------------------------------------------------------------------- distributed
 
 def rank():
-    """This process's rank: from the process group, or from torchrun's RANK before it exists."""
+    """This process's rank: from the process group, or from torchrun's environment before it exists."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    return (launch() or (1, 0))[1]
+
+
+def launch():
+    """(world size, rank, local rank) as torchrun sets them, (1, 0, 0) without WORLD_SIZE, None when
+    its variables do not describe one process of several (a shell's leftovers, a hand-made launch)."""
+    env = {n: os.environ.get(n, "").strip() for n in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    if env["WORLD_SIZE"] in ("", "1"):
+        return 1, 0, 0
+    world, rank_, local, port = (int(v) if v.isdigit() else None for v in env.values())
+    ok = None not in (world, rank_, local, port) and rank_ < world and os.environ.get("MASTER_ADDR")
+    return (world, rank_, local) if ok else None
 
 
 def world_size():
@@ -359,12 +349,15 @@ def first_process_first():
 def init_distributed(device, batch_size):
     """Under torchrun: the process group (NCCL on CUDA, gloo on CPU), bound to this rank's GPU.
     Returns the device this process trains on."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    names = "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
+    check(launch(), ", ".join(f"{n}={os.environ.get(n, '(unset)')}" for n in names) + ": not one process of several "
+          "as torchrun starts them (docs/scaling.md); unset WORLD_SIZE to train in one process")
+    world, _, local = launch()
     if world == 1 or dist.is_initialized():
         return device
     check(batch_size % world == 0, f"--batch_size {batch_size} does not divide over {world} processes")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
