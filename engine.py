@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from optim import EMA, make_optimizer, make_scheduler
 from rundir import RunDir, existing_run, keep_or_remove, prepare_run_dir, run_lock
-from utils import FP32, Diverged, Stopped, barrier, check, distribute, log, peak_memory, rank, rng_state, \
-    seed_dropout, set_rng_state, setup, shard, sync, unwrap, world_size
+from utils import FP32, Diverged, Stopped, barrier, check, distribute, log, peak_memory, rank, \
+    seed_dropout, setup, shard, sync, unwrap, world_size
 
 try:
     from tqdm import tqdm
@@ -172,9 +172,8 @@ def compile_model(model, task, precision=FP32, mode=None):
     """torch.compile in place (the state_dict keys stay the plain model's; a DDP module is compiled
     whole, so its all-reduce still overlaps the backward pass), then warmed up on every batch size
     each split yields (this process's slice), training and evaluation, so no compiling is billed to
-    an epoch. The random state is put back: a compiled run draws what a plain one draws."""
+    an epoch. Its dropout draws change nothing: each epoch reseeds them (utils.seed_dropout)."""
     device = next(model.parameters()).device
-    state = rng_state()
     sync(device)
     start = time.perf_counter()
     model.compile(mode=mode)
@@ -189,7 +188,6 @@ def compile_model(model, task, precision=FP32, mode=None):
                 loss.backward()
                 model.zero_grad(set_to_none=True)
     sync(device)
-    set_rng_state(state)
     seconds = time.perf_counter() - start
     log(f"compiled the model in {seconds:.1f}s (not counted in the epoch times)")
     return seconds

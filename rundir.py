@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, free_space, rank, rng_state, \
-    set_rng_state, world_size
+from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, free_space, rank, world_size
 
 
 @contextlib.contextmanager
@@ -283,7 +282,7 @@ class RunDir:
         self.columns += ["skipped_steps"] if fp16 else []
 
     def resume(self, stateful):
-        """Load checkpoint.pt into the stateful objects and the RNGs; a Progress, empty when starting."""
+        """Load checkpoint.pt into the stateful objects; a Progress, empty when starting."""
         path = self.path / "checkpoint.pt"
         check(not (self.cfg.resume and not path.exists() and (self.path / "summary.json").exists()),
               f"{self.path} is finished and its checkpoint.pt was removed (--keep_checkpoint keeps it): it cannot "
@@ -305,8 +304,7 @@ class RunDir:
         try:
             for key, obj in stateful.items():
                 if obj is not None and ckpt.get(key) is not None:
-                    load_trained(obj, ckpt[key]) if key == "model" else obj.load_state_dict(ckpt[key])
-            set_rng_state(ckpt["rng"])
+                    load_trained(obj, ckpt[key], path) if key == "model" else obj.load_state_dict(ckpt[key])
         except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path} does not fit this run ({first_line(e)[:200]}); start again with --overwrite") \
                 from None
@@ -378,7 +376,7 @@ class RunDir:
                 save_torch(dict(model=states["model"], epoch=epoch), self.path / "best.pt")
             if ema_improved:
                 save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
-            save_torch(dict(states, epoch=epoch, rng=rng_state(), config=self.config, **dataclasses.asdict(progress)),
+            save_torch(dict(states, epoch=epoch, config=self.config, **dataclasses.asdict(progress)),
                        self.path / "checkpoint.pt")
             append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])  # the rows last
             if new_norms:
@@ -407,8 +405,8 @@ def finished_rows(run_dir):
 
 def damaged_parts(ckpt, columns):
     """The parts of a checkpoint that are missing or not as save_epoch writes them (rows of numbers in
-    the run's columns, best epochs, the random states)."""
-    kinds = dict(config=dict, model=dict, history=list, norm_history=list, best=dict, best_ema=dict, rng=dict)
+    the run's columns, best epochs)."""
+    kinds = dict(config=dict, model=dict, history=list, norm_history=list, best=dict, best_ema=dict)
     damaged = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
     try:
         json.dumps(ckpt.get("config"))  # it is compared with this run's as JSON
@@ -439,7 +437,8 @@ def load_trained(model, state, source="the checkpoint"):
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise UserError(f"{source} does not fit the model: {first_line(e)[:200]}") from None
+        why = " ".join(str(e).split())[:300] or type(e).__name__  # torch names the tensor on its second line
+        raise UserError(f"{source} does not fit the model: {why}") from None
     lacking = sorted(set(missing) - frozen)
     check(not unexpected and not lacking, f"{source} does not fit the model (missing "
           f"{', '.join(lacking[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'})")

@@ -33,6 +33,15 @@ class TestParameterCounts(unittest.TestCase):
         gru = 3 * 6 * (8 + 6) + 2 * 3 * 6
         self.assertEqual(count_params(model), 50 * 8 + gru + (6 * 8 + 8))
 
+    def test_transformer_lm_counted_by_formula_with_a_final_norm_for_prenorm_alone(self):
+        e, h, mlp, layers, v, T = 8, 12, 20, 2, 50, 16
+        block = (h * 3 * h + 3 * h) + (h * h + h) + (h * mlp + mlp) + (mlp * h + h) + 2 * 2 * h
+        body = v * e + (e * h + h) + T * h + layers * block + (h * e + e)  # embedding, input, positions, proj
+        for name, final_norm in (("prenorm", 2 * h), ("postnorm", 0)):  # post-norm's output is normalised already
+            with self.subTest(block=name):
+                model = LanguageModel("transformer", layers, v, e, h, max_len=T, block=name, num_heads=4, mlp_dim=mlp)
+                self.assertEqual(count_params(model), body + final_norm)
+
 
 def tiny_lm(core, **kw):
     torch.manual_seed(0)

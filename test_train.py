@@ -125,7 +125,13 @@ class TestLanguageModelCli(CliCase):
                     self.assertGreater(float(r["elapsed"]), 0)
                 self.assertAlmostEqual(float(rows[1]["elapsed"]), sum(float(r["train_time"]) + float(r["valid_time"])
                                                                       for r in rows), places=6)
+                tokens = int(re.search(r"train (\d+) tokens", out)[1])  # every token but the first is a target
+                for r in rows:
+                    self.assertAlmostEqual(float(r["tokens_per_s"]) * float(r["train_time"]), tokens - 1, places=6)
                 summary = json.loads((run_dir / "summary.json").read_text())
+                for split in ("train", "valid"):
+                    self.assertAlmostEqual(summary[f"mean_{split}_time"],
+                                           sum(float(r[f"{split}_time"]) for r in rows) / 2, places=9)
                 for key in ("params_total", "params_learnable", "best_epoch", "best_valid_ppl", "test_loss", "test_ppl",
                             "best_test_loss", "best_test_ppl", "mean_train_time", "mean_valid_time", "peak_mem_mb"):
                     self.assertIn(key, summary)
@@ -748,6 +754,12 @@ class TestRecipeFlags(CliCase):
                                  timeout=300)
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
         self.assertEqual(results(self.logs / "part"), results(run_dir))
+
+    def test_a_smoke_run_schedules_over_the_batches_it_runs(self):
+        run_dir, _, _ = self.vit("--scheduler", "cosine", "--min_lr", "1e-5", "--limit_batches", "2", "--epochs", "2")
+        lrs = [float(r["lr"]) for r in read_csv(run_dir / "metrics.csv")]  # 4 steps: halfway, then the end
+        self.assertAlmostEqual(lrs[0], 1e-5 + (3e-4 - 1e-5) / 2)
+        self.assertAlmostEqual(lrs[1], 1e-5)
 
     def test_ema_update_arithmetic(self):
         model = torch.nn.Linear(2, 1)
@@ -1547,9 +1559,11 @@ class TestNothingLost(CliCase):
         run_dir, _, _ = self.vit("--epochs", "1", "--keep_checkpoint", exp_id="k")
         ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         for change, fragment in ((dict(history=[{"x": 1}]), "(its history is missing or damaged)"),
-                                 (dict(best=dict(epoch=1, value="x"), rng=None), "(its rng, best are missing or"),
+                                 (dict(best=dict(epoch=1, value="x"), best_ema=None), "(its best_ema, best are"),
                                  (dict(optimizer="x"), "does not fit this run"),
-                                 (dict(rng=dict(python=1)), "does not fit this run"),
+                                 (dict(model={"head.weight": torch.ones(1)}),  # torch's second line, named
+                                  "does not fit the model: Error(s) in loading state_dict for VisionTransformer: size "
+                                  "mismatch for head.weight"),
                                  (dict(config=dict(lr=torch.ones(1))), "(its config is missing or damaged)")):
             torch.save(dict(ckpt, **change), run_dir / "checkpoint.pt")
             self.refused("train_vit.py", ["--data_folder", str(self.tmp / "images"), "--log_dir", str(self.logs),

@@ -1,5 +1,5 @@
 """What the trainers share that is not the training loop: errors and the CLI wrapper, downloads,
-device and precision, distributed helpers, seeding and the random state.
+device and precision, distributed helpers, seeding.
 
     >>> device = get_device("auto"); precision = choose_precision("auto", device)
 """
@@ -406,29 +406,9 @@ def epoch_generator(seed, epoch, purpose):
 
 def seed_dropout(seed, epoch):
     """Seed torch's global generator (dropout, drop-path) for one training epoch of this process: each
-    rank draws its own masks for its slice of the batch, and a resumed run draws the same."""
+    rank draws its own masks for its slice of the batch, and a resumed run draws the same with no
+    generator state saved: every other draw has a generator of its own (epoch_generator)."""
     torch.manual_seed(epoch_seed(seed, epoch, f"dropout, rank {rank()}"))
-
-
-def rng_state():
-    np_state = np.random.get_state()  # its uint32 keys as int64: torch before 2.5 cannot save a uint32 tensor
-    state = dict(python=random.getstate(), numpy=(np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                  *np_state[2:]), torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    """Restore a saved state; CUDA states for the GPUs that exist here (a checkpoint may come from a
-    machine with more, or none)."""
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def setup(cfg):
