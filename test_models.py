@@ -315,6 +315,19 @@ class TestLanguageModelDropout(unittest.TestCase):
         torch.testing.assert_close(model.eval()(tokens)[0], model(tokens)[0])
         self.assertEqual(LanguageModel("lstm", 1, 50, 12, 8).core.rnn.dropout, 0.0)  # one layer: none between
 
+    def test_in_evaluation_every_dropout_is_off_attention_included(self):
+        def lm(p):
+            return LanguageModel("transformer", 2, 50, 12, 8, dropout=p, max_len=8, num_heads=2, mlp_dim=16)
+
+        def vit(p):
+            return VisionTransformer(2, embed_dim=16, hidden_dim=32, num_heads=4, dropout=p)
+        for make, x, logits in ((lm, torch.randint(1, 50, (3, 7)), lambda y: y[0]),
+                                (vit, torch.randn(2, 3, 32, 32), lambda y: y)):
+            with self.subTest(model=make.__name__):
+                dropping, plain = make(0.5).eval(), make(0.0).eval()
+                plain.load_state_dict(dropping.state_dict())  # the same weights: Dropout and Identity hold none
+                torch.testing.assert_close(logits(dropping(x)), logits(plain(x)))
+
 
 class TestDropPathAndLayers(unittest.TestCase):
     def test_drop_path_drops_whole_samples_in_training_and_is_the_identity_in_eval(self):
