@@ -252,6 +252,7 @@ class TestExactMetrics(unittest.TestCase):
         self.assertEqual(engine.shown(39402.18638571619, 2), "39,402.19")
         self.assertEqual(engine.shown(math.exp(700), 2), "1.01e+304")
         self.assertEqual(engine.shown(float("inf"), 2), "inf")
+        self.assertEqual(train_lm.TextTask.metric_value(None, 800.0, 0.0), math.inf)  # math.exp would raise
 
     def test_the_progress_bar_shows_the_running_loss_and_metric_from_the_first_batch(self):
         if engine.tqdm is None:
