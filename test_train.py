@@ -780,6 +780,11 @@ class TestRecipeFlags(CliCase):
         ema.update(model)
         torch.testing.assert_close(ema.model.weight, 0.99 * before + 0.01 * 3.0)
         self.assertFalse(ema.model.training or ema.model.weight.requires_grad)
+        norm = torch.nn.BatchNorm1d(2)  # a model with buffers (none of ours has any): they are copied, not averaged
+        ema = optim.EMA(norm, decay=0.99)
+        norm(torch.randn(8, 2) + 5)
+        ema.update(norm)
+        torch.testing.assert_close(ema.model.running_mean, norm.running_mean)
 
     def test_layer_gradient_norms_are_per_layer_l2_norms_averaged_over_steps(self):
         a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
