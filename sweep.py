@@ -107,7 +107,10 @@ def words(name, default="", kind=str):
 
 def gpus():
     """GPUS, checked, and the GPUs this process sees by CUDA_VISIBLE_DEVICES (Slurm's, for one): indices
-    count those from 0, as torch does."""
+    count those from 0, as torch does. The sweep spreads its runs itself: a torchrun process is refused."""
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    check(world in ("", "1"), f"WORLD_SIZE={world} is set, as torchrun sets it for its processes, but the sweep runs "
+          f"each configuration as one process (GPUS spreads them over GPUs, SHARD over machines): unset WORLD_SIZE")
     given = words("GPUS")
     bad = [g for g in given if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
     check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")

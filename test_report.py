@@ -198,7 +198,7 @@ class TestSweepList(unittest.TestCase):
     def test_every_setting_the_sweep_reads_is_in_the_docs_table(self):
         import re
         code = (HERE / "sweep.py").read_text()
-        read = set(re.findall(r'"([A-Z][A-Z_]+)"', code)) - {"CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"}  # the runs'
+        read = set(re.findall(r'"([A-Z][A-Z_]+)"', code)) - {"CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "WORLD_SIZE"}
         self.assertEqual(len(read), 17, sorted(read))
         table = (HERE / "docs" / "recipes.md").read_text()
         self.assertEqual([name for name in sorted(read) if f"`{name}" not in table], [])
@@ -228,7 +228,7 @@ class TestSweepList(unittest.TestCase):
                 return super().get(name, default)
         with mock.patch.object(os, "environ", Recording(os.environ, DRY_RUN="1")):
             sweep_module.settings()
-        self.assertEqual(read - {"CUDA_VISIBLE_DEVICES"}, set(sweep_module.SETTINGS))
+        self.assertEqual(read - {"CUDA_VISIBLE_DEVICES", "WORLD_SIZE"}, set(sweep_module.SETTINGS))  # not its own
 
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
@@ -242,6 +242,7 @@ class TestSweepList(unittest.TestCase):
                               (dict(TRAIN_ARGS='--compile "'), "TRAIN_ARGS is not a line of shell words"),
                               (dict(GPUS="0 a"), "GPUS takes GPU indices or UUIDs"),
                               (dict(GPUS="0 1,00"), "GPUS names GPU 0 twice: two runs sharing a GPU"),
+                              (dict(WORLD_SIZE="4"), "WORLD_SIZE=4 is set, as torchrun sets it for its processes"),
                               (dict(TRAIN_ARGS="--compile --epochs 3"), "TRAIN_ARGS cannot set --epochs: its value "
                                "comes from EPOCHS_LM and EPOCHS_VIT"),
                               (dict(TRAIN_ARGS="--see=5"), "TRAIN_ARGS cannot set --seed: its value comes from SEEDS"),
