@@ -328,7 +328,7 @@ class RunDir:
               f"those of {self.cfg.data_folder}); put its data back, or start another run")
         epochs = self.cfg.fixed_epochs(saved)
         check(epochs in (None, self.cfg.epochs), f"cannot resume {self.path} with --epochs {self.cfg.epochs}: its "
-              f"cosine schedule spans the {epochs} epochs it started with; give --epochs {epochs}, or start another "
+              f"cosine schedule spans the {epochs} epoch{'s' * (epochs != 1)} it started with; give --epochs {epochs}, or start another "
               f"run")
 
         def short(value):
