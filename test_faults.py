@@ -23,6 +23,7 @@ import numpy as np
 import generate
 import train_lm
 import train_vit
+import utils
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
 from test_train import CRASH_LAUNCHER, LM_TINY, VIT_TINY, results, run, snapshot
 
@@ -127,6 +128,18 @@ class TestSignals(FaultCase):
         nohup = self.vit("nohup", "--epochs", "3", fault="batch:2:3:SIGHUP", nohup=True)  # the signal is ignored
         self.assertEqual(nohup.returncode, 0, nohup.stderr)
         self.assertTrue((self.logs / "nohup" / "summary.json").exists())
+
+    def test_a_signal_while_an_error_is_said_changes_nothing(self):
+        # torchrun's SIGTERM to the other ranks once one has failed may come while a rank says why it stops
+        real = utils.first_line
+
+        def first_line(e):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(e)
+        with mock.patch("utils.first_line", first_line):
+            proc = here(train_vit.main, "--log_dir", self.logs, "--exp_id", "report", *VIT_TINY)
+        self.assert_one_line(proc, 2, "error: --exp_id report")
+        self.assertEqual(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)  # this process's own handler back
 
     def test_a_second_signal_while_stopping_changes_nothing(self):
         signals = (("SIGINT", 130, "interrupted: "), ("SIGTERM", 143, "terminated: "))

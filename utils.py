@@ -84,47 +84,56 @@ def cli(main):
     otherwise wait in a collective until its timeout."""
     def wrapped(argv=None):
         previous = {s: signal.signal(s, stop) for s in stop_signals()}
-        code, message = 0, None
         try:
-            result = main(argv)
-            if sys.stdout is not None:  # None: started with no stdout at all (>&-), where print writes nothing
-                sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
-        except UserError as e:
-            code, message = EXIT_USER_ERROR, f"error: {first_line(e)}"
-        except Diverged as e:
-            code, message = EXIT_DIVERGED, f"diverged: {first_line(e)}"
-        except (MemoryError, RuntimeError) as e:  # torch's allocators and collectives raise RuntimeErrors
-            if dist.is_available() and dist.is_initialized() and re.search(PEER_GONE, str(e)):
-                code, message = 1, "stopped: another process ended (its own line says why)"
-            elif isinstance(e, MemoryError) or re.search(r"out of memory|can't allocate memory", str(e)):
-                code, message = EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
-            else:
-                raise
-        except BrokenPipeError:  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-            code = 128 + signal.SIGPIPE
-        except OSError as e:  # a path the system refuses that no check named (a name too long, a loop of links)
-            code, message = EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(
-                e.filename)
-        except KeyboardInterrupt as e:
-            signum = getattr(e, "signum", signal.SIGINT)
-            code, previous = 128 + signum, {}  # an exiting process keeps ignoring them (see stop)
-            message = f"{STOP_WORDS.get(signum, 'interrupted')}: {getattr(e, 'detail', '') or 'stopped'}"
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        distributed = dist.is_available() and dist.is_initialized()
-        if code:
+            try:
+                result = main(argv)
+                if sys.stdout is not None:  # None: started with no stdout at all (>&-), where print writes nothing
+                    sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
+                code, message = 0, None
+            except BaseException as e:  # ending: a stop signal from now on (torchrun's SIGTERM once another rank
+                for s in STOP_SIGNALS:  # has failed) would break into the line that says why with a traceback
+                    signal.signal(s, signal.SIG_IGN)
+                code, message = ending(e)
+                previous = {} if isinstance(e, KeyboardInterrupt) else previous  # an exiting process keeps ignoring
+            distributed = dist.is_available() and dist.is_initialized()
             # Before the process group exists every rank fails alike (flags, batch size): one message.
             if message and (distributed or rank() == 0):
                 print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
-            if distributed:
+            if code and distributed:
                 sys.stdout.flush()
                 os._exit(code)  # the other ranks may be inside a collective that will never complete
-            sys.exit(code)
-        if distributed:
-            dist.destroy_process_group()
-        return result
+            if code:
+                sys.exit(code)
+            if distributed:
+                dist.destroy_process_group()
+            return result
+        finally:  # the caller's handlers back, for a caller that runs main in its own process
+            for s, handler in previous.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
     return wrapped
+
+
+def ending(e):
+    """(exit code, message or None) for the exception that ended a CLI's main; `e` raised again where it
+    is none of these classes (a bug, or argparse's exit: its own report)."""
+    if isinstance(e, UserError):
+        return EXIT_USER_ERROR, f"error: {first_line(e)}"
+    if isinstance(e, Diverged):
+        return EXIT_DIVERGED, f"diverged: {first_line(e)}"
+    if isinstance(e, (MemoryError, RuntimeError)):  # torch's allocators and collectives raise RuntimeErrors
+        if dist.is_available() and dist.is_initialized() and re.search(PEER_GONE, str(e)):
+            return 1, "stopped: another process ended (its own line says why)"
+        if isinstance(e, MemoryError) or re.search(r"out of memory|can't allocate memory", str(e)):
+            return EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
+    elif isinstance(e, BrokenPipeError):  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE, None
+    elif isinstance(e, OSError):  # a path the system refuses that no check named (a name too long, a loop of links)
+        return EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(e.filename)
+    elif isinstance(e, KeyboardInterrupt):
+        signum = getattr(e, "signum", signal.SIGINT)
+        return 128 + signum, f"{STOP_WORDS.get(signum, 'interrupted')}: {getattr(e, 'detail', '') or 'stopped'}"
+    raise e
 
 
 def fetch(url, timeout=60):
