@@ -34,7 +34,7 @@ from pathlib import Path
 import plan
 from config import parse_config
 from rundir import advisory_lock
-from utils import STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, stop_signals
+from utils import STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, launch, stop_signals
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("QUICK", "DRY_RUN", "RUN_GROUPS", "SEEDS", "NORMS_SEEDS", "ONLY", "EPOCHS_LM", "EPOCHS_VIT", "DEVICE",
@@ -108,9 +108,9 @@ def words(name, default="", kind=str):
 def gpus():
     """GPUS, checked, and the GPUs this process sees by CUDA_VISIBLE_DEVICES (Slurm's, for one): indices
     count those from 0, as torch does. The sweep spreads its runs itself: a torchrun process is refused."""
-    world = os.environ.get("WORLD_SIZE", "").strip()
-    check(world in ("", "1"), f"WORLD_SIZE={world} is set, as torchrun sets it for its processes, but the sweep runs "
-          f"each configuration as one process (GPUS spreads them over GPUs, SHARD over machines): unset WORLD_SIZE")
+    check(launch() == (1, 0, 0), f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} is set, as torchrun sets it for its "
+          f"processes, but the sweep runs each configuration as one process (GPUS spreads them over GPUs, SHARD over "
+          f"machines): unset WORLD_SIZE")
     given = words("GPUS")
     bad = [g for g in given if not re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+", g)]
     check(not bad, f"GPUS takes GPU indices or UUIDs (\"0 1\" or \"0,1\"), got '{bad[0] if bad else ''}'")

@@ -228,7 +228,8 @@ class TestSweepList(unittest.TestCase):
                 return super().get(name, default)
         with mock.patch.object(os, "environ", Recording(os.environ, DRY_RUN="1")):
             sweep_module.settings()
-        self.assertEqual(read - {"CUDA_VISIBLE_DEVICES", "WORLD_SIZE"}, set(sweep_module.SETTINGS))  # not its own
+        theirs = {"CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}  # torch's
+        self.assertEqual(read - theirs, set(sweep_module.SETTINGS))
 
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),

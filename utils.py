@@ -359,9 +359,10 @@ def init_distributed(device, batch_size):
     """Under torchrun: the process group (NCCL on CUDA, gloo on CPU), bound to this rank's GPU.
     Returns the device this process trains on."""
     names = "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
-    check(launch(), ", ".join(f"{n}={os.environ.get(n, '(unset)')}" for n in names) + ": not one process of several "
+    launched = launch()
+    check(launched, ", ".join(f"{n}={os.environ.get(n, '(unset)')}" for n in names) + ": not one process of several "
           "as torchrun starts them (docs/scaling.md); unset WORLD_SIZE to train in one process")
-    world, _, local = launch()
+    world, _, local = launched
     if world == 1 or dist.is_initialized():
         return device
     check(batch_size % world == 0, f"--batch_size {batch_size} does not divide over {world} processes")
