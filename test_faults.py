@@ -32,16 +32,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def cli(*argv, fault=None, file_limit=None, cwd=HERE, nohup=False):
     """A real process: a script and its flags, under CRASH_LAUNCHER at `fault` ("batch:E:S:SIGTERM"), with at most
     `file_limit` bytes per file written (as `ulimit -f`: writing past it fails as on a full disk), SIGHUP ignored
-    with `nohup` (as the nohup command does)."""
+    with `nohup` (as the nohup command does) and otherwise at its default, whatever the test runner inherited."""
     def preexec():
         if file_limit:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-        if nohup:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
     launcher = ["-c", CRASH_LAUNCHER, fault] if fault else []
     return subprocess.run([sys.executable, *launcher, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, preexec_fn=preexec if file_limit or nohup else None,
-                          env=dict(os.environ, PYTHONPATH=HERE))
+                          timeout=300, preexec_fn=preexec, env=dict(os.environ, PYTHONPATH=HERE))
 
 
 def here(main, *argv):

@@ -802,7 +802,8 @@ class TestSweepProcesses(TempDir):
     def start(self, **env):
         env = {**os.environ, **fake_sweep(self.tmp), "ONLY": "^vit_L2", "SLOW": "vit", "SLEEP": "60", **env}
         return subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # even under nohup
 
     def running(self, n, timeout=60):
         """The pids of the first n runs, once they have started."""
