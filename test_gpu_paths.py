@@ -323,7 +323,7 @@ class TestContainerEntrypoint(TempDir):
         def entrypoint(*command):
             return subprocess.run([*as_user, "bash", str(app / "entrypoint.sh"), *command], capture_output=True,
                                   text=True, timeout=30, env=dict(PATH=os.environ["PATH"], HOME="/nonexistent"))
-        (app / "logs").chmod(0o755)  # as docker makes it: root's, not the user's
+        (app / "logs").chmod(0o555)  # as docker makes it: root's, not writable by the container's user
         proc = entrypoint("echo", "ran")
         self.assertEqual(proc.returncode, 2)
         self.assertEqual(proc.stdout, "")
