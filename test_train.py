@@ -1078,6 +1078,7 @@ class TestDefaults(unittest.TestCase):
         self.assertGreater(utils.resident_kb("VmHWM"), 2 * 2 ** 20)
         del held
 
+    @unittest.skipUnless(shutil.which("git"), "git is not installed")
     def test_a_run_records_its_commit_and_whether_the_code_differed_from_it(self):
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copy(HERE / "rundir.py", tmp)  # rundir.py asks git about the folder it lies in
