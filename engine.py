@@ -11,6 +11,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
     task.metric_value(mean_loss, accuracy) -> float
 """
 import dataclasses
+import re
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ import torch.distributed as dist
 
 from optim import EMA, make_optimizer, make_scheduler
 from rundir import RunDir, existing_run, keep_or_remove, prepare_run_dir, run_lock
-from utils import FP32, Diverged, Stopped, barrier, check, distribute, log, peak_memory, rank, \
+from utils import FP32, Diverged, Stopped, UserError, barrier, check, distribute, log, peak_memory, rank, \
     seed_dropout, setup, shard, sync, unwrap, world_size
 
 try:
@@ -177,16 +178,22 @@ def compile_model(model, task, precision=FP32, mode=None):
     sync(device)
     start = time.perf_counter()
     model.compile(mode=mode)
-    for training, splits in ((True, ["train"]), (False, ["valid", "test"])):
-        model.train(training)
-        for size in sorted(set().union(*(task.batch_sizes(s) for s in splits)), reverse=True):
-            batch = next(iter(task.batches(splits[0], 0)))  # a fresh pass: fresh state
-            batch = tuple(b[:size] if torch.is_tensor(b) else b for b in batch)
-            with torch.set_grad_enabled(training), precision.autocast(device):
-                loss, _, _ = task.loss(model, shard(batch))
-            if training:
-                loss.backward()
-                model.zero_grad(set_to_none=True)
+    try:
+        for training, splits in ((True, ["train"]), (False, ["valid", "test"])):
+            model.train(training)
+            for size in sorted(set().union(*(task.batch_sizes(s) for s in splits)), reverse=True):
+                batch = next(iter(task.batches(splits[0], 0)))  # a fresh pass: fresh state
+                batch = tuple(b[:size] if torch.is_tensor(b) else b for b in batch)
+                with torch.set_grad_enabled(training), precision.autocast(device):
+                    loss, _, _ = task.loss(model, shard(batch))
+                if training:
+                    loss.backward()
+                    model.zero_grad(set_to_none=True)
+    except torch._dynamo.exc.TorchDynamoException as e:  # no C compiler, a kernel that does not build
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.endswith(" raised:")]
+        cause = next((line for line in lines[1:] if re.search(r"\berror\b", line, re.I)), "")  # the compiler's
+        said = (lines or [type(e).__name__])[0][:200] + f" ({cause[:200]})" * bool(cause)
+        raise UserError(f"--compile failed: {said}; run without --compile") from None
     sync(device)
     seconds = time.perf_counter() - start
     log(f"compiled the model in {seconds:.1f}s (not counted in the epoch times)")

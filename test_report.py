@@ -49,8 +49,10 @@ EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_tra
           "lm_transformer_L1_adam_postnorm", "lm_transformer_L2_adamw_postnorm"}
 # A stand-in for the runs' python (the sweep itself runs in the real one): records how it was called,
 # sleeps SLEEP seconds for runs named SLOW* (FAST seconds for the others), writes a summary (or fails when asked to).
+# The sweep itself and its checks (python -c) run in this interpreter, whatever stands in for its runs.
+THE_SWEEP_ITSELF = f'[[ $1 == *sweep.py || $1 == -c ]] && exec {shlex.quote(sys.executable)} "$@"'
 FAKE_PYTHON = f"""#!/usr/bin/env bash
-[[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} "$@"
+{THE_SWEEP_ITSELF}
 [[ $1 == *plot.py ]] && exit 0
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$ ${{OMP_NUM_THREADS:-none}}" >> "$CALLS"
@@ -67,7 +69,7 @@ def setUpModule():  # not at import: a run that imports this file but selects no
     global STUBS
     STUBS = Path(tempfile.mkdtemp(prefix="runs-stubs-"))
     for stub in ("python3", "py"):
-        (STUBS / stub).write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
+        (STUBS / stub).write_text(f'#!/usr/bin/env bash\nexec {shlex.quote(sys.executable)} "$@"\n')
         (STUBS / stub).chmod(0o755)
 
 
@@ -283,7 +285,7 @@ class TestSweepList(unittest.TestCase):
         self.assertEqual((proc.returncode, proc.stderr), (2, "error: PYTHON=no-such-python is not a command here\n"))
         with tempfile.TemporaryDirectory() as tmp:  # an interpreter without torch: no site-packages
             bare = Path(tmp) / "bare-python"
-            bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+            bare.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')
             bare.chmod(0o755)
             proc = sweep(dict(PYTHON=str(bare)))
             self.assertEqual((proc.returncode, proc.stderr), (2, f"error: {bare} has no torch: activate the "
@@ -362,7 +364,8 @@ class TestSweepMechanics(TempDir):
         proc = sweep(env, cwd=self.tmp)
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertTrue((self.tmp / "my logs" / "vit_L2_sgd_s42.log").is_file())
-        self.assertIn(f"{HERE / 'train_vit.py'} --layers 2 --optimizer sgd", proc.stdout)  # the script by its path
+        script = shlex.quote(str(HERE / "train_vit.py"))
+        self.assertIn(f"{script} --layers 2 --optimizer sgd", proc.stdout)  # the script by its path
         self.assertIn("--data_folder images", proc.stdout)
         self.assertIn("== all done: my logs/report", proc.stdout)
         self.assertFalse((HERE / "my logs").exists())
@@ -488,8 +491,8 @@ class TestSweepStops(TempDir):
     def test_ctrl_c_stops_every_parallel_run(self):
         fake = self.tmp / "python"
         pids = self.tmp / "pids"
-        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} \"$@\"\n"
-                        f"echo $$ >> {pids}\nexec sleep 60\n")
+        fake.write_text(f"#!/usr/bin/env bash\n{THE_SWEEP_ITSELF}\n"
+                        f"echo $$ >> {shlex.quote(str(pids))}\nexec sleep 60\n")
         fake.chmod(0o755)
         images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
         env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2",
@@ -510,7 +513,7 @@ class TestSweepStops(TempDir):
 
     def test_a_run_stopped_by_a_signal_to_it_alone_is_not_done(self):
         fake = self.tmp / "python"  # a trainer terminated on its own (a user's kill of its pid): unfinished
-        fake.write_text(f"#!/usr/bin/env bash\n[[ $1 == *sweep.py || $1 == -c ]] && exec {sys.executable} \"$@\"\n"
+        fake.write_text(f"#!/usr/bin/env bash\n{THE_SWEEP_ITSELF}\n"
                         f"exit 143\n")
         fake.chmod(0o755)
         images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
@@ -887,7 +890,7 @@ class TestSweepProcesses(TempDir):
         fake = self.tmp / "py"
         fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS"\n')
         fake.chmod(0o755)
-        line = lines[0].replace("python3", str(fake), 1)
+        line = lines[0].replace("python3", shlex.quote(str(fake)), 1)
         subprocess.run(["bash", "-c", line], cwd=self.tmp, env={**os.environ, "ARGS": str(self.tmp / "args")},
                        check=True)
         args = (self.tmp / "args").read_text().splitlines()

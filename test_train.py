@@ -1133,6 +1133,21 @@ class TestCompile(CliCase):
         # the warm-up pass neither trains nor consumes random numbers
         self.assertEqual(results(run_dir)[0], results(plain)[0])
 
+    def test_a_model_that_does_not_compile_is_one_line_and_leaves_no_directory(self):
+        import torch._dynamo
+        real = torch.nn.Module.compile
+
+        def backend(graph, inputs):  # as inductor's on a machine without a C compiler
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        try:
+            with mock.patch("torch.nn.Module.compile", lambda self, mode=None: real(self, backend=backend)):
+                _, _, err = self.vit("--compile", expect=2)
+        finally:
+            torch._dynamo.reset()
+        self.assert_refused(err, "--compile failed: RuntimeError: InvalidCxxCompiler: No working C++ compiler found; "
+                                 "run without --compile")
+        self.assertFalse((self.logs / "run").exists())
+
 
 class TestWarmUpShapesPerProcess(unittest.TestCase):
     def test_each_rank_warms_up_on_the_slices_it_will_really_see(self):
@@ -1159,6 +1174,7 @@ class TestWarmUpShapesPerProcess(unittest.TestCase):
 
 
 class TestCompiledLmShapes(CliCase):
+    @unittest.skipIf(" " in tempfile.gettempdir(), "torch's C++ build fails in a temporary folder whose path has a space")
     def test_after_the_warm_up_an_epoch_with_a_partial_last_batch_valid_and_test_compile_nothing(self):
         # 2,400 train tokens in windows of 64: 38 windows, batches of 32 and 6, so the last batch holds
         # fewer tokens than the loss's chunk of 1,024 (its chunk loop is a shape of the graph); test
