@@ -63,10 +63,17 @@ mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.jso
 """
 # python3 and py for dry runs: the real python under the names the sweep is told to use.
 STUBS = None  # a fresh folder while this module's tests run
+USERS = mock.patch.dict(os.environ)  # the environment as the tests found it, given back after them
 
 
 def setUpModule():  # not at import: a run that imports this file but selects none of its tests leaves nothing
     global STUBS
+    # the user's own sweep settings (SEEDS, LOG_DIR, ... exported for runs.sh) are no test's, and neither is a
+    # torchrun's environment: set aside while these tests run
+    import sweep as sweep_module
+    USERS.start()
+    for name in (*sweep_module.SETTINGS, "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
     STUBS = Path(tempfile.mkdtemp(prefix="runs-stubs-"))
     for stub in ("python3", "py"):
         (STUBS / stub).write_text(f'#!/usr/bin/env bash\nexec {shlex.quote(sys.executable)} "$@"\n')
@@ -75,6 +82,7 @@ def setUpModule():  # not at import: a run that imports this file but selects no
 
 def tearDownModule():
     shutil.rmtree(STUBS, ignore_errors=True)
+    USERS.stop()
 
 
 def sweep(env, timeout=120, cwd=None):
@@ -304,7 +312,8 @@ def fake_sweep(tmp):
     if not images.exists():
         write_image_folder(images, per_class=(40, 10))
     return dict(PYTHON=str(fake), LOG_DIR=str(tmp / "logs"), CALLS=str(tmp / "calls"), DEVICE="cpu",
-                VIT_DATA=str(images), PYTHONUTF8="1")  # a UTF-8 locale, as most machines have
+                VIT_DATA=str(images), PYTHONUTF8="1",  # a UTF-8 locale, as most machines have
+                CUDA_VISIBLE_DEVICES="")  # every GPU a fake one: none of the user's shell chosen
 
 
 class TestSweepMechanics(TempDir):
@@ -495,8 +504,8 @@ class TestSweepStops(TempDir):
                         f"echo $$ >> {shlex.quote(str(pids))}\nexec sleep 60\n")
         fake.chmod(0o755)
         images, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
-        env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2",
-               "DEVICE": "cpu", "VIT_DATA": str(images)}
+        env = {**os.environ, "PYTHON": str(fake), "GPUS": "0 1", "CUDA_VISIBLE_DEVICES": "", "DEVICE": "cpu",
+               "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2", "VIT_DATA": str(images)}
         proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 30
@@ -765,7 +774,7 @@ class TestPlan(TempDir):
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
             self.skipTest("a GPU is present")
-        out = self.plan(GPUS="0,1", DEVICE="cuda", ONLY="^vit_L2", SEEDS="1, 2")  # lists take commas too
+        out = self.plan(GPUS="0,1", CUDA_VISIBLE_DEVICES="", DEVICE="cuda", ONLY="^vit_L2", SEEDS="1, 2")  # commas too
         self.assertIn("== plan: 8 runs on cuda (not here), 2 in parallel", out)
         self.assertIn("not estimated: DEVICE=cuda", out)
 
@@ -1476,7 +1485,8 @@ class TestQuickSweep(TempDir):
                 "vit_L6_adamw_postnorm_warmup_epochs5_grad_norms"]
         self.assertLessEqual(set(lms + vits), set(REFERENCE) | EXTRAS | IMPROVED | NORMS)
         env = dict(QUICK="1", PYTHON=sys.executable, LM_DATA=str(lm), VIT_DATA=str(vit), LOG_DIR=str(logs),
-                   DEVICE="cpu", NORMS_SEEDS="1", GPUS="0 1", ONLY=f"^({'|'.join(lms)})_words$|^({'|'.join(vits)})$")
+                   DEVICE="cpu", NORMS_SEEDS="1", GPUS="0 1", CUDA_VISIBLE_DEVICES="",
+                   ONLY=f"^({'|'.join(lms)})_words$|^({'|'.join(vits)})$")
         proc = sweep(env, timeout=900)
         self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
         names = [f"{n}_words_s42" for n in lms] + [f"{n}_s{1 if n in NORMS else 42}" for n in vits]
