@@ -217,7 +217,7 @@ class TrainConfig:
 
         def text(f, value):
             if isinstance(value, bool):
-                return f.name if value else f"no_{f.name}"
+                return f.name  # a flag can only be turned on (store_true), never off
             if f.metadata.get("choices"):
                 return value
             # a file by its stem, with what a run name may not hold as -
