@@ -328,8 +328,8 @@ class RunDir:
               f"those of {self.cfg.data_folder}); put its data back, or start another run")
         epochs = self.cfg.fixed_epochs(saved)
         check(epochs in (None, self.cfg.epochs), f"cannot resume {self.path} with --epochs {self.cfg.epochs}: its "
-              f"cosine schedule spans the {epochs} epoch{'s' * (epochs != 1)} it started with; give --epochs {epochs}, or start another "
-              f"run")
+              f"cosine schedule spans the {epochs} epoch{'s' * (epochs != 1)} it started with; give --epochs {epochs}, "
+              f"or start another run")
 
         def short(value):
             return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
