@@ -367,7 +367,7 @@ def _fingerprint(files):
             st = p.stat()
         except OSError as e:  # a broken link, a file gone since the listing
             raise UserError(f"cannot read image {p}: {e.strerror or e}") from None
-        h.update(f"{p.parent.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}:{label}\n".encode())
+        h.update(f"{p.parent.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}:{label}\n".encode(errors="surrogateescape"))
     return h.hexdigest()
 
 
@@ -379,7 +379,7 @@ def _cache_paths(folder):
         user_cache = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "vit-lm-study"
     except (RuntimeError, KeyError):  # HOME unset and a uid without a passwd entry
         return [folder / CACHE_NAME]
-    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+    key = hashlib.sha1(os.fsencode(folder.resolve())).hexdigest()[:16]
     return [folder / CACHE_NAME, user_cache / f"cifar10_{key}.npz"]
 
 

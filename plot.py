@@ -252,8 +252,7 @@ def plot_grad_norms(groups, task, out_dir):
 def norm_findings(groups, task):
     """Pre- vs post-norm, with and without warmup (Xiong et al. 2020): accuracy and the gradient
     norms' shape at initialisation, mean +- std over seeds, one table per setting of the rest."""
-    lines = []
-    m, label = (groups[0].m, groups[0].label) if groups else (None, None)
+    lines, m, label = [], groups[0].m, groups[0].label  # never no groups: findings() has returned before
     for table in pairs_by(groups, "block", "warmup_epochs"):
         if {b for b, _ in table} != {"prenorm", "postnorm"} or len({w or 0 for _, w in table}) < 2:
             continue  # the plain pre/post comparison is a finding of its own
@@ -342,6 +341,7 @@ def main(argv=None):
     parser.add_argument("--log_dir", nargs="+", action="extend", help="folders holding run directories (default: logs)")
     parser.add_argument("--out_dir", default=None, help="where to write (default: <first log_dir>/report)")
     args = parser.parse_args(argv)
+    getattr(sys.stdout, "reconfigure", lambda **kw: None)(errors="backslashreplace")  # as utils.cli: see there
     args.log_dir = args.log_dir or ["logs"]  # not a default: --log_dir would extend it
     out_dir = Path(args.out_dir or Path(args.log_dir[0]) / "report")
     try:

@@ -72,11 +72,12 @@ def reference_problem(ref):
 
 
 def write_file(path, content):
-    """str or bytes to path through a temporary file: a full disk leaves no half-written file."""
+    """str (as UTF-8, a path of other bytes escaped) or bytes to path through a temporary file: a full disk
+    leaves no half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        tmp.write_bytes(content.encode(errors="backslashreplace") if isinstance(content, str) else content)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

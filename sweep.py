@@ -296,7 +296,7 @@ class Sweep:
         visible = self.s["visible"][int(gpu)] if gpu is not None and gpu.isdigit() and self.s["visible"] else gpu
         env = dict(os.environ, **({} if gpu is None else dict(CUDA_VISIBLE_DEVICES=visible)),
                    **({} if threads is None else dict(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))))
-        with open(Path(self.s["log_dir"]) / f"{run.exp_id}.log", "a") as f:
+        with open(Path(self.s["log_dir"]) / f"{run.exp_id}.log", "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
             f.flush()
             with self.lock:

@@ -371,6 +371,47 @@ class TestGenerateOnDamagedRuns(FaultCase):
             self.assertEqual((proc.returncode, len(proc.stdout.split())), (0, 5), proc.stderr)
 
 
+class TestTextItCannotEncode(FaultCase):
+    """Names of bytes that are not UTF-8 (an old archive's) and an output whose encoding lacks a character
+    (an ASCII locale or pipe) are written escaped, as stderr writes them: never a traceback."""
+
+    def test_a_sweep_on_folders_and_images_named_in_other_bytes_runs_and_reports(self):
+        root = self.tmp / os.fsdecode(b"donn\xe9es")
+        try:
+            root.mkdir()
+        except (OSError, UnicodeError):
+            self.skipTest("this file system takes only UTF-8 names")
+        images, _ = write_image_folder(root / "images", per_class=(40, 10))
+        for split in ("train", "test"):  # a class and an image named in Latin-1
+            (images / split / "cat").rename(images / split / os.fsdecode(b"chat\xe9"))
+        (images / "train" / "dog" / "0000.png").rename(images / "train" / "dog" / os.fsdecode(b"\xe9t\xe9.png"))
+        env = dict(os.environ, QUICK="1", ONLY="^vit_L2_adam$", TRAIN_ARGS="--batch_size 8", VIT_DATA=str(images),
+                   LOG_DIR=str(root / "logs"), DEVICE="cpu", PYTHON=sys.executable, PYTHONIOENCODING="ascii")
+        proc = subprocess.run(["bash", "runs.sh"], cwd=HERE, capture_output=True, text=True, timeout=300, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)
+        self.assertIn("3 classes: chat\\udce9, dog, ship", proc.stdout)
+        self.assertTrue((root / "logs" / "vit_L2_adam_batch_size8_s42" / "summary.json").exists())
+        self.assertIn("test acc: final", (root / "logs" / "vit_L2_adam_batch_size8_s42.log").read_text())
+        self.assertIn("1 run in " + str(root).replace(os.fsdecode(b"\xe9"), "\\udce9"),
+                      (root / "logs" / "report" / "summary.md").read_text())
+
+    def test_generated_text_on_an_ascii_output_is_escaped(self):
+        data = self.tmp / "text"
+        data.mkdir()
+        for name in ("train", "valid", "test"):
+            (data / f"{name}.txt").write_text(" caf\u00e9 na\u00efve \u2014 the \n" * 40, encoding="utf-8")
+        proc = here(train_lm.main, "--data_folder", data, "--log_dir", self.logs, "--exp_id", "words", *LM_TINY,
+                   "--epochs", "1")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        proc = subprocess.run([sys.executable, "generate.py", "--run", self.logs / "words", "--words", "30",
+                               "--prompt", "caf\u00e9"], cwd=HERE, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONIOENCODING="ascii"))
+        self.assertEqual((proc.returncode, proc.stderr), (0, ""))
+        self.assertTrue(proc.stdout.startswith("caf\\xe9 "), proc.stdout)
+        self.assertLessEqual({"\\u2014", "na\\xefve"}, set(proc.stdout.split()), proc.stdout)
+
+
 class TestClosedOutput(FaultCase):
     """A reader of the output that ends early (`| head -1`) ends the command quietly, as SIGPIPE ends a C
     program (exit 141), after the report is whole; one started without stdout or stderr (>&-, 2>&-) runs."""
