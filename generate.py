@@ -11,6 +11,7 @@ text; without the vocabulary it is printed as ids.
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -94,8 +95,9 @@ def encode(prompt, vocab, bpe=None):
         try:
             return [int(t) for t in prompt.split()], []
         except ValueError:
-            check(bpe is not None, "this run was trained on token ids and GPT-1's vocabulary files are not at "
-                  "hand: give --prompt as space-separated token ids")
+            check(bpe is not None, "this run was trained on token ids and GPT-1's vocabulary files "
+                  "(encoder_bpe_40000.json, vocab_40000.bpe, beside its token files) are not at hand: give --prompt "
+                  "as space-separated token ids")
             unknown = bpe.encoder.get("<unk>", 0) + 1
             return bpe.encode(prompt), [w for w in prompt.split() if unknown in bpe.encode(w)]
     index = word_index(vocab)
@@ -104,16 +106,15 @@ def encode(prompt, vocab, bpe=None):
 
 
 def gpt1_vocabulary(config):
-    """GPT-1's vocabulary for a run on the token files: beside them, fetched there when missing, or None
-    (offline) with a note of what would turn ids into text."""
+    """(GPT-1's vocabulary, "") for a run on the token files: beside them, fetched there when missing; or
+    (None, a note of what would turn ids into text), offline."""
     folder = Path(str(config.get("data_folder") or "."))
     try:
-        return Vocabulary.find(folder)
+        return Vocabulary.find(folder), ""
     except (OSError, UserError) as e:
-        print(f"note: the sample stays token ids, since GPT-1's vocabulary is not at hand "
-              f"({first_line(e).split(': ')[-1][:80]}): put encoder_bpe_40000.json and vocab_40000.bpe into {folder} "
-              f"(python gpt1.py --from DIR copies them there from a download made elsewhere)", file=sys.stderr)
-        return None
+        return None, (f"note: the sample stays token ids, since GPT-1's vocabulary is not at hand "
+                      f"({first_line(e).split(': ')[-1][:80]}): put encoder_bpe_40000.json and vocab_40000.bpe into "
+                      f"{folder} (python gpt1.py --from DIR copies them there from a download made elsewhere)")
 
 
 @torch.no_grad()
@@ -137,8 +138,8 @@ def sample(model, ids, count, temperature=1.0, top_k=0, generator=None, max_len=
     return tokens[len(ids):]
 
 
-def decode(ids, vocab):
-    return " ".join("\n" if vocab[i] == "<eos>" else vocab[i] for i in ids).replace(" \n ", "\n")
+def decode(ids, vocab):  # words, a line per sentence
+    return re.sub(" ?\n ?", "\n", " ".join("\n" if vocab[i] == "<eos>" else vocab[i] for i in ids))
 
 
 @cli
@@ -157,10 +158,12 @@ def main(argv=None):
     check(0 <= args.seed < 2 ** 63, f"--seed must be in 0..2**63-1, got {args.seed}")
     check(args.top_k >= 0, f"--top_k must be >= 0, got {args.top_k}")
     model, config, vocab = load_run(args.run)
-    bpe = gpt1_vocabulary(config) if vocab is None else None
+    bpe, note = gpt1_vocabulary(config) if vocab is None else (None, "")
     ids, unknown = encode(args.prompt, vocab, bpe)
     size = config["model_args"]["vocab_size"]
     check(all(0 < i < size for i in ids), f"prompt ids must lie in 1..{size - 1}")
+    if note:  # once the prompt is found good: a refused one is one line
+        print(note, file=sys.stderr)
     if unknown:
         print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
     generator = torch.Generator().manual_seed(args.seed)
@@ -172,7 +175,7 @@ def main(argv=None):
     elif vocab is None:
         print(" ".join(map(str, out)))
     else:
-        print(decode(ids, vocab) + " " + decode(out, vocab) if args.prompt.strip() else decode(out, vocab))
+        print(decode(ids + out, vocab) if args.prompt.strip() else decode(out, vocab))
 
 
 if __name__ == "__main__":

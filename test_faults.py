@@ -357,6 +357,7 @@ class TestGenerateOnDamagedRuns(FaultCase):
         for change, why in ((dict(layers=True), "layers is True"), (dict(model="rnn"), "model is 'rnn'"),
                             (dict(num_heads=0), "--num_heads must be at least 1, got 0"),
                             (dict(vocab_size=-3), "vocab_size is -3"),
+                            (dict(vocab_size=2 ** 40), "vocab_size is 1099511627776"),
                             (dict(hidden_size=2 ** 40), "--hidden_size 1099511627776 is beyond any model")):
             run = self.tmp / str(change)
             shutil.copytree(self.logs / "lm", run)

@@ -168,13 +168,17 @@ class TestLanguageModelCli(CliCase):
         self.assertFalse((run_dir / "vocab.txt").exists())
         self.assertIn("frozen embeddings", out)
         np.save(self.tmp / "emb.npy", table)  # the table alone, as numpy saves one array
-        run_dir, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npy"), "--optimizer", "adam", data=data,
-                                exp_id="npy")
-        torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, torch.from_numpy(table))
+        frozen, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npy"), "--optimizer", "adam", data=data,
+                               exp_id="npy")
+        torch.testing.assert_close(generate.load_run(frozen)[0].embedding.weight, torch.from_numpy(table))
         run_dir, _, _ = self.lm("--embeddings", str(self.tmp / "emb.npy"), "--learn_embeddings", data=data,
                                 exp_id="learned")  # trained from the file: saved with the weights, sampled alike
         learned = torch.load(run_dir / "best.pt", weights_only=True)["model"]["embedding.weight"]
         torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, learned)
+        np.save(self.tmp / "emb.npy", table[::-1])  # changed since: refused, not sampled with other embeddings
+        with self.assertRaisesRegex(utils.UserError, "emb.npy, which is missing or has changed since"):
+            generate.load_run(frozen)
+        torch.testing.assert_close(generate.load_run(run_dir)[0].embedding.weight, learned)  # its own, in best.pt
 
     def test_embeddings_that_do_not_fit_are_refused(self):
         data = write_token_files(self.tmp / "tok")
@@ -937,8 +941,19 @@ class TestGenerate(CliCase):
                 self.assertEqual(run(generate.main, argv + ["--seed", "1"])[1], first)
                 self.assertNotEqual(run(generate.main, argv + ["--seed", "2"])[1], first)
 
+    def test_a_word_level_sample_is_a_line_per_sentence_after_its_prompt(self):
+        vocab = ["<pad>", "<unk>", "<eos>", "the", "cat"]
+        self.assertEqual(generate.decode([3, 4, 2, 4, 3, 2], vocab), "the cat\ncat the\n")
+        run_dir, _, _ = self.lm("--epochs", "1", exp_id="lines")
+        for prompt in ("", "  "):  # no prompt: the sample starts a line, and is all that is printed
+            code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "12", "--prompt", prompt])
+            self.assertEqual(code, 0, err)
+            self.assertEqual(len(out.split()), 12 - out.count("\n") + 1, repr(out))
+            self.assertFalse(out[0].isspace(), repr(out))
+
     def test_recurrent_sampling_with_state_equals_rereading_the_context(self):
         model, _, _ = generate.load_run(self.lm("--epochs", "1")[0])
+        self.assertFalse(model.training)  # no dropout: a sample depends on its seed alone
         with_state = generate.sample(model, [3, 4, 5], 10, generator=torch.Generator().manual_seed(0))
 
         class Stateless(torch.nn.Module):  # the same model, made to reread its whole context
@@ -958,17 +973,22 @@ class TestGenerate(CliCase):
         ids = [int(t) for t in out.split()]
         self.assertEqual(len(ids), 5)
         self.assertTrue(all(0 < i < 50 for i in ids))
+        for prompt in ("0 3", "3 50"):  # padding, and beyond the vocabulary
+            with self.subTest(prompt=prompt), offline:
+                code, out, err = run(generate.main, ["--run", str(run_dir), "--prompt", prompt])
+                self.assertEqual((code, out, err), (2, "", "error: prompt ids must lie in 1..49\n"))
         with offline:
             code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "the cat"])
         self.assertEqual(code, 2)
         self.assertIn("error: this run was trained on token ids", err)
         with offline:  # no prompt: a token drawn with the seed starts the sample, the same for the same seed
             samples = [run(generate.main, ["--run", str(run_dir), "--words", "4", "--seed", seed])[:2]
-                       for seed in ("1", "1", "2")]
-        self.assertEqual([code for code, _ in samples], [0, 0, 0])
-        self.assertEqual([len(out.split()) for _, out in samples], [4, 4, 4])
+                       for seed in ("1", "1", "2", "3")]
+        self.assertEqual([code for code, _ in samples], [0, 0, 0, 0])
+        self.assertEqual([len(out.split()) for _, out in samples], [4, 4, 4, 4])
         self.assertEqual(samples[0], samples[1])
         self.assertNotEqual(samples[0], samples[2])
+        self.assertGreater(len({out.split()[0] for _, out in samples}), 1)  # the first token too
 
     def test_token_id_runs_take_text_through_gpt1s_vocabulary(self):
         run_dir, _, _ = self.lm("--epochs", "1", data=write_token_files(self.tmp / "tok"))
@@ -1563,7 +1583,8 @@ class TestNothingLost(CliCase):
                  ("vocab.txt", [w for w in vocab.splitlines(keepends=True) if w != "<unk>\n"] + ["extra\n"],
                   "vocab.txt is damaged"),
                  ("best.pt", (other / "best.pt").read_bytes(), "does not fit the model"),
-                 ("best.pt", b"", "cannot load"), ("config.json", "[]", "not a language-model run")]
+                 ("best.pt", b"", "cannot load"), ("config.json", "[]", "not a language-model run"),
+                 ("config.json", '{"task": "vit", "model_args": {}}', "not a language-model run")]
         for name, content, fragment in cases:
             with self.subTest(name=name, fragment=fragment):
                 original = (run_dir / name).read_bytes()
@@ -1577,6 +1598,10 @@ class TestNothingLost(CliCase):
         self.refused("generate.py", ["--run", str(self.logs), "--words", "3"], f"{self.logs} is a folder of runs, "
                      f"not one run: give one of them, e.g. --run {self.logs / 'other'} (2 there)")
         self.refused("generate.py", ["--run", str(run_dir), "--temperature", "inf"], "temperature")
+        self.refused("generate.py", ["--run", str(run_dir), "--words", "0"], "--words must be in 1..100,000, got 0")
+        self.refused("generate.py", ["--run", str(run_dir), "--top_k", "-1"], "--top_k must be >= 0, got -1")
+        (run_dir / "best.pt").unlink()
+        self.refused("generate.py", ["--run", str(run_dir)], "has no best.pt yet (no finished epoch)")
 
     def test_a_checkpoint_whose_parts_are_not_as_written_is_one_line_and_the_run_stays(self):
         run_dir, _, _ = self.vit("--epochs", "1", "--keep_checkpoint", exp_id="k")
