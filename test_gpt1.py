@@ -65,11 +65,12 @@ class Server:
 
 
 def write_params(folder):
-    """params_{0,1,2}.npy: the concatenation 0, 1, ..., 34 split 16 / 16 / 3, and their blob ids."""
+    """params_{0,1,2}.npy: the concatenation 0, 1, ..., 34 split 16 / 10 / 9 (the token table, numbers 12 to
+    29, ends in the third), and their blob ids."""
     folder.mkdir(parents=True, exist_ok=True)
     flat = np.arange(35, dtype=np.float32)
     blobs = {}
-    for i, piece in enumerate(np.split(flat, [16, 32])):
+    for i, piece in enumerate(np.split(flat, [16, 26])):
         buf = io.BytesIO()
         np.save(buf, piece)
         (folder / f"params_{i}.npy").write_bytes(buf.getvalue())
@@ -94,6 +95,9 @@ def token_files(folder, url, sha256):
 
 
 class TestEmbeddings(TempDir):
+    def test_a_blob_id_is_gits(self):  # as `printf 'hello\n' | git hash-object --stdin` prints it
+        self.assertEqual(gpt1.git_blob_id(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a")
+
     def test_the_token_table_is_read_at_its_offset_with_a_padding_row(self):
         blobs = write_params(self.tmp / "served")
         with Server(self.tmp / "served") as server:
@@ -136,6 +140,14 @@ class TestEmbeddings(TempDir):
             pinned(blobs, gpt1.main, ["--from", str(self.tmp / "vocab"), "--data_folder", str(self.tmp / "data")])
         self.assertEqual({p.name: p.read_bytes() for p in (self.tmp / "data").iterdir()}, files)
         self.assertIn("holds no params_0.npy, so GPT-1's embeddings (--embeddings gpt1) were not made", out.getvalue())
+        (self.tmp / "vocab" / "vocab_40000.bpe").write_bytes(b"#version: 0.3\n")  # not the pinned file: one line
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()), \
+                self.assertRaises(SystemExit) as ctx:
+            pinned(blobs, gpt1.main, ["--from", str(self.tmp / "vocab"), "--data_folder", str(self.tmp / "data3")])
+        self.assertEqual(ctx.exception.code, 2)
+        self.assertRegex(err.getvalue(), r"^error: vocab_40000.bpe from .* is not the pinned file \(git blob \w+, "
+                                         r"expected \w+\)\n$")
+        self.assertEqual(list((self.tmp / "data3").iterdir()), [(self.tmp / "data3" / "encoder_bpe_40000.json")])
 
     def test_a_corrupted_or_interrupted_download_leaves_nothing(self):
         blobs = write_params(self.tmp / "served")
