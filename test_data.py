@@ -189,20 +189,28 @@ class TestWikitext(TempDir):
         self.assertEqual(load_wikitext(folder, CPU, download=False).vocab_size, 40479)
 
     def test_bad_token_files_are_refused_with_one_line(self):
+        ids = "token ids must lie in 1..49 (0 is padding)"
         cases = {
-            "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
-            "no tokens": lambda p: np.savez(p, sizes=np.array([3])),
-            "out of range": lambda p: np.savez(p, tokens=np.array([0, 3, 4], dtype=np.uint16), vocab_size=np.array(50)),
-            "a fractional vocabulary": lambda p: np.savez(p, tokens=np.array([2, 3]), vocab_size=np.array(50.5)),
-            "two vocabularies": lambda p: np.savez(p, tokens=np.array([2, 3]), vocab_size=np.array([50, 60])),
+            "truncated": (lambda p: p.write_bytes(p.read_bytes()[:100]), "not a readable .npz file"),
+            "no tokens": (lambda p: np.savez(p, sizes=np.array([3])), "has no 'tokens' array (it has: sizes)"),
+            "padding": (lambda p: np.savez(p, tokens=np.array([0, 3, 4], dtype=np.uint16)), f"{ids}, found 0..4"),
+            "beyond": (lambda p: np.savez(p, tokens=np.array([3, 50]), vocab_size=np.array(50)), f"{ids}, found 3..50"),
+            "fractions": (lambda p: np.savez(p, tokens=np.array([2.0, 3.5])), "a 1-D integer array of at least 2 ids"),
+            "one id": (lambda p: np.savez(p, tokens=np.array([2])), "a 1-D integer array of at least 2 ids, got int64"),
+            "a table": (lambda p: np.savez(p, tokens=np.ones((2, 2), int)), "integer array of at least 2 ids"),
+            "a fractional vocabulary": (lambda p: np.savez(p, tokens=np.array([2, 3]), vocab_size=np.array(50.5)),
+                                        "'vocab_size' is not a whole number"),
+            "two vocabularies": (lambda p: np.savez(p, tokens=np.array([2, 3]), vocab_size=np.array([50, 60])),
+                                 "'vocab_size' is not a whole number"),
         }
-        for case, damage in cases.items():
+        for case, (damage, said) in cases.items():
             with self.subTest(case=case):
                 folder = write_token_files(self.tmp / case)
                 damage(folder / "wiki.test.npz")
                 with self.assertRaises(UserError) as ctx:
                     load_wikitext(folder, CPU, download=False)
                 self.assertIn("wiki.test.npz", str(ctx.exception))
+                self.assertIn(said, str(ctx.exception))
                 self.assertNotIn("\n", str(ctx.exception))
 
     def test_word_level_text(self):
@@ -333,6 +341,14 @@ class TestCifar(TempDir):
         changed = load_cifar10(folder, CPU).splits
         self.assertEqual(len(changed["train"][1]) + len(changed["valid"][1]), 13 * 3)
 
+    def test_images_rewritten_at_the_same_sizes_are_decoded_again(self):
+        folder, _ = write_image_folder(self.tmp / "cifar", suffix=".bmp")
+        first = load_cifar10(folder, CPU)
+        sizes = sorted(p.stat().st_size for p in folder.rglob("*.bmp"))
+        write_image_folder(self.tmp / "cifar", suffix=".bmp", seed=1)  # uncompressed: new pixels, the same sizes
+        self.assertEqual(sorted(p.stat().st_size for p in folder.rglob("*.bmp")), sizes)
+        self.assertFalse(torch.equal(load_cifar10(folder, CPU).splits["train"][0], first.splits["train"][0]))
+
     def test_read_only_folder_caches_in_the_user_cache(self):
         folder, _ = write_image_folder(self.tmp / "cifar")
         os.chmod(folder, 0o555)
@@ -386,6 +402,15 @@ class TestCifar(TempDir):
         deep = folder / "train" / "cat" / "0001.png"  # 16 bits a channel: converting to RGB would clip it to 255
         Image.fromarray(np.full((32, 32), 1000, dtype=np.uint16)).save(deep)
         with self.assertRaisesRegex(UserError, f"^{re.escape(str(deep))} has more than 8 bits per channel"):
+            load_cifar10(folder, CPU)
+        folder, _ = write_image_folder(self.tmp / "sizes")  # one image of another size, then all of a split
+        Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(folder / "test" / "dog" / "0001.png")
+        with self.assertRaisesRegex(UserError, rf"^images in {re.escape(str(folder / 'test'))} differ in size: "
+                                    r"\[\(24, 24, 3\), \(32, 32, 3\)\]"):
+            load_cifar10(folder, CPU)
+        for p in (folder / "test").rglob("*.png"):
+            Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(p)
+        with self.assertRaisesRegex(UserError, "^train and test images differ in size in "):
             load_cifar10(folder, CPU)
 
     def test_torchvision_format(self):

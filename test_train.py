@@ -1542,6 +1542,7 @@ class TestNothingLost(CliCase):
         for split in ("train", "test"):  # what Jupyter leaves behind: ignored
             (data / split / ".ipynb_checkpoints").mkdir()
             (data / split / ".ipynb_checkpoints" / "x.png").write_bytes((data / "train" / CLASSES[0] / "0000.png").read_bytes())
+        (data / "train" / CLASSES[0] / "._0000.png").write_bytes(b"\0\5\26\7")  # macOS's AppleDouble: no image
         run_dir, out, _ = self.vit("--epochs", "1", exp_id="hidden")
         config = json.loads((run_dir / "config.json").read_text())
         self.assertNotIn(".ipynb_checkpoints", config["classes"])
