@@ -36,7 +36,7 @@ import utils
 import train_lm
 import train_vit
 from augment import normalize
-from data import ImageData, Windows, load_wikitext
+from data import Corpus, ImageData, Windows, load_wikitext
 from models import LanguageModel
 from test_data import CLASSES, TempDir, write_image_folder, write_text_files, write_token_files
 
@@ -434,6 +434,8 @@ class TestRefusals(CliCase):
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)
         self.assert_refused(err, "--batch_size 500", "smallest split (valid: ")
+        _, _, err = self.lm("--batch_size", "500", expect=2)
+        self.assert_refused(err, "--batch_size 500 is larger than the smallest split (test: 7 windows of 8 tokens)")
 
     def test_existing_run_is_never_touched(self):
         run_dir, _, _ = self.lm()
@@ -833,6 +835,26 @@ class TestRecipeFlags(CliCase):
         train = list(task.batches("train", 1))
         self.assertFalse(torch.equal(torch.cat([b[0] for b in train]), normalize(images)))
 
+    def test_mixup_or_cutmix_alone_mixes_every_training_batch(self):
+        images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        data = ImageData({s: (images, torch.arange(8) % 3) for s in ("train", "valid", "test")}, ["a", "b", "c"])
+        for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0)):
+            with self.subTest(mixup=mixup, cutmix=cutmix):
+                task = train_vit.ImageTask(data, 4, 0, mixup=mixup, cutmix=cutmix)
+                self.assertTrue(all(0 < b[3] < 1 for b in task.batches("train", 1)))
+
+    def test_training_batches_are_shuffled_by_seed_and_epoch(self):
+        images = torch.zeros((8, 3, 32, 32), dtype=torch.uint8)
+        data = ImageData({s: (images, torch.arange(8)) for s in ("train", "valid", "test")}, list("abcdefgh"))
+
+        def order(seed, epoch):
+            return torch.cat([b[1] for b in train_vit.ImageTask(data, 4, seed).batches("train", epoch)]).tolist()
+        self.assertEqual(sorted(order(0, 1)), list(range(8)))  # each image once
+        self.assertNotEqual(order(0, 1), list(range(8)))
+        self.assertEqual(order(0, 1), order(0, 1))
+        self.assertNotEqual(order(0, 1), order(0, 2))
+        self.assertNotEqual(order(0, 1), order(1, 1))
+
     def test_label_smoothing_on_a_known_case_and_only_in_training(self):
         logits = torch.tensor([[2.0, 0.0, 0.0]])
 
@@ -883,6 +905,21 @@ class TestGenerators(unittest.TestCase):
 
 
 class TestStreams(CliCase):
+    def test_training_windows_are_shuffled_by_seed_and_epoch_and_the_rest_read_in_order(self):
+        corpus = Corpus({s: torch.arange(1, 34) for s in ("train", "valid", "test")}, 40)  # 8 windows of 4
+        starts = list(range(1, 33, 4))
+
+        def order(seed, epoch, split="train", batching="windows"):  # the windows by their first token
+            task = train_lm.TextTask(corpus, 4, 2, seed, batching)
+            return [int(x) for inputs, _, _ in task.batches(split, epoch) for x in inputs[:, 0]]
+        self.assertEqual(sorted(order(0, 1)), starts)
+        self.assertNotEqual(order(0, 1), starts)
+        self.assertEqual(order(0, 1), order(0, 1))
+        self.assertNotEqual(order(0, 1), order(0, 2))
+        self.assertNotEqual(order(0, 1), order(1, 1))
+        self.assertEqual(order(0, 1, "valid"), starts)
+        self.assertEqual(order(0, 1, batching="streams"), [1, 17, 5, 21, 9, 25, 13, 29])  # two streams, in step
+
     def test_carried_state_equals_one_pass_over_each_whole_stream(self):
         data = write_token_files(self.tmp / "tokens", n=(400, 103, 70))
         corpus = train_lm.load_wikitext(data, torch.device("cpu"))
@@ -1001,6 +1038,13 @@ class TestGenerate(CliCase):
 
 
 class TestDefaults(unittest.TestCase):
+    def test_a_folder_with_both_formats_is_read_and_named_as_its_token_files(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            write_text_files(write_token_files(tmp))
+            self.assertEqual(config.parse_config(train_lm.Config, ["--data_folder", tmp]).default_exp_id(),
+                             "lm_lstm_L1_adamw_s42")
+            self.assertIsNone(load_wikitext(tmp, torch.device("cpu")).vocab)  # the token files: no word list
+
     def test_reference_defaults_and_derived_names(self):
         lm = config.parse_config(train_lm.Config, [])
         self.assertEqual((lm.batch_size, lm.lr, lm.epochs, lm.optimizer, lm.seq_len, lm.data_folder),

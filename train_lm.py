@@ -128,7 +128,7 @@ class TextTask:
     def loss(self, model, batch):
         inputs, targets, count = batch
         # summed in chunks: the full logits never exist
-        loss, state = model(inputs, state=self.state if self.streams else None, targets=targets)
+        loss, state = model(inputs, state=self.state, targets=targets)  # None but in streams
         if self.streams:
             self.state = None if state is None else tuple(s.detach() for s in state) if isinstance(state, tuple) \
                 else state.detach()
