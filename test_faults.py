@@ -256,7 +256,11 @@ class TestReportInputs(FaultCase):
                                                                                          test_ppl=0)])),
                    "sizes as a list": dict(good, vit=dict(good["vit"], settings=dict(epochs=50, data_sizes=[1]))),
                    "a number for a checksum": dict(good, lm=dict(good["lm"], settings=dict(epochs=10,
-                                                                                           data_sha256=5)))}
+                                                                                           data_sha256=5))),
+                   "a boolean tolerance": dict(good, tolerance=dict(acc=True, ppl_relative=0.05)),
+                   "a NaN tolerance": dict(good, tolerance=dict(acc=0.015, ppl_relative=float("nan"))),
+                   "no epochs": dict(good, vit=dict(good["vit"], settings=dict(data_sizes={}))),
+                   "configs as an object": dict(good, lm=dict(good["lm"], configs={"1": good["lm"]["configs"][0]}))}
         for what, content in list(damaged.items()) + [("truncated", "{\"source\": "), ("binary", b"\x89PNG\x00\xff")]:
             with self.subTest(what):
                 path = code / "reference.json"

@@ -1258,8 +1258,37 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("(vit_L6_adamw: its data's sizes unrecorded (an older run))",
                       (logs / "report" / "summary.md").read_text())
 
+    def test_what_keeps_a_run_from_measuring_the_reports_configuration(self):
+        source = self.make_logs() / "lm_lstm_L1_adam_s42"
+        config, summary = (json.loads((source / name).read_text()) for name in ("config.json", "summary.json"))
+        rows = list(csv.DictReader((source / "metrics.csv").read_text().splitlines()))
+
+        def said(name, rows=rows, **change):  # the summary's line on the report's LM config 1, of one changed run
+            run = write_run(self.tmp / name, "lm_lstm_L1_adam_s42", dict(config, **change), rows, summary)
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.assertEqual(plot.main(["--log_dir", str(run.parent)]), 0)
+            return next(line for line in (run.parent / "report" / "summary.md").read_text().splitlines()
+                        if line.startswith("- Config 1 (model lstm"))
+        for name, change, why in (
+                ("unrecorded", dict(naming={k: v for k, v in config["naming"].items() if k != "changed"}),
+                 "other settings"),
+                ("lr", dict(naming=dict(config["naming"], changed=dict(optimizer="adam", lr=0.01))),
+                 "other settings (lr)"),
+                ("words", dict(data_source="word-level text (train/valid/test.txt) in data"),
+                 "word-level text, not the report's token files"),
+                ("longer", dict(epochs=12, rows=rows + rows[:2]), "12 epochs asked, not the report's 10")):
+            with self.subTest(name):
+                self.assertEqual(said(name, **change), f"- Config 1 (model lstm layers 1 optimizer adam): not measured "
+                                                       f"here (lm_lstm_L1_adam: {why}).")
+        run = write_run(self.tmp / "sgd", "lm_lstm_L1_sgd_s42", dict(config, optimizer="sgd"), rows, summary,
+                        changed=dict(optimizer="sgd", embeddings="gpt1"))  # the report's config 3 gives only times
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(run.parent)]), 0)
+        self.assertIn("(model lstm layers 1 optimizer adam): not measured here (no run of it).\n\n",
+                      (run.parent / "report" / "summary.md").read_text())
+
     def test_one_self_contained_page(self):
-        logs = self.make_logs()
+        logs = self.make_logs().rename(self.tmp / "logs <b>&amp;")  # text in the page, never markup
         ref = report.load_reference()
         del ref["note"]  # optional
         with mock.patch("plot.load_reference", return_value=ref):
@@ -1270,6 +1299,8 @@ class TestAgainstTheReport(TempDir):
         self.assertNotIn("http", page)  # nothing fetched from a network
         self.assertIn("<table>", page)
         self.assertIn("<b>reproduced</b>", page)
+        self.assertIn("logs &lt;b&gt;&amp;amp;.</p>", page)
+        self.assertNotIn("<td>---</td>", page)  # a table's rule is no row
 
     def test_a_page_of_smoke_runs_says_so_first_and_wide_tables_scroll(self):
         logs = self.tmp / "smoke"
