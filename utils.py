@@ -107,8 +107,12 @@ def cli(main):
                 os._exit(code)  # the other ranks may be inside a collective that will never complete
             if code:
                 sys.exit(code)
-            if distributed:
-                dist.destroy_process_group()
+            if distributed:  # done, every file written: the process ends here, since at the interpreter's exit a
+                dist.destroy_process_group()  # thread of gloo's now and then aborts it (SIGABRT, a failed run)
+                for stream in (sys.stdout, sys.stderr):
+                    if stream is not None:
+                        stream.flush()
+                os._exit(0)
             return result
         finally:  # the caller's handlers back, for a caller that runs main in its own process
             for s, handler in previous.items():
