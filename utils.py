@@ -84,7 +84,7 @@ def cli(main):
     otherwise wait in a collective until its timeout."""
     def wrapped(argv=None):
         previous = {s: signal.signal(s, stop) for s in stop_signals()}
-        # a character the output's encoding lacks (generated text, a path, under LANG=C or an ASCII pipe) is
+        # a character the output's encoding lacks (generated text, a path; an ASCII locale or PYTHONIOENCODING) is
         # written escaped, as stderr writes it, not a traceback
         getattr(sys.stdout, "reconfigure", lambda **kw: None)(errors="backslashreplace")
         try:
