@@ -1063,6 +1063,9 @@ class TestPlot(TempDir):
         (cut / "metrics.csv").write_text(text[:-20])  # cut mid-line: the first row survives
         long = write_run(logs, "long_s1", base, vit_rows([0.5, 0.6]), None)
         (long / "metrics.csv").write_text((long / "metrics.csv").read_text().replace("\n2,", "\n2,9,", 1))
+        short = write_run(logs, "short_s1", base, vit_rows([0.5, 0.6, 0.7]), None)  # a row missing its last fields
+        lines = (short / "metrics.csv").read_text().splitlines(keepends=True)
+        (short / "metrics.csv").write_text("".join(lines[:2] + [lines[2].rsplit(",", 2)[0] + "\n"] + lines[3:]))
         write_run(logs, "nan_s1", base, [{k: "nan" for k in vit_rows([0.5])[0]}], None)
         old = write_run(logs, "old_s1", base, [{k: v for k, v in r.items() if k not in ("peak_mem_mb", "mem_pct")}
                                                for r in vit_rows([0.5])], None)  # an older file: fewer columns
@@ -1099,7 +1102,8 @@ class TestPlot(TempDir):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
         summary = (logs / "report" / "summary.md").read_text()
-        for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"), ("nocols_s1", "lacks"),
+        for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"),
+                          ("short_s1", "line 3 skipped (wrong number of fields)"), ("nocols_s1", "lacks"),
                           ("badsum_s1", "not a JSON object"), ("badconfig", "not a JSON object"),
                           ("unknown_s1", "not as the trainers write it (its task, title, metric or settings"),
                           ("orphan", "no config.json"), *((name, "not as the trainers write it") for name in (
