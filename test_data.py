@@ -264,6 +264,17 @@ class TestWikitext(TempDir):
             with mock.patch("urllib.request.urlopen", side_effect=error), self.assertRaises(OSError) as ctx:
                 utils.fetch("https://example.org/wiki.train.npz")
             self.assertEqual(str(ctx.exception), "https://example.org/wiki.train.npz" + said)
+        # a connection that closes early: fewer bytes than the server announced are refused, all of them are not
+        for length, cut in (("2048", True), ("1000", False), (None, False)):
+            response = mock.MagicMock()
+            response.__enter__.return_value.read.return_value = b"x" * 1000
+            response.__enter__.return_value.headers = {"Content-Length": length} if length else {}
+            with mock.patch("urllib.request.urlopen", return_value=response):
+                if cut:
+                    with self.assertRaisesRegex(OSError, r"cut short \(1,000 of 2,048 bytes\)$"):
+                        utils.fetch("https://example.org/wiki.train.npz")
+                else:
+                    self.assertEqual(utils.fetch("https://example.org/wiki.train.npz"), b"x" * 1000)
 
     def _fake_archive(self):
         buf = io.BytesIO()

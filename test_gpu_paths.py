@@ -102,6 +102,12 @@ class TestGpuWithoutKernels(TempDir):
         with mock.patch("torch.cuda.get_device_capability", return_value=(7, 0)), \
                 mock.patch("torch.cuda.get_arch_list", return_value=["sm_80", "compute_70"]):
             self.assertIsNone(utils.cuda_arch_problem())  # PTX for 7.0 is compiled for it
+        with mock.patch("torch.cuda.get_arch_list", return_value=["sm_80", "compute_80"]):
+            with mock.patch("torch.cuda.get_device_capability", return_value=(9, 0)):
+                self.assertIsNone(utils.cuda_arch_problem())  # no sm_90 cubin, but PTX 8.0 compiles for 9.0
+            with mock.patch("torch.cuda.get_device_capability", return_value=(7, 5)), \
+                    mock.patch("torch.cuda.get_device_name", return_value="Tesla T4"):
+                self.assertIn("built for 8.0", utils.cuda_arch_problem())  # PTX runs on newer GPUs only
 
 
 class TestPrecisionInConfig(TempDir):

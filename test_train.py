@@ -416,7 +416,17 @@ class TestRefusals(CliCase):
         _, _, err = self.vit("--device", "cuda", expect=2)
         self.assert_refused(err, "CUDA is not usable")
 
-    def test_a_log_dir_that_is_a_file_is_named(self):
+    def test_a_full_run_that_auto_puts_on_the_cpu_says_why_first(self):
+        if torch.cuda.is_available():
+            self.skipTest("auto chooses this machine's GPU")
+        warning = "warning: training on the CPU, since CUDA is not usable ("
+        _, _, err = self.vit("--device", "auto", "--epochs", "1")
+        self.assertTrue(err.startswith(warning), err)
+        self.assertIn("--device cpu silences this", err.splitlines()[0])
+        for exp_id, asked in (("smoke", ["--device", "auto", "--limit_batches", "1"]), ("cpu", ["--device", "cpu"])):
+            _, _, err = self.vit(*asked, "--epochs", "1", exp_id=exp_id)  # a smoke run, or the CPU asked for
+            self.assertNotIn(warning, err)
+
         (self.tmp / "results.csv").write_text("kept\n")
         for log_dir in ("results.csv", "results.csv/sub"):
             _, _, err = self.vit("--log_dir", str(self.tmp / log_dir), expect=2)
@@ -430,6 +440,14 @@ class TestRefusals(CliCase):
         _, _, err = self.lm("--hidden_size", "2000000000", expect=2)  # no tensor of torch's holds it
         self.assert_refused(err, "the model's tensors would be larger than any memory")
         self.assertFalse(self.logs.exists())
+        # 4 bytes a parameter: two layers of 110 fit in 880 bytes, not in 879
+        def make(n):
+            return torch.nn.Sequential(*(torch.nn.Linear(10, 10) for _ in range(n)))
+        with mock.patch("utils.device_memory", return_value=880):
+            utils.check_fits(make, 2, torch.device("cpu"))
+        with mock.patch("utils.device_memory", return_value=879), self.assertRaisesRegex(
+                utils.UserError, "^the model would have 220 parameters, 0.0 GB of weights alone"):
+            utils.check_fits(make, 2, torch.device("cpu"))
 
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)
