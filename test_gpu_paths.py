@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import unittest
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -62,6 +63,45 @@ class TestPrecision(unittest.TestCase):
         self.assertEqual(utils.choose_precision("auto", torch.device("cpu")), (None, "fp32: the device is a CPU"))
         self.assertEqual(self.choose("fp16", (7, 5)).scaled, True)  # the loss scaler's cue
         self.assertEqual((self.choose("auto", (9, 0)).name, utils.FP32.name), ("bfloat16", "float32"))
+
+    def test_fp32_matmuls_run_as_tf32_on_a_gpu_only(self):
+        flags = torch.backends.cuda.matmul, torch.backends.cudnn
+        before = [f.allow_tf32 for f in flags]
+        try:
+            for f in flags:
+                f.allow_tf32 = False
+            utils.choose_precision("fp32", torch.device("cpu"))
+            self.assertEqual([f.allow_tf32 for f in flags], [False, False])
+            self.choose("fp32", (8, 0))
+            self.assertEqual([f.allow_tf32 for f in flags], [True, True])
+        finally:
+            for f, value in zip(flags, before):
+                f.allow_tf32 = value
+
+
+class TestWhyNoCuda(unittest.TestCase):
+    """The reason `--device auto` and the sweep give for training on the CPU: one a user can act on."""
+
+    def reason(self, said="", visible=None, devices=True, cuda="13.0"):
+        def is_available():
+            if said:
+                warnings.warn(said)
+            return False
+        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+        env.update({} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})
+        with mock.patch("torch.version.cuda", cuda), mock.patch("torch.cuda.is_available", is_available), \
+                mock.patch.dict(os.environ, env, clear=True), mock.patch("pathlib.Path.exists", return_value=devices):
+            return utils.cuda_unusable_reason()
+
+    def test_each_cause_in_words(self):
+        self.assertIn("CPU-only build", self.reason(cuda=None))
+        old = "CUDA initialization: The NVIDIA driver on your system is too old (found version 12040)."
+        self.assertEqual(self.reason(said=old, visible=""), old + " (this torch is built for CUDA 13.0)")
+        for visible in ("", " ", "-1"):
+            self.assertIn(f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU (check GPUS)", self.reason(visible=visible))
+        self.assertIn("start it with --gpus all", self.reason(devices=False))
+        self.assertEqual(self.reason(visible="3"), "CUDA reports no usable device among CUDA_VISIBLE_DEVICES=3; this "
+                         "torch needs an NVIDIA driver recent enough for CUDA 13.0 (see nvidia-smi)")
 
 
 def v100(arch_list=("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")):

@@ -1480,6 +1480,13 @@ class TestErrorLines(unittest.TestCase):
 
 
 class TestDisk(CliCase):
+    def test_free_space_is_said_in_gb_or_mb(self):
+        for free, said in ((3 * 2 ** 30 // 2, "1.5 GB"), (2 ** 30, "1.0 GB"), (2 ** 30 - 2 ** 20, "1023.0 MB"),
+                           (0, "0.0 MB")):
+            with mock.patch("shutil.disk_usage", return_value=mock.Mock(free=free)):
+                self.assertEqual(utils.free_space(self.tmp), said)
+        self.assertEqual(utils.free_space(self.tmp / "not there"), "unknown space")
+
     def test_a_finished_run_keeps_its_logs_and_best_weights_not_its_checkpoint(self):
         argv = [a for a in VIT_TINY if a != "--keep_checkpoint"]
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
