@@ -11,6 +11,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
     task.metric_value(mean_loss, accuracy) -> float
 """
 import dataclasses
+import math
 import re
 import signal
 import sys
@@ -158,8 +159,9 @@ def check_finite(total, what, where):
     if world_size() > 1:
         dist.all_reduce(both[1:])
     value, bad = both.tolist()
-    if bad:
-        raise Diverged(f"{what} became {value} {where}")
+    if bad:  # a finite value here: another process's was not (its own line says which)
+        raise Diverged(f"{what} became {value if not math.isfinite(value) else 'NaN or infinite in another process'} "
+                       f"{where}")
     return value
 
 

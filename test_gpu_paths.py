@@ -194,6 +194,27 @@ class TestLossScalerSteps(unittest.TestCase):
             self.assertAlmostEqual(got, want, places=5)
         self.assertFalse(any(torch.equal(a, b) for a, b in zip(ema_before, step.ema.model.parameters())))
 
+    def test_each_epochs_row_counts_its_own_skipped_steps(self):
+        import config
+        import rundir
+        from test_train import ScriptedTask
+
+        class Overflowing(ScriptedTask):  # the second training batch of epoch 1 overflows in the backward pass
+            def batches(self, split, epoch):
+                return iter([(split, epoch == 1 and i == 1) for i in range(3 if split == "train" else 1)])
+
+            def loss(self, model, batch):
+                loss, count, correct = super().loss(model, batch[:1])
+                if batch[1]:
+                    loss.register_hook(lambda g: g * float("inf"))
+                return loss, count, correct
+        cfg = config.parse_config(config.TrainConfig, ["--optimizer", "sgd", "--device", "cpu", "--no_progress"])
+        model = torch.nn.Linear(1, 1, bias=False)
+        step = engine.Step(torch.optim.SGD(model.parameters(), lr=0.1), scaler=torch.amp.GradScaler("cpu"))
+        progress, task = rundir.Progress(), Overflowing()
+        rows = [engine.train_one_epoch(model, task, cfg, step, utils.FP32, progress, e)[0] for e in (1, 2)]
+        self.assertEqual([r["skipped_steps"] for r in rows], [1, 0])
+
 
 class TestLossInLowPrecision(unittest.TestCase):
     def setUp(self):
@@ -283,6 +304,20 @@ sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
+# Rank 1 alone gives NaN logits in its first training step.
+RANK1_DIVERGES = """
+import os, runpy, sys
+import models
+real, calls = models.VisionTransformer.forward, []
+def forward(self, images):
+    calls.append(self.training)
+    out = real(self, images)
+    return out * float("nan") if os.environ["RANK"] == "1" and self.training and len(calls) == 1 else out
+models.VisionTransformer.forward = forward
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 
 def torchrun_vit(tmp, launcher, *args):
     """A tiny ViT on two CPU processes under torchrun, through `launcher` (a test-side wrapper)."""
@@ -303,6 +338,17 @@ class TestDistributedFailure(TempDir):
         self.assertNotEqual(proc.returncode, 0)
         self.assertEqual(proc.stderr.count("[rank 1] error: rank 1 cannot read its data"), 1, proc.stderr[-3000:])
         self.assertNotIn("[rank 0] error", proc.stderr)
+
+    def test_a_loss_that_diverges_on_one_rank_stops_every_rank_at_the_same_step(self):
+        proc = torchrun_vit(self.tmp, RANK1_DIVERGES, "--epochs", "1", "--limit_batches", "3", "--no_progress",
+                            "--exp_id", "nan")
+        self.assertNotEqual(proc.returncode, 0)
+        # each rank's loss is checked against every rank's, so rank 0 does not wait on a collective rank 1 left
+        self.assertIn("[rank 1] diverged: train loss became nan in epoch", proc.stderr)
+        self.assertIn("[rank 0] diverged: train loss became NaN or infinite in another process in epoch", proc.stderr)
+        self.assertEqual(proc.stderr.count("in epoch 1 by step 1 (of 3)"), 2, proc.stderr[-3000:])
+        self.assertNotIn("another process ended", proc.stderr)
+        self.assertFalse((self.tmp / "logs" / "nan").exists())  # no epoch had finished
 
 
 # Runs a trainer under torchrun and appends each drop-path mask this rank draws to masks_<rank>.txt.
