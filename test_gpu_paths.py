@@ -194,7 +194,17 @@ class TestLossScalerSteps(unittest.TestCase):
             self.assertAlmostEqual(got, want, places=5)
         self.assertFalse(any(torch.equal(a, b) for a, b in zip(ema_before, step.ema.model.parameters())))
 
-    def test_each_epochs_row_counts_its_own_skipped_steps(self):
+    def test_fp16_alone_scales_its_loss(self):
+        import config
+        from test_train import ScriptedTask
+        cfg, model = config.parse_config(config.TrainConfig, []), torch.nn.Linear(1, 1)
+        for precision, scaled in ((utils.Precision(torch.float16), True), (utils.Precision(torch.bfloat16), False),
+                                  (utils.FP32, False)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a CUDA scaler made where there is no CUDA
+                step = engine.make_step(model, ScriptedTask(), cfg, torch.optim.SGD(model.parameters(), lr=0.1), precision)
+            self.assertEqual(isinstance(step.scaler, torch.amp.GradScaler), scaled, precision)
+
         import config
         import rundir
         from test_train import ScriptedTask
