@@ -1564,6 +1564,11 @@ class TestNothingLost(CliCase):
                                       "--overwrite", *VIT_TINY, "--batch_size", "100000"], "larger than", watch=[run_dir])
         self.refused("train_vit.py", ["--data_folder", str(self.tmp / "nothing"), "--log_dir", str(self.logs),
                                       "--exp_id", "done", "--overwrite", *VIT_TINY], watch=[run_dir])
+        # one that starts: nothing of the old run is left to be read as the new one's (its --grad_norms file)
+        (run_dir / "grad_norms.csv").write_text("epoch,layer,norm\n1,1,5.0\n")
+        self.vit("--epochs", "1", "--overwrite", exp_id="done")
+        self.assertEqual(sorted(p.name for p in run_dir.iterdir()), ["best.pt", "checkpoint.pt", "config.json",
+                                                                     "metrics.csv", "summary.json"])
 
     def test_resume_never_writes_into_a_folder_that_is_not_a_run(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
@@ -1678,6 +1683,7 @@ class TestNothingLost(CliCase):
         ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         for change, fragment in ((dict(history=[{"x": 1}]), "(its history is missing or damaged)"),
                                  (dict(best=dict(epoch=1, value="x"), best_ema=None), "(its best_ema, best are"),
+                                 (dict(best=dict(epoch="1", value=0.5)), "(its best is missing or damaged)"),
                                  (dict(optimizer="x"), "does not fit this run"),
                                  (dict(model={"head.weight": torch.ones(1)}),  # torch's second line, named
                                   "does not fit the model: Error(s) in loading state_dict for VisionTransformer: size "
