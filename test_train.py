@@ -746,6 +746,20 @@ class TestRecipeFlags(CliCase):
         self.assertAlmostEqual(f(100), 0.1)          # min_lr at the end
         self.assertTrue(all(f(s) >= f(s + 1) for s in range(10, 100)))
         self.assertEqual(optim.lr_factor(50, 100, 10, "constant"), 1.0)
+        # the schedule a run gets: a warmup under the constant rate too (the norms group's), none without one
+        model = torch.nn.Linear(1, 1)
+        for flags, lrs in ((["--warmup_epochs", "2"], [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]), ([], None),
+                           (["--scheduler", "cosine"], [1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0])):
+            cfg = config.parse_config(config.TrainConfig, ["--lr", "1", "--epochs", "2", *flags])
+            opt = torch.optim.SGD(model.parameters(), lr=1)
+            scheduler = optim.make_scheduler(cfg, opt, 2)
+            self.assertEqual(scheduler is None, lrs is None, flags)
+            got = []
+            for _ in range(6 if scheduler else 0):
+                got.append(opt.param_groups[0]["lr"])
+                opt.step()
+                scheduler.step()
+            self.assertEqual([round(v, 6) for v in got], lrs or [], flags)
 
     def test_improved_recipe_in_the_csv_and_resume(self):
         # every opt-in ViT flag at once; then killed after its epoch-2 checkpoint and resumed
