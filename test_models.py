@@ -110,6 +110,15 @@ class TestLanguageModel(unittest.TestCase):
         loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(1, 1000, (64,)))
         self.assertLess(abs(loss.item() - torch.log(torch.tensor(1000.0)).item()), 0.5)
 
+    def test_initialisation_padding_row_zero_positions_and_cls_small_but_not_zero(self):
+        torch.manual_seed(0)
+        weight = LanguageModel("lstm", 1, vocab_size=1000, embedding_size=64, hidden_size=32).embedding.weight
+        self.assertEqual(weight[0].abs().max().item(), 0.0)  # padding: no logit of its own in the tied output
+        self.assertTrue(0.04 < weight[1:].std().item() < 0.07)  # uniform in +-0.1
+        vit = VisionTransformer(num_layers=1)
+        for p in (vit.pos_embed, vit.cls_token):
+            self.assertTrue(0.015 < p.std().item() < 0.025, p.std())  # N(0, 0.02)
+
 
 class TestLinearCrossEntropy(unittest.TestCase):
     def test_equals_cross_entropy_in_value_and_gradients(self):
