@@ -98,7 +98,8 @@ class TestWhyNoCuda(unittest.TestCase):
         old = "CUDA initialization: The NVIDIA driver on your system is too old (found version 12040)."
         self.assertEqual(self.reason(said=old, visible=""), old + " (this torch is built for CUDA 13.0)")
         for visible in ("", " ", "-1"):
-            self.assertIn(f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU (check GPUS)", self.reason(visible=visible))
+            self.assertIn(f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU (check GPUS)",
+                          self.reason(visible=visible))
         self.assertIn("start it with --gpus all", self.reason(devices=False))
         self.assertEqual(self.reason(visible="3"), "CUDA reports no usable device among CUDA_VISIBLE_DEVICES=3; this "
                          "torch needs an NVIDIA driver recent enough for CUDA 13.0 (see nvidia-smi)")
@@ -202,7 +203,8 @@ class TestLossScalerSteps(unittest.TestCase):
                                   (utils.FP32, False)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a CUDA scaler made where there is no CUDA
-                step = engine.make_step(model, ScriptedTask(), cfg, torch.optim.SGD(model.parameters(), lr=0.1), precision)
+                sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+                step = engine.make_step(model, ScriptedTask(), cfg, sgd, precision)
             self.assertEqual(isinstance(step.scaler, torch.amp.GradScaler), scaled, precision)
 
         import config
