@@ -249,6 +249,7 @@ class TestSweepList(unittest.TestCase):
                               (dict(EPOCHS_LM="0"), "EPOCHS_LM must be a positive integer"),
                               (dict(EPOCHS_VIT="ten"), "EPOCHS_VIT"), (dict(EPOCHS_LM="²"), "EPOCHS_LM"), (dict(ONLY="(vit"), "not a valid regular"),
                               (dict(DEVICE="tpu"), "DEVICE must be"), (dict(SEEDS=" "), "SEEDS=' ' gives no seed"),
+                              (dict(NORMS_SEEDS=" "), "NORMS_SEEDS=' ' gives no seed"),
                               (dict(RUN_GROUPS=" "), "RUN_GROUPS=' ' names no group"),
                               (dict(TRAIN_ARGS='--compile "'), "TRAIN_ARGS is not a line of shell words"),
                               (dict(GPUS="0 a"), "GPUS takes GPU indices or UUIDs"),
@@ -512,9 +513,10 @@ class TestSweepStops(TempDir):
         while time.time() < deadline and len(pids.read_text().split() if pids.exists() else []) < 2:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
         self.assertEqual(proc.returncode, 130, err)
         self.assertIn("interrupted", err)
+        self.assertNotIn("FAILED", out)  # stopped, not failed: the same command resumes them
         time.sleep(0.5)
         running = [p for p in pids.read_text().split() if alive(p)]
         self.assertEqual(running, [])  # both workers' runs are gone, and no further run started
