@@ -102,17 +102,15 @@ def cli(main):
             # Before the process group exists every rank fails alike (flags, batch size): one message.
             if message and (distributed or rank() == 0):
                 print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
-            if code and distributed:
-                sys.stdout.flush()
-                os._exit(code)  # the other ranks may be inside a collective that will never complete
-            if code:
-                sys.exit(code)
-            if distributed:  # done, every file written: the process ends here, since at the interpreter's exit a
-                dist.destroy_process_group()  # thread of gloo's now and then aborts it (SIGABRT, a failed run)
+            if distributed:  # the process ends here: failing, the other ranks may be inside a collective that will
+                if not code:  # never complete; done, at the interpreter's exit a thread of gloo's now and then
+                    dist.destroy_process_group()  # aborts it (SIGABRT, a failed run)
                 for stream in (sys.stdout, sys.stderr):
                     if stream is not None:
                         stream.flush()
-                os._exit(0)
+                os._exit(code)
+            if code:
+                sys.exit(code)
             return result
         finally:  # the caller's handlers back, for a caller that runs main in its own process
             for s, handler in previous.items():
