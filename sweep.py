@@ -15,7 +15,8 @@ takes no arguments. docs/recipes.md's table says what each does; `settings()` re
 them. One sweep at a time on a log folder, or the shards of one list. Ctrl-C or SIGTERM (or a
 closed terminal's SIGHUP, unless under nohup) stops every running configuration within seconds; the
 same command resumes. A failing run does not stop the others: the failures are listed at the end,
-exit code 1.
+with the line each one said, exit code 1. Only when RETIRE_AFTER runs in a row fail with the same
+line (a setting every run shares, such as --compile without a compiler) do no more runs start.
 """
 import contextlib
 import dataclasses
@@ -40,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 SETTINGS = ("QUICK", "DRY_RUN", "RUN_GROUPS", "SEEDS", "NORMS_SEEDS", "ONLY", "EPOCHS_LM", "EPOCHS_VIT", "DEVICE",
             "GPUS", "LOG_DIR", "LM_DATA", "VIT_DATA", "EMBEDDINGS", "TRAIN_ARGS", "SHARD", "PYTHON")
 GROUPS = ("reference", "extras", "improved", "norms")
-RETIRE_AFTER = 3  # runs failed in a row on one GPU (with others working): it is the likelier fault
+RETIRE_AFTER = 3  # runs failed in a row on one GPU (with others working), or alike anywhere: no more start
 # The trainers' flags the sweep gives each run itself, and where their values come from instead.
 OWN_FLAGS = {"--epochs": "EPOCHS_LM and EPOCHS_VIT", "--seed": "SEEDS", "--data_folder": "LM_DATA and VIT_DATA",
              "--device": "DEVICE", "--log_dir": "LOG_DIR", "--embeddings": "EMBEDDINGS",
@@ -78,6 +79,7 @@ class Run:
     disk: int = 0             # bytes it holds when finished
     checkpoint: int = 0       # bytes of checkpoint.pt while it runs
     source: str = ""          # where the estimate comes from
+    said: str = ""            # the last `error:` or `diverged:` line of its output
 
     def command(self, python):
         return [python, script_path(self.script), *self.argv]
@@ -244,6 +246,7 @@ class Sweep:
     def __init__(self, runs, s):
         self.s, self.todo, self.failed, self.children = s, queue.Queue(), [], {}
         self.stopped, self.lock, self.retired = None, threading.Lock(), []
+        self.alike = ("", 0)  # the line the last failures said, and how many in a row said it
         for run in runs:
             self.todo.put(run)
 
@@ -259,7 +262,7 @@ class Sweep:
     def work(self, gpu, threads):
         failures = 0  # in a row
         try:
-            while self.stopped is None:
+            while self.stopped is None and self.alike[1] < RETIRE_AFTER:
                 with self.lock:  # a faulty GPU would fail every run it took, the whole queue in minutes
                     retire = failures >= RETIRE_AFTER and len(self.retired) < len(self.s["gpus"]) - 1
                     self.retired += [gpu] * retire
@@ -280,12 +283,23 @@ class Sweep:
                     code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror \
                         else first_line(e)
                 if code and self.stopped is None:
-                    print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)", flush=True)
-                    self.failed.append(f"{run.exp_id} ({why})")
+                    print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)"
+                          + f": {run.said}" * bool(run.said and gpu is not None), flush=True)  # else shown above
+                    self.failed.append(f"{run.exp_id} ({why})" + f": {run.said}" * bool(run.said))
                 failures = failures + 1 if code else 0
+                self.count_alike(run.said if code and run.said.startswith("error: ") else "")  # divergence: a result
         except BrokenPipeError:  # the reader of its output has gone (| head): every run stops, as on SIGTERM
             self.stopped = self.stopped or signal.SIGPIPE
             self.stop(signal.SIGTERM, None)
+
+    def count_alike(self, said):
+        """The third failure in a row with the same `error:` line (a setting of every run) starts no more
+        runs: the rest would fail alike, each after its start-up."""
+        with self.lock:
+            self.alike = (said, self.alike[1] + 1 if said and said == self.alike[0] else int(bool(said)))
+            if self.alike[1] == RETIRE_AFTER:
+                print(f"== {RETIRE_AFTER} runs in a row failed alike ({said}): no more start; fix that, then run the "
+                      f"same command again (finished runs are skipped)", flush=True)
 
     def run_one(self, run, gpu, threads):
         """The run's exit code (0 when it was already done)."""
@@ -309,6 +323,7 @@ class Sweep:
                 for line in child.stdout:
                     f.write(line)
                     f.flush()
+                    run.said = line.strip() if re.match(r"(error|diverged): ", line) else run.said
                     if gpu is None:
                         print(line, end="", flush=True)
             except Exception:  # a full disk: the run stops at its last finished epoch, and resumes later
@@ -399,8 +414,12 @@ def finish(work, runs, s):
     if work.retired:
         print(f"== taken out of the queue after {RETIRE_AFTER} failed runs in a row: GPU {', '.join(work.retired)}",
               flush=True)
-    if len(work.failed) == len(runs) and s["shard"][1] == 1:  # a shard's report is of every shard's runs
-        print(f"== every run failed (logs in {s['log_dir']}/*.log); no report", flush=True)
+    left = work.todo.qsize()
+    if left:
+        print(f"== not started: {left} run{'s' * (left > 1)}, after {RETIRE_AFTER} failed alike", flush=True)
+    if len(work.failed) + left == len(runs) and s["shard"][1] == 1:  # a shard's report is of every shard's runs
+        print(f"== every run {'that started ' * bool(left)}failed (logs in {s['log_dir']}/*.log); no report",
+              flush=True)
         return 1
     drawn = False
     with contextlib.ExitStack() as held:

@@ -58,7 +58,7 @@ args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$ ${{OMP_NUM_THREADS:-none}}" >> "$CALLS"
 printf 'a byte that is no UTF-8: \\377\\n'  # the sweep shows and logs any output
 if [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{FAST:-0}}"; fi
-[[ -n ${{FAIL:-}} && $exp == $FAIL* ]] && exit 3
+if [[ -n ${{FAIL:-}} && $exp == $FAIL* ]]; then [[ -n ${{SAY:-}} ]] && echo "${{SAY//@/$exp}}"; exit "${{CODE:-3}}"; fi
 mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.json"
 """
 # python3 and py for dry runs: the real python under the names the sweep is told to use.
@@ -402,6 +402,29 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(proc.returncode, 1)
         self.assertIn("every run failed", proc.stdout)
         self.assertNotIn("plot", proc.stdout)
+
+    def test_three_runs_in_a_row_that_fail_with_the_same_error_start_no_more(self):
+        said = "error: --compile failed: no C compiler (cc); run without --compile"  # a setting of every run
+        proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2", SAY=said, CODE="2")
+        self.assertEqual((proc.returncode, len(calls)), (1, 3), proc.stdout + proc.stderr)
+        self.assertIn(f"== 3 runs in a row failed alike ({said}): no more start; fix that, then run the same command "
+                      f"again (finished runs are skipped)\n", proc.stdout)
+        self.assertIn("== not started: 1 run, after 3 failed alike\n== every run that started failed", proc.stdout)
+        self.assertNotIn("plot", proc.stdout)
+        for say, code in (("error: @ is refused", "2"),  # each its own line: the runs', every one tried
+                          ("diverged: train loss became nan in epoch 1 by step 1 (of 2)", "3")):  # a result
+            (self.tmp / "calls").unlink()
+            proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2", SAY=say, CODE=code)
+            self.assertEqual((proc.returncode, len(calls)), (1, 4), proc.stdout)
+            self.assertIn("== every run failed", proc.stdout)
+        (self.tmp / "calls").unlink()
+        proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2_adam", SAY="error: @ is refused", CODE="2")
+        self.assertEqual((proc.returncode, len(calls)), (1, 4))  # two alike, then one that ran: the rest run
+        self.assertIn("== failed:\n   vit_L2_adam_s42 (exit 2): error: vit_L2_adam_s42 is refused\n"
+                      "   vit_L2_adamw_s42 (exit 2): error: vit_L2_adamw_s42 is refused\n", proc.stdout)
+        proc, calls = self.fake(ONLY="^vit_L4", FAIL="vit_L4", SAY="error: @ is refused", CODE="2", GPUS="0 1")
+        self.assertIn(f"== vit_L4_adamw_s42: FAILED (exit 2, log {self.tmp / 'logs'}/vit_L4_adamw_s42.log): error: "
+                      f"vit_L4_adamw_s42 is refused\n", proc.stdout)  # its output is in its log alone: said here
 
     def test_a_run_the_sweep_cannot_start_fails_alone_and_every_other_run_still_runs(self):
         import sweep as sweep_module
@@ -1044,6 +1067,109 @@ class TestPlot(TempDir):
         self.assertEqual(rows[2], "| postnorm | 0 | 2 | 0.6000 ± 0.0000 | 0.6150 ± 0.0071 | 4.00 ± 0.00 | 4.00 ± 0.00 |")
         self.assertEqual(rows[3].split(" | ")[5], "3.00 ± 0.00")
 
+    def test_a_cell_is_the_mean_and_sample_std_of_the_numbers_there_are(self):
+        mean, std = plot.mean_std([1.0, math.nan, 3.0, None])  # NaN (a damaged row, a diverged test) is no result
+        self.assertEqual(mean, 2.0)
+        self.assertAlmostEqual(std, math.sqrt(2))
+        self.assertEqual((plot.mean_std([5.0]), plot.mean_std([math.nan])), ((5.0, None), (None, None)))
+        for cell, text in (((150.123, 2.0, 2), "150.12 ± 2.00"), ((99_999.0, None, 2), "99,999.00"),
+                           ((123_456.7, 12.3, 2), "123,457 ± 12.30"),  # whole past 1e5
+                           ((1.5e16, None, 2), "1.5e+16"),  # the perplexity of a diverged run: 3 figures
+                           ((0.5, math.inf), "0.5000"), ((math.inf, math.nan), "inf"), ((None, 1.0), "-")):
+            self.assertEqual(plot.fmt(*cell), text)
+
+    def test_a_device_of_epochs_before_a_resume_is_named_and_so_is_the_weight_average(self):
+        logs = self.tmp / "logs"
+        earlier = [dict(device_name="Tesla T4", world_size=1, epochs_done=1), dict(device_name="NVIDIA A100",
+                                                                                  world_size=2, epochs_done=2)]
+        run = write_run(logs, "vit_L6_s1", dict(task="vit", layers=6, seed=1, epochs=3), vit_rows([0.5, 0.6, 0.7]),
+                        dict(epochs=3, test_acc=0.68, best_test_acc=0.69, ema_best_valid_acc=0.72,
+                             ema_best_test_acc=0.71))
+        config = json.loads((run / "config.json").read_text())  # resumed twice: on a T4, on two A100s, an H100
+        (run / "config.json").write_text(json.dumps(dict(config, earlier_environments=earlier,
+                                                         environment=dict(device_name="NVIDIA H100"))))
+        write_run(logs, "vit_L2_s1", dict(task="vit", layers=2, seed=1, epochs=3), vit_rows([0.4, 0.5, 0.6]),
+                  dict(epochs=3, test_acc=0.58, best_test_acc=0.59))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        tables = (logs / "report" / "summary_vit.md").read_text()
+        self.assertIn("| 2 x NVIDIA A100 / NVIDIA H100 / Tesla T4 |", tables)
+        self.assertIn("| test accuracy (best-valid EMA) |", tables)
+        self.assertIn("| 0.6800 | 0.6900 | 0.7100 |", tables)
+        self.assertIn("| 0.5800 | 0.5900 | - |", tables)  # a run without the average
+        self.assertIn("- Weight average (EMA) of **vit_L6**: best valid accuracy 0.7200 (the model itself: 0.7000), "
+                      "test accuracy of the best-valid EMA 0.7100.", (logs / "report" / "summary.md").read_text())
+        self.assertNotIn("EMA) of **vit_L2**", (logs / "report" / "summary.md").read_text())
+
+    def test_only_configurations_that_differ_in_the_block_alone_are_compared_as_pre_and_post_norm(self):
+        base = dict(task="vit", layers=6, optimizer="adamw", epochs=2)
+        for name, post in (("other_layers", dict(layers=2)), ("other_epochs", dict(epochs=3)), ("alike", {})):
+            logs = self.tmp / name
+            for block, config in (("prenorm", base), ("postnorm", dict(base, **post))):
+                write_run(logs, f"vit_{block}_s1", dict(config, block=block, seed=1),
+                          vit_rows([0.5, 0.6, 0.7][:config["epochs"]]), dict(best_test_acc=0.6))
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+            said = "- Pre- vs post-norm (vit_prenorm / vit_postnorm, 1 seed each)" in (
+                logs / "report" / "summary.md").read_text()
+            self.assertEqual(said, name == "alike", name)
+
+    def test_the_best_generalisation_is_selected_on_validation_lower_being_better_for_perplexity(self):
+        logs = self.tmp / "logs"
+        for exp_id, (valid, test) in (("lm_a_s1", (150, 160)), ("lm_b_s1", (170, 155)), ("lm_c_s1", (200, 150))):
+            rows = [dict(epoch=1, train_loss=5.0, train_ppl=valid, valid_loss=math.log(valid), valid_ppl=valid,
+                         lr=1e-3, train_time=5.0, valid_time=1.0, elapsed=6.0, tokens_per_s=1e4, peak_mem_mb=9.0,
+                         mem_pct=1.0)]
+            write_run(logs, exp_id, dict(task="lm", model="lstm", layers=1, seed=1, epochs=1), rows,
+                      dict(epochs=1, test_ppl=test + 1, best_test_ppl=test))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        summary = (logs / "report" / "summary.md").read_text()  # lm_c has the best test: not a choice by it
+        self.assertIn("- Best generalisation, selected on validation: **lm_a**, best valid perplexity 150.00, test "
+                      "perplexity of that model 160.00 (final model: 161.00).", summary)
+
+    def test_no_run_with_a_finished_epoch_is_exit_1_and_says_so(self):
+        logs = self.tmp / "logs"
+        write_run(logs, "vit_L6_s1", dict(task="vit", layers=6, seed=1), [], None)  # each failed before epoch 1
+        write_run(logs, "vit_L2_s1", dict(task="vit", layers=2, seed=1), None, None)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(plot.main(["--log_dir", str(logs)]), 1)
+        summary = (logs / "report" / "summary.md").read_text()
+        self.assertIn("**No configuration has run all its epochs yet", summary)
+        for name in ("vit_L6_s1", "vit_L2_s1"):
+            self.assertIn(f"{logs / name}: no finished epoch (failed or still starting)", summary)
+            self.assertIn(f"warning: {logs / name}: no finished epoch", err.getvalue())
+
+    def test_a_smoke_run_of_a_configuration_does_not_rename_its_full_runs(self):
+        logs = self.tmp / "logs"
+        write_run(logs, "vit_L2_s1", dict(task="vit", layers=2, seed=1, epochs=3), vit_rows([0.4, 0.5, 0.6]),
+                  dict(epochs=3, best_test_acc=0.6))
+        write_run(self.tmp / "quick", "vit_L2_s1", dict(task="vit", layers=2, seed=1, epochs=1, limit_batches=2),
+                  vit_rows([0.1]), dict(epochs=1, best_test_acc=0.1))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main(["--log_dir", str(logs), str(self.tmp / "quick")]), 0)
+        with open(logs / "report" / "summary_vit.csv") as f:
+            self.assertEqual(sorted(r["experiment"] for r in csv.DictReader(f)), ["vit_L2", "vit_L2 (smoke)"])
+
+    def test_one_epoch_of_gradient_norms_has_no_last_epoch_panel_nor_a_warmup_table_without_warmup(self):
+        import matplotlib.image
+        widths = {}
+        for epochs in (1, 2):
+            logs = self.tmp / f"logs{epochs}"
+            for block in ("prenorm", "postnorm"):
+                run = write_run(logs, f"vit_{block}_s1", dict(task="vit", layers=2, block=block, seed=1, epochs=epochs,
+                                                               grad_norms=True),
+                                vit_rows([0.5, 0.6][:epochs]), dict(epochs=epochs, best_test_acc=0.6))
+                (run / "grad_norms.csv").write_text("epoch,layer,norm\n" + "".join(
+                    f"{e},{k},{k / (e + 1)}\n" for e in range(epochs + 1) for k in (1, 2)))
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+            widths[epochs] = matplotlib.image.imread(logs / "report" / "vit_grad_norms.png").shape[1]
+            summary = (logs / "report" / "summary.md").read_text()
+            self.assertIn("- Pre- vs post-norm (vit_prenorm / vit_postnorm, 1 seed each)", summary)
+            self.assertNotIn("with and without warmup", summary)  # both without: the line above is the finding
+        self.assertLess(widths[1], 0.8 * widths[2])  # panels: the first step and epoch 1; then epoch 2 too
+
     def test_more_than_eight_configurations_split_into_rows_of_panels(self):
         import matplotlib.image
         heights = {}
@@ -1093,7 +1219,7 @@ class TestPlot(TempDir):
             (run / "config.json").write_text(json.dumps(dict(config, **change)))
         lm_row = dict(epoch=1, train_loss=5.0, train_ppl=150.0, valid_loss=5.1, valid_ppl=165.0, lr=1e-3, train_time=60.0,
                       valid_time=3.0, elapsed=63.0, tokens_per_s=1e4, peak_mem_mb=900.0, mem_pct=1.0)
-        write_run(logs, "ppl_s1", {**base, **METRICS["lm"]}, [lm_row], None)  # a vit run with the LM's metric
+        write_run(logs, "a_ppl_s1", {**base, **METRICS["lm"]}, [lm_row], None)  # a vit run with the LM's metric, first
         for seed, last in ((1, 5), (2, 6)):  # seed 1's epoch 1 lacks its last layer: the seeds' norms would not average
             norms = write_run(logs, f"norms_s{seed}", dict(base, seed=seed), vit_rows([0.5]), None) / "grad_norms.csv"
             norms.write_text("epoch,layer,norm\n" + "".join(f"{e},{k},1.0\n" for e in (0, 1) for k in range(1, 7)
@@ -1111,7 +1237,7 @@ class TestPlot(TempDir):
                           ("orphan", "no config.json"), *((name, "not as the trainers write it") for name in (
                               "escape_s1", "digits_s1", "markup_s1", "title_s1", "naming_s1", "settings_s1",
                               "epochs_s1", "block_s1", "changed_s1", "bool_s1")),
-                          ("ppl_s1", "its metric ppl is not that of the other vit runs: not plotted"),
+                          ("a_ppl_s1", "its metric ppl is not that of the other vit runs: not plotted"),
                           ("norms_s1", "grad_norms.csv unreadable (an epoch without the norms of layers 1 to 6)")):
             self.assertIn(f"{name}: ", summary)
             self.assertIn(why, next(line for line in summary.splitlines() if f"{name}: " in line))
@@ -1222,6 +1348,7 @@ class TestAgainstTheReport(TempDir):
         self.assertIn("overlapped its training split", summary)
         table = (logs / "report" / "summary_vit.md").read_text()
         self.assertIn("| report | difference |", table)
+        self.assertIn("\nThe report's validation split overlapped its training split", table)  # beside its numbers
         row = next(line for line in table.splitlines() if "| vit_L6_adamw |" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 |"), row)
         short = next(line for line in table.splitlines() if "| vit_L2_sgd (unfinished) |" in line)
