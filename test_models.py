@@ -50,6 +50,18 @@ def tiny_lm(core, **kw):
 
 
 class TestLanguageModel(unittest.TestCase):
+    def test_the_head_is_a_relu_projection_to_the_tied_output_layer(self):
+        lm = tiny_lm("gru").eval()
+        tokens = torch.randint(1, 30, (3, 7))
+        h, _ = lm.core(lm.embedding(tokens))
+        torch.testing.assert_close(lm(tokens)[0], torch.relu(lm.proj[0](h)) @ lm.embedding.weight.T)
+
+    def test_a_transformer_lm_refuses_a_window_longer_than_its_positions(self):
+        lm = LanguageModel("transformer", 1, 30, 16, 16, num_heads=2, mlp_dim=32, max_len=8)
+        self.assertEqual(lm(torch.randint(1, 30, (2, 8)))[0].shape, (2, 8, 30))
+        with self.assertRaisesRegex(ValueError, "sequence of 9 tokens is longer than the 8 positions"):
+            lm(torch.randint(1, 30, (2, 9)))
+
     def test_every_core_has_the_same_interface(self):
         tokens = torch.randint(1, 30, (3, 7))
         for core in ("lstm", "gru", "transformer"):
@@ -175,6 +187,10 @@ class TestBlock(unittest.TestCase):
     def test_pre_and_post_norm_follow_their_formulas(self):
         for causal in (False, True):
             pre = Block(16, 4, 32, norm_first=True, causal=causal).eval()
+            with torch.no_grad():  # norms of their own: LayerNorm at its init would hide which one is where
+                for norm in (pre.norm1, pre.norm2):
+                    norm.weight.uniform_(0.5, 1.5)
+                    norm.bias.uniform_(-0.5, 0.5)
             post = Block(16, 4, 32, norm_first=False, causal=causal).eval()
             post.load_state_dict(pre.state_dict())  # the same weights, only the wiring differs
             x = self.x
@@ -257,6 +273,8 @@ class TestBlock(unittest.TestCase):
         patches = vit.patchify(images)
         self.assertEqual(patches.shape, (2, 64, 48))
         torch.testing.assert_close(patches[1, 9], images[1, :, 4:8, 4:8].reshape(-1))
+        torch.testing.assert_close(patches[1, 1], images[1, :, 0:4, 4:8].reshape(-1))  # the second of the top row
+        torch.testing.assert_close(patches[0, 10], images[0, :, 4:8, 8:12].reshape(-1))
 
 
 class TestAnalyticFlops(unittest.TestCase):
@@ -278,6 +296,13 @@ class TestAnalyticFlops(unittest.TestCase):
         lm = LanguageModel("transformer", 2, 500, 48, 32, num_heads=4, mlp_dim=64, max_len=16)
         self.assertEqual(self.counted(lm, torch.randint(1, 500, (2, 16))),
                          2 * 16 * lm_flops("transformer", 2, seq_len=16, v=500, e=48, h=32, mlp=64))
+
+    def test_recurrent_lm_flops_are_two_per_weight_of_its_matrices(self):
+        for core in ("lstm", "gru"):  # the counter does not see a fused RNN kernel; each weight is one multiply-add
+            for layers in (1, 3):
+                lm = LanguageModel(core, layers, 500, 48, 32)  # the tied output layer is the embedding's matrix
+                weights = sum(p.numel() for n, p in lm.named_parameters() if p.dim() == 2)
+                self.assertEqual(lm_flops(core, layers, v=500, e=48, h=32), 2 * weights, (core, layers))
 
 
 LOSS_PEAK = """
