@@ -287,7 +287,9 @@ class Sweep:
                           + f": {run.said}" * bool(run.said and gpu is not None), flush=True)  # else shown above
                     self.failed.append(f"{run.exp_id} ({why})" + f": {run.said}" * bool(run.said))
                 failures = failures + 1 if code else 0
-                self.count_alike(run.said if code and run.said.startswith("error: ") else "")  # divergence: a result
+                # not a divergence (a result) nor memory (each run's size): those say nothing of the runs to come
+                alike = code and run.said.startswith("error: ") and "out of memory" not in run.said
+                self.count_alike(run.said if alike else "")
         except BrokenPipeError:  # the reader of its output has gone (| head): every run stops, as on SIGTERM
             self.stopped = self.stopped or signal.SIGPIPE
             self.stop(signal.SIGTERM, None)

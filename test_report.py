@@ -412,7 +412,8 @@ class TestSweepMechanics(TempDir):
         self.assertIn("== not started: 1 run, after 3 failed alike\n== every run that started failed", proc.stdout)
         self.assertNotIn("plot", proc.stdout)
         for say, code in (("error: @ is refused", "2"),  # each its own line: the runs', every one tried
-                          ("diverged: train loss became nan in epoch 1 by step 1 (of 2)", "3")):  # a result
+                          ("diverged: train loss became nan in epoch 1 by step 1 (of 2)", "3"),  # a result
+                          ("error: out of memory; try a smaller --batch_size or model", "2")):  # the run's size
             (self.tmp / "calls").unlink()
             proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2", SAY=say, CODE=code)
             self.assertEqual((proc.returncode, len(calls)), (1, 4), proc.stdout)

@@ -372,6 +372,14 @@ class TestRefusals(CliCase):
             (train_vit.main, ["--optimizer", "momentum", "--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
             (train_vit.main, ["--scheduler", "cosine", "--min_lr", "0.01", "--lr", "0.001"],
              "--min_lr must be in [0, --lr], got 0.01"),
+            (train_vit.main, ["--weight_decay", "-0.1"], "--weight_decay must be >= 0, got -0.1"),
+            (train_vit.main, ["--weight_decay", "inf"], "--weight_decay must be a finite number, got inf"),
+            (train_lm.main, ["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+            (train_vit.main, ["--limit_batches", "-1"], "--limit_batches must be >= 0, got -1"),
+            (train_vit.main, ["--grad_clip", "-1"], "--grad_clip must be >= 0, got -1.0"),
+            (train_vit.main, ["--ema", "1"], "--ema must be a decay in [0, 1), got 1.0"),
+            (train_vit.main, ["--seed", "-1"], "--seed must be >= 0, got -1"),
+            (train_vit.main, ["--exp_id", "x" * 201], "--exp_id is 201 bytes long"),
         ]
         for main, argv, fragment in cases:
             with self.subTest(argv=argv):
@@ -1099,7 +1107,9 @@ class TestDefaults(unittest.TestCase):
         fast = config.parse_config(train_vit.Config, ["--compile", "--device", "cpu", "--no_progress"])
         self.assertEqual(fast.default_exp_id(), "vit_L2_adamw_s42")
         self.assertEqual(fast.naming()["changed"], {})
-        self.assertIn("compile", fast.naming()["may_differ_on_resume"])
+        # what a resume may change: nothing the run computes with, not its seed (a replicate of its own)
+        self.assertEqual(sorted(fast.naming()["may_differ_on_resume"]), ["compile", "data_folder", "device", "epochs",
+                         "exp_id", "keep_checkpoint", "log_dir", "no_progress", "overwrite", "resume"])
 
     def test_a_recipe_sets_defaults_that_flags_override_and_names_only_the_overrides(self):
         vit = config.parse_config(train_vit.Config, ["--recipe", "improved", "--layers", "6", "--ema", "0.99"])
