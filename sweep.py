@@ -300,8 +300,8 @@ class Sweep:
         with self.lock:
             self.alike = (said, self.alike[1] + 1 if said and said == self.alike[0] else int(bool(said)))
             if self.alike[1] == RETIRE_AFTER:
-                print(f"== {RETIRE_AFTER} runs in a row failed alike ({said}): no more start; fix that, then run the "
-                      f"same command again (finished runs are skipped)", flush=True)
+                print(f"== {RETIRE_AFTER} runs in a row failed alike ({said}): no more runs start; fix that, then run "
+                      f"the same command again (finished runs are skipped)", flush=True)
 
     def run_one(self, run, gpu, threads):
         """The run's exit code (0 when it was already done)."""

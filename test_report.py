@@ -407,8 +407,8 @@ class TestSweepMechanics(TempDir):
         said = "error: --compile failed: no C compiler (cc); run without --compile"  # a setting of every run
         proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2", SAY=said, CODE="2")
         self.assertEqual((proc.returncode, len(calls)), (1, 3), proc.stdout + proc.stderr)
-        self.assertIn(f"== 3 runs in a row failed alike ({said}): no more start; fix that, then run the same command "
-                      f"again (finished runs are skipped)\n", proc.stdout)
+        self.assertIn(f"== 3 runs in a row failed alike ({said}): no more runs start; fix that, then run the same "
+                      f"command again (finished runs are skipped)\n", proc.stdout)
         self.assertIn("== not started: 1 run, after 3 failed alike\n== every run that started failed", proc.stdout)
         self.assertNotIn("plot", proc.stdout)
         for say, code in (("error: @ is refused", "2"),  # each its own line: the runs', every one tried
