@@ -35,7 +35,7 @@ from pathlib import Path
 import plan
 from config import parse_config
 from rundir import advisory_lock
-from utils import STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, launch, stop_signals
+from utils import OUT_OF_MEMORY, STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, launch, stop_signals
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("QUICK", "DRY_RUN", "RUN_GROUPS", "SEEDS", "NORMS_SEEDS", "ONLY", "EPOCHS_LM", "EPOCHS_VIT", "DEVICE",
@@ -288,7 +288,7 @@ class Sweep:
                     self.failed.append(f"{run.exp_id} ({why})" + f": {run.said}" * bool(run.said))
                 failures = failures + 1 if code else 0
                 # not a divergence (a result) nor memory (each run's size): those say nothing of the runs to come
-                alike = code and run.said.startswith("error: ") and "out of memory" not in run.said
+                alike = code and run.said.startswith("error: ") and run.said != OUT_OF_MEMORY
                 self.count_alike(run.said if alike else "")
         except BrokenPipeError:  # the reader of its output has gone (| head): every run stops, as on SIGTERM
             self.stopped = self.stopped or signal.SIGPIPE

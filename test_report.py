@@ -26,6 +26,7 @@ import plot
 import report
 import results
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
+from utils import OUT_OF_MEMORY
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = {
@@ -413,7 +414,7 @@ class TestSweepMechanics(TempDir):
         self.assertNotIn("plot", proc.stdout)
         for say, code in (("error: @ is refused", "2"),  # each its own line: the runs', every one tried
                           ("diverged: train loss became nan in epoch 1 by step 1 (of 2)", "3"),  # a result
-                          ("error: out of memory; try a smaller --batch_size or model", "2")):  # the run's size
+                          (OUT_OF_MEMORY, "2")):  # as the trainers say it: the run's size
             (self.tmp / "calls").unlink()
             proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2", SAY=say, CODE=code)
             self.assertEqual((proc.returncode, len(calls)), (1, 4), proc.stdout)

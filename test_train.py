@@ -1502,6 +1502,14 @@ class TestErrorLines(unittest.TestCase):
             status, _, err = run(utils.cli(main), [])
             self.assertEqual((status, err.strip()), (code, start))
 
+    def test_running_out_of_memory_is_one_line_that_the_sweep_knows(self):
+        for exc in (MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")):
+            def main(argv=None, exc=exc):
+                raise exc
+            status, _, err = run(utils.cli(main), [])
+            self.assertEqual((status, err), (2, utils.OUT_OF_MEMORY + "\n"))  # sweep.py goes on after it
+
 
 class TestDisk(CliCase):
     def test_free_space_is_said_in_gb_or_mb(self):

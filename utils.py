@@ -30,6 +30,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; docker 
 STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 # what a collective raises when another process has ended (gloo's words, then NCCL's)
 PEER_GONE = r"(closed|reset) by peer|remote process exited|communicator was aborted"
+OUT_OF_MEMORY = "error: out of memory; try a smaller --batch_size or model"  # a run's size: the sweep goes on
 
 
 class UserError(Exception):
@@ -129,7 +130,7 @@ def ending(e):
         if dist.is_available() and dist.is_initialized() and re.search(PEER_GONE, str(e)):
             return 1, "stopped: another process ended (its own line says why)"
         if isinstance(e, MemoryError) or re.search(r"out of memory|can't allocate memory", str(e)):
-            return EXIT_USER_ERROR, "error: out of memory; try a smaller --batch_size or model"
+            return EXIT_USER_ERROR, OUT_OF_MEMORY
     elif isinstance(e, BrokenPipeError):  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 128 + signal.SIGPIPE, None
