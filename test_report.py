@@ -54,7 +54,7 @@ EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_tra
 THE_SWEEP_ITSELF = f'[[ $1 == *sweep.py || $1 == -c ]] && exec {shlex.quote(sys.executable)} "$@"'
 FAKE_PYTHON = f"""#!/usr/bin/env bash
 {THE_SWEEP_ITSELF}
-[[ $1 == *plot.py ]] && exit 0
+[[ $1 == *plot.py ]] && exit "${{PLOT_CODE:-0}}"
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$ ${{OMP_NUM_THREADS:-none}}" >> "$CALLS"
 printf 'a byte that is no UTF-8: \\377\\n'  # the sweep shows and logs any output
@@ -205,6 +205,8 @@ class TestSweepList(unittest.TestCase):
         self.assertIn("--embedding_size 64 --hidden_size 64", quick[0])  # a smoke run's weights take megabytes
         self.assertIn("--log_dir logs/quick", quick[0])
         self.assertIn("--recipe improved --layers 6 --seed 42 --warmup_epochs 1 ", quick[1])  # fits in its epoch
+        frozen = dry_run(QUICK="1", EMBEDDINGS="gpt1", ONLY="lm_lstm_L1_adam_embeddings-gpt1$")[0]
+        self.assertIn("--batch_size 4 --seq_len 64 --embeddings gpt1 --device", frozen)  # GPT-1's width, 768
 
     def test_every_setting_the_sweep_reads_is_in_the_docs_table(self):
         import re
@@ -300,7 +302,7 @@ class TestSweepList(unittest.TestCase):
             proc = sweep(dict(PYTHON=str(bare)))
             self.assertEqual((proc.returncode, proc.stderr), (2, f"error: {bare} has no torch: activate the "
                                                                   f"environment of requirements.txt, or set PYTHON\n"))
-        self.assertEqual(len(dry_run(DRY_RUN="yes", SHARD="01/013", RUN_GROUPS="reference")), 1)
+        self.assertEqual(len(dry_run(DRY_RUN="On", SHARD="01/013", RUN_GROUPS="reference")), 1)
         self.assertEqual(len(dry_run(SEEDS="7 7 8", ONLY="^vit_L2_sgd$")), 2)  # a repeated seed runs once
         self.assertEqual(exp_ids(dry_run(SEEDS="7 8", ONLY="^vit_L2_sgd_s8$")), ["vit_L2_sgd_s8"])  # printed names match
 
@@ -344,9 +346,12 @@ class TestSweepMechanics(TempDir):
 
     def test_gpus_count_the_gpus_this_process_sees(self):
         # under CUDA_VISIBLE_DEVICES (Slurm's allocation), GPUS 0 and 2 are its first and third GPUs
-        proc, calls = self.fake(GPUS="0 2", ONLY="^vit_L2_(adam|sgd)$", CUDA_VISIBLE_DEVICES="5,6,7", FAST="0.5")
+        proc, calls = self.fake(GPUS="0 2", ONLY="^vit_L2_(adam|sgd)$", CUDA_VISIBLE_DEVICES="5,6,7", FAST="0.5",
+                                OMP_NUM_THREADS="5")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(sorted(gpu for _, gpu in calls), ["5", "7"])
+        threads = [line.split()[3] for line in (self.tmp / "calls").read_text().splitlines()]
+        self.assertEqual(threads, ["5", "5"])  # the user's OMP_NUM_THREADS stands over the sweep's share
         code, _, err = sweep_here(dict(DRY_RUN="1", GPUS="0 3", CUDA_VISIBLE_DEVICES="5,6,7"))
         self.assertEqual((code, err.strip()), (2, "error: GPUS names GPU 3, but CUDA_VISIBLE_DEVICES=5,6,7 shows this "
                                                   "process 3, numbered from 0"))
@@ -391,6 +396,9 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(proc.returncode, 0)
         self.assertEqual([e for e, _ in calls][4:], ["vit_L2_sgd_s42"])  # only the failed one ran again
         self.assertEqual(proc.stdout.count("done, skipped"), 3)
+        proc, _ = self.fake(ONLY="^vit_L2", PLOT_CODE="1")  # every run done, the report not drawn: a failure
+        self.assertEqual((proc.returncode, proc.stdout.split("== plots and tables\n")[1]),
+                         (1, "== failed:\n   plot.py\n"))
         (self.tmp / "logs" / "vit_L6_adamw_s42.log").mkdir()  # its console log cannot be written: it fails
         proc, calls = self.fake(ONLY="^vit_L6", RUN_GROUPS="reference")
         self.assertEqual(proc.returncode, 1)
@@ -427,6 +435,9 @@ class TestSweepMechanics(TempDir):
         proc, calls = self.fake(ONLY="^vit_L4", FAIL="vit_L4", SAY="error: @ is refused", CODE="2", GPUS="0 1")
         self.assertIn(f"== vit_L4_adamw_s42: FAILED (exit 2, log {self.tmp / 'logs'}/vit_L4_adamw_s42.log): error: "
                       f"vit_L4_adamw_s42 is refused\n", proc.stdout)  # its output is in its log alone: said here
+        diverged = "diverged: train loss became nan in epoch 1 by step 1 (of 2)"  # a result, said as well
+        proc, _ = self.fake(ONLY="^vit_L6_adamw$", FAIL="vit_L6", SAY=diverged, CODE="3", GPUS="0")
+        self.assertIn(f"/vit_L6_adamw_s42.log): {diverged}\n", proc.stdout)
 
     def test_a_run_the_sweep_cannot_start_fails_alone_and_every_other_run_still_runs(self):
         import sweep as sweep_module
