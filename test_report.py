@@ -390,6 +390,7 @@ class TestSweepMechanics(TempDir):
         proc, calls = self.fake(ONLY="^vit_L2", FAIL="vit_L2_sgd")
         self.assertEqual(proc.returncode, 1)
         self.assertEqual(len(calls), 4)  # the failure came third; the fourth still ran
+        self.assertEqual(proc.stdout.count("== checking VIT_DATA="), 1)  # one folder for every run: read once
         self.assertIn("failed:", proc.stdout)
         self.assertIn("vit_L2_sgd_s42 (exit 3)", proc.stdout)
         proc, calls = self.fake(ONLY="^vit_L2")
@@ -605,7 +606,8 @@ class TestPlan(TempDir):
         self.assertIn("== plan: 1 run on cpu", out)
         self.assertIn("reference 1; 1 to resume", out)
         self.assertIn("time: about 3 min (1 from finished epochs", out)  # 6 epochs left, 30 s each
-        self.assertIn("disk: 2 MB when done", out)  # the mean of the two runs' weights and logs
+        # the mean of the two runs' weights and logs; while it runs, its checkpoint too (weights and Adam's two)
+        self.assertIn("disk: 2 MB when done (best weights and logs), 6 MB more at most while running", out)
         out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn(f"note: VIT_DATA={self.tmp / 'none'} is not there yet (the sweep fetches it): standard sizes", out)
         self.assertIn("(1 from finished epochs; 1 from FLOPs at 40% of a measured", out)
@@ -678,6 +680,9 @@ class TestPlan(TempDir):
             self.assertEqual(work(script, "--limit_batches", "6")[:3], (2 * train, 2 * valid, 2 * test))
             ema = work(script, "--ema", "0.9")  # its average is validated each epoch and tested twice too
             self.assertEqual(ema[:3], (train, 2 * valid, 2 * test), script)
+        from models import vit_flops
+        patches8 = work("train_vit.py", "--patch_size", "8")[1]  # 16 patches of 8 x 8 x 3 and the CLS token
+        self.assertEqual(patches8, 3 * 128 * vit_flops(2, 17, 256, 512, 16, 192, 10))
         frozen = work("train_lm.py", "--embeddings", "table.npz")  # no gradient for the tied table
         self.assertLess(frozen[0], train)
         self.assertEqual(frozen[1:3], (valid, test))
@@ -701,6 +706,8 @@ class TestPlan(TempDir):
         self.assertEqual(plan.makespan([1, 1, 1, 1, 4], 2), 6)  # the long run last: it starts after two short ones
         self.assertEqual(plan.makespan([3, 3, 3], 1), 9)
         self.assertEqual(plan.makespan([5], 3), 5)
+        self.assertEqual([plan.duration(s) for s in (99, 100, 5999, 6000, 72 * 3600)],
+                         ["99 s", "2 min", "100 min", "1.7 h", "3.0 days"])
 
     def test_an_embeddings_file_that_does_not_fit_stops_the_sweep_before_any_run(self):
         data = write_token_files(self.tmp / "tokens")  # a vocabulary of 50
@@ -809,12 +816,38 @@ class TestPlan(TempDir):
                                       f"file, not a folder")
         self.assertNotIn("== checking", out)
 
+    def test_gpt1s_embeddings_on_word_level_text_stop_the_sweep_before_any_run(self):
+        text = write_text_files(self.tmp / "text")
+        code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu",
+                                         LM_DATA=str(text), ONLY="^lm_lstm_L1_adam_", EMBEDDINGS="gpt1"))
+        self.assertEqual((code, err.strip()), (2, f"error: EMBEDDINGS=gpt1 needs the token files, but LM_DATA={text} "
+                                                  f"holds word-level text (EMBEDDINGS=none learns them instead)"))
+        self.assertNotIn("== lm_", out)
+
+    def test_gpus_beyond_those_torch_sees_are_refused_before_any_run(self):
+        import plan
+        from utils import UserError
+        with mock.patch("torch.cuda.is_available", return_value=True), \
+                mock.patch("torch.cuda.device_count", return_value=2), \
+                mock.patch.object(plan, "get_device", lambda name: name), \
+                mock.patch.dict(os.environ, CUDA_VISIBLE_DEVICES="4,6"):
+            self.assertEqual(plan.check_device("cuda", ["0", "1", "GPU-5e3a"]), "cuda")
+            with self.assertRaises(UserError) as caught:
+                plan.check_device("auto", ["1", "2"])
+        self.assertEqual(str(caught.exception), "GPUS names GPU 2, but this process sees 2 GPUs, numbered from 0 "
+                                                "(after CUDA_VISIBLE_DEVICES)")
+
     def test_a_dry_run_plans_a_gpu_sweep_on_a_machine_without_one(self):
         if torch_cuda_available():
             self.skipTest("a GPU is present")
         out = self.plan(GPUS="0,1", CUDA_VISIBLE_DEVICES="", DEVICE="cuda", ONLY="^vit_L2", SEEDS="1, 2")  # commas too
         self.assertIn("== plan: 8 runs on cuda (not here), 2 in parallel", out)
         self.assertIn("not estimated: DEVICE=cuda", out)
+        code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), GPUS="0",
+                                         CUDA_VISIBLE_DEVICES="", ONLY="^vit_L2_sgd$"))  # a real sweep: refused
+        self.assertEqual(code, 2, out + err)
+        self.assertTrue(err.startswith("error: DEVICE=cuda (the default with GPUS and in the image), but "), err)
+        self.assertNotIn("== vit", out)
 
     def test_bad_flags_are_one_error_line_naming_the_configuration(self):
         proc = sweep(dict(DRY_RUN="1", TRAIN_ARGS="--bogus", ONLY="^vit_L2_sgd$", PYTHON=sys.executable))
@@ -833,6 +866,8 @@ class TestPlan(TempDir):
         self.assertNotIn("note:", out)  # the data's own sizes, counted
         disk = out.split("disk: ")[1]
         done, peak = float(disk.split(" MB")[0]), float(disk.split("logs), ")[1].split(" MB")[0])
+        two = self.plan(**env, GPUS="0 1", DEVICE="cpu", CUDA_VISIBLE_DEVICES="").split("disk: ")[1]
+        peak_two = float(two.split("logs), ")[1].split(" MB")[0])  # two runs at a time: two checkpoints
         proc = sweep(dict(env, PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu"), timeout=300)
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
         self.assertIn("== plan: 3 runs on cpu", proc.stdout)
@@ -843,6 +878,8 @@ class TestPlan(TempDir):
         # while running: the finished runs' files and the largest checkpoint (one worker: one at a time)
         actual += max((p / "checkpoint.pt").stat().st_size for p in runs) / 1e6
         self.assertLess(abs(peak - actual), 0.1 * actual + 0.5, (peak, actual))
+        actual += sorted((p / "checkpoint.pt").stat().st_size for p in runs)[-2] / 1e6
+        self.assertLess(abs(peak_two - actual), 0.1 * actual + 0.5, (peak_two, actual))
         self.assertIn("3 finished (skipped)", self.plan(**env))
 
 
