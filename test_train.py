@@ -665,6 +665,9 @@ class TestCrashes(CliCase):
         _, _, err = self.vit("--epochs", "2", "--resume", "--lr", "1e12", expect=2)  # a failure on resume
         self.assertIn("cannot resume", err)
         self.assertTrue((run_dir / "summary.json").exists())  # never removes what it did not just create
+        _, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", "--overwrite", expect=3)
+        self.assertIn(f"no epoch had finished, so {run_dir} was removed", err)  # --overwrite had removed the old run
+        self.assertFalse(run_dir.exists())
 
 
 class TestDistributed(CliCase):
@@ -1519,6 +1522,19 @@ class TestDisk(CliCase):
                 self.assertEqual(utils.free_space(self.tmp), said)
         self.assertEqual(utils.free_space(self.tmp / "not there"), "unknown space")
 
+    def test_torchs_words_for_a_failed_write_are_a_full_disk_any_other_error_is_not(self):
+        path = self.tmp / "checkpoint.pt"
+        path.write_bytes(b"the previous version")
+        for said in ("PytorchStreamWriter failed writing file data/0: file write failed",  # torch's, by version
+                     "[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0", "file write failed"):
+            with mock.patch("torch.save", side_effect=RuntimeError(said)), self.assertRaises(utils.UserError) as e:
+                rundir.save_torch({}, path)
+            self.assertTrue(str(e.exception).startswith(f"could not write {path}: the write failed; "), said)
+            self.assertEqual(path.read_bytes(), b"the previous version")
+        with mock.patch("torch.save", side_effect=RuntimeError("a bug")), self.assertRaisesRegex(RuntimeError, "a bug"):
+            rundir.save_torch({}, path)  # not a write that failed: its traceback stands
+        self.assertEqual(sorted(p.name for p in self.tmp.iterdir()), ["checkpoint.pt"])  # no temporary file left
+
     def test_a_finished_run_keeps_its_logs_and_best_weights_not_its_checkpoint(self):
         argv = [a for a in VIT_TINY if a != "--keep_checkpoint"]
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
@@ -1551,6 +1567,12 @@ class TestDisk(CliCase):
         self.assertEqual(code, 2)
         self.assert_refused(err, "has changed")
 
+
+    def test_weights_with_a_tensor_the_model_lacks_do_not_fit_it(self):
+        model = torch.nn.Linear(2, 2)
+        with self.assertRaises(utils.UserError) as e:
+            rundir.load_trained(model, dict(model.state_dict(), extra=torch.zeros(1)), "best.pt")
+        self.assertEqual(str(e.exception), "best.pt does not fit the model (missing nothing, unexpected extra)")
 
 class TestCtrlCDuringAWrite(unittest.TestCase):
     def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_stops(self):
