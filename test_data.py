@@ -571,6 +571,10 @@ class TestAugment(unittest.TestCase):
         aspect = (w.float() / h.float())
         self.assertTrue(((aspect > 0.85) & (aspect < 1.17)).all())
         self.assertGreater(len(set(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist()))), 100)
+        # a box as wide as the image fits, as in torchvision; its top takes every place from 0 to the last
+        top, left, h, w = crop_params(2_000, 40, 32, torch.Generator().manual_seed(0), scale=(0.8, 0.8), ratio=(1, 1))
+        self.assertEqual((set(h.tolist()), set(w.tolist()), set(left.tolist()), set(top.tolist())),
+                         ({32}, {32}, {0}, set(range(9))))
 
     def test_crop_is_a_bilinear_resize_of_its_box(self):
         gen = torch.Generator().manual_seed(5)
@@ -630,6 +634,11 @@ class TestStrongAugment(unittest.TestCase):
             with self.subTest(op=name):
                 # torchvision's float grey is 0.2989 R (PIL's 0.299): a difference below 0.03 of 255
                 torch.testing.assert_close(self.op(name, m), want, atol=0.03, rtol=0)
+        flat = self.images.clone()
+        flat[:, 1] = 77  # a channel of one value: left as it is
+        stretched = self.op("autocontrast", 0.5, flat)
+        torch.testing.assert_close(stretched, TF.autocontrast(flat).float(), atol=1, rtol=0)  # torchvision's rounded
+        self.assertTrue((stretched[:, 1] == 77).all())
         geometry = {("rotate", 1): TF.rotate(self.images, 30.0), ("rotate", -1): TF.rotate(self.images, -30.0),
                     ("translate_x", 1): TF.affine(self.images, 0.0, [-14, 0], 1.0, [0.0, 0.0]),
                     ("translate_y", -1): TF.affine(self.images, 0.0, [0, 14], 1.0, [0.0, 0.0]),
@@ -676,6 +685,13 @@ class TestStrongAugment(unittest.TestCase):
             self.assertEqual(len(found), 1, f"image {i} is no single shift of the original")
             shifts.add(found[0])
         self.assertGreater(len(shifts), 2)
+        dot = torch.zeros(400, 3, 9, 9, dtype=torch.uint8)
+        dot[:, :, 4, 4] = 255  # a white pixel in the middle: where it lands is the shift
+        with mock.patch.object(augment_module, "trivial_augment", lambda x, generator: x):
+            out = augment(dot, torch.Generator().manual_seed(0), flip=False, scale=(1, 1), ratio=(1, 1),
+                          policy="strong")
+        where = out[:, 0].flatten(1).argmax(1)
+        self.assertEqual((set((where // 9).tolist()), set((where % 9).tolist())), (set(range(9)), set(range(9))))
         with self.assertRaisesRegex(ValueError, "unknown augmentation"):
             augment(self.images, torch.Generator(), policy="wild")
 
