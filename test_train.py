@@ -132,6 +132,8 @@ class TestLanguageModelCli(CliCase):
                 for split in ("train", "valid"):
                     self.assertAlmostEqual(summary[f"mean_{split}_time"],
                                            sum(float(r[f"{split}_time"]) for r in rows) / 2, places=9)
+                self.assertEqual(summary["epochs"], 2)
+                self.assertAlmostEqual(summary["elapsed"], float(rows[1]["elapsed"]), places=9)  # valid time too
                 for key in ("params_total", "params_learnable", "best_epoch", "best_valid_ppl", "test_loss", "test_ppl",
                             "best_test_loss", "best_test_ppl", "mean_train_time", "mean_valid_time", "peak_mem_mb"):
                     self.assertIn(key, summary)
@@ -222,6 +224,17 @@ class TestVitCli(CliCase):
 
 
 class TestExactMetrics(unittest.TestCase):
+    def test_the_epoch_line_names_skipped_steps_only_where_there_were_some(self):
+        task = mock.Mock(metric="acc", digits=4)
+        row = dict(epoch=1, train_loss=1.0, train_acc=0.5, valid_loss=1.25, valid_acc=0.25, train_time=3.0,
+                   valid_time=1.0)
+        for skipped, said in ((0, ""), (2, "2 steps skipped by the fp16 scaler  ")):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                engine.log_epoch(dict(row, skipped_steps=skipped), task, 3)
+            self.assertEqual(out.getvalue(), f"epoch 1/3  train loss 1.0000 acc 0.5000  valid loss 1.2500 acc 0.2500  "
+                                             f"{said}(3.0s + 1.0s)\n")
+
     def test_epoch_loss_is_the_token_mean_over_uneven_batches(self):
         torch.manual_seed(0)
         stream = torch.randint(1, 40, (203,))
