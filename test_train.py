@@ -773,6 +773,7 @@ class TestRecipeFlags(CliCase):
         # the schedule a run gets: a warmup under the constant rate too (the norms group's), none without one
         model = torch.nn.Linear(1, 1)
         for flags, lrs in ((["--warmup_epochs", "2"], [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]), ([], None),
+                           (["--warmup_epochs", "0.75"], [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),  # 1.5 steps: 2
                            (["--scheduler", "cosine"], [1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0])):
             cfg = config.parse_config(config.TrainConfig, ["--lr", "1", "--epochs", "2", *flags])
             opt = torch.optim.SGD(model.parameters(), lr=1)
@@ -1368,6 +1369,11 @@ class TestWeightDecayGroups(CliCase):
         _, _, groups = optim.make_optimizer("adamw", lm, 1e-3, weight_decay=0.01, exempt=True)
         kept = [n for n, p in lm.named_parameters() if p.ndim < 2 or n == "core.pos_embed"]
         self.assertEqual(groups["no_decay"]["tensors"], len(kept))
+        frozen = LanguageModel("lstm", 1, 50, 16, 16, embeddings=torch.zeros(50, 16))  # tied to the output layer
+        opt, _, groups = optim.make_optimizer("adamw", frozen, 1e-3, weight_decay=0.01)
+        learnable = [p for p in frozen.parameters() if p.requires_grad]
+        self.assertEqual(groups["decay"], dict(tensors=len(learnable), parameters=sum(p.numel() for p in learnable)))
+        self.assertFalse(any(p is frozen.embedding.weight for p in opt.param_groups[0]["params"]))
 
     def test_config_json_records_the_groups_of_each_recipe(self):
         reference, _, _ = self.vit("--epochs", "1", "--limit_batches", "1", exp_id="reference")
