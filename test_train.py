@@ -1586,12 +1586,12 @@ class TestDisk(CliCase):
         self.assertEqual(code, 2)
         self.assert_refused(err, "has changed")
 
-
     def test_weights_with_a_tensor_the_model_lacks_do_not_fit_it(self):
         model = torch.nn.Linear(2, 2)
         with self.assertRaises(utils.UserError) as e:
             rundir.load_trained(model, dict(model.state_dict(), extra=torch.zeros(1)), "best.pt")
         self.assertEqual(str(e.exception), "best.pt does not fit the model (missing nothing, unexpected extra)")
+
 
 class TestCtrlCDuringAWrite(unittest.TestCase):
     def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_stops(self):
