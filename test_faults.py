@@ -310,11 +310,12 @@ class TestTorchrunEnvironment(FaultCase):
                 self.assert_one_line(proc, 2, f"error: WORLD_SIZE={env['WORLD_SIZE']}, RANK=",
                                      "not one process of several as torchrun starts them", "unset WORLD_SIZE")
         self.assertFalse(self.logs.exists())
-        with mock.patch.dict(os.environ, RANK="1"):  # without WORLD_SIZE: one process, which says and writes all
-            proc = self.vit("alone", "--epochs", "1")
-        self.assertEqual(proc.returncode, 0, proc.stderr)
-        self.assertIn("test acc: final", proc.stdout)
-        self.assertTrue((self.logs / "alone" / "summary.json").exists())
+        for name, env in (("alone", dict(RANK="1")), ("one", dict(RANK="1", WORLD_SIZE="1"))):
+            with mock.patch.dict(os.environ, env):  # without WORLD_SIZE, or 1: one process, which says and writes all
+                proc = self.vit(name, "--epochs", "1")
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertIn("test acc: final", proc.stdout)
+            self.assertTrue((self.logs / name / "summary.json").exists())
 
 
 class TestDamagedEmbeddings(FaultCase):

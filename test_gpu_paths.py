@@ -58,7 +58,7 @@ class TestPrecision(unittest.TestCase):
             self.assertIn("native", why)
         dtype, why = self.choose("bf16", (7, 5))
         self.assertEqual(dtype, torch.bfloat16)  # asked for: honoured, and the reason says it is slow
-        self.assertIn("emulated", why)
+        self.assertEqual(why, "bf16: asked for (emulated on compute capability 7.5, slow; auto would choose fp16)")
         self.assertEqual(self.choose("fp32", (9, 0))[0], None)
         self.assertEqual(utils.choose_precision("auto", torch.device("cpu")), (None, "fp32: the device is a CPU"))
         self.assertEqual(self.choose("fp16", (7, 5)).scaled, True)  # the loss scaler's cue
