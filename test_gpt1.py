@@ -215,6 +215,9 @@ class TestVocabulary(TempDir):
         self.assertEqual(vocab.decode(ids), "ab bab a")
         self.assertEqual(vocab.encode("c"), [1])  # unknown: <unk>
         self.assertEqual(vocab.encode("— – ― ’ ‘"), [9, 9, 9, 10, 10])  # as GPT-1 spells dashes and quotes
+        gpt = gpt1.Vocabulary({".</w>": 0, "<unk>": 1, ".": 2}, [])  # "<unk>" is not id 0, as in GPT-1's
+        self.assertEqual(gpt.encode("c …"), [2, 3, 3, 1])  # unknown: <unk>; an ellipsis: three full stops
+        self.assertEqual(gpt.decode([99]), "<unk>")  # an id beyond the vocabulary
 
     def test_files_are_fetched_verified_and_kept_beside_the_data(self):
         served = self.tmp / "served"
