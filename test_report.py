@@ -864,10 +864,11 @@ class TestPlan(TempDir):
         self.assertIn("== plan: 3 runs on cpu", out)
         self.assertIn("(3 from FLOPs at 40% of a measured", out)
         self.assertNotIn("note:", out)  # the data's own sizes, counted
-        disk = out.split("disk: ")[1]
-        done, peak = float(disk.split(" MB")[0]), float(disk.split("logs), ")[1].split(" MB")[0])
-        two = self.plan(**env, GPUS="0 1", DEVICE="cpu", CUDA_VISIBLE_DEVICES="").split("disk: ")[1]
-        peak_two = float(two.split("logs), ")[1].split(" MB")[0])  # two runs at a time: two checkpoints
+        def disk(plan):  # MB when done, and more at most while running
+            said = plan.split("disk: ")[1]
+            return float(said.split(" MB")[0]), float(said.split("logs), ")[1].split(" MB")[0])
+        done, peak = disk(out)
+        _, peak_two = disk(self.plan(**env, GPUS="0 1", DEVICE="cpu", CUDA_VISIBLE_DEVICES=""))  # two checkpoints
         proc = sweep(dict(env, PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu"), timeout=300)
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
         self.assertIn("== plan: 3 runs on cpu", proc.stdout)
