@@ -362,6 +362,19 @@ class TestLanguageModelDropout(unittest.TestCase):
                 plain.load_state_dict(dropping.state_dict())  # the same weights: Dropout and Identity hold none
                 torch.testing.assert_close(logits(dropping(x)), logits(plain(x)))
 
+    def test_in_training_the_attention_weights_are_dropped_at_the_models_rate(self):
+        models = dict(lm=(LanguageModel("transformer", 2, 50, 12, 8, dropout=0.3, max_len=8, num_heads=2, mlp_dim=16),
+                          torch.randint(1, 50, (3, 7))),
+                      vit=(VisionTransformer(2, embed_dim=16, hidden_dim=32, num_heads=4, dropout=0.3),
+                           torch.randn(2, 3, 32, 32)))
+        sdpa = F.scaled_dot_product_attention
+        for name, (model, x) in models.items():
+            for training, rate in ((True, 0.3), (False, 0.0)):
+                with self.subTest(model=name, training=training), \
+                        mock.patch.object(F, "scaled_dot_product_attention", wraps=sdpa) as attention:
+                    model.train(training)(x)
+                    self.assertEqual([c.kwargs["dropout_p"] for c in attention.call_args_list], [rate, rate])
+
 
 class TestDropPathAndLayers(unittest.TestCase):
     def test_drop_path_drops_whole_samples_in_training_and_is_the_identity_in_eval(self):
