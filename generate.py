@@ -88,16 +88,16 @@ def checked_model_args(args, embeddings=""):
     return args
 
 
-def encode(prompt, vocab, bpe=None):
+def encode(prompt, vocab, bpe=None, missing=""):
     """Prompt -> token ids, and the words that were not in the vocabulary (or hold characters GPT-1's
-    has not). Token-id runs take ids, or text when GPT-1's vocabulary (`bpe`) is at hand."""
+    has not). Token-id runs take ids, or text when GPT-1's vocabulary (`bpe`) is at hand; `missing`
+    says why it is not, and where its files go."""
     if vocab is None:
         try:
             return [int(t) for t in prompt.split()], []
         except ValueError:
-            check(bpe is not None, "this run was trained on token ids and GPT-1's vocabulary files "
-                  "(encoder_bpe_40000.json, vocab_40000.bpe, beside its token files) are not at hand: give --prompt "
-                  "as space-separated token ids")
+            check(bpe is not None, f"this run was trained on token ids, and {missing}; or give --prompt as "
+                  f"space-separated token ids")
             unknown = bpe.encoder.get("<unk>", 0) + 1
             return bpe.encode(prompt), [w for w in prompt.split() if unknown in bpe.encode(w)]
     index = word_index(vocab)
@@ -107,12 +107,12 @@ def encode(prompt, vocab, bpe=None):
 
 def gpt1_vocabulary(config):
     """(GPT-1's vocabulary, "") for a run on the token files: beside them, fetched there when missing; or
-    (None, a note of what would turn ids into text), offline."""
+    (None, why it is not at hand and where its files go), offline."""
     folder = Path(str(config.get("data_folder") or "."))
     try:
         return Vocabulary.find(folder), ""
     except (OSError, UserError) as e:
-        return None, (f"note: the sample stays token ids, since GPT-1's vocabulary is not at hand "
+        return None, (f"GPT-1's vocabulary is not at hand "
                       f"({first_line(e).split(': ')[-1][:80]}): put encoder_bpe_40000.json and vocab_40000.bpe into "
                       f"{folder} (python gpt1.py --from DIR copies them there from a download made elsewhere)")
 
@@ -158,12 +158,12 @@ def main(argv=None):
     check(0 <= args.seed < 2 ** 63, f"--seed must be in 0..2**63-1, got {args.seed}")
     check(args.top_k >= 0, f"--top_k must be >= 0, got {args.top_k}")
     model, config, vocab = load_run(args.run)
-    bpe, note = gpt1_vocabulary(config) if vocab is None else (None, "")
-    ids, unknown = encode(args.prompt, vocab, bpe)
+    bpe, missing = gpt1_vocabulary(config) if vocab is None else (None, "")
+    ids, unknown = encode(args.prompt, vocab, bpe, missing)
     size = config["model_args"]["vocab_size"]
     check(all(0 < i < size for i in ids), f"prompt ids must lie in 1..{size - 1}")
-    if note:  # once the prompt is found good: a refused one is one line
-        print(note, file=sys.stderr)
+    if missing:  # once the prompt is found good: a refused one is one line
+        print(f"note: the sample stays token ids, since {missing}", file=sys.stderr)
     if unknown:
         print(f"warning: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
     generator = torch.Generator().manual_seed(args.seed)

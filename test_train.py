@@ -1073,8 +1073,11 @@ class TestGenerate(CliCase):
                 self.assertEqual((code, out, err), (2, "", "error: prompt ids must lie in 1..49\n"))
         with offline:
             code, _, err = run(generate.main, ["--run", str(run_dir), "--prompt", "the cat"])
-        self.assertEqual(code, 2)
-        self.assertIn("error: this run was trained on token ids", err)
+        self.assertEqual(code, 2)  # text needs the vocabulary: the one line says why it is missing and where it goes
+        self.assertEqual(err, "error: this run was trained on token ids, and GPT-1's vocabulary is not at hand (no "
+                              f"network): put encoder_bpe_40000.json and vocab_40000.bpe into {self.tmp / 'tok'} "
+                              "(python gpt1.py --from DIR copies them there from a download made elsewhere); or give "
+                              "--prompt as space-separated token ids\n")
         with offline:  # no prompt: a token drawn with the seed starts the sample, the same for the same seed
             samples = [run(generate.main, ["--run", str(run_dir), "--words", "4", "--seed", seed])[:2]
                        for seed in ("1", "1", "2", "3")]
