@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from optim import OPTIMIZERS
-from utils import EXIT_USER_ERROR, check
+from utils import UserError, check
 
 
 ROLES = {
@@ -39,8 +39,8 @@ class Parser(argparse.ArgumentParser):
         unknown = re.findall(r"(?<!\S)--?[A-Za-z][\w-]*", given)  # --flag, --flag=value; not a value such as -1
         flags = [flag for action in self._actions for flag in action.option_strings]
         near = [m[0] for flag in unknown if (m := difflib.get_close_matches(flag, flags, 1, 0.75))]
-        self.exit(EXIT_USER_ERROR, f"error: {message}" + f"; did you mean {', '.join(near)}?" * bool(near)
-                  + " (see --help)\n")
+        # raised, not printed: the CLI wrapper says it once, from the first of several processes
+        raise UserError(message + f"; did you mean {', '.join(near)}?" * bool(near) + " (see --help)")
 
 
 def _number(kind):

@@ -317,6 +317,28 @@ class TestTorchrunEnvironment(FaultCase):
             self.assertIn("test acc: final", proc.stdout)
             self.assertTrue((self.logs / name / "summary.json").exists())
 
+    def test_another_process_refused_before_the_group_waits_for_torchrun_then_says_its_own_line(self):
+        full = dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+        waits = []
+        sleep = lambda s: waits.append((s, signal.getsignal(signal.SIGTERM)))  # noqa: E731
+        with mock.patch.dict(os.environ, full), mock.patch.object(utils.time, "sleep", sleep):
+            proc = here(train_vit.main, "--log_dir", self.logs, "--data_folder", self.tmp / "none", *VIT_TINY,
+                        "--batch_size", "7")
+        # torchrun's SIGTERM, sent once the first process has ended, ends the wait; not sent, the line is its own
+        self.assertEqual(waits, [(utils.FIRST_RANK_GRACE_S, signal.SIG_DFL)])
+        self.assert_one_line(proc, 2, "[rank 1] error: --batch_size 7 does not divide over 2 processes")
+        with mock.patch.dict(os.environ, dict(full, RANK="0")), mock.patch.object(utils.time, "sleep", sleep):
+            proc = here(train_vit.main, "--log_dir", self.logs, "--data_folder", self.tmp / "none", *VIT_TINY,
+                        "--batch_size", "7")
+        self.assert_one_line(proc, 2, "error: --batch_size 7 does not divide over 2 processes")  # the first: at once
+
+        def stopped(argv):  # torchrun's SIGTERM itself, or Ctrl-C: the process ends at once, and the first says it
+            raise KeyboardInterrupt
+        with mock.patch.dict(os.environ, full), mock.patch.object(utils.time, "sleep", sleep):
+            self.assertEqual(run(utils.cli(stopped), []), (130, "", ""))
+        self.assertEqual(len(waits), 1)
+        self.assertFalse(self.logs.exists())
+
 
 class TestDamagedEmbeddings(FaultCase):
     def test_nan_complex_text_and_non_npz_tables_are_refused_before_training(self):

@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -29,6 +30,7 @@ EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; docker stop, Slurm, timeout; a closed terminal
 STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 # what a collective raises when another process has ended (gloo's words, then NCCL's)
+FIRST_RANK_GRACE_S = 60  # how long another rank failing before the process group exists waits for the first
 PEER_GONE = r"(closed|reset) by peer|remote process exited|communicator was aborted"
 OUT_OF_MEMORY = "error: out of memory; try a smaller --batch_size or model"  # a run's size: the sweep goes on
 
@@ -100,8 +102,15 @@ def cli(main):
                 code, message = ending(e)
                 previous = {} if isinstance(e, KeyboardInterrupt) else previous  # an exiting process keeps ignoring
             distributed = dist.is_available() and dist.is_initialized()
-            # Before the process group exists every rank fails alike (flags, batch size): one message.
-            if message and (distributed or rank() == 0):
+            # Before the process group exists every rank fails alike (flags, batch size): one message, the first
+            # rank's. Another that left first would have torchrun stop the first before it says why, so it waits
+            # to be stopped, once the first has ended; not stopped, its failure is its own, and it says so.
+            says = distributed or rank() == 0
+            if code == EXIT_USER_ERROR and not says:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(FIRST_RANK_GRACE_S)
+                message, says = f"[rank {rank()}] {message}", True
+            if message and says:
                 print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
             if distributed:  # the process ends here: failing, the other ranks may be inside a collective that will
                 if not code:  # never complete; done, at the interpreter's exit a thread of gloo's now and then
