@@ -29,8 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C; docker stop, Slurm, timeout; a closed terminal
 STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
-# what a collective raises when another process has ended (gloo's words, then NCCL's)
 FIRST_RANK_GRACE_S = 60  # how long another rank failing before the process group exists waits for the first
+# what a collective raises when another process has ended (gloo's words, then NCCL's)
 PEER_GONE = r"(closed|reset) by peer|remote process exited|communicator was aborted"
 OUT_OF_MEMORY = "error: out of memory; try a smaller --batch_size or model"  # a run's size: the sweep goes on
 
