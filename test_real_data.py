@@ -23,7 +23,8 @@ CPU = torch.device("cpu")
 
 
 def plain_test_set(folder):
-    """CIFAR-10's test images as torchvision reads them, normalised as is usual for CIFAR-10."""
+    """CIFAR-10's test images as torchvision reads them, normalised as is usual for CIFAR-10 (the
+    statistics written out, not imported from augment: the check shares nothing with the trainer)."""
     import torchvision
     from torchvision import transforms
     to_input = transforms.Compose([transforms.ToTensor(),
