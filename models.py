@@ -251,6 +251,9 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_w.mul(grad_out).to(w_dtype) if grad_w is not None else None, None, None, None)
 
 
+# Never traced by torch.compile: traced, its gradients come back as zeros on some torch versions (2.11)
+# without a word; eager, it already runs at its matmuls' speed.
+@torch.compiler.disable
 def linear_cross_entropy(h, weight, targets, chunk=1024):
     """Summed NLL of targets (0 = padding, ignored) under logits h @ weight.T, in chunks."""
     return LinearCrossEntropy.apply(h, weight, targets, chunk, torch.is_grad_enabled())
