@@ -349,7 +349,8 @@ def train(cfg, build):
         device, precision = setup(cfg)
         log(f"device {device}; precision {precision.why}")
         if rank() == 0:  # refused at once, before the data is loaded (the first process looks: see prepare_run_dir)
-            existing_run(cfg)
+            with run_lock(cfg, existing=True):  # a run another process is writing is in use, not one to --resume
+                existing_run(cfg)
         task, model, extra, files = build(cfg, device)
     except KeyboardInterrupt as e:
         raise Stopped(getattr(e, "signum", signal.SIGINT), "nothing of the run was written yet") from None

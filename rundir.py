@@ -197,13 +197,14 @@ PROBE = ".write_test"  # written by the first process, read by the others: they 
 
 
 @contextlib.contextmanager
-def run_lock(cfg):
+def run_lock(cfg, existing=False):
     """Hold <log_dir>/.<exp_id>.lock (beside the run, so that --overwrite keeps it) for the block: a
-    second process on the same run is refused instead of interleaving its files."""
-    if rank() != 0:
+    second process on the same run is refused instead of interleaving its files. existing: only if a
+    run made that file already (this creates nothing)."""
+    path, run_dir = Path(cfg.log_dir) / f".{cfg.exp_id}.lock", Path(cfg.log_dir) / cfg.exp_id
+    if rank() != 0 or existing and not path.exists():
         yield
         return
-    path, run_dir = Path(cfg.log_dir) / f".{cfg.exp_id}.lock", Path(cfg.log_dir) / cfg.exp_id
     with advisory_lock(path, f"{run_dir} is in use by another process (it holds {path}); wait for it, or use "
                              f"another --exp_id", f"the run directory {run_dir}"):
         yield

@@ -1688,6 +1688,22 @@ class TestNothingLost(CliCase):
         lr = json.loads((self.logs / "shared" / "config.json").read_text())["lr"]
         self.assertIn(lr, (1e-3, 2e-3))
 
+    def test_a_run_another_process_is_writing_is_in_use_not_one_to_resume(self):
+        import fcntl
+        run_dir, _, _ = self.vit("--epochs", "1", exp_id="busy")
+        before = snapshot(run_dir)
+        fd = os.open(self.logs / ".busy.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # as the process writing it holds it
+            for extra in ([], ["--resume", "--epochs", "2"], ["--overwrite"]):
+                _, _, err = self.vit(*extra, exp_id="busy", expect=2)
+                self.assert_refused(err, f"{run_dir} is in use by another process")
+        finally:
+            os.close(fd)
+        self.assertEqual(snapshot(run_dir), before)
+        _, _, err = self.vit(exp_id="busy", expect=2)  # no longer held: a finished run, to --resume
+        self.assert_refused(err, "already exists; use --resume")
+
     def test_a_file_system_without_locks_trains_unguarded_and_says_so(self):
         def no_locks(fd, operation):  # Lustre mounted without -o flock, NFS without its lock daemon
             raise OSError(errno.ENOSYS, "Function not implemented")
