@@ -1,9 +1,10 @@
 """The sweep's plan, printed before it spends anything: the device and the data checked (what is
 missing fetched once, before the first run), then how many runs, where, and about how long and how
 much disk. A run's time comes from the finished epochs of its configuration in the log folder when
-there are any, else from its FLOPs (models.py's formulas, over the data's sizes) at a share of a
-matmul rate measured here in a fraction of a second; its disk from its learnable parameters. bench.py
-measures its MFU against the same rate, beside GPUs' published peaks.
+there are any; else, on a GPU, from a few of its batches timed there through the trainer's own path
+(these small models are bound by launching kernels, far from their FLOPs' time); else from its FLOPs
+(models.py's formulas, over the data's sizes) at a share of a matmul rate measured here in a fraction
+of a second. Its disk comes from its learnable parameters. bench.py measures MFU against that rate.
 
     DRY_RUN=1 bash runs.sh          # the commands, then this plan, in seconds (nothing fetched)
 """
@@ -23,14 +24,17 @@ import results
 import train_lm
 import train_vit
 from config import parse_config
-from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TEXT_FILES, TOKEN_FILES, load_cifar10, load_wikitext, \
-    read_tokens_npz, split_train_valid, tokenize
+from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TEXT_FILES, TOKEN_FILES, Corpus, ImageData, load_cifar10, \
+    load_wikitext, read_tokens_npz, split_train_valid, tokenize
+from engine import Step, run_epoch
 from gpt1 import gpt1_embeddings
 from models import lm_flops, lm_train_flops, vit_flops
+from optim import make_optimizer
 from utils import UserError, check, choose_precision, cuda_unusable_reason, device_name, get_device, sync
 
 SCRIPTS = {"train_lm.py": (train_lm, "LM_DATA"), "train_vit.py": (train_vit, "VIT_DATA")}
 EFFICIENCY = 0.4  # the share of the matmul rate a training step reaches (50-70% measured on a CPU: docs/speed.md)
+TIMED_ON = {"cuda"}  # devices where a run's time is its timed batches', not its FLOPs' (1-10% MFU on an H200)
 START_S = 10  # a run's imports, data loading, model building and saving, roughly (a QUICK run on a CPU)
 # The study's data when it is not in place yet: Wikitext-2 in GPT-1 tokens, CIFAR-10 (train, valid, test).
 STANDARD = {"train_lm.py": (2_356_376, 245_046, 279_023), "train_vit.py": (45_000, 5_000, 10_000)}
@@ -128,7 +132,8 @@ def data_sizes(run, notes):
 
 
 def work(run, sizes, classes):
-    """(FLOPs of a training pass, of a validation pass, of the tests at the end; learnable parameters)."""
+    """(batches of a training pass, of a validation pass, of the tests at the end (the EMA's included);
+    FLOPs of a training batch, of an evaluation batch; learnable parameters)."""
     cfg = run.cfg
     if run.script == "train_vit.py":
         tokens = (32 // cfg.patch_size) ** 2
@@ -149,11 +154,37 @@ def work(run, sizes, classes):
         with torch.device("meta"):
             model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
         model.embedding.weight.requires_grad_(not frozen)
-    batches = [min(b, cfg.limit_batches or b) for b in batches]
+    train, valid, test = [min(b, cfg.limit_batches or b) for b in batches]
     evals = 2 if cfg.ema else 1  # the weight average is validated and tested too
     learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return (batches[0] * per_batch[0], evals * batches[1] * per_batch[1], 2 * evals * batches[2] * per_batch[1],
-            learnable)
+    return (train, evals * valid, 2 * evals * test), per_batch, learnable
+
+
+def batch_seconds(run, classes, device, steps=5):
+    """Seconds per training batch and per evaluation batch of the run's model on the device, through
+    its trainer's path (augmentation, loss, optimizer) on random data, timed after a warm-up pass."""
+    cfg, g = run.cfg, torch.Generator().manual_seed(0)
+    n = cfg.batch_size * steps
+    if run.script == "train_vit.py":
+        split = lambda: (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device),  # noqa: E731
+                         torch.randint(0, classes, (n,), generator=g).to(device))
+        task = train_vit.ImageTask(ImageData(dict(train=split(), valid=split()), list(range(classes))), cfg.batch_size,
+                                   cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
+        model = train_vit.build_model(dict({k: getattr(cfg, k) for k in train_vit.MODEL_ARGS}, num_classes=classes))
+    else:
+        split = lambda: torch.randint(1, classes, (n * cfg.seq_len + 1,), generator=g).to(device)  # noqa: E731
+        task = train_lm.TextTask(Corpus(dict(train=split(), valid=split()), classes), cfg.seq_len, cfg.batch_size,
+                                 cfg.seed, cfg.batching)
+        model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
+        model.embedding.weight.requires_grad_(not cfg.embeddings or cfg.learn_embeddings)
+    model = model.to(device)
+    optimizer = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay, device,
+                               cfg.decay_exempt)[0]
+    precision = choose_precision(cfg.precision, device)
+    for epoch in (1, 2):  # the first pays for the warm-up
+        train = run_epoch(model, task, "train", epoch, Step(optimizer), precision, steps)
+        valid = run_epoch(model, task, "valid", epoch, None, precision, steps)
+    return tuple(r["seconds"] / min(steps, task.num_batches(s)) for r, s in ((train, "train"), (valid, "valid")))
 
 
 def matmul_rate(device, dtype):
@@ -253,7 +284,7 @@ def measured(run, previous, device):
 
 def estimate(runs, previous, device, notes):
     """Each run's time left, disk when done and checkpoint size; returns the matmul rate used, or None."""
-    sizes, rate = {}, None
+    sizes, timed, rate = {}, {}, None
     for run in runs:
         cfg = run.cfg
         left = cfg.epochs - run.done
@@ -264,12 +295,21 @@ def estimate(runs, previous, device, notes):
             continue
         key = (run.script, cfg.data_folder)
         sizes[key] = sizes.get(key) or data_sizes(run, notes)
-        train, valid, test, learnable = work(run, *sizes[key])
-        rate = rate or matmul_rate(device, choose_precision(cfg.precision, device).dtype) * EFFICIENCY
-        run.seconds = 0.0 if left <= 0 else START_S + (left * (train + valid) + test) / rate
+        (train, valid, test), per_batch, learnable = work(run, *sizes[key])
+        if device.type in TIMED_ON:  # per_batch in seconds, not FLOPs (none timed for a run with nothing left)
+            name = (run.script, cfg.naming()["configuration"])  # the same model and path, whatever the seed
+            if left > 0:
+                per_batch = timed[name] = timed.get(name) or batch_seconds(run, sizes[key][1], device)
+            run.source = "timed batches"
+        else:
+            rate = rate or matmul_rate(device, choose_precision(cfg.precision, device).dtype) * EFFICIENCY
+            per_batch, run.source = [f / rate for f in per_batch], "FLOPs"
+        run.seconds = 0.0 if left <= 0 else START_S + left * (train * per_batch[0] + valid * per_batch[1]) \
+            + test * per_batch[1]
         run.disk = 4 * learnable * (1 + (cfg.ema > 0)) + 100_000  # best.pt (and best_ema.pt), the logs
         run.checkpoint = 4 * learnable * (1 + OPTIMIZER_STATES[cfg.optimizer] + (cfg.ema > 0))
-        run.source = "FLOPs"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the timed models' memory, not held by the sweep while its runs train
     return rate
 
 
@@ -307,11 +347,11 @@ def report(runs, workers, notes, device, rate=None):
         print(f"   {'not estimated' if not known else 'note'}: {'; '.join(dict.fromkeys(notes))}")
     if not known:
         return
-    found = sum(r.source == "finished epochs" for r in runs)
-    how = [f"{found} from finished epochs"] if found else []
-    if len(known) > found:
-        how.append(f"{len(known) - found} from FLOPs at {EFFICIENCY:.0%} of a measured {rate / EFFICIENCY / 1e12:.2f} "
-                   f"TFLOP/s")
+    found = {source: sum(r.source == source for r in known) for source in ("finished epochs", "timed batches")}
+    how = [f"{n} from {source}" for source, n in found.items() if n]
+    if len(known) > sum(found.values()):
+        how.append(f"{len(known) - sum(found.values())} from FLOPs at {EFFICIENCY:.0%} of a measured "
+                   f"{rate / EFFICIENCY / 1e12:.2f} TFLOP/s")
     print(f"   time: about {duration(makespan([r.seconds for r in known], max(1, workers)))} "
           f"({'; '.join(how)}; compile warm-ups not included)")
     to_do = [r for r in known if not r.finished]

@@ -635,6 +635,49 @@ class TestPlan(TempDir):
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
+    def test_on_a_gpu_from_a_few_timed_batches_of_each_configuration(self):
+        import plan
+        configurations = []
+
+        def timed(run, classes, device):
+            configurations.append(run.cfg.naming()["configuration"])
+            return 0.5, 0.1  # seconds per training batch, per evaluation batch
+        with mock.patch.object(plan, "TIMED_ON", {"cpu"}), mock.patch.object(plan, "batch_seconds", timed):
+            out = self.plan(ONLY="^vit_L2_(adam|sgd)$", SEEDS="1 2", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
+        self.assertEqual(sorted(configurations), ["vit_L2_adam", "vit_L2_sgd"])  # once each, whatever the seed
+        # each run: 10 s to start, 10 epochs of 352 training and 40 valid batches, 2 x 79 test batches: 1,826 s
+        self.assertIn("time: about 2.0 h (4 from timed batches; compile warm-ups not included)", out)
+        rows = [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * 10))]
+        write_run(self.tmp / "logs", "vit_L2_sgd_s1", dict(task="vit", seed=1, limit_batches=0, environment=dict(
+            device="cuda:0", device_name="NVIDIA H100")), rows, summary=dict(epochs=10))  # finished elsewhere
+        configurations.clear()
+        with mock.patch.object(plan, "TIMED_ON", {"cpu"}), mock.patch.object(plan, "batch_seconds", timed):
+            out = self.plan(ONLY="^vit_L2_sgd$", SEEDS="1", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
+        self.assertIn("1 finished (skipped)", out)
+        self.assertEqual(configurations, [])  # nothing left to run: nothing timed
+
+    def test_timed_batches_go_through_the_trainers_path(self):
+        import plan
+        from config import parse_config
+        seen, real = [], plan.run_epoch
+
+        def run_epoch(model, task, split, epoch, step, precision, limit):
+            frozen = not model.embedding.weight.requires_grad if hasattr(model, "embedding") else None
+            seen.append((type(task).__name__, split, step is not None, limit, frozen))
+            return real(model, task, split, epoch, step, precision, limit)
+        for script, flags, classes, task, frozen in (
+                ("train_vit.py", ["--embed_dim", "32", "--hidden_dim", "64", "--num_heads", "4", "--batch_size", "8",
+                                  "--recipe", "improved"], 10, "ImageTask", None),
+                ("train_lm.py", ["--embedding_size", "16", "--hidden_size", "16", "--seq_len", "8", "--batch_size", "4",
+                                 "--embeddings", "table.npz"], 50, "TextTask", True)):
+            seen.clear()
+            run = SimpleNamespace(script=script, cfg=parse_config(plan.SCRIPTS[script][0].Config, flags))
+            with mock.patch.object(plan, "run_epoch", run_epoch):
+                seconds = plan.batch_seconds(run, classes, torch.device("cpu"))
+            self.assertEqual(len(seconds), 2)
+            self.assertTrue(all(s > 0 for s in seconds), seconds)
+            self.assertEqual(seen, [(task, "train", True, 5, frozen), (task, "valid", False, 5, frozen)] * 2)
+
     def test_the_plan_counts_each_split_and_its_batches_as_the_trainers_make_them(self):
         import plan
         from config import parse_config
@@ -658,12 +701,11 @@ class TestPlan(TempDir):
             self.assertEqual(sizes, tuple(extra["data_sizes"][s] for s in ("train", "valid", "test")), folder)
             if folder != tokens:  # token files are planned over GPT-1's vocabulary, the report's
                 self.assertEqual(classes, model.head.out_features if script == "train_vit.py" else extra["vocab_size"])
-            # the batches of each pass: its FLOPs over those of one batch
-            one = plan.work(SimpleNamespace(script=script, cfg=parse_config(config, flags + ["--limit_batches", "1"])),
-                            sizes, classes)
-            passes = [whole / first for whole, first in zip(plan.work(run, sizes, classes), one)]
-            self.assertEqual(passes[:3], [task.num_batches(s) for s in ("train", "valid", "test")], folder)
-            self.assertGreater(passes[0], 2)
+            # the batches of each pass (the tests: the final and the best-validation model)
+            batches = plan.work(run, sizes, classes)[0]
+            self.assertEqual(batches, (task.num_batches("train"), task.num_batches("valid"),
+                                       2 * task.num_batches("test")), folder)
+            self.assertGreater(batches[0], 2)
 
     def test_the_flops_of_a_run_count_every_pass_it_makes(self):
         import plan
@@ -672,7 +714,9 @@ class TestPlan(TempDir):
         def work(script, *flags):  # (train, valid, test FLOPs, learnable), every split 3 batches (or 6)
             run = SimpleNamespace(script=script, cfg=parse_config(plan.SCRIPTS[script][0].Config,
                                                                   ["--limit_batches", "3", *flags]))
-            return plan.work(run, (10 ** 6,) * 3, 10 if script == "train_vit.py" else 1000)
+            classes = 10 if script == "train_vit.py" else 1000
+            batches, (train, evaluation), learnable = plan.work(run, (10 ** 6,) * 3, classes)
+            return batches[0] * train, batches[1] * evaluation, batches[2] * evaluation, learnable
         for script in ("train_vit.py", "train_lm.py"):
             train, valid, test, learnable = work(script)
             self.assertEqual(train, 3 * valid)  # a backward pass is twice the forward
