@@ -1,10 +1,11 @@
 """The sweep's plan, printed before it spends anything: the device and the data checked (what is
 missing fetched once, before the first run), then how many runs, where, and about how long and how
 much disk. A run's time comes from the finished epochs of its configuration in the log folder when
-there are any; else, on a GPU, from a few of its batches timed there through the trainer's own path
-(these small models are bound by launching kernels, far from their FLOPs' time); else from its FLOPs
-(models.py's formulas, over the data's sizes) at a share of a matmul rate measured here in a fraction
-of a second. Its disk comes from its learnable parameters. bench.py measures MFU against that rate.
+there are any; else, before a real sweep on a GPU, from a few of its batches timed there through the
+trainer's own path (these small models are bound by launching kernels, far from their FLOPs' time);
+else (a dry run stays in seconds) from its FLOPs (models.py's formulas, over the data's sizes) at a
+share of a matmul rate measured here in a fraction of a second. Its disk comes from its learnable
+parameters. bench.py measures MFU against that rate.
 
     DRY_RUN=1 bash runs.sh          # the commands, then this plan, in seconds (nothing fetched)
 """
@@ -160,7 +161,7 @@ def work(run, sizes, classes):
     return (train, evals * valid, 2 * evals * test), per_batch, learnable
 
 
-def batch_seconds(run, classes, device, steps=5):
+def batch_seconds(run, classes, device, steps=3):
     """Seconds per training batch and per evaluation batch of the run's model on the device, through
     its trainer's path (augmentation, loss, optimizer) on random data, timed after a warm-up pass."""
     cfg, g = run.cfg, torch.Generator().manual_seed(0)
@@ -282,9 +283,15 @@ def measured(run, previous, device):
     return per_epoch, int(sum(sizes) / len(sizes))
 
 
-def estimate(runs, previous, device, notes):
-    """Each run's time left, disk when done and checkpoint size; returns the matmul rate used, or None."""
+def estimate(runs, previous, device, notes, timing=False):
+    """Each run's time left, disk when done and checkpoint size; returns the matmul rate used, or None.
+    `timing` (a real sweep's plan; a dry run's stays in seconds): on a GPU, from timed batches."""
     sizes, timed, rate = {}, {}, None
+    if device.type not in TIMED_ON:
+        timing = False
+    elif not timing:
+        notes.append("these small models reach 1-10% of an H200's matmul rate, so FLOPs make this time a lower "
+                     "bound; the sweep's own plan times their batches")
     for run in runs:
         cfg = run.cfg
         left = cfg.epochs - run.done
@@ -296,7 +303,7 @@ def estimate(runs, previous, device, notes):
         key = (run.script, cfg.data_folder)
         sizes[key] = sizes.get(key) or data_sizes(run, notes)
         (train, valid, test), per_batch, learnable = work(run, *sizes[key])
-        if device.type in TIMED_ON:  # per_batch in seconds, not FLOPs (none timed for a run with nothing left)
+        if timing:  # per_batch in seconds, not FLOPs (none timed for a run with nothing left)
             name = (run.script, cfg.naming()["configuration"])  # the same model and path, whatever the seed
             if left > 0:
                 per_batch = timed[name] = timed.get(name) or batch_seconds(run, sizes[key][1], device)
@@ -308,7 +315,7 @@ def estimate(runs, previous, device, notes):
             + test * per_batch[1]
         run.disk = 4 * learnable * (1 + (cfg.ema > 0)) + 100_000  # best.pt (and best_ema.pt), the logs
         run.checkpoint = 4 * learnable * (1 + OPTIMIZER_STATES[cfg.optimizer] + (cfg.ema > 0))
-    if device.type == "cuda":
+    if timing and device.type == "cuda":
         torch.cuda.empty_cache()  # the timed models' memory, not held by the sweep while its runs train
     return rate
 
@@ -377,5 +384,5 @@ def plan(runs, gpus, dry_run):
     if not dry_run:
         refuse(other_data(runs, previous, check_data(runs)))
     notes = []
-    rate = estimate(runs, previous, device, notes)
+    rate = estimate(runs, previous, device, notes, timing=not dry_run)
     report(runs, workers, notes, device, rate)

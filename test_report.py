@@ -635,26 +635,41 @@ class TestPlan(TempDir):
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn("(1 from FLOPs at 40% of a measured", out)
 
-    def test_on_a_gpu_from_a_few_timed_batches_of_each_configuration(self):
+    def test_on_a_gpu_a_real_sweeps_plan_times_a_few_batches_of_each_configuration(self):
         import plan
+        import sweep as sweep_module
         configurations = []
 
         def timed(run, classes, device):
             configurations.append(run.cfg.naming()["configuration"])
             return 0.5, 0.1  # seconds per training batch, per evaluation batch
+
+        def real_sweeps_plan(**env):  # as the sweep plans before it runs anything, the data not checked
+            env = dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "logs"), DEVICE="cpu", EMBEDDINGS="none",
+                       VIT_DATA=str(self.tmp / "none"), EPOCHS_VIT="10", **env)
+            out = io.StringIO()
+            with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out):
+                runs, notes = sweep_module.select(sweep_module.settings()), []
+                plan.report(runs, 0, notes, CPU, plan.estimate(runs, plan.progress(runs), CPU, notes, timing=True))
+            return out.getvalue()
+        CPU = torch.device("cpu")
         with mock.patch.object(plan, "TIMED_ON", {"cpu"}), mock.patch.object(plan, "batch_seconds", timed):
-            out = self.plan(ONLY="^vit_L2_(adam|sgd)$", SEEDS="1 2", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
-        self.assertEqual(sorted(configurations), ["vit_L2_adam", "vit_L2_sgd"])  # once each, whatever the seed
-        # each run: 10 s to start, 10 epochs of 352 training and 40 valid batches, 2 x 79 test batches: 1,826 s
-        self.assertIn("time: about 2.0 h (4 from timed batches; compile warm-ups not included)", out)
-        rows = [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * 10))]
-        write_run(self.tmp / "logs", "vit_L2_sgd_s1", dict(task="vit", seed=1, limit_batches=0, environment=dict(
-            device="cuda:0", device_name="NVIDIA H100")), rows, summary=dict(epochs=10))  # finished elsewhere
-        configurations.clear()
-        with mock.patch.object(plan, "TIMED_ON", {"cpu"}), mock.patch.object(plan, "batch_seconds", timed):
-            out = self.plan(ONLY="^vit_L2_sgd$", SEEDS="1", EPOCHS_VIT="10", VIT_DATA=str(self.tmp / "none"))
-        self.assertIn("1 finished (skipped)", out)
-        self.assertEqual(configurations, [])  # nothing left to run: nothing timed
+            out = real_sweeps_plan(ONLY="^vit_L2_(adam|sgd)$", SEEDS="1 2")
+            self.assertEqual(sorted(configurations), ["vit_L2_adam", "vit_L2_sgd"])  # once each, whatever the seed
+            # each run: 10 s to start, 10 epochs of 352 training and 40 valid batches, 2 x 79 test batches: 1,826 s
+            self.assertIn("time: about 2.0 h (4 from timed batches; compile warm-ups not included)", out)
+            rows = [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * 10))]
+            write_run(self.tmp / "logs", "vit_L2_sgd_s1", dict(task="vit", seed=1, limit_batches=0, environment=dict(
+                device="cuda:0", device_name="NVIDIA H100")), rows, summary=dict(epochs=10))  # finished elsewhere
+            configurations.clear()
+            out = real_sweeps_plan(ONLY="^vit_L2_sgd$", SEEDS="1")
+            self.assertIn("1 finished (skipped)", out)
+            self.assertEqual(configurations, [])  # nothing left to run: nothing timed
+            # a dry run stays in seconds: FLOPs, and a word on what they miss there
+            out = self.plan(ONLY="^vit_L2_(adam|sgd)$", SEEDS="1 2", VIT_DATA=str(self.tmp / "none"), EPOCHS_VIT="10")
+            self.assertEqual(configurations, [])
+            self.assertIn("FLOPs make this time a lower bound; the sweep's own plan times their batches", out)
+            self.assertIn("(4 from FLOPs at 40% of a measured", out)
 
     def test_timed_batches_go_through_the_trainers_path(self):
         import plan
@@ -676,7 +691,7 @@ class TestPlan(TempDir):
                 seconds = plan.batch_seconds(run, classes, torch.device("cpu"))
             self.assertEqual(len(seconds), 2)
             self.assertTrue(all(s > 0 for s in seconds), seconds)
-            self.assertEqual(seen, [(task, "train", True, 5, frozen), (task, "valid", False, 5, frozen)] * 2)
+            self.assertEqual(seen, [(task, "train", True, 3, frozen), (task, "valid", False, 3, frozen)] * 2)
 
     def test_the_plan_counts_each_split_and_its_batches_as_the_trainers_make_them(self):
         import plan
