@@ -132,29 +132,36 @@ def data_sizes(run, notes):
     return STANDARD[run.script], GPT1_VOCAB_SIZE if run.script == "train_lm.py" else 10
 
 
+def build_model(run, classes):
+    """The run's model as its trainer builds it (build it under torch.device("meta") to count alone),
+    its embedding frozen where the run's will be: a table given and not learned."""
+    cfg = run.cfg
+    if run.script == "train_vit.py":
+        return train_vit.build_model(dict({k: getattr(cfg, k) for k in train_vit.MODEL_ARGS}, num_classes=classes))
+    model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
+    model.embedding.weight.requires_grad_(not cfg.embeddings or cfg.learn_embeddings)
+    return model
+
+
 def work(run, sizes, classes):
     """(batches of a training pass, of a validation pass, of the tests at the end (the EMA's included);
     FLOPs of a training batch, of an evaluation batch; learnable parameters)."""
     cfg = run.cfg
+    with torch.device("meta"):
+        model = build_model(run, classes)
     if run.script == "train_vit.py":
         tokens = (32 // cfg.patch_size) ** 2
         per = vit_flops(cfg.layers, tokens + 1, cfg.embed_dim, cfg.hidden_dim, tokens, 3 * cfg.patch_size ** 2, classes)
         batches = [math.ceil(n / cfg.batch_size) for n in sizes]
         per_batch = (3 * per * cfg.batch_size, per * cfg.batch_size)
-        args = dict({k: getattr(cfg, k) for k in train_vit.MODEL_ARGS}, num_classes=classes)
-        with torch.device("meta"):
-            model = train_vit.build_model(args)
     else:
-        frozen = bool(cfg.embeddings) and not cfg.learn_embeddings
+        frozen = not model.embedding.weight.requires_grad
         shape = dict(seq_len=cfg.seq_len, v=classes, e=cfg.embedding_size, h=cfg.hidden_size, mlp=cfg.mlp_dim)
         windows = [math.ceil((n - 1) / cfg.seq_len) for n in sizes]
         batches = [math.ceil(w / cfg.batch_size) for w in windows]
         tokens = cfg.batch_size * cfg.seq_len
         per_batch = (lm_train_flops(cfg.model, cfg.layers, frozen, **shape) * tokens,
                      lm_flops(cfg.model, cfg.layers, **shape) * tokens)
-        with torch.device("meta"):
-            model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
-        model.embedding.weight.requires_grad_(not frozen)
     train, valid, test = [min(b, cfg.limit_batches or b) for b in batches]
     evals = 2 if cfg.ema else 1  # the weight average is validated and tested too
     learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -171,14 +178,11 @@ def batch_seconds(run, classes, device, steps=3):
                          torch.randint(0, classes, (n,), generator=g).to(device))
         task = train_vit.ImageTask(ImageData(dict(train=split(), valid=split()), list(range(classes))), cfg.batch_size,
                                    cfg.seed, cfg.label_smoothing, cfg.augment, cfg.mixup, cfg.cutmix)
-        model = train_vit.build_model(dict({k: getattr(cfg, k) for k in train_vit.MODEL_ARGS}, num_classes=classes))
     else:
         split = lambda: torch.randint(1, classes, (n * cfg.seq_len + 1,), generator=g).to(device)  # noqa: E731
         task = train_lm.TextTask(Corpus(dict(train=split(), valid=split()), classes), cfg.seq_len, cfg.batch_size,
                                  cfg.seed, cfg.batching)
-        model = train_lm.build_model(dict({k: getattr(cfg, k) for k in train_lm.MODEL_ARGS}, vocab_size=classes))
-        model.embedding.weight.requires_grad_(not cfg.embeddings or cfg.learn_embeddings)
-    model = model.to(device)
+    model = build_model(run, classes).to(device)
     optimizer = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay, device,
                                cfg.decay_exempt)[0]
     precision = choose_precision(cfg.precision, device)
