@@ -251,9 +251,6 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_w.mul(grad_out).to(w_dtype) if grad_w is not None else None, None, None, None)
 
 
-# Never traced by torch.compile: traced, its gradients come back as zeros on some torch versions (2.11)
-# without a word; eager, it already runs at its matmuls' speed.
-@torch.compiler.disable
 def linear_cross_entropy(h, weight, targets, chunk=1024):
     """Summed NLL of targets (0 = padding, ignored) under logits h @ weight.T, in chunks."""
     return LinearCrossEntropy.apply(h, weight, targets, chunk, torch.is_grad_enabled())
@@ -310,7 +307,13 @@ class LanguageModel(nn.Module):
         h = self.proj(self.drop(h))  # (B, T, E)
         if targets is None:
             return self.out(h), state
-        return linear_cross_entropy(h.flatten(0, 1), self.out.weight, targets.flatten()), state
+        # Never traced by torch.compile: traced, its gradients came back as zeros on torch 2.11 without a
+        # word; eager, it runs at its matmuls' speed. Disabled here, not by a decorator, which would
+        # import Dynamo (seconds) at every start.
+        loss = linear_cross_entropy
+        if torch.compiler.is_compiling():
+            loss = torch.compiler.disable(loss)
+        return loss(h.flatten(0, 1), self.out.weight, targets.flatten()), state
 
 
 # FLOPs by formula, for MFU: forward matmul FLOPs, as the models above compute them.

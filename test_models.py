@@ -193,6 +193,15 @@ class TestLinearCrossEntropy(unittest.TestCase):
                     self.assertGreater(compiled.abs().sum(), 0)
                     torch.testing.assert_close(compiled, eager)
 
+    def test_the_scripts_start_without_loading_the_compiler(self):
+        # Importing Dynamo (torch.compiler.disable does) costs every process start 1-2 s on a CPU, most of
+        # torch's own import again: the fused loss is disabled only while a compile traces the model.
+        code = ("import sys, train_lm, train_vit, sweep, generate\n"
+                "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+        out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             check=True)
+        self.assertEqual(out.stdout.strip(), "[]")
+
 
 class TestBlock(unittest.TestCase):
     def setUp(self):
