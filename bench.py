@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 import engine
 import optim
@@ -121,6 +120,7 @@ def bench_vit_trainer(device, precision, quick, layers=6, batch=128):
     # Our model's bare step too, with the peers' (unfused) AdamW: the trainer's overhead and the
     # implementations' difference, told apart.
     bare = {"models.py": lambda: VisionTransformer(layers, "prenorm", **VIT)}
+    import torchvision  # here: its import takes seconds, which a refused command should not wait for
     makers = dict(bare, torchvision=lambda: torchvision.models.VisionTransformer(
         image_size=32, patch_size=4, num_layers=layers, num_heads=8, hidden_dim=256, mlp_dim=512, num_classes=10))
     with contextlib.suppress(ImportError):  # timm is no dependency: compared where it is installed

@@ -194,8 +194,9 @@ class TestLinearCrossEntropy(unittest.TestCase):
                     torch.testing.assert_close(compiled, eager)
 
     def test_the_scripts_start_without_loading_the_compiler(self):
-        # Importing Dynamo (torch.compiler.disable does) costs every process start 1-2 s on a CPU, most of
-        # torch's own import again: the fused loss is disabled only while a compile traces the model.
+        # Importing Dynamo (torch.compiler.disable does) costs 1-2 s on a CPU, most of torch's own import
+        # again, to every script that trains nothing (the sweep, a dry run, generate.py, a refused
+        # command; torch's optimizers import it): the fused loss is disabled only while a compile traces.
         code = ("import sys, train_lm, train_vit, sweep, generate\n"
                 "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
         out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,

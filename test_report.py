@@ -49,7 +49,8 @@ NORMS = {f"vit_L6_adamw{block}{warmup}_grad_norms" for block in ("", "_postnorm"
 EXTRAS = {"lm_gru_L1_adam", "lm_gru_L2_adamw", "lm_transformer_L1_adam", "lm_transformer_L2_adamw",
           "lm_transformer_L1_adam_postnorm", "lm_transformer_L2_adamw_postnorm"}
 # A stand-in for the runs' python (the sweep itself runs in the real one): records how it was called,
-# sleeps SLEEP seconds for runs named SLOW* (FAST seconds for the others), writes a summary (or fails when asked to).
+# sleeps SLEEP seconds for runs named SLOW* (FAST seconds for the others), or until the file GATE is made (at most a
+# minute), writes a summary (or fails when asked to).
 # The sweep itself and its checks (python -c) run in this interpreter, whatever stands in for its runs.
 THE_SWEEP_ITSELF = f'[[ $1 == *sweep.py || $1 == -c ]] && exec {shlex.quote(sys.executable)} "$@"'
 FAKE_PYTHON = f"""#!/usr/bin/env bash
@@ -58,7 +59,8 @@ FAKE_PYTHON = f"""#!/usr/bin/env bash
 args="$*"; exp=${{args##*--exp_id }}; exp=${{exp%% *}}
 echo "$exp ${{CUDA_VISIBLE_DEVICES:-none}} $$ ${{OMP_NUM_THREADS:-none}}" >> "$CALLS"
 printf 'a byte that is no UTF-8: \\377\\n'  # the sweep shows and logs any output
-if [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{FAST:-0}}"; fi
+if [[ -n ${{SLOW:-}} && $exp == $SLOW* && -n ${{GATE:-}} ]]; then for _ in {{1..600}}; do [[ -e $GATE ]] && break; sleep 0.1; done
+elif [[ -n ${{SLOW:-}} && $exp == $SLOW* ]]; then sleep "$SLEEP"; else sleep "${{FAST:-0}}"; fi
 if [[ -n ${{FAIL:-}} && $exp == $FAIL* ]]; then [[ -n ${{SAY:-}} ]] && echo "${{SAY//@/$exp}}"; exit "${{CODE:-3}}"; fi
 mkdir -p "$LOG_DIR/$exp" && echo '{{"epochs": 50}}' > "$LOG_DIR/$exp/summary.json"
 """
@@ -321,16 +323,18 @@ def fake_sweep(tmp):
 
 
 class TestSweepMechanics(TempDir):
-    def fake(self, **env):
-        calls = self.tmp / "calls"
-        proc = sweep(dict(fake_sweep(self.tmp), **env))
+    def fake(self, through_bash=False, **env):
+        """The sweep of FAKE_PYTHON's runs, in this process unless through `bash runs.sh`: the finished
+        process, and the calls made (each its run's name and GPU)."""
+        calls, env = self.tmp / "calls", dict(fake_sweep(self.tmp), **env)
+        proc = sweep(env) if through_bash else subprocess.CompletedProcess("runs.sh", *sweep_here(env))
         made = calls.read_text().split("\n")[:-1] if calls.exists() else []
         return proc, [line.split()[:2] for line in made]
 
     def test_each_gpu_takes_the_next_run_when_its_last_one_ends(self):
         # the first run is long: its GPU takes nothing else while the other two share the rest
         # (the others take half a second each, so that the two GPUs that share them alternate)
-        proc, calls = self.fake(GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference", SLOW="vit_L2_adam_", SLEEP="4",
+        proc, calls = self.fake(True, GPUS="0 1 2", ONLY="^vit", RUN_GROUPS="reference", SLOW="vit_L2_adam_", SLEEP="4",
                                 FAST="0.5")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(sorted(e for e, _ in calls), sorted(f"{n}_s42" for n in REFERENCE if n.startswith("vit")))
@@ -346,7 +350,7 @@ class TestSweepMechanics(TempDir):
 
     def test_gpus_count_the_gpus_this_process_sees(self):
         # under CUDA_VISIBLE_DEVICES (Slurm's allocation), GPUS 0 and 2 are its first and third GPUs
-        proc, calls = self.fake(GPUS="0 2", ONLY="^vit_L2_(adam|sgd)$", CUDA_VISIBLE_DEVICES="5,6,7", FAST="0.5",
+        proc, calls = self.fake(True, GPUS="0 2", ONLY="^vit_L2_(adam|sgd)$", CUDA_VISIBLE_DEVICES="5,6,7", FAST="0.5",
                                 OMP_NUM_THREADS="5")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(sorted(gpu for _, gpu in calls), ["5", "7"])
@@ -1003,7 +1007,8 @@ class TestSweepProcesses(TempDir):
 
     def test_the_shards_of_one_list_share_a_folder_and_the_last_to_end_draws_the_report(self):
         # a job array's first task, still running; its runs fail, but the report is of every shard's runs
-        first = self.start(SHARD="0/2", SLOW="vit_L2_adam_", SLEEP="20", FAIL="vit_L2_")
+        gate = self.tmp / "gate"  # the first task's slow run ends once the other tasks have been seen to
+        first = self.start(SHARD="0/2", SLOW="vit_L2_adam_", GATE=str(gate), FAIL="vit_L2_")
         self.running(1)
         second = self.start(SHARD="1/2", SLOW="")
         out, err = second.communicate(timeout=60)
@@ -1020,6 +1025,7 @@ class TestSweepProcesses(TempDir):
         for shard, proc in refused.items():
             _, err = proc.communicate(timeout=60)
             self.assertEqual((proc.returncode, err.strip().splitlines()[-1]), (2, others[shard]))
+        gate.touch()
         out, err = first.communicate(timeout=60)
         self.assertEqual(first.returncode, 1, err)
         self.assertIn("== plots and tables\n== failed:\n   vit_L2_adam_s42 (exit 3)\n   vit_L2_sgd_s42 (exit 3)\n", out)
