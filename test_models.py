@@ -197,8 +197,8 @@ class TestLinearCrossEntropy(unittest.TestCase):
         # Importing Dynamo (torch.compiler.disable does) costs 1-2 s on a CPU, most of torch's own import
         # again, to every script that trains nothing (the sweep, a dry run, generate.py, a refused
         # command; torch's optimizers import it): the fused loss is disabled only while a compile traces.
-        code = ("import sys, train_lm, train_vit, sweep, generate\n"
-                "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+        code = ("import sys, torch\nloaded = set(sys.modules)\nimport train_lm, train_vit, sweep, generate\n"
+                "print(sorted(m for m in set(sys.modules) - loaded if m.startswith('torch._dynamo')))")
         out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
                              check=True)
         self.assertEqual(out.stdout.strip(), "[]")
