@@ -195,8 +195,8 @@ class TestLinearCrossEntropy(unittest.TestCase):
 
     def test_the_scripts_start_without_loading_the_compiler(self):
         # Importing Dynamo (torch.compiler.disable does) costs 1-2 s on a CPU, most of torch's own import
-        # again, to every script that trains nothing (the sweep, a dry run, generate.py, a refused
-        # command; torch's optimizers import it): the fused loss is disabled only while a compile traces.
+        # again, to a script that needs none of it (generate.py, a refused command; torch's optimizers
+        # and meta-device models import it): the fused loss is disabled only while a compile traces.
         code = ("import sys, torch\nloaded = set(sys.modules)\nimport train_lm, train_vit, sweep, generate\n"
                 "print(sorted(m for m in set(sys.modules) - loaded if m.startswith('torch._dynamo')))")
         out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
