@@ -297,7 +297,8 @@ def log_epoch(row, task, epochs):
         return
     m, d = task.metric, task.digits
     ema = f"ema {m} {shown(row[f'ema_valid_{m}'], d)}  " if f"ema_valid_{m}" in row else ""
-    skipped = f"{row['skipped_steps']} steps skipped by the fp16 scaler  " if row.get("skipped_steps") else ""
+    n = row.get("skipped_steps")
+    skipped = f"{n} step{'s' * (n != 1)} skipped by the fp16 scaler  " if n else ""
     print(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(row[f'train_{m}'], d)}  "
           f"valid loss {row['valid_loss']:.4f} {m} {shown(row[f'valid_{m}'], d)}  {ema}{skipped}"
           f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)", flush=True)

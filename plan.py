@@ -251,11 +251,13 @@ def progress(runs):
         elif run.done > run.cfg.epochs:  # its trainer refuses to resume it with fewer epochs, and it is no such run
             blocked.append(f"{run.exp_id} (trained {run.done} epochs, more than the {run.cfg.epochs} asked)")
         elif run.cfg.fixed_epochs(found.config) not in (None, run.cfg.epochs):  # its trainer refuses it
-            blocked.append(f"{run.exp_id} (its cosine schedule spans {found.config['epochs']} epochs, not the "
+            spans = found.config["epochs"]
+            blocked.append(f"{run.exp_id} (its cosine schedule spans {spans} epoch{'s' * (spans != 1)}, not the "
                            f"{run.cfg.epochs} asked)")
         elif not run.finished and run.done and not (found.path / "checkpoint.pt").exists():  # its trainer refuses
             how = "finished at" if isinstance(finished, int) else "stopped after"
-            blocked.append(f"{run.exp_id} ({how} {run.done} epochs, no checkpoint.pt to go on from)")
+            blocked.append(f"{run.exp_id} ({how} {run.done} epoch{'s' * (run.done != 1)}, no checkpoint.pt to go on "
+                           f"from)")
     refuse(blocked)
     return previous
 
@@ -347,8 +349,9 @@ def report(runs, workers, notes, device, rate=None):
         groups[run.group] = groups.get(run.group, 0) + 1
     finished = sum(r.finished for r in runs)
     resumed = sum(r.done > 0 and not r.finished for r in runs)
+    threads = torch.get_num_threads()
     where = ("cuda (not here)" if device is None else f"{device} ({torch.cuda.get_device_name(device)})"
-             if device.type == "cuda" else f"{device} ({torch.get_num_threads()} threads)")
+             if device.type == "cuda" else f"{device} ({threads} thread{'s' * (threads != 1)})")
     print(f"== plan: {len(runs)} run{'s' * (len(runs) != 1)} on {where}"
           + (f", {workers} in parallel" if workers > 1 else "") + f", logs in {runs[0].cfg.log_dir}")
     print("   " + ", ".join(f"{g} {n}" for g, n in groups.items())

@@ -110,8 +110,9 @@ def not_comparable(group, ref):
         if task == "vit" and sizes and r.config.get("data_sizes") != sizes:
             reasons.add("its data's sizes unrecorded (an older run)" if "data_sizes" not in r.config else
                         "not CIFAR-10's " + " / ".join(f"{n:,}" for n in sizes.values()) + " images")
-        if r.config.get("epochs") != want:  # another schedule's, another best-valid epoch's
-            reasons.add(f"{r.config.get('epochs')} epochs asked, not the report's {want}")
+        asked = r.config.get("epochs")
+        if asked != want:  # another schedule's, another best-valid epoch's
+            reasons.add(f"{asked} epoch{'s' * (asked != 1)} asked, not the report's {want}")
         elif len(r.rows) < want:
             reasons.add(f"{len(r.rows)} of the report's {want} epochs")
     return "; ".join(sorted(reasons))

@@ -842,6 +842,16 @@ class TestPlan(TempDir):
                                                   "vit_L6_adamw_improved_s42 (its cosine schedule spans 50 epochs, not "
                                                   "the 10 asked); give another LOG_DIR, or move it away"))
         self.assertIn("improved 1; 1 to resume", self.plan(EPOCHS_VIT="50", **env))
+        # one epoch is one epoch
+        (logs / "vit_L6_adamw_improved_s42" / "config.json").write_text(json.dumps(dict(json.loads(
+            (logs / "vit_L6_adamw_improved_s42" / "config.json").read_text()), epochs=1)))
+        code, out, err = sweep_here(dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu",
+                                         EPOCHS_VIT="10", **env))
+        self.assertIn("(its cosine schedule spans 1 epoch, not the 10 asked)", err)
+        write_run(logs, "vit_L4_adamw_s42", dict(task="vit", seed=42, limit_batches=0), vit_rows([0.5]))
+        code, out, err = sweep_here(dict(DRY_RUN="1", PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu",
+                                         EPOCHS_VIT="2", ONLY="^vit_L4_adamw$", VIT_DATA=str(self.tmp / "none")))
+        self.assertIn("vit_L4_adamw_s42 (stopped after 1 epoch, no checkpoint.pt to go on from)", err)
 
     def test_a_finished_run_on_other_data_is_refused_not_skipped_as_done(self):
         import data
@@ -1525,7 +1535,8 @@ class TestAgainstTheReport(TempDir):
                  "other settings (lr)"),
                 ("words", dict(data_source="word-level text (train/valid/test.txt) in data"),
                  "word-level text, not the report's token files"),
-                ("longer", dict(epochs=12, rows=rows + rows[:2]), "12 epochs asked, not the report's 10")):
+                ("longer", dict(epochs=12, rows=rows + rows[:2]), "12 epochs asked, not the report's 10"),
+                ("smoke", dict(epochs=1, rows=rows[:1]), "1 epoch asked, not the report's 10")):
             with self.subTest(name):
                 self.assertEqual(said(name, **change), f"- Config 1 (model lstm layers 1 optimizer adam): not measured "
                                                        f"here (lm_lstm_L1_adam: {why}).")

@@ -228,7 +228,8 @@ class TestExactMetrics(unittest.TestCase):
         task = mock.Mock(metric="acc", digits=4)
         row = dict(epoch=1, train_loss=1.0, train_acc=0.5, valid_loss=1.25, valid_acc=0.25, train_time=3.0,
                    valid_time=1.0)
-        for skipped, said in ((0, ""), (2, "2 steps skipped by the fp16 scaler  ")):
+        for skipped, said in ((0, ""), (1, "1 step skipped by the fp16 scaler  "),
+                              (2, "2 steps skipped by the fp16 scaler  ")):
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 engine.log_epoch(dict(row, skipped_steps=skipped), task, 3)
