@@ -36,6 +36,7 @@ from utils import UserError, check, choose_precision, cuda_unusable_reason, devi
 SCRIPTS = {"train_lm.py": (train_lm, "LM_DATA"), "train_vit.py": (train_vit, "VIT_DATA")}
 EFFICIENCY = 0.4  # the share of the matmul rate a training step reaches (50-70% measured on a CPU: docs/speed.md)
 TIMED_ON = {"cuda"}  # devices where a run's time is its timed batches', not its FLOPs' (1-10% MFU on an H200)
+TIMING_S = 40  # a real sweep's plan times batches this long at most (it prints within a minute), then counts FLOPs
 START_S = 10  # a run's imports, data loading, model building and saving, roughly (a QUICK run on a CPU)
 # The study's data when it is not in place yet: Wikitext-2 in GPT-1 tokens, CIFAR-10 (train, valid, test).
 STANDARD = {"train_lm.py": (2_356_376, 245_046, 279_023), "train_vit.py": (45_000, 5_000, 10_000)}
@@ -292,7 +293,7 @@ def measured(run, previous, device):
 def estimate(runs, previous, device, notes, timing=False):
     """Each run's time left, disk when done and checkpoint size; returns the matmul rate used, or None.
     `timing` (a real sweep's plan; a dry run's stays in seconds): on a GPU, from timed batches."""
-    sizes, timed, rate = {}, {}, None
+    sizes, timed, rate, deadline = {}, {}, None, time.monotonic() + TIMING_S
     if device.type not in TIMED_ON:
         timing = False
     elif not timing:
@@ -309,9 +310,9 @@ def estimate(runs, previous, device, notes, timing=False):
         key = (run.script, cfg.data_folder)
         sizes[key] = sizes.get(key) or data_sizes(run, notes)
         (train, valid, test), per_batch, learnable = work(run, *sizes[key])
-        if timing:  # per_batch in seconds, not FLOPs (none timed for a run with nothing left)
-            name = (run.script, cfg.naming()["configuration"])  # the same model and path, whatever the seed
-            if left > 0:
+        name = (run.script, cfg.naming()["configuration"])  # the same model and path, whatever the seed
+        if timing and (name in timed or left <= 0 or time.monotonic() < deadline):  # per_batch: seconds, not FLOPs
+            if left > 0:  # none timed for a run with nothing left
                 per_batch = timed[name] = timed.get(name) or batch_seconds(run, sizes[key][1], device)
             run.source = "timed batches"
         else:
@@ -321,6 +322,8 @@ def estimate(runs, previous, device, notes, timing=False):
             + test * per_batch[1]
         run.disk = 4 * learnable * (1 + (cfg.ema > 0)) + 100_000  # best.pt (and best_ema.pt), the logs
         run.checkpoint = 4 * learnable * (1 + OPTIMIZER_STATES[cfg.optimizer] + (cfg.ema > 0))
+    if timing and any(r.source == "FLOPs" for r in runs):
+        notes.append(f"the plan times batches for {TIMING_S} s at most: the rest from FLOPs, a lower bound on a GPU")
     if timing and device.type == "cuda":
         torch.cuda.empty_cache()  # the timed models' memory, not held by the sweep while its runs train
     return rate

@@ -662,6 +662,13 @@ class TestPlan(TempDir):
             self.assertEqual(sorted(configurations), ["vit_L2_adam", "vit_L2_sgd"])  # once each, whatever the seed
             # each run: 10 s to start, 10 epochs of 352 training and 40 valid batches, 2 x 79 test batches: 1,826 s
             self.assertIn("time: about 2.0 h (4 from timed batches; compile warm-ups not included)", out)
+            # the plan prints within a minute: past TIMING_S of timing, the configurations left are counted in FLOPs
+            configurations.clear()  # each timing takes 25 s
+            with mock.patch.object(plan.time, "monotonic", lambda: 25.0 * len(configurations)):
+                out = real_sweeps_plan(ONLY="^vit_L2_(adam|adamw|sgd|momentum)$", SEEDS="1 2")
+            self.assertEqual(configurations, ["vit_L2_adam", "vit_L2_adamw"])  # at 0 and 25 s of the 40
+            self.assertIn("(4 from timed batches; 4 from FLOPs at 40% of a measured", out)
+            self.assertIn("; the plan times batches for 40 s at most: the rest from FLOPs, a lower bound on a GPU\n", out)
             rows = [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * 10))]
             write_run(self.tmp / "logs", "vit_L2_sgd_s1", dict(task="vit", seed=1, limit_batches=0, environment=dict(
                 device="cuda:0", device_name="NVIDIA H100")), rows, summary=dict(epochs=10))  # finished elsewhere
