@@ -41,6 +41,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     fi
 
 COPY *.py *.json runs.sh entrypoint.sh README.md ./
+COPY docs/ ./docs/
 RUN useradd --create-home --uid 1000 trainer \
     && mkdir -p /app/data /app/logs \
     && chown trainer:trainer /app/data /app/logs
