@@ -1739,20 +1739,25 @@ class TestCommittedResult(TempDir):
     """results/ holds a real run's small files as the trainer wrote them: the reader and the format
     can never drift apart, and the README quotes its numbers."""
 
-    def test_the_committed_run_is_read_and_plotted_and_the_readme_quotes_it(self):
+    def test_the_committed_runs_are_read_and_plotted_and_the_readme_quotes_them(self):
         import results
         runs = results.find_runs([HERE / "results"], HERE / "results" / "report")
-        self.assertEqual([(r.path.name, len(r.rows), r.problems) for r in runs], [("vit_L2_adam_s42", 10, [])])
-        run = runs[0]
-        self.assertEqual((run.config["layers"], run.config["optimizer"], run.config["limit_batches"]), (2, "adam", 0))
-        best = max(row["valid_acc"] for row in run.rows)
-        self.assertEqual(run.summary["best_valid_acc"], best)
+        optimizers = ("adam", "momentum", "sgd")
+        self.assertEqual([(r.path.name, len(r.rows), r.problems) for r in runs],
+                         [(f"vit_L2_{o}_s42", 10, []) for o in optimizers])
         with contextlib.redirect_stdout(io.StringIO()):
             self.assertEqual(plot.main(["--log_dir", str(HERE / "results"), "--out_dir", str(self.tmp)]), 0)
-        self.assertIn(f"{best:.4f}", (self.tmp / "summary_vit.md").read_text())
-        readme = (HERE / "README.md").read_text()
-        for key in ("best_valid_acc", "best_test_acc"):
-            self.assertIn(f"{run.summary[key]:.1%}", readme, key)
+        table = (self.tmp / "summary_vit.md").read_text()
+        for run, optimizer in zip(runs, optimizers):
+            self.assertEqual((run.config["layers"], run.config["optimizer"], run.config["limit_batches"]),
+                             (2, optimizer, 0))
+            best = max(row["valid_acc"] for row in run.rows)
+            self.assertEqual(run.summary["best_valid_acc"], best)
+            self.assertIn(f"{best:.4f}", table)
+        # the README's row: Adam's best valid and test, SGD's and momentum's in brackets
+        valid, test = ([f"{r.summary[key]:.1%}" for r in runs] for key in ("best_valid_acc", "best_test_acc"))
+        self.assertIn(f"| {valid[0]} ({valid[2]}, {valid[1]}) best valid, {test[0]} ({test[2]}, {test[1]}) test after "
+                      f"10 epochs on a 2-core CPU", " ".join((HERE / "README.md").read_text().split()))
 
     def test_the_readme_quotes_the_reports_numbers_as_reference_json_holds_them(self):
         ref = json.loads((HERE / "reference.json").read_text())
