@@ -17,12 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, free_space, rank, world_size
+from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, free_space, log, rank, world_size
 
 
 @contextlib.contextmanager
@@ -96,9 +97,14 @@ def save_json(obj, path):
 def load_torch(path):
     """Checkpoints are loaded with weights_only=True: a crafted pickle is refused, never run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle's protocol; its error says more
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be trusted
-        raise UserError(f"cannot load {path}: {first_line(e)[:200]}") from None
+        # torch's safe loader, refusing a file, first advises loading it unsafely, then says why: only why is quoted
+        refused = str(e).partition("WeightsUnpickler error:")[2] or str(e).partition("trusted source.")[2]
+        raise UserError(f"cannot load {path}: {first_line(refused or e).split('. ')[0].rstrip('.')[:200]}"
+                        + " (refused by torch's safe loader: not a file of this project)" * bool(refused)) from None
 
 
 def write_csv(path, columns, rows):
@@ -134,9 +140,8 @@ def environment(device):
         lines = []
     commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
     commit = None if commit in (None, "(initial)") else commit + "-dirty" * any(not x.startswith("#") for x in lines)
-    return dict(torch=torch.__version__, python=platform.python_version(), device=str(device),
-                device_name=device_name(device),
-                threads=torch.get_num_threads(), git_commit=commit, hostname=platform.node())
+    return dict(torch=torch.__version__, python=platform.python_version(), hostname=platform.node(), device=str(device),
+                device_name=device_name(device), threads=torch.get_num_threads(), git_commit=commit)
 
 
 def existing_run(cfg):
@@ -296,7 +301,7 @@ class RunDir:
         ckpt = load_torch(path)
         damaged = damaged_parts(ckpt if isinstance(ckpt, dict) else {}, self.columns)
         if "config" not in damaged:  # another setting first: one (--ema) changes the columns its rows are held to
-            self.check_same_run(json_plain(ckpt["config"]))
+            self.check_same_run(ckpt["config"])
         check(not damaged, f"{path} is not a checkpoint of this project (its {', '.join(damaged)} "
               f"{'is' if len(damaged) == 1 else 'are'} missing or damaged); start again with --overwrite")
         done = len(ckpt["history"])  # fewer epochs would record a run that trained more than it says
@@ -309,16 +314,16 @@ class RunDir:
         except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path} does not fit this run ({first_line(e)[:200]}); start again with --overwrite") \
                 from None
-        if self.main:
-            print(f"resuming {self.path} after epoch {len(ckpt['history'])}")
+        log(f"resuming {self.path} after epoch {done}")
         return Progress(ckpt["history"], ckpt["norm_history"], ckpt["best"], ckpt["best_ema"])
 
     def check_same_run(self, saved):
         """Refuse to resume onto what would change the numbers: other data, precision or settings. The
         context (paths, device, why a precision was chosen) and how the results are described (the
         metric's label and digits, the title) may change."""
-        now = json_plain(self.config)
-        defaults = json_plain(dataclasses.asdict(type(self.cfg)()))  # a setting added since: its default
+        # as JSON, as config.json holds them (a tuple and a list alike); a setting added since: its default
+        saved, now, defaults = (json.loads(json.dumps(c)) for c in
+                                (saved, self.config, dataclasses.asdict(type(self.cfg)())))
         # the data's settings (--data_format) too: the data they resolve to are compared whole (DATA_KEYS)
         context = set(self.cfg.with_role("context", "data")) | {"naming", "data_source", "precision_reason", "metric",
                                                                  "title"}
@@ -443,8 +448,3 @@ def load_trained(model, state, source="the checkpoint"):
     lacking = sorted(set(missing) - frozen)
     check(not unexpected and not lacking, f"{source} does not fit the model (missing "
           f"{', '.join(lacking[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'})")
-
-
-def json_plain(value):
-    """JSON-compatible copy of a config value (for comparison across a save and load)."""
-    return json.loads(json.dumps(value))

@@ -558,12 +558,16 @@ class TestResume(CliCase):
                 return (os.system, (f"touch {marker}",))
 
         run_dir, _, _ = self.lm("--epochs", "1")
-        (run_dir / "checkpoint.pt").write_bytes(pickle.dumps({"model": Exploit()}))
-        with self.assertRaises(utils.UserError):
-            rundir.load_torch(run_dir / "checkpoint.pt")
-        torch.save({"model": Exploit()}, run_dir / "checkpoint.pt")
-        _, _, err = self.lm("--epochs", "2", "--resume", expect=2)
-        self.assert_refused(err, "cannot load")
+        for save in (lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=4)), torch.save):
+            save({"model": Exploit()}, run_dir / "checkpoint.pt")
+            with self.assertRaises(utils.UserError):
+                rundir.load_torch(run_dir / "checkpoint.pt")
+            _, _, err = self.lm("--epochs", "2", "--resume", expect=2)
+            # the cause in one line (torch's warning about the pickle's protocol silenced), not torch's advice to
+            # load the file unsafely
+            self.assert_refused(err, "cannot load", "not a file of this project")
+            self.assertRegex(err, r"[Uu]nsupported (operand|global|GLOBAL)")
+            self.assertNotIn("weights_only", err)
         self.assertFalse(marker.exists())
 
 
