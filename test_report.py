@@ -1741,23 +1741,31 @@ class TestCommittedResult(TempDir):
 
     def test_the_committed_runs_are_read_and_plotted_and_the_readme_quotes_them(self):
         import results
-        runs = results.find_runs([HERE / "results"], HERE / "results" / "report")
-        optimizers = ("adam", "momentum", "sgd")
-        self.assertEqual([(r.path.name, len(r.rows), r.problems) for r in runs],
-                         [(f"vit_L2_{o}_s42", 10, []) for o in optimizers])
+        found = results.find_runs([HERE / "results"], HERE / "results" / "report")
+        runs = {r.path.name.removesuffix("_s42"): r for r in found}
+        names = ("vit_L2_adam", "vit_L2_momentum", "vit_L2_sgd", "vit_L2_adamw", "vit_L4_adamw", "vit_L6_adamw",
+                 "vit_L6_adamw_postnorm")
+        self.assertEqual(sorted((name, len(r.rows), r.problems) for name, r in runs.items()),
+                         sorted((name, 10, []) for name in names))
         with contextlib.redirect_stdout(io.StringIO()):
             self.assertEqual(plot.main(["--log_dir", str(HERE / "results"), "--out_dir", str(self.tmp)]), 0)
         table = (self.tmp / "summary_vit.md").read_text()
-        for run, optimizer in zip(runs, optimizers):
-            self.assertEqual((run.config["layers"], run.config["optimizer"], run.config["limit_batches"]),
-                             (2, optimizer, 0))
+        for name, run in runs.items():
+            _, layers, optimizer, *block = name.split("_")
+            self.assertEqual((run.config["layers"], run.config["optimizer"], run.config["block"], run.config["epochs"],
+                              run.config["limit_batches"]), (int(layers[1:]), optimizer, (block or ["prenorm"])[0], 10, 0))
             best = max(row["valid_acc"] for row in run.rows)
             self.assertEqual(run.summary["best_valid_acc"], best)
             self.assertIn(f"{best:.4f}", table)
-        # the README's row: Adam's best valid and test, SGD's and momentum's in brackets
-        valid, test = ([f"{r.summary[key]:.1%}" for r in runs] for key in ("best_valid_acc", "best_test_acc"))
-        self.assertIn(f"| {valid[0]} ({valid[2]}, {valid[1]}) best valid, {test[0]} ({test[2]}, {test[1]}) test after "
-                      f"10 epochs on a 2-core CPU", " ".join((HERE / "README.md").read_text().split()))
+        # the README's rows: best valid and the best-valid model's test, the others in brackets
+        valid, test = ({name: f"{r.summary[key]:.1%}" for name, r in runs.items()} for key in ("best_valid_acc",
+                                                                                              "best_test_acc"))
+        readme = " ".join((HERE / "README.md").read_text().split())
+        self.assertIn(f"| {valid['vit_L2_adam']} ({valid['vit_L2_sgd']}, {valid['vit_L2_momentum']}) best valid, "
+                      f"{test['vit_L2_adam']} ({test['vit_L2_sgd']}, {test['vit_L2_momentum']}) test after 10 epochs on "
+                      f"a 2-core CPU", readme)
+        self.assertIn(f"{valid['vit_L6_adamw']} / {test['vit_L6_adamw']} ({valid['vit_L6_adamw_postnorm']} / "
+                      f"{test['vit_L6_adamw_postnorm']}) after 10 epochs on a 2-core CPU", readme)
 
     def test_the_readme_quotes_the_reports_numbers_as_reference_json_holds_them(self):
         ref = json.loads((HERE / "reference.json").read_text())
