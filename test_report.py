@@ -1744,7 +1744,7 @@ class TestCommittedResult(TempDir):
         found = results.find_runs([HERE / "results"], HERE / "results" / "report")
         runs = {r.path.name.removesuffix("_s42"): r for r in found}
         names = ("vit_L2_adam", "vit_L2_momentum", "vit_L2_sgd", "vit_L2_adamw", "vit_L4_adamw", "vit_L6_adamw",
-                 "vit_L6_adamw_postnorm")
+                 "vit_L2_adamw_postnorm", "vit_L6_adamw_postnorm")
         self.assertEqual(sorted((name, len(r.rows), r.problems) for name, r in runs.items()),
                          sorted((name, 10, []) for name in names))
         with contextlib.redirect_stdout(io.StringIO()):
