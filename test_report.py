@@ -1009,7 +1009,9 @@ class TestSweepProcesses(TempDir):
     def test_a_second_sweep_on_the_same_folder_is_refused_and_touches_nothing(self):
         first = self.start()
         self.running(1)
-        log = self.tmp / "logs" / "vit_L2_adam_s42.log"
+        log, deadline = self.tmp / "logs" / "vit_L2_adam_s42.log", time.time() + 30
+        while b"no UTF-8" not in log.read_bytes() and time.time() < deadline:  # the run's output, relayed
+            time.sleep(0.1)
         before = log.read_bytes()
         second = self.start(SLOW="")
         out, err = second.communicate(timeout=60)
