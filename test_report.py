@@ -969,9 +969,22 @@ class TestSweepProcesses(TempDir):
 
     def start(self, **env):
         env = {**os.environ, **fake_sweep(self.tmp), "ONLY": "^vit_L2", "SLOW": "vit", "SLEEP": "60", **env}
-        return subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # even under nohup
+        self.addCleanup(self.end, proc)
+        return proc
+
+    @staticmethod
+    def end(proc):
+        """A sweep a failed assertion left running: stopped as a user would (it stops its runs), its pipes closed."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
     def running(self, n, timeout=60):
         """The pids of the first n runs, once they have started."""
