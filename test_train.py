@@ -64,6 +64,13 @@ def run(main, argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def end_process(proc):
+    """A trainer a failed assertion left running: killed, its pipes closed."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
 def read_csv(path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
@@ -658,6 +665,7 @@ class TestCrashes(CliCase):
         argv = [sys.executable, "train_vit.py", "--data_folder", str(data), "--log_dir", str(self.logs),
                 "--exp_id", "ctrl_c", "--epochs", "200", *VIT_TINY]
         proc = subprocess.Popen(argv, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(end_process, proc)
         for line in proc.stdout:
             if line.startswith("epoch 1/"):
                 break
@@ -1683,6 +1691,8 @@ class TestNothingLost(CliCase):
                 "--exp_id", "shared", "--epochs", "3", *VIT_TINY]
         procs = [subprocess.Popen(argv + extra, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for extra in (["--lr", "1e-3"], ["--lr", "2e-3"])]
+        for p in procs:
+            self.addCleanup(end_process, p)
         errs = [p.communicate(timeout=300)[1] for p in procs]
         results_ = [(p.returncode, err) for p, err in zip(procs, errs)]
         codes = sorted(code for code, _ in results_)
