@@ -25,7 +25,7 @@ import train_lm
 import train_vit
 import utils
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
-from test_train import CRASH_LAUNCHER, LM_TINY, VIT_TINY, results, run, snapshot
+from test_train import CRASH_LAUNCHER, LM_TINY, VIT_TINY, end_process, results, run, snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -210,6 +210,7 @@ class TestReportInputs(FaultCase):
         for signum, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
             proc = subprocess.Popen([sys.executable, "plot.py", "--log_dir", self.logs], cwd=HERE, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.addCleanup(end_process, proc)
             deadline = time.monotonic() + 60
             while True:  # open for writing succeeds once plot.py has opened it for reading
                 try:
