@@ -112,9 +112,11 @@ def cli(main):
                 message, says = f"[rank {rank()}] {message}", True
             if message and says:
                 print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
-            if distributed:  # the process ends here: failing, the other ranks may be inside a collective that will
-                if not code:  # never complete; done, at the interpreter's exit a thread of gloo's now and then
-                    dist.destroy_process_group()  # aborts it (SIGABRT, a failed run)
+            # The process ends here. Failing: the other ranks may be inside a collective that will never complete.
+            # Done: every collective has completed and every file is written, yet at the interpreter's exit a thread
+            # of gloo's now and then aborts it (SIGABRT, a failed run), and destroy_process_group now and then never
+            # returns (a finished run that torchrun waits for forever): neither is called.
+            if distributed:
                 for stream in (sys.stdout, sys.stderr):
                     if stream is not None:
                         stream.flush()
