@@ -703,7 +703,15 @@ class TestDistributed(CliCase):
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                 script, "--log_dir", str(self.logs), "--exp_id", exp_id, "--device", "cpu", *args]
         env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(self.tmp))  # torchrun's own folders go with the test's
-        return subprocess.run(argv, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.Popen(argv, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:  # its workers too, not torchrun alone
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     def single(self, script, exp_id, *args):
         argv = [sys.executable, script, "--log_dir", str(self.logs), "--exp_id", exp_id, "--device", "cpu", *args]
