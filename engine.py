@@ -350,8 +350,11 @@ def train(cfg, build):
         device, precision = setup(cfg)
         log(f"device {device}; precision {precision.why}")
         if rank() == 0:  # refused at once, before the data is loaded (the first process looks: see prepare_run_dir)
-            with run_lock(cfg, existing=True):  # a run another process is writing is in use, not one to --resume
+            try:
                 existing_run(cfg)
+            finally:  # a run another process writes is in use, not one to --resume: its lock is looked at last, as
+                with run_lock(cfg, existing=True):  # it may have started while its files were looked at
+                    pass
         task, model, extra, files = build(cfg, device)
     except KeyboardInterrupt as e:
         raise Stopped(getattr(e, "signum", signal.SIGINT), "nothing of the run was written yet") from None

@@ -4,6 +4,7 @@ import concurrent.futures
 import contextlib
 import csv
 import errno
+import fcntl
 import importlib.util
 import io
 import itertools
@@ -1692,6 +1693,25 @@ class TestNothingLost(CliCase):
                                             "probed", "--epochs", "1", *VIT_TINY])
         self.assertEqual(code, 0, err)
         self.assertEqual(sorted(p.name for p in (self.logs / "probed").iterdir() if p.name.startswith(".")), [])
+
+    def test_a_run_that_another_process_starts_while_this_one_looks_is_in_use_not_one_to_resume(self):
+        data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
+        argv = ["--data_folder", str(data), "--log_dir", str(self.logs), "--exp_id", "shared", "--epochs", "1",
+                *VIT_TINY]
+        self.assertEqual(run(train_vit.main, argv)[0], 0)
+        lock = self.logs / ".shared.lock"
+        lock.unlink()  # as before the other process's first step: this one finds no lock to look at
+        looks = engine.existing_run
+
+        def started_meanwhile(cfg):  # the other takes the lock and writes its files, then this one looks at them
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+            self.addCleanup(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return looks(cfg)
+        with mock.patch.object(engine, "existing_run", started_meanwhile):
+            code, _, err = run(train_vit.main, argv)
+        self.assertEqual((code, err.count("\n")), (2, 1), err)
+        self.assertIn("is in use by another process", err)
 
     def test_two_trainers_on_one_run_directory_one_runs_the_other_is_refused(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))
