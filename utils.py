@@ -115,7 +115,7 @@ def cli(main):
             # The process ends here. Failing: the other ranks may be inside a collective that will never complete.
             # Done: every collective has completed and every file is written, yet at the interpreter's exit a thread
             # of gloo's now and then aborts it (SIGABRT, a failed run), and destroy_process_group now and then never
-            # returns (a finished run that torchrun waits for forever): neither is called.
+            # returns (a finished run that torchrun waits for forever): os._exit skips both.
             if distributed:
                 for stream in (sys.stdout, sys.stderr):
                     if stream is not None:
