@@ -26,6 +26,7 @@ import plot
 import report
 import results
 from test_data import TempDir, write_image_folder, write_text_files, write_token_files
+from test_train import end_process
 from utils import OUT_OF_MEMORY
 
 HERE = Path(__file__).resolve().parent
@@ -527,17 +528,6 @@ def vit_rows(accs, seconds=10.0):
                  peak_mem_mb=800.0 + i, mem_pct=1.0) for i, a in enumerate(accs)]
 
 
-def end_sweep(proc):
-    """A sweep a failed assertion left running: stopped as a user would (it stops its runs), its pipes closed."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-
-
 class TestSweepStops(TempDir):
     def test_gpus_without_a_gpu_stop_the_sweep_in_seconds_naming_the_cause(self):
         if torch_cuda_available():
@@ -561,7 +551,7 @@ class TestSweepStops(TempDir):
                "LOG_DIR": str(self.tmp / "logs"), "ONLY": "^vit_L2", "VIT_DATA": str(images)}
         proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.addCleanup(end_sweep, proc)
+        self.addCleanup(end_process, proc, signal.SIGTERM)
         deadline = time.time() + 30
         while time.time() < deadline and len(pids.read_text().split() if pids.exists() else []) < 2:
             time.sleep(0.1)
@@ -984,7 +974,7 @@ class TestSweepProcesses(TempDir):
         proc = subprocess.Popen(["bash", str(HERE / "runs.sh")], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # even under nohup
-        self.addCleanup(end_sweep, proc)
+        self.addCleanup(end_process, proc, signal.SIGTERM)
         return proc
 
     def running(self, n, timeout=60):

@@ -65,11 +65,17 @@ def run(main, argv):
     return code, out.getvalue(), err.getvalue()
 
 
-def end_process(proc):
-    """A trainer a failed assertion left running: killed, its pipes closed."""
+def end_process(proc, signum=signal.SIGKILL):
+    """A process a failed assertion left running: sent signum (SIGTERM: a sweep stops its runs, as for a user),
+    its process group killed if it is still there 30 s later (one started in a session of its own), its pipes
+    closed."""
     if proc.poll() is None:
-        proc.kill()
-    proc.communicate()
+        proc.send_signal(signum)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def read_csv(path):
