@@ -214,6 +214,7 @@ class TestVocabulary(TempDir):
         self.assertEqual(ids, [6, 8, 4])  # GPT-1 ids 5, 7, 3, plus one
         self.assertEqual(vocab.decode(ids), "ab bab a")
         self.assertEqual(vocab.encode("c"), [1])  # unknown: <unk>
+        self.assertEqual(vocab.decode(vocab.encode("c a c b")), "<unk> a <unk> b")  # never glued to the next word
         self.assertEqual(vocab.encode("— – ― ’ ‘"), [9, 9, 9, 10, 10])  # as GPT-1 spells dashes and quotes
         gpt = gpt1.Vocabulary({".</w>": 0, "<unk>": 1, ".": 2}, [])  # "<unk>" is not id 0, as in GPT-1's
         self.assertEqual(gpt.encode("c …"), [2, 3, 3, 1])  # unknown: <unk>; an ellipsis: three full stops
