@@ -90,7 +90,7 @@ class Vocabulary:
 
     def __init__(self, encoder, merges):
         self.encoder = encoder
-        self.decoder = {i: "<unk></w>" if token == "<unk>" else token for token, i in encoder.items()}  # a word
+        self.decoder = {i: "<unk></w>" if token == "<unk>" else token for token, i in encoder.items()}  # <unk>: a word
         self.ranks = {tuple(m.split()): r for r, m in enumerate(merges) if len(m.split()) == 2}
         self.cache = {}
 

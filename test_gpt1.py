@@ -216,7 +216,7 @@ class TestVocabulary(TempDir):
         self.assertEqual(vocab.encode("c"), [1])  # unknown: <unk>
         self.assertEqual(vocab.decode(vocab.encode("c a c b")), "<unk> a <unk> b")  # never glued to the next word
         self.assertEqual(vocab.encode("— – ― ’ ‘"), [9, 9, 9, 10, 10])  # as GPT-1 spells dashes and quotes
-        gpt = gpt1.Vocabulary({".</w>": 0, "<unk>": 1, ".": 2}, [])  # "<unk>" is not id 0, as in GPT-1's
+        gpt = gpt1.Vocabulary({".</w>": 0, "<unk>": 1, ".": 2}, [])  # "<unk>" not at id 0, where GPT-1's is
         self.assertEqual(gpt.encode("c …"), [2, 3, 3, 1])  # unknown: <unk>; an ellipsis: three full stops
         self.assertEqual(gpt.decode([99]), "<unk>")  # an id beyond the vocabulary
 
