@@ -308,7 +308,8 @@ class Sweep:
         if run.finished:  # as the plan found it
             return print(f"== {run.exp_id}: done, skipped", flush=True) or 0
         command = run.command(self.s["python"])
-        print(f"== {run.exp_id}{f' on GPU {gpu}' if gpu is not None else ''}: {shlex.join(command)}", flush=True)
+        where = "" if gpu is None else f" on GPU {gpu}" if self.s["device"] != "cpu" else f" (worker {gpu}, on the CPU)"
+        print(f"== {run.exp_id}{where}: {shlex.join(command)}", flush=True)
         visible = self.s["visible"][int(gpu)] if gpu is not None and gpu.isdigit() and self.s["visible"] else gpu
         env = dict(os.environ, **({} if gpu is None else dict(CUDA_VISIBLE_DEVICES=visible)),
                    **({} if threads is None else dict(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))))

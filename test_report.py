@@ -560,6 +560,8 @@ class TestSweepStops(TempDir):
         self.assertEqual(proc.returncode, 130, err)
         self.assertIn("interrupted", err)
         self.assertNotIn("FAILED", out)  # stopped, not failed: the same command resumes them
+        self.assertNotIn("on GPU", out)  # DEVICE=cpu: the two workers share the CPU, and say so
+        self.assertRegex(out, r"== vit_L2_\w+ \(worker [01], on the CPU\): ")
         time.sleep(0.5)
         running = [p for p in pids.read_text().split() if alive(p)]
         self.assertEqual(running, [])  # both workers' runs are gone, and no further run started
