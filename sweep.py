@@ -254,10 +254,8 @@ class Sweep:
         self.stopped = self.stopped or signum
         with self.lock:
             for child in self.children.values():
-                try:
+                with contextlib.suppress(OSError):  # it has just ended
                     os.killpg(child.pid, signum)
-                except OSError:
-                    pass  # it has just ended
 
     def work(self, gpu, threads):
         failures = 0  # in a row
@@ -267,8 +265,10 @@ class Sweep:
                     retire = failures >= RETIRE_AFTER and len(self.retired) < len(self.s["gpus"]) - 1
                     self.retired += [gpu] * retire
                 if retire:
-                    return print(f"== GPU {gpu}: {failures} runs in a row failed on it; it takes no more (check it: "
-                                 f"nvidia-smi), the other GPUs take the rest", flush=True)
+                    others = "workers" if self.s["device"] == "cpu" else "GPUs"
+                    return print(f"== {self.worker(gpu)}: {failures} runs in a row failed on it; it takes no more"
+                                 f"{' (check it: nvidia-smi)' * (others == 'GPUs')}, the other {others} take the rest",
+                                 flush=True)
                 try:
                     run = self.todo.get_nowait()
                 except queue.Empty:
@@ -302,6 +302,9 @@ class Sweep:
             if self.alike[1] == RETIRE_AFTER:
                 print(f"== {RETIRE_AFTER} runs in a row failed alike ({said}): no more runs start; fix that, then run "
                       f"the same command again (finished runs are skipped)", flush=True)
+
+    def worker(self, gpu):  # by its GPU, or (GPUS with DEVICE=cpu) as one of the CPU's workers
+        return f"GPU {gpu}" if self.s["device"] != "cpu" else f"worker {gpu}"
 
     def run_one(self, run, gpu, threads):
         """The run's exit code (0 when it was already done)."""
@@ -415,8 +418,8 @@ def finish(work, runs, s):
     """The report, drawn by the last sweep on the log folder to end (shards end apart), unless every
     run failed; the list of failures; the exit code."""
     if work.retired:
-        print(f"== taken out of the queue after {RETIRE_AFTER} failed runs in a row: GPU {', '.join(work.retired)}",
-              flush=True)
+        print(f"== taken out of the queue after {RETIRE_AFTER} failed runs in a row: "
+              f"{', '.join(map(work.worker, work.retired))}", flush=True)
     left = work.todo.qsize()
     if left:
         print(f"== not started: {left} run{'s' * (left > 1)}, after {RETIRE_AFTER} failed alike", flush=True)

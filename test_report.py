@@ -464,7 +464,7 @@ class TestSweepMechanics(TempDir):
     def test_a_gpu_that_fails_every_run_leaves_the_queue_to_the_others(self):
         import sweep as sweep_module
 
-        def execute(bad_gpus, gpus=("0", "1"), fails=None):  # fails(gpu, k): whether the GPU's k-th run fails
+        def execute(bad_gpus, gpus=("0", "1"), fails=None, device="cuda"):  # fails(gpu, k): the GPU's k-th run fails
             runs = [sweep_module.Run(f"r{i}", "reference", "train_vit.py", [], None) for i in range(10)]
             taken, fails = [], fails or (lambda gpu, k: gpu in bad_gpus)
 
@@ -473,7 +473,7 @@ class TestSweepMechanics(TempDir):
                 failed = fails(gpu, sum(g == gpu for _, g in taken))
                 time.sleep(0.05 * (not failed))
                 return int(failed)
-            work = sweep_module.Sweep(runs, dict(log_dir=str(self.tmp), gpus=list(gpus)))
+            work = sweep_module.Sweep(runs, dict(log_dir=str(self.tmp), gpus=list(gpus), device=device))
             out = io.StringIO()
             with mock.patch.object(sweep_module.Sweep, "run_one", run_one), contextlib.redirect_stdout(out):
                 self.assertIsNone(work.execute())
@@ -485,11 +485,18 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(sorted(e for e, _ in taken), [f"r{i}" for i in range(10)])  # each run once
         self.assertEqual(sum(g == "1" for _, g in taken), 3)  # three failures in a row, then no more
         self.assertEqual((len(work.failed), work.retired), (3, ["1"]))
-        self.assertIn("== GPU 1: 3 runs in a row failed on it; it takes no more", out)
+        self.assertIn("== GPU 1: 3 runs in a row failed on it; it takes no more (check it: nvidia-smi), the other GPUs "
+                      "take the rest", out)
+        _, _, out = execute({"1"}, device="cpu")  # GPUS with DEVICE=cpu: workers on the CPU, no GPU named
+        self.assertIn("== worker 1: 3 runs in a row failed on it; it takes no more, the other workers take the rest",
+                      out)
+        self.assertNotIn("GPU", out)
         work, taken, out = execute({"0", "1"})  # the runs, not a GPU: the last one working still tries each
         self.assertEqual((len(taken), len(work.failed), len(work.retired)), (10, 10, 1))
         self.assertIn(f"== taken out of the queue after 3 failed runs in a row: GPU {work.retired[0]}\n== every run "
                       f"failed", out)
+        work, _, out = execute({"0", "1"}, device="cpu")
+        self.assertIn(f"in a row: worker {work.retired[0]}\n== every run failed", out)
         work, taken, _ = execute({None}, gpus=())  # one worker (no GPUS) is never taken out
         self.assertEqual((len(taken), len(work.failed), work.retired), (10, 10, []))
         work, taken, _ = execute(set(), fails=lambda gpu, k: gpu == "1" and k % 2)  # failures, but never 3 in a row
