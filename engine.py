@@ -5,6 +5,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
 
     task.metric, task.label   "acc", "accuracy" or "ppl", "perplexity"   task.maximize   higher is better
     task.digits          decimals shown (4, 2)     task.unit "images" or "tokens"    task.title   the study's
+    task.scoring         None, or how its metric is scored unlike its study's other runs (config.json, the report)
     task.num_batches(split) -> int       task.batch_sizes(split) -> the set of its batches' sizes
     task.batches(split, epoch) -> iterator of batches (device tensors, order seeded by epoch)
     task.loss(model, batch) -> (summed loss: tensor, count: int, correct: tensor)
@@ -252,7 +253,8 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     cfg.resume; `files` (name -> bytes) are written beside the logs once the run may go on. Returns
     the summary dict."""
     metric = dict(name=task.metric, label=task.label, maximize=task.maximize, digits=task.digits)  # for the readers
-    config = dict(dataclasses.asdict(cfg), naming=cfg.naming(), metric=metric, title=task.title, **(extra_config or {}))
+    config = dict(dataclasses.asdict(cfg), naming=cfg.naming(), metric=metric, title=task.title, scoring=task.scoring,
+                  **(extra_config or {}))
     step = make_step(model, task, cfg, optimizer, precision)
     run = RunDir(run_dir, task, cfg, config, fp16=step.scaler is not None, files=files)
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP

@@ -49,7 +49,7 @@ class Group:
         self.task, metric = runs[0].task, runs[0].metric  # as the task stated it in config.json
         self.m, self.label, self.maximize, self.digits = (metric[k] for k in ("name", "label", "maximize", "digits"))
         c = self.config = runs[0].config
-        self.title = c["title"]
+        self.title, self.scoring = c["title"], c.get("scoring")  # scoring: unlike the others' (the LM's carried state)
         # neither is compared: smoke runs (--limit_batches), and runs short of their epochs or of their tests
         # (running, or stopped): a mean over the seeds that have a result would pass for one over them all
         unfinished = any(len(r.rows) < (r.config.get("epochs") or 0) or not r.summary for r in runs)
@@ -69,8 +69,7 @@ class Group:
         return sorted({device(*e) for e in envs})
 
     def best(self, values):
-        values = [v for v in values if v == v]  # NaN is no result
-        return (max if self.maximize else min)(values) if values else None
+        return (max if self.maximize else min)((v for v in values if v == v), default=None)  # NaN is no result
 
     def stat(self, per_run):  # mean, std of per_run(run) over the runs where it is defined
         return mean_std([per_run(r) for r in self.runs])
@@ -320,6 +319,7 @@ def findings(groups, task):
                          f"{show(*pv)} vs {show(*post_v)}; test {show(*pt)} vs {show(*post_t)}"
                          + (f"; gap (pre - post) {gap:+.{digits}f}." if gap is not None else "."))
     for g in groups:
+        lines += [f"- **{g.name}** is scored {g.scoring}."] * bool(g.scoring)
         if g.summary_value(f"ema_best_test_{m}")[0] is not None:
             lines.append(f"- Weight average (EMA) of **{g.name}**: best valid {label} "
                          f"{show(*g.summary_value(f'ema_best_valid_{m}'))} (the model itself: "

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 METRIC = dict(name=str, label=str, maximize=bool, digits=int)  # config.json's "metric", as the task states it
 WORD, TEXT = r"[A-Za-z0-9_]{1,40}", r"[\w ().,:+-]{1,80}"  # a file name's part; a title or label (no markup)
+SCORING = r"[\w ().,:;'+-]{0,300}"  # how a task scores unlike the others (train_lm.TextTask.scoring), or ''
 PLAIN = ("layers", "block", "optimizer", "model", "embeddings", "data_source", "data_sha256")  # the readers' keys
 
 
@@ -21,13 +22,13 @@ def stated(config):
     """Whether config.json states its task (a word: it names files), title, metric and settings as a
     trainer does: settings of plain values, named in a list, their run's name and epochs as text and
     a whole number."""
-    metric, naming = config.get("metric"), config.get("naming", {})
+    metric, naming, scoring = config.get("metric"), config.get("naming", {}), config.get("scoring") or ""
     names = naming.get("settings", []) if isinstance(naming, dict) else None
     return (isinstance(config.get("task"), str) and re.fullmatch(WORD, config["task"])
             and isinstance(config.get("title"), str) and re.fullmatch(TEXT, config["title"])
             and isinstance(metric, dict) and all(type(metric.get(k)) is kind for k, kind in METRIC.items())
             and re.fullmatch(WORD, metric["name"]) and re.fullmatch(TEXT, metric["label"])
-            and 0 <= metric["digits"] <= 12
+            and 0 <= metric["digits"] <= 12 and isinstance(scoring, str) and re.fullmatch(SCORING, scoring)
             and isinstance(names, list) and all(isinstance(k, str) for k in names)
             and isinstance(naming.get("configuration", ""), str) and isinstance(naming.get("changed", {}), dict)
             and all(isinstance(config.get(k), (str, int, float, type(None))) for k in [*names, *PLAIN])

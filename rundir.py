@@ -326,7 +326,7 @@ class RunDir:
                                 (saved, self.config, dataclasses.asdict(type(self.cfg)())))
         # the data's settings (--data_format) too: the data they resolve to are compared whole (DATA_KEYS)
         context = set(self.cfg.with_role("context", "data")) | {"naming", "data_source", "precision_reason", "metric",
-                                                                 "title"}
+                                                                 "title", "scoring"}
         diffs = [k for k in sorted(set(saved) | set(now)) if k not in context and (k in saved or k in defaults)
                  and saved.get(k, defaults.get(k)) != now.get(k)]  # a record added since: not compared
         data = [k for k in diffs if k in DATA_KEYS]

@@ -515,7 +515,7 @@ def write_run(root, exp_id, config, rows, summary=None, changed=None):
     naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"],
                   settings=[k for k in config
                             if k not in ("task", "seed", "epochs", "data_sha256", "data_sizes", "environment", "metric",
-                                         "title")],
+                                         "title", "scoring")],
                   **({} if changed is None else dict(changed=changed)))
     stated = METRICS.get(config.get("task"), {})  # as the trainers state their task's metric
     (run / "config.json").write_text(json.dumps(dict(dict(exp_id=exp_id, naming=naming, **stated), **config)))
@@ -1268,13 +1268,20 @@ class TestPlot(TempDir):
             rows = [dict(epoch=1, train_loss=5.0, train_ppl=valid, valid_loss=math.log(valid), valid_ppl=valid,
                          lr=1e-3, train_time=5.0, valid_time=1.0, elapsed=6.0, tokens_per_s=1e4, peak_mem_mb=9.0,
                          mem_pct=1.0)]
-            write_run(logs, exp_id, dict(task="lm", model="lstm", layers=1, seed=1, epochs=1), rows,
+            scoring = dict(scoring="over carried streams (a test's words)") if exp_id == "lm_b_s1" else {}
+            write_run(logs, exp_id, dict(task="lm", model="lstm", layers=1, seed=1, epochs=1, **scoring), rows,
                       dict(epochs=1, test_ppl=test + 1, best_test_ppl=test))
-        with contextlib.redirect_stdout(io.StringIO()):
+        write_run(logs, "lm_d_s1", dict(task="lm", model="lstm", layers=1, seed=1, epochs=1, scoring="<b>bold</b>"),
+                  rows, dict(epochs=1, test_ppl=1.0, best_test_ppl=1.0))  # markup: not as the trainers write it
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
             self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
         summary = (logs / "report" / "summary.md").read_text()  # lm_c has the best test: not a choice by it
         self.assertIn("- Best generalisation, selected on validation: **lm_a**, best valid perplexity 150.00, test "
                       "perplexity of that model 160.00 (final model: 161.00).", summary)
+        # a run scored unlike the others says so beside its numbers; the others say nothing of it
+        self.assertIn("- **lm_b** is scored over carried streams (a test's words).", summary)
+        self.assertEqual(summary.count(" is scored "), 1)
+        self.assertIn(f"{logs / 'lm_d_s1'}: config.json is not as the trainers write it", err.getvalue())
 
     def test_no_run_with_a_finished_epoch_is_exit_1_and_says_so(self):
         logs = self.tmp / "logs"

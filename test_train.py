@@ -159,6 +159,7 @@ class TestLanguageModelCli(CliCase):
                 self.assertEqual(config["environment"]["torch"], torch.__version__)
                 # what the readers take from the run itself: its metric, and which keys are settings
                 self.assertEqual(config["metric"], dict(name="ppl", label="perplexity", maximize=False, digits=2))
+                self.assertIsNone(config["scoring"])  # windows, as the reference scored them
                 settings = config["naming"]["settings"]
                 self.assertTrue({"model", "layers", "lr", "embeddings", "precision"} <= set(settings))
                 self.assertFalse({"seed", "epochs", "device", "data_folder", "data_format"} & set(settings))
@@ -314,7 +315,7 @@ class TestExactMetrics(unittest.TestCase):
 class ScriptedTask:
     """One weight w, starting at 0: each training batch is the loss -w (SGD at lr 1 adds 1 to w), each
     valid or test batch (w - target)^2; with target 2, epoch 2 of 3 is the best-validation epoch, not the last."""
-    metric, label, maximize, digits, unit, title = "score", "score", False, 4, "examples", "Scripted"
+    metric, label, maximize, digits, unit, title, scoring = "score", "score", False, 4, "examples", "Scripted", None
     num_batches = staticmethod(lambda split: 5)
     batch_sizes = staticmethod(lambda split: {1})
     target = 2.0
@@ -1045,6 +1046,9 @@ class TestStreams(CliCase):
                                 "--grad_norms", "--layers", "2", "--ema", "0.5")
         rows = read_csv(run_dir / "metrics.csv")
         self.assertLess(float(rows[1]["train_loss"]), float(rows[0]["train_loss"]))
+        # its perplexities are not windows' (the reference's): config.json says so, for the report to say
+        self.assertRegex(json.loads((run_dir / "config.json").read_text())["scoring"], r"^over carried streams \(.*"
+                         r"lower than the same model's in independent windows, the reference's way$")
         self.assertEqual(len(read_csv(run_dir / "grad_norms.csv")), 3 * 2)  # epochs 0-2, two LSTM layers
         self.assertIn("ema_valid_ppl", rows[0])
 
