@@ -6,6 +6,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
     task.metric, task.label   "acc", "accuracy" or "ppl", "perplexity"   task.maximize   higher is better
     task.digits          decimals shown (4, 2)     task.unit "images" or "tokens"    task.title   the study's
     task.scoring         None, or how its metric is scored unlike its study's other runs (config.json, the report)
+    task.alike           None, or the task scored as its study's reference: the best-valid model is tested there too
     task.num_batches(split) -> int       task.batch_sizes(split) -> the set of its batches' sizes
     task.batches(split, epoch) -> iterator of batches (device tensors, order seeded by epoch)
     task.loss(model, batch) -> (summed loss: tensor, count: int, correct: tensor)
@@ -310,11 +311,11 @@ def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
     """Test the final model and the best-validation one (and the EMA's two); the summary dict."""
     m, raw = task.metric, unwrap(model)
 
-    def test(net, weights=None):
+    def test(net, weights=None, scored=task):
         barrier()  # best.pt and best_ema.pt are written by the first process
         if weights is not None:
             run.load_weights(net, weights)
-        return run_epoch(net, task, "test", 0, None, precision, cfg.limit_batches, not cfg.no_progress)
+        return run_epoch(net, scored, "test", 0, None, precision, cfg.limit_batches, not cfg.no_progress)
 
     final = test(model)
     ema_tests = {}
@@ -323,6 +324,7 @@ def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
         ema_tests = {"ema_best_epoch": progress.best_ema["epoch"], f"ema_best_valid_{m}": progress.best_ema["value"],
                      f"ema_test_{m}": ema_final["metric"], f"ema_best_test_{m}": ema_best["metric"]}
     best = test(raw, "best.pt")
+    alike = {} if task.alike is None else {f"alike_best_test_{m}": test(raw, scored=task.alike)["metric"]}
     mem_mb, mem_pct = peak_memory(device)
     history = progress.history
     if rank() == 0:
@@ -330,14 +332,15 @@ def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
         with_ema = "" if ema is None else (f"; EMA final {shown(ema_tests[f'ema_test_{m}'], d)}, best-valid EMA "
                                            f"(epoch {progress.best_ema['epoch']}) "
                                            f"{shown(ema_tests[f'ema_best_test_{m}'], d)}")
+        as_reference = f" (scored as the reference: {shown(alike[f'alike_best_test_{m}'], d)})" if alike else ""
         print(f"test {m}: final {shown(final['metric'], d)}, best-valid model (epoch {progress.best['epoch']}) "
-              f"{shown(best['metric'], d)}{with_ema}; logs in {run.path}")
+              f"{shown(best['metric'], d)}{as_reference}{with_ema}; logs in {run.path}")
     return dict(
         params_total=sum(p.numel() for p in raw.parameters()),
         params_learnable=sum(p.numel() for p in raw.parameters() if p.requires_grad),
         epochs=len(history), best_epoch=progress.best["epoch"], **{f"best_valid_{m}": progress.best["value"]},
         test_loss=final["loss"], **{f"test_{m}": final["metric"]},
-        best_test_loss=best["loss"], **{f"best_test_{m}": best["metric"]}, **ema_tests,
+        best_test_loss=best["loss"], **{f"best_test_{m}": best["metric"]}, **alike, **ema_tests,
         mean_train_time=float(np.mean([r["train_time"] for r in history])),
         mean_valid_time=float(np.mean([r["valid_time"] for r in history])),
         elapsed=history[-1]["elapsed"], peak_mem_mb=mem_mb, mem_pct=mem_pct)

@@ -145,9 +145,10 @@ def build_model(run, classes):
 
 
 def work(run, sizes, classes):
-    """(batches of a training pass, of a validation pass, of the tests at the end (the EMA's included);
-    FLOPs of a training batch, of an evaluation batch; learnable parameters)."""
-    cfg = run.cfg
+    """(batches of a training pass, of a validation pass, of the tests at the end (the EMA's, and an LM's in
+    the reference's windows, included); FLOPs of a training batch, of an evaluation batch; learnable
+    parameters)."""
+    cfg, extra = run.cfg, 0
     with torch.device("meta"):
         model = build_model(run, classes)
     if run.script == "train_vit.py":
@@ -163,10 +164,14 @@ def work(run, sizes, classes):
         tokens = cfg.batch_size * cfg.seq_len
         per_batch = (lm_train_flops(cfg.model, cfg.layers, frozen, **shape) * tokens,
                      lm_flops(cfg.model, cfg.layers, **shape) * tokens)
+        alike = train_lm.alike_window(cfg)
+        if alike:  # the best-valid model also tested in the reference's windows: counted in seq_len's batches
+            alike_test = math.ceil(math.ceil((sizes[2] - 1) / alike) / cfg.batch_size)
+            extra = min(alike_test, cfg.limit_batches or alike_test) * alike / cfg.seq_len
     train, valid, test = [min(b, cfg.limit_batches or b) for b in batches]
     evals = 2 if cfg.ema else 1  # the weight average is validated and tested too
     learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return (train, evals * valid, 2 * evals * test), per_batch, learnable
+    return (train, evals * valid, 2 * evals * test + extra), per_batch, learnable
 
 
 def batch_seconds(run, classes, device, steps=3):

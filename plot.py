@@ -107,8 +107,10 @@ def tables(groups, task, ref=None):
     with_ref = any(reference_config(g, ref) for g in groups) if ref else False
     results_cols = ["architecture", "layers", "optimizer", "experiment", "seeds", "epochs", f"best train {label}",
                     f"best valid {label}", f"test {label} (final model)", f"test {label} (best-valid model)"]
-    with_ema = any(g.summary_value(f"ema_best_test_{m}")[0] is not None for g in groups)
-    results_cols += [f"test {label} (best-valid EMA)"] * with_ema + ["report", "difference"] * with_ref
+    tested_too = dict(alike_best_test="best-valid model, scored as the reference", ema_best_test="best-valid EMA")
+    optional = {k: f"test {label} ({v})" for k, v in tested_too.items()  # a column where a run made that test
+                if any(g.summary_value(f"{k}_{m}")[0] is not None for g in groups)}
+    results_cols += list(optional.values()) + ["report", "difference"] * with_ref
     cost_cols = ["architecture", "layers", "optimizer", "experiment", "learnable parameters", "peak memory (MB)",
                  "memory (%)", "train s/epoch", "valid s/epoch", "device"]
     results, costs, flat = [], [], []
@@ -116,8 +118,7 @@ def tables(groups, task, ref=None):
         c = g.config
         head = [g.architecture, c.get("layers"), c.get("optimizer"), g.name + g.tag]
         stats = dict(best_train=g.best_of(f"train_{m}"), best_valid=g.best_of(f"valid_{m}"),
-                     test=g.summary_value(f"test_{m}"), best_test=g.summary_value(f"best_test_{m}"),
-                     ema_best_test=g.summary_value(f"ema_best_test_{m}"),
+                     **{k: g.summary_value(f"{k}_{m}") for k in ("test", "best_test", *tested_too)},
                      params=g.summary_value("params_learnable"),
                      memory=g.stat(lambda r: max(row["peak_mem_mb"] for row in r.rows) if r.rows else None),
                      mem_pct=g.stat(lambda r: max(row["mem_pct"] for row in r.rows) if r.rows else None),
@@ -125,8 +126,7 @@ def tables(groups, task, ref=None):
                      valid_s=g.stat(lambda r: np.mean([row["valid_time"] for row in r.rows]) if r.rows else None))
         epochs = sorted({len(r.rows) for r in g.runs})
         results.append(head + [len(g.runs), "/".join(map(str, epochs))] +
-                       [fmt(*stats[k], digits) for k in ("best_train", "best_valid", "test", "best_test")] +
-                       ([fmt(*stats["ema_best_test"], digits)] if with_ema else [])
+                       [fmt(*stats[k], digits) for k in ("best_train", "best_valid", "test", "best_test", *optional)]
                        + (table_cells(g, ref) if with_ref else []))
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
@@ -202,8 +202,7 @@ def finish(fig, title, path):  # title, save, close
 def pairs_by(groups, key, *more):
     """Groups that differ only in config[key] (and the keys in more): a {value (or values): group}
     for each value of the other settings (those config.json names), data and epochs."""
-    keys = (key, *more)
-    out = {}
+    keys, out = (key, *more), {}
     for g in groups:
         names = (g.config.get("naming") or {}).get("settings") or []
         settings = dict({k: g.config.get(k) for k in names if k not in keys},
@@ -288,12 +287,11 @@ def findings(groups, task):
     if not timed:
         done = "full run of this study has finished" if smoke else "run of this study has finished an epoch"
         return lines + [""] * (lines[-1] != "") + [f"No {done} yet: nothing to compare.", ""]
-    speed = {g.name: speed[g.name] for g in timed}
     fastest = min(timed, key=lambda g: speed[g.name])
     devices = sorted({d for g in timed for d in g.devices() if d != "-"})
     several = f"; the runs trained on {len(devices)} devices ({', '.join(devices)}): compare times within one"
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "
-                 f"(slowest: {max(speed.values()):.2f} s){several * (len(devices) > 1)}.")
+                 f"(slowest: {max(speed[g.name] for g in timed):.2f} s){several * (len(devices) > 1)}.")
     target = float(np.median([g.best_of(f"valid_{m}")[0] for g in timed]))
     reached = {g.name: t for g in timed if (t := g.time_to(target)) is not None}
     if reached:
@@ -319,7 +317,8 @@ def findings(groups, task):
                          f"{show(*pv)} vs {show(*post_v)}; test {show(*pt)} vs {show(*post_t)}"
                          + (f"; gap (pre - post) {gap:+.{digits}f}." if gap is not None else "."))
     for g in groups:
-        lines += [f"- **{g.name}** is scored {g.scoring}."] * bool(g.scoring)
+        alike = show(*g.summary_value(f"alike_best_test_{m}"))  # a run scored otherwise is tested so too
+        lines += [f"- **{g.name}** is scored {g.scoring}: test {label} {alike}."] * bool(g.scoring)
         if g.summary_value(f"ema_best_test_{m}")[0] is not None:
             lines.append(f"- Weight average (EMA) of **{g.name}**: best valid {label} "
                          f"{show(*g.summary_value(f'ema_best_valid_{m}'))} (the model itself: "

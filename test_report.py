@@ -740,8 +740,11 @@ class TestPlan(TempDir):
                 self.assertEqual(classes, model.head.out_features if script == "train_vit.py" else extra["vocab_size"])
             # the batches of each pass (the tests: the final and the best-validation model)
             batches = plan.work(run, sizes, classes)[0]
+            # and an LM's over carried streams in the reference's windows too: batches of longer windows
+            alike = task.alike.num_batches("test") * 256 / 19 if getattr(task, "alike", None) else 0
+            self.assertEqual(bool(alike), "streams" in flags)
             self.assertEqual(batches, (task.num_batches("train"), task.num_batches("valid"),
-                                       2 * task.num_batches("test")), folder)
+                                       2 * task.num_batches("test") + alike), folder)
             self.assertGreater(batches[0], 2)
 
     def test_the_flops_of_a_run_count_every_pass_it_makes(self):
@@ -1268,9 +1271,11 @@ class TestPlot(TempDir):
             rows = [dict(epoch=1, train_loss=5.0, train_ppl=valid, valid_loss=math.log(valid), valid_ppl=valid,
                          lr=1e-3, train_time=5.0, valid_time=1.0, elapsed=6.0, tokens_per_s=1e4, peak_mem_mb=9.0,
                          mem_pct=1.0)]
-            scoring = dict(scoring="over carried streams (a test's words)") if exp_id == "lm_b_s1" else {}
-            write_run(logs, exp_id, dict(task="lm", model="lstm", layers=1, seed=1, epochs=1, **scoring), rows,
-                      dict(epochs=1, test_ppl=test + 1, best_test_ppl=test))
+            b = exp_id == "lm_b_s1"  # scored otherwise, and tested as the others too
+            write_run(logs, exp_id, dict(task="lm", model="lstm", layers=1, seed=1, epochs=1,
+                                         **dict(scoring="over carried streams (a test's words)") if b else {}), rows,
+                      dict(epochs=1, test_ppl=test + 1, best_test_ppl=test, **dict(alike_best_test_ppl=158.25) if b
+                           else {}))
         write_run(logs, "lm_d_s1", dict(task="lm", model="lstm", layers=1, seed=1, epochs=1, scoring="<b>bold</b>"),
                   rows, dict(epochs=1, test_ppl=1.0, best_test_ppl=1.0))  # markup: not as the trainers write it
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
@@ -1279,8 +1284,13 @@ class TestPlot(TempDir):
         self.assertIn("- Best generalisation, selected on validation: **lm_a**, best valid perplexity 150.00, test "
                       "perplexity of that model 160.00 (final model: 161.00).", summary)
         # a run scored unlike the others says so beside its numbers; the others say nothing of it
-        self.assertIn("- **lm_b** is scored over carried streams (a test's words).", summary)
+        self.assertIn("- **lm_b** is scored over carried streams (a test's words): test perplexity 158.25.", summary)
         self.assertEqual(summary.count(" is scored "), 1)
+        table = (logs / "report" / "summary_lm.md").read_text()  # a column of its own, empty for the others
+        self.assertIn("| test perplexity (best-valid model) | test perplexity (best-valid model, scored as the "
+                      "reference) |", table)
+        self.assertIn("| 155.00 | 158.25 |", table)
+        self.assertIn("| 160.00 | - |", table)
         self.assertIn(f"{logs / 'lm_d_s1'}: config.json is not as the trainers write it", err.getvalue())
 
     def test_no_run_with_a_finished_epoch_is_exit_1_and_says_so(self):

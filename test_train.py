@@ -315,7 +315,8 @@ class TestExactMetrics(unittest.TestCase):
 class ScriptedTask:
     """One weight w, starting at 0: each training batch is the loss -w (SGD at lr 1 adds 1 to w), each
     valid or test batch (w - target)^2; with target 2, epoch 2 of 3 is the best-validation epoch, not the last."""
-    metric, label, maximize, digits, unit, title, scoring = "score", "score", False, 4, "examples", "Scripted", None
+    metric, label, maximize, digits, unit, title, scoring, alike = "score", "score", False, 4, "examples", "Scripted", \
+        None, None
     num_batches = staticmethod(lambda split: 5)
     batch_sizes = staticmethod(lambda split: {1})
     target = 2.0
@@ -1042,15 +1043,30 @@ class TestStreams(CliCase):
         self.assertEqual(engine.run_epoch(model, task, "valid")["loss"], result["loss"])
 
     def test_streams_train_through_the_cli(self):
-        run_dir, _, _ = self.lm("--batching", "streams", "--dropout", "0.2", "--grad_clip", "0.5", "--epochs", "2",
-                                "--grad_norms", "--layers", "2", "--ema", "0.5")
+        data = write_token_files(self.tmp / "tokens", n=(400, 103, 600))  # the test split: 3 windows of 256
+        run_dir, out, _ = self.lm("--batching", "streams", "--dropout", "0.2", "--grad_clip", "0.5", "--epochs", "2",
+                                  "--grad_norms", "--layers", "2", "--ema", "0.5", data=data)
         rows = read_csv(run_dir / "metrics.csv")
         self.assertLess(float(rows[1]["train_loss"]), float(rows[0]["train_loss"]))
         # its perplexities are not windows' (the reference's): config.json says so, for the report to say
         self.assertRegex(json.loads((run_dir / "config.json").read_text())["scoring"], r"^over carried streams \(.*"
-                         r"lower than the same model's in independent windows, the reference's way$")
+                         r"lower than the same model's in independent windows, the reference's way; its best-valid "
+                         r"model is also tested in windows of 256, as the reference$")
+        # and its best-valid model is tested as the reference tested: independent windows of 256 tokens
+        model = generate.load_run(run_dir)[0]
+        corpus = train_lm.load_wikitext(data, torch.device("cpu"))
+        alike = engine.run_epoch(model, train_lm.TextTask(corpus, 256, 4, 0), "test")
+        self.assertEqual(alike["count"], 599)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        self.assertAlmostEqual(summary["alike_best_test_ppl"], alike["metric"], places=9)
+        self.assertNotAlmostEqual(summary["alike_best_test_ppl"], summary["best_test_ppl"], places=3)
+        self.assertIn(f"(scored as the reference: {alike['metric']:,.2f}); EMA final", out)
         self.assertEqual(len(read_csv(run_dir / "grad_norms.csv")), 3 * 2)  # epochs 0-2, two LSTM layers
         self.assertIn("ema_valid_ppl", rows[0])
+        transformer, _, _ = self.lm("--batching", "streams", "--model", "transformer", data=data, exp_id="transformer")
+        config, summary = (json.loads((transformer / f).read_text()) for f in ("config.json", "summary.json"))
+        self.assertIsNone(config["scoring"])  # nothing carried: its streams are scored as windows
+        self.assertNotIn("alike_best_test_ppl", summary)
 
 
 class TestGenerate(CliCase):

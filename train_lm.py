@@ -97,14 +97,10 @@ class TextTask:
     from one batch to the next (detached: backpropagation stops at the window's start)."""
     metric, label, maximize, digits, unit = "ppl", "perplexity", False, 2, "tokens"
     title = "Language model (Wikitext-2)"
-    scoring = None  # the reference's: independent windows
+    scoring = alike = None  # scored as the reference: independent windows (else build() says how, and adds its way)
 
     def __init__(self, corpus, seq_len, batch_size, seed, batching="windows"):
         self.streams = batching == "streams"
-        if self.streams:  # said beside its numbers, so that no one compares them with windows' unawares
-            self.scoring = ("over carried streams (each window starts from the state the one before it left), so its "
-                            "perplexity runs a little lower than the same model's in independent windows, the "
-                            "reference's way")
         self.windows = {s: Windows(t, seq_len, batch_size if self.streams else None)
                         for s, t in corpus.splits.items()}
         self.batch_size, self.seed, self.state = batch_size, seed, None
@@ -172,6 +168,15 @@ def load_embeddings(path, vocab_size, width):
     return torch.from_numpy(table)
 
 
+REFERENCE_WINDOW = 256  # the reference's windows of tokens, each scored from a reset state
+
+
+def alike_window(cfg):
+    """The windows a run's best-valid model is tested in too, as the reference scored (REFERENCE_WINDOW), or
+    None: a run scored so already, or a Transformer (nothing carried: its streams score as windows do)."""
+    return REFERENCE_WINDOW if cfg.batching == "streams" and cfg.model != "transformer" else None
+
+
 MODEL_ARGS = ("model", "layers", "embedding_size", "hidden_size", "dropout", "learn_embeddings", "seq_len",
               "block", "num_heads", "mlp_dim")
 
@@ -190,6 +195,11 @@ def build(cfg, device):
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
         + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
+    if alike_window(cfg):  # said beside its numbers, and scored as the reference too: no comparison unawares
+        task.scoring = ("over carried streams (each window starts from the state the one before it left), so its "
+                        "perplexity runs a little lower than the same model's in independent windows, the reference's "
+                        f"way; its best-valid model is also tested in windows of {alike_window(cfg)}, as the reference")
+        task.alike = TextTask(corpus, alike_window(cfg), cfg.batch_size, cfg.seed)
     split = min(task.windows, key=lambda s: task.windows[s].num_windows)
     n = task.windows[split].num_windows
     check(cfg.batch_size <= n, f"--batch_size {cfg.batch_size} is larger than the smallest split ({split}: {n} "
