@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 METRIC = dict(name=str, label=str, maximize=bool, digits=int)  # config.json's "metric", as the task states it
 WORD, TEXT = r"[A-Za-z0-9_]{1,40}", r"[\w ().,:+-]{1,80}"  # a file name's part; a title or label (no markup)
-SCORING = r"[\w ().,:;'+-]{0,300}"  # how a task scores unlike the others (train_lm.TextTask.scoring), or ''
+SCORING = r"[\w ().,:;'+-]{0,300}"  # how a run is scored unlike the others (train_lm.build), or ''
 PLAIN = ("layers", "block", "optimizer", "model", "embeddings", "data_source", "data_sha256")  # the readers' keys
 
 
