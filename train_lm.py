@@ -168,13 +168,10 @@ def load_embeddings(path, vocab_size, width):
     return torch.from_numpy(table)
 
 
-REFERENCE_WINDOW = 256  # the reference's windows of tokens, each scored from a reset state
-
-
 def alike_window(cfg):
-    """The windows a run's best-valid model is tested in too, as the reference scored (REFERENCE_WINDOW), or
-    None: a run scored so already, or a Transformer (nothing carried: its streams score as windows do)."""
-    return REFERENCE_WINDOW if cfg.batching == "streams" and cfg.model != "transformer" else None
+    """The windows a run's best-valid model is tested in too, as the reference scored (the default seq_len, its
+    own), or None: a run scored so already, or a Transformer (nothing carried: its streams score as windows do)."""
+    return Config.seq_len if cfg.batching == "streams" and cfg.model != "transformer" else None
 
 
 MODEL_ARGS = ("model", "layers", "embedding_size", "hidden_size", "dropout", "learn_embeddings", "seq_len",
@@ -195,11 +192,11 @@ def build(cfg, device):
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
         + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
-    if alike_window(cfg):  # said beside its numbers, and scored as the reference too: no comparison unawares
+    if window := alike_window(cfg):  # said beside its numbers, and scored as the reference too: no comparison unawares
         task.scoring = ("over carried streams (each window starts from the state the one before it left), so its "
                         "perplexity runs a little lower than the same model's in independent windows, the reference's "
-                        f"way; its best-valid model is also tested in windows of {alike_window(cfg)}, as the reference")
-        task.alike = TextTask(corpus, alike_window(cfg), cfg.batch_size, cfg.seed)
+                        f"way; its best-valid model is also tested in windows of {window}, as the reference")
+        task.alike = TextTask(corpus, window, cfg.batch_size, cfg.seed)
     split = min(task.windows, key=lambda s: task.windows[s].num_windows)
     n = task.windows[split].num_windows
     check(cfg.batch_size <= n, f"--batch_size {cfg.batch_size} is larger than the smallest split ({split}: {n} "
