@@ -218,10 +218,8 @@ def plot_grad_norms(groups, task, out_dir):
     groups = [g for g in groups if g.norm_epochs()]
     if not groups:
         return []
-    plt = pyplot()
-    last = max(max(g.norm_epochs()) for g in groups)
-    panels = [(0, "first step (initialisation)"), (1, "mean over epoch 1"), (last, f"mean over epoch {last}")]
-    panels = panels[:2 + (last > 1)]
+    plt, last = pyplot(), max(max(g.norm_epochs()) for g in groups)
+    panels = [(e, f"mean over epoch {e}" if e else "first step (initialisation)") for e in sorted({0, 1, last})]
     colours = plt.get_cmap("tab20" if len(groups) > 10 else "tab10")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (epoch, title) in zip(axes[0], panels):
@@ -292,16 +290,19 @@ def findings(groups, task):
     several = f"; the runs trained on {len(devices)} devices ({', '.join(devices)}): compare times within one"
     lines.append(f"- Fastest per epoch: **{fastest.name}**, {speed[fastest.name]:.2f} s of training per epoch "
                  f"(slowest: {max(speed[g.name] for g in timed):.2f} s){several * (len(devices) > 1)}.")
-    target = float(np.median([g.best_of(f"valid_{m}")[0] for g in timed]))
-    reached = {g.name: t for g in timed if (t := g.time_to(target)) is not None}
+    alike = [g for g in timed if not g.scoring] or timed  # a valid metric scored otherwise is no rival
+    among = f" among those scored as the reference ({', '.join(g.name for g in timed if g not in alike)}: below)"
+    among *= len(alike) < len(timed)
+    target = float(np.median([g.best_of(f"valid_{m}")[0] for g in alike]))
+    reached = {g.name: t for g in alike if (t := g.time_to(target)) is not None}
     if reached:
         name = min(reached, key=reached.get)
         lines.append(f"- Fastest to a valid {label} of {show(target)} (the median of the configurations' best): "
-                     f"**{name}** in {reached[name]:.1f} s; {len(reached)} of {len(timed)} configurations reach it.")
-    selectable = [g for g in timed if g.summary_value(f"best_test_{m}")[0] is not None]
-    if selectable:
+                     f"**{name}** in {reached[name]:.1f} s; {len(reached)} of {len(alike)} configurations{among} "
+                     f"reach it.")
+    if selectable := [g for g in alike if g.summary_value(f"best_test_{m}")[0] is not None]:
         pick = (max if maximize else min)(selectable, key=lambda g: g.best_of(f"valid_{m}")[0])
-        lines.append(f"- Best generalisation, selected on validation: **{pick.name}**, best valid {label} "
+        lines.append(f"- Best generalisation, selected on validation{among}: **{pick.name}**, best valid {label} "
                      f"{show(*pick.best_of(f'valid_{m}'))}, test {label} of that model "
                      f"{show(*pick.summary_value(f'best_test_{m}'))} "
                      f"(final model: {show(*pick.summary_value(f'test_{m}'))}).")

@@ -1267,7 +1267,7 @@ class TestPlot(TempDir):
 
     def test_the_best_generalisation_is_selected_on_validation_lower_being_better_for_perplexity(self):
         logs = self.tmp / "logs"
-        for exp_id, (valid, test) in (("lm_a_s1", (150, 160)), ("lm_b_s1", (170, 155)), ("lm_c_s1", (200, 150))):
+        for exp_id, (valid, test) in (("lm_a_s1", (150, 160)), ("lm_b_s1", (140, 155)), ("lm_c_s1", (200, 150))):
             rows = [dict(epoch=1, train_loss=5.0, train_ppl=valid, valid_loss=math.log(valid), valid_ppl=valid,
                          lr=1e-3, train_time=5.0, valid_time=1.0, elapsed=6.0, tokens_per_s=1e4, peak_mem_mb=9.0,
                          mem_pct=1.0)]
@@ -1281,8 +1281,13 @@ class TestPlot(TempDir):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
             self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
         summary = (logs / "report" / "summary.md").read_text()  # lm_c has the best test: not a choice by it
-        self.assertIn("- Best generalisation, selected on validation: **lm_a**, best valid perplexity 150.00, test "
-                      "perplexity of that model 160.00 (final model: 161.00).", summary)
+        # nor lm_b, the best valid: its perplexity is scored otherwise, so no rival of the others'
+        self.assertIn("- Best generalisation, selected on validation among those scored as the reference (lm_b: "
+                      "below): **lm_a**, best valid perplexity 150.00, test perplexity of that model 160.00 (final "
+                      "model: 161.00).", summary)
+        self.assertIn("- Fastest to a valid perplexity of 175.00 (the median of the configurations' best): **lm_a** "
+                      "in 6.0 s; 1 of 2 configurations among those scored as the reference (lm_b: below) reach it.",
+                      summary)
         # a run scored unlike the others says so beside its numbers; the others say nothing of it
         self.assertIn("- **lm_b** is scored over carried streams (a test's words): test perplexity 158.25.", summary)
         self.assertEqual(summary.count(" is scored "), 1)
