@@ -131,9 +131,8 @@ def tables(groups, task, ref=None):
         costs.append(head + [fmt(stats["params"][0], None, 0), fmt(*stats["memory"], digits=0),
                              fmt(*stats["mem_pct"], digits=1), fmt(*stats["train_s"], digits=2),
                              fmt(*stats["valid_s"], digits=2), " / ".join(g.devices())])
-        flat.append(dict(zip(["architecture", "layers", "optimizer", "experiment"], head), seeds=len(g.runs),
-                         epochs=max(epochs), **{f"{k}_{s}": v for k, (mean, std) in stats.items()
-                                                for s, v in (("mean", mean), ("std", std))}))
+        flat.append(dict(zip(results_cols, head), seeds=len(g.runs), epochs=max(epochs),  # the head's four names
+                         **{f"{k}_{s}": v for k, stat in stats.items() for s, v in zip(("mean", "std"), stat)}))
     return (results_cols, results), (cost_cols, costs), flat
 
 
@@ -422,6 +421,7 @@ def report_task(task, groups, out_dir, ref):
     """One study's tables (markdown and CSV), figures and findings: (summary lines, figures, tables)."""
     (rc, results), (cc, costs), flat = tables(groups, task, ref)
     note = f"\n{ref.get('note', '')}\n" if ref and "report" in rc and task == "vit" else ""
+    note += "".join(f"\n{g.name} is scored {g.scoring}.\n" for g in groups if g.scoring)  # unlike the rows around it
     page = f"# {groups[0].title}\n\n## Results\n\n{markdown(rc, results)}{note}\n## Cost\n\n{markdown(cc, costs)}"
     write_file(out_dir / f"summary_{task}.md", page)
     rows = io.StringIO()

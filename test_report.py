@@ -1296,6 +1296,8 @@ class TestPlot(TempDir):
                       "reference) |", table)
         self.assertIn("| 155.00 | 158.25 |", table)
         self.assertIn("| 160.00 | - |", table)
+        self.assertIn("|\n\nlm_b is scored over carried streams (a test's words).\n\n## Cost", table)  # and no other
+        self.assertEqual(table.count(" is scored "), 1)
         self.assertIn(f"{logs / 'lm_d_s1'}: config.json is not as the trainers write it", err.getvalue())
 
     def test_no_run_with_a_finished_epoch_is_exit_1_and_says_so(self):
