@@ -149,6 +149,7 @@ def work(run, sizes, classes):
     the reference's windows, included); FLOPs of a training batch, of an evaluation batch; learnable
     parameters)."""
     cfg, extra = run.cfg, 0
+    limited = lambda b: min(b, cfg.limit_batches or b)  # noqa: E731 - a pass of at most --limit_batches
     with torch.device("meta"):
         model = build_model(run, classes)
     if run.script == "train_vit.py":
@@ -159,16 +160,15 @@ def work(run, sizes, classes):
     else:
         frozen = not model.embedding.weight.requires_grad
         shape = dict(seq_len=cfg.seq_len, v=classes, e=cfg.embedding_size, h=cfg.hidden_size, mlp=cfg.mlp_dim)
-        windows = [math.ceil((n - 1) / cfg.seq_len) for n in sizes]
-        batches = [math.ceil(w / cfg.batch_size) for w in windows]
+        def windowed(n, length):  # batches of a split of n tokens cut into windows of length (targets: n - 1)
+            return math.ceil(math.ceil((n - 1) / length) / cfg.batch_size)
+        batches = [windowed(n, cfg.seq_len) for n in sizes]
         tokens = cfg.batch_size * cfg.seq_len
         per_batch = (lm_train_flops(cfg.model, cfg.layers, frozen, **shape) * tokens,
                      lm_flops(cfg.model, cfg.layers, **shape) * tokens)
-        alike = train_lm.alike_window(cfg)
-        if alike:  # the best-valid model also tested in the reference's windows: counted in seq_len's batches
-            alike_test = math.ceil(math.ceil((sizes[2] - 1) / alike) / cfg.batch_size)
-            extra = min(alike_test, cfg.limit_batches or alike_test) * alike / cfg.seq_len
-    train, valid, test = [min(b, cfg.limit_batches or b) for b in batches]
+        if alike := train_lm.alike_window(cfg):  # the best-valid model tested in the reference's windows too
+            extra = limited(windowed(sizes[2], alike)) * alike / cfg.seq_len  # in seq_len's batches
+    train, valid, test = map(limited, batches)
     evals = 2 if cfg.ema else 1  # the weight average is validated and tested too
     learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return (train, evals * valid, 2 * evals * test + extra), per_batch, learnable

@@ -317,8 +317,8 @@ def findings(groups, task):
                          f"{show(*pv)} vs {show(*post_v)}; test {show(*pt)} vs {show(*post_t)}"
                          + (f"; gap (pre - post) {gap:+.{digits}f}." if gap is not None else "."))
     for g in groups:
-        alike = show(*g.summary_value(f"alike_best_test_{m}"))  # a run scored otherwise is tested so too
-        lines += [f"- **{g.name}** is scored {g.scoring}: test {label} {alike}."] * bool(g.scoring)
+        as_reference = show(*g.summary_value(f"alike_best_test_{m}"))  # a run scored otherwise is tested so too
+        lines += [f"- **{g.name}** is scored {g.scoring}: test {label} {as_reference}."] * bool(g.scoring)
         if g.summary_value(f"ema_best_test_{m}")[0] is not None:
             lines.append(f"- Weight average (EMA) of **{g.name}**: best valid {label} "
                          f"{show(*g.summary_value(f'ema_best_valid_{m}'))} (the model itself: "
