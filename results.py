@@ -144,8 +144,8 @@ def folders_problem(log_dirs, out_dir):
     """Why the report cannot be made from log_dirs into out_dir, or '': a log folder that is missing, a
     file or one run's directory (a typo: never left out in silence), or a report folder that is a
     run's (its files would be mixed with the report's)."""
-    if (out_dir / "config.json").exists() or out_dir.is_file():
-        return f"--out_dir {out_dir} is a {'file' if out_dir.is_file() else 'run directory'}; choose another folder"
+    if (out_dir / "config.json").exists() or out_dir.exists() and not out_dir.is_dir():  # /dev/null, a pipe too
+        return f"--out_dir {out_dir} is a {'run directory' if out_dir.is_dir() else 'file'}; choose another folder"
     for given, folder in zip(log_dirs, map(Path, log_dirs)):
         if not given:  # Path("") is this folder: never read in silence
             return "--log_dir is empty; give a folder (. for this one)"

@@ -1475,6 +1475,11 @@ class TestPlot(TempDir):
         with contextlib.redirect_stderr(err):
             self.assertEqual(plot.main(["--log_dir", str(self.tmp / "logs"), "--out_dir", str(run / "metrics.csv")]), 2)
         self.assertEqual(err.getvalue(), f"error: --out_dir {run / 'metrics.csv'} is a file; choose another folder\n")
+        os.mkfifo(self.tmp / "pipe")  # a file that is neither a folder nor a regular file, as /dev/null
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(plot.main(["--log_dir", str(self.tmp / "logs"), "--out_dir", str(self.tmp / "pipe")]), 2)
+        self.assertEqual(err.getvalue(), f"error: --out_dir {self.tmp / 'pipe'} is a file; choose another folder\n")
 
 
 class TestAgainstTheReport(TempDir):
