@@ -24,7 +24,7 @@ import torch
 import results
 import train_lm
 import train_vit
-from config import parse_config
+from config import REPORT, parse_config
 from data import GPT1_VOCAB_SIZE, IMAGE_EXTENSIONS, TEXT_FILES, TOKEN_FILES, Corpus, ImageData, load_cifar10, \
     load_wikitext, read_tokens_npz, split_train_valid, tokenize
 from engine import Step, run_epoch
@@ -243,7 +243,10 @@ def progress(runs):
     for run in runs:
         log_dir = run.cfg.log_dir
         if log_dir not in previous:
-            previous[log_dir] = {r.path.name: r for r in results.find_runs([log_dir], Path(log_dir) / "report")}
+            report = Path(log_dir) / REPORT  # plot.py's, at the sweep's end: found a file then, after days of runs
+            check(report.is_dir() or not report.exists(), f"{report} is a file, where plot.py writes the sweep's "
+                  f"report folder at its end; move it away, or give another LOG_DIR")
+            previous[log_dir] = {r.path.name: r for r in results.find_runs([log_dir], report)}
         found = previous[log_dir].get(run.exp_id)
         if found is None:
             continue

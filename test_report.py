@@ -273,6 +273,11 @@ class TestSweepList(unittest.TestCase):
             self.assertEqual(code, 2, env)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
             self.assertIn(fragment, err)
+        with tempfile.TemporaryDirectory() as tmp:  # where plot.py writes the report at the end, a file: known at once
+            (Path(tmp) / "report").write_text("notes\n")
+            code, out, err = sweep_here(dict(DRY_RUN="1", LOG_DIR=tmp, ONLY="^vit_L2_sgd$"))
+        self.assertEqual((code, err), (2, f"error: {Path(tmp) / 'report'} is a file, where plot.py writes the sweep's "
+                                          "report folder at its end; move it away, or give another LOG_DIR\n"))
         for argv, advice in ((["QUICK=1"], "given before it: QUICK=1 bash runs.sh"),
                              (["SEEDS=1 2", "QUICK=yes"], "given before it: SEEDS='1 2' QUICK=yes bash runs.sh"),
                              (["--quick"], "given before it: QUICK=1 bash runs.sh (--help lists them)")):
