@@ -243,9 +243,10 @@ def progress(runs):
     for run in runs:
         log_dir = run.cfg.log_dir
         if log_dir not in previous:
-            report = Path(log_dir) / REPORT  # plot.py writes it at the end: a file there is refused now, not days later
-            check(report.is_dir() or not report.exists(), f"{report} is a file, where plot.py writes the sweep's "
-                  f"report folder at its end; move it away, or give another LOG_DIR")
+            report = Path(log_dir) / REPORT  # plot.py writes it at the end: refused now, not days later
+            problem = results.report_problem(report)
+            check(not problem, f"{report} {problem}, where plot.py writes the sweep's report folder at its end; move "
+                  f"it away, or give another LOG_DIR")
             previous[log_dir] = {r.path.name: r for r in results.find_runs([log_dir], report)}
         found = previous[log_dir].get(run.exp_id)
         if found is None:

@@ -140,12 +140,19 @@ def find_runs(log_dirs, out_dir):
     return [read_run(folder) for folder in sorted(folders.values())]
 
 
+def report_problem(out_dir):
+    """Why out_dir cannot hold the report, or '': a file (/dev/null and a pipe too), or a run's directory."""
+    if (out_dir / "config.json").exists():
+        return "is a run directory"
+    return "is a file" if out_dir.exists() and not out_dir.is_dir() else ""
+
+
 def folders_problem(log_dirs, out_dir):
     """Why the report cannot be made from log_dirs into out_dir, or '': a log folder that is missing, a
     file or one run's directory (a typo: never left out in silence), or a report folder that is a
     run's (its files would be mixed with the report's)."""
-    if (out_dir / "config.json").exists() or out_dir.exists() and not out_dir.is_dir():  # /dev/null, a pipe too
-        return f"--out_dir {out_dir} is a {'run directory' if out_dir.is_dir() else 'file'}; choose another folder"
+    if problem := report_problem(out_dir):
+        return f"--out_dir {out_dir} {problem}; choose another folder"
     for given, folder in zip(log_dirs, map(Path, log_dirs)):
         if not given:  # Path("") is this folder: never read in silence
             return "--log_dir is empty; give a folder (. for this one)"

@@ -278,6 +278,12 @@ class TestSweepList(unittest.TestCase):
             code, out, err = sweep_here(dict(DRY_RUN="1", LOG_DIR=tmp, ONLY="^vit_L2_sgd$"))
         self.assertEqual((code, err), (2, f"error: {Path(tmp) / 'report'} is a file, where plot.py writes the sweep's "
                                           "report folder at its end; move it away, or give another LOG_DIR\n"))
+        with tempfile.TemporaryDirectory() as tmp:  # a run's directory there, which plot.py would refuse too
+            (Path(tmp) / "report").mkdir()
+            (Path(tmp) / "report" / "config.json").write_text("{}\n")
+            code, out, err = sweep_here(dict(DRY_RUN="1", LOG_DIR=tmp, ONLY="^vit_L2_sgd$"))
+        self.assertEqual((code, err), (2, f"error: {Path(tmp) / 'report'} is a run directory, where plot.py writes the "
+                                          "sweep's report folder at its end; move it away, or give another LOG_DIR\n"))
         for argv, advice in ((["QUICK=1"], "given before it: QUICK=1 bash runs.sh"),
                              (["SEEDS=1 2", "QUICK=yes"], "given before it: SEEDS='1 2' QUICK=yes bash runs.sh"),
                              (["--quick"], "given before it: QUICK=1 bash runs.sh (--help lists them)")):
