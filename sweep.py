@@ -99,8 +99,7 @@ def flag(name, default="0"):
 
 
 def words(name, default="", kind=str):
-    """A list setting, separated by spaces or commas; integers checked (0 to 2**63 - 1, as the trainers
-    take them)."""
+    """A list setting, separated by spaces or commas; integers from 0 to 2**63 - 1, as the trainers take."""
     items = re.findall(r"[^\s,]+", os.environ.get(name) or default)
     bad = [w for w in items if kind is int and not (re.fullmatch(r"[0-9]+", w) and int(w) < 2 ** 63)]
     check(not bad, f"{name} must be integers from 0 to 2**63 - 1, got '{bad[0] if bad else ''}'")
@@ -142,6 +141,8 @@ def settings():
         raise UserError(f"TRAIN_ARGS is not a line of shell words ({e}): {env('TRAIN_ARGS')}") from None
     for word in train_args:  # argparse takes --flag=value, and a flag's unambiguous start
         name = word.split("=", 1)[0]
+        check(name != "-h" and not (len(name) > 3 and "--help".startswith(name)), "TRAIN_ARGS cannot ask for --help: "
+              "python train_lm.py --help (or train_vit.py) lists the flags it takes")
         own = next((f for f in OWN_FLAGS if len(name) > 3 and f.startswith(name)), None)
         check(own is None, f"TRAIN_ARGS cannot set {own}: its value comes from {OWN_FLAGS.get(own)}")
     s = dict(quick=flag("QUICK"), dry_run=flag("DRY_RUN"), only=env("ONLY", ""), python=env("PYTHON", "python3"),

@@ -264,6 +264,8 @@ class TestSweepList(unittest.TestCase):
                               (dict(TRAIN_ARGS="--compile --epochs 3"), "TRAIN_ARGS cannot set --epochs: its value "
                                "comes from EPOCHS_LM and EPOCHS_VIT"),
                               (dict(TRAIN_ARGS="--see=5"), "TRAIN_ARGS cannot set --seed: its value comes from SEEDS"),
+                              (dict(TRAIN_ARGS="--lr 1e-3 --he"), "TRAIN_ARGS cannot ask for --help: python train_lm.py"),
+                              (dict(TRAIN_ARGS="-h"), "TRAIN_ARGS cannot ask for --help"),
                               (dict(TRAIN_ARGS="--mixup 0.8", ONLY="^lm_lstm_L1_adam$"), "error: train_lm.py "
                                "--optimizer adam: unrecognized arguments: --mixup 0.8"),
                               (dict(TRAIN_ARGS="--bogus", ONLY="bogus"), "unrecognized arguments: --bogus"),
