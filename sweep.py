@@ -213,11 +213,11 @@ def select(s):
         for seed in s["norms_seeds" if group == "norms" else "seeds"]:
             argv, frozen = trainer_argv(s, group, script, flags, seed)
             own = shlex.split(flags) + ["--seed", str(seed)]
-            data = ["--data_folder", argv[argv.index("--data_folder") + 1]]  # what the trainer names runs by
-            data += ["--embeddings", s["embeddings"]] if frozen else []
+            data = ["--data_folder", argv[argv.index("--data_folder") + 1]] + ["--embeddings", s["embeddings"]] * frozen
             names, error = [parse_config(config, own + data).default_exp_id()], None
-            try:
-                names.append(plan.parse_run(f"{script} {flags}", config, own + s["train_args"] + data).default_exp_id())
+            try:  # with the run's epochs, which name nothing but bound --warmup_epochs (QUICK's one: not its name's)
+                full = own + s["train_args"] + data + argv[argv.index("--epochs"):][:2] * (not s["quick"])
+                names.append(plan.parse_run(f"{script} {flags}", config, full).default_exp_id())
             except UserError as e:  # TRAIN_ARGS that this trainer does not take: an error if the run is asked for
                 error = e
             if s["only"] and not any(pattern.search(n) for name in names for n in (name.rsplit("_s", 1)[0], name)):

@@ -181,6 +181,9 @@ class TestSweepList(unittest.TestCase):
         # TRAIN_ARGS name the runs they change, and ONLY finds a configuration by its name without them too
         self.assertEqual(exp_ids(dry_run(TRAIN_ARGS="--lr 0.002", ONLY="^vit_L2_sgd$")), ["vit_L2_sgd_lr0.002_s42"])
         self.assertEqual(exp_ids(dry_run(TRAIN_ARGS="--mixup=0.8", ONLY="^vit_L6_adamw$")), ["vit_L6_adamw_mixup0.8_s42"])
+        # checked at the run's epochs, not the trainer's default: a warmup longer than 10 epochs fits in 50
+        self.assertEqual(exp_ids(dry_run(TRAIN_ARGS="--warmup_epochs 20", ONLY="^vit_L2_sgd$")),
+                         ["vit_L2_sgd_warmup_epochs20_s42"])
         # smoke runs keep their configuration's names (in their own folder)
         self.assertEqual(sorted(exp_ids(dry_run(QUICK="1"))), sorted(exp_ids(dry_run())))
 
@@ -269,6 +272,8 @@ class TestSweepList(unittest.TestCase):
                               (dict(TRAIN_ARGS="--mixup 0.8", ONLY="^lm_lstm_L1_adam$"), "error: train_lm.py "
                                "--optimizer adam: unrecognized arguments: --mixup 0.8"),
                               (dict(TRAIN_ARGS="--bogus", ONLY="bogus"), "unrecognized arguments: --bogus"),
+                              (dict(TRAIN_ARGS="--warmup_epochs 8", EPOCHS_VIT="5", ONLY="^vit_L2_sgd$"),
+                               "--warmup_epochs must be in [0, --epochs], got 8.0 with --epochs 5"),
                               (dict(LOG_DIR=str(HERE / "README.md")), "README.md is a file, not a folder"),
                               (dict(VIT_DATA=str(HERE / "README.md")), "VIT_DATA=")):
             code, _, err = sweep_here(dict(DRY_RUN="1", **env))
