@@ -205,7 +205,7 @@ def select(s):
     """The runs of the settings: RUN_GROUPS, each seed, ONLY (on the configuration's name, with or
     without TRAIN_ARGS, or the run's), then SHARD. Each run's name is the one its trainer gives
     those flags, TRAIN_ARGS and seed."""
-    runs, seen, index, pattern, refused = [], set(), 0, re.compile(s["only"]), None
+    runs, seen, index, pattern, refused = [], {}, 0, re.compile(s["only"]), None
     for group, script, flags in CONFIGS:
         if group not in s["groups"]:
             continue
@@ -226,8 +226,9 @@ def select(s):
             if error:
                 raise error
             if names[-1] in seen:  # TRAIN_ARGS made two configurations one: it runs once, on one shard
+                print(f"warning: TRAIN_ARGS make {names[0]} and {seen[names[-1]]} one run: {names[-1]}", file=sys.stderr)
                 continue
-            seen.add(names[-1])
+            seen[names[-1]] = names[0]
             if index % s["shard"][1] == s["shard"][0]:
                 argv += ["--exp_id", names[-1], "--resume", "--no_progress"]
                 runs.append(Run(names[-1], group, script, argv, plan.parse_run(names[-1], config, argv)))
@@ -421,8 +422,7 @@ def finish(work, runs, s):
     if work.retired:
         print(f"== taken out of the queue after {RETIRE_AFTER} failed runs in a row: "
               f"{', '.join(map(work.worker, work.retired))}", flush=True)
-    left = work.todo.qsize()
-    if left:
+    if left := work.todo.qsize():
         print(f"== not started: {left} run{'s' * (left > 1)}, after {RETIRE_AFTER} failed alike", flush=True)
     if len(work.failed) + left == len(runs) and s["shard"][1] == 1:  # a shard's report is of every shard's runs
         print(f"== every run {'that started ' * bool(left)}failed (logs in {s['log_dir']}/*.log); no report",

@@ -236,6 +236,9 @@ class TestSweepList(unittest.TestCase):
         full = exp_ids(dry_run(**one))
         self.assertEqual(len(full), len(set(full)))
         self.assertEqual(sorted(exp_ids(dry_run(SHARD="0/2", **one)) + exp_ids(dry_run(SHARD="1/2", **one))), sorted(full))
+        code, _, err = sweep_here(dict(DRY_RUN="1", EMBEDDINGS="none", ONLY="^vit_L[24]_adamw$", **one))
+        self.assertEqual((code, err.splitlines()[0]), (0, "warning: TRAIN_ARGS make vit_L4_adamw_s42 and vit_L2_adamw_s42 "
+                                                           "one run: vit_L6_adamw_s42"))  # said, not only counted
 
     def test_the_settings_it_reads_are_those_it_lists(self):  # SETTINGS: --help, and the misspelling warning
         import sweep as sweep_module
