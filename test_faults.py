@@ -340,6 +340,33 @@ class TestTorchrunEnvironment(FaultCase):
         self.assertEqual(len(waits), 1)
         self.assertFalse(self.logs.exists())
 
+    def test_a_stop_signal_once_main_has_failed_is_ignored_not_a_traceback(self):
+        # torchrun's SIGTERM reaches a rank whose collective broke as another rank failed: at any moment after its
+        # main has raised, while it ignores the stop signals or says why, it must not break in with a traceback
+        sent, real, before = [], signal.signal, signal.getsignal(signal.SIGTERM)
+
+        class Broken(utils.UserError):
+            def __str__(self):  # read to say why: a signal now (once: a failing test prints it too)
+                if not sent:
+                    sent.append("said")
+                    signal.raise_signal(signal.SIGTERM)
+                return "the collective broke"
+
+        def failing(argv):
+            raise Broken()
+
+        def late(signum, handler):  # and at the first change of a handler to ignore one after main has raised
+            if handler == signal.SIG_IGN and not sent:
+                sent.append(signum)
+                signal.raise_signal(signal.SIGTERM)
+            return real(signum, handler)
+        with mock.patch.object(utils.signal, "signal", late):
+            try:
+                self.assertEqual(run(utils.cli(failing), []), (2, "", "error: the collective broke\n"))
+            except utils.Stopped:  # a KeyboardInterrupt: it would end the whole test run
+                self.fail("the stop signal broke into the failed main's ending")
+        self.assertEqual((sent, signal.getsignal(signal.SIGTERM)), (["said"], before))  # the caller's handler back
+
 
 class TestDamagedEmbeddings(FaultCase):
     def test_nan_complex_text_and_non_npz_tables_are_refused_before_training(self):

@@ -33,6 +33,7 @@ FIRST_RANK_GRACE_S = 60  # how long another rank failing before the process grou
 # what a collective raises when another process has ended (gloo's words, then NCCL's)
 PEER_GONE = r"(closed|reset) by peer|remote process exited|communicator was aborted"
 OUT_OF_MEMORY = "error: out of memory; try a smaller --batch_size or model"  # a run's size: the sweep goes on
+ENDED = []  # not empty once a CLI's main has ended (cli): a stop signal then is ignored (stop)
 
 
 class UserError(Exception):
@@ -52,11 +53,12 @@ class Stopped(KeyboardInterrupt):
 
 
 def stop(signum, frame):
-    """The handler of both stop signals. A second one while stopping (a clean-up, an exit handler)
-    is ignored: one signal or several leave the same state and print the same line."""
+    """The handler of the stop signals. One while stopping (a clean-up, an exit handler), or once a CLI's
+    main has ended, is ignored: one signal or several leave the same state and print the same line."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-    raise Stopped(signum)
+    if not ENDED:  # else it would break, with a traceback, into the line that says why main ended
+        raise Stopped(signum)
 
 
 def stop_signals():
@@ -86,6 +88,7 @@ def cli(main):
     says so with its rank and leaves at once (os._exit): torchrun then ends the others, which would
     otherwise wait in a collective until its timeout."""
     def wrapped(argv=None):
+        ENDED.clear()
         previous = {s: signal.signal(s, stop) for s in stop_signals()}
         # a character the output's encoding lacks (generated text, a path; an ASCII locale or PYTHONIOENCODING) is
         # written escaped, as stderr writes it, not a traceback
@@ -97,8 +100,7 @@ def cli(main):
                     sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
                 code, message = 0, None
             except BaseException as e:  # ending: a stop signal from now on (torchrun's SIGTERM once another rank
-                for s in STOP_SIGNALS:  # has failed) would break into the line that says why with a traceback
-                    signal.signal(s, signal.SIG_IGN)
+                ENDED.append(True)  # has failed) is ignored: first, so the window before it is a bytecode or two
                 code, message = ending(e)
                 previous = {} if isinstance(e, KeyboardInterrupt) else previous  # an exiting process keeps ignoring
             distributed = dist.is_available() and dist.is_initialized()
@@ -167,8 +169,7 @@ def fetch(url, timeout=60):
 
 
 def reason(error):
-    """Why a download failed, in words: urllib's error wraps the socket's ("Name or service not known");
-    an HTTP error says its code."""
+    """Why a download failed, in words: the socket's, inside urllib's error; an HTTP error's code."""
     why = error if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", None) or error
     return getattr(why, "strerror", None) or (str(why).splitlines() or [""])[0] or type(why).__name__
 
@@ -211,8 +212,7 @@ def cuda_arch_problem(device=None):
 
 
 def get_device(name):
-    """The torch device for --device (auto: CUDA where usable); a GPU this torch has no kernels for
-    is refused in one line."""
+    """The torch device for --device (auto: CUDA where usable); a GPU this torch lacks kernels for: refused."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     elif name.startswith("cuda"):
