@@ -339,7 +339,8 @@ def main(argv=None):
         utils.check(not (data / "train").is_dir() and not (data / "wiki.train.npz").exists(), f"--data {data} is one "
                     f"dataset; give the folder that holds cifar10/ and wikitext2/: --data {data.parent}")
     out = Path(args.json or "").absolute()  # found writable now, not after the measurements
-    utils.check(not args.json or out.parent.is_dir() and os.access(out.parent, os.W_OK) and not out.is_dir(),
+    utils.check(not args.json or not out.is_dir(), f"--json {args.json} is a folder: name a file in it")
+    utils.check(not args.json or out.parent.is_dir() and os.access(out.parent, os.W_OK),
                 f"--json {args.json}: cannot write there")
     device = utils.get_device(args.device)
     precision = utils.choose_precision(args.precision, device)

@@ -508,9 +508,10 @@ class TestClosedOutput(FaultCase):
 class TestBenchOutput(FaultCase):
     def test_a_json_file_it_cannot_write_is_refused_before_measuring_and_none_is_needed(self):
         (self.tmp / "file").write_text("")
-        for where in (self.tmp / "file" / "bench.json", self.tmp, self.tmp / "missing" / "bench.json"):
+        for where, said in ((self.tmp / "file" / "bench.json", "cannot write there"), (self.tmp, "is a folder"),
+                            (self.tmp / "missing" / "bench.json", "cannot write there")):
             proc = cli("bench.py", "--quick", "--only", "augment", "--json", where)
-            self.assert_one_line(proc, 2, "error: ", f"--json {where}: cannot write there")
+            self.assert_one_line(proc, 2, "error: ", f"--json {where}{':' * (said[0] == 'c')} {said}")
             self.assertEqual(proc.stdout, "")  # nothing measured
         proc = cli("bench.py", "--quick", "--only", "augment")  # without --json: the table alone
         self.assertEqual(proc.returncode, 0, proc.stderr)
