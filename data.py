@@ -52,6 +52,7 @@ class Corpus:
     vocab: list = None    # id -> word for word-level text; None for token-id files
     source: str = ""
     sha256: str = ""      # of the vocabulary and every split's tokens: the data's identity, wherever they lie
+    unseen: dict = None   # split -> its words that train.txt lacks, read as <unk> (word-level text)
 
 
 def load_wikitext(folder, device, data_format="auto", download=True):
@@ -181,12 +182,11 @@ def word_index(vocab):
 
 def _load_text_files(folder, device):
     words = {s: tokenize(folder / f) for s, f in TEXT_FILES.items()}
-    vocab = build_vocab(words["train"])
-    index = word_index(vocab)
-    unk = index["<unk>"]
+    index = word_index(vocab := build_vocab(words["train"]))
+    unk, unseen = index["<unk>"], {s: sum(w not in index for w in ws) for s, ws in words.items() if s != "train"}
     splits = {s: torch.tensor([index.get(w, unk) for w in ws], dtype=torch.int64) for s, ws in words.items()}
-    return Corpus({s: t.to(device) for s, t in splits.items()}, len(vocab), vocab,
-                  f"word-level text (train/valid/test.txt) in {folder}", content_sha256(vocab, *splits.values()))
+    return Corpus({s: t.to(device) for s, t in splits.items()}, len(vocab), vocab, "word-level text "
+                  f"(train/valid/test.txt) in {folder}", content_sha256(vocab, *splits.values()), unseen)
 
 
 def content_sha256(*parts):

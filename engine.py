@@ -7,6 +7,7 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
     task.digits          decimals shown (4, 2)     task.unit "images" or "tokens"    task.title   the study's
     task.scoring         None, or how its metric is scored unlike its study's other runs (config.json, the report)
     task.alike           None, or the task scored as its study's reference: the best-valid model is tested there too
+    task.warnings        lines about its data, printed with the settings' warnings once the run may go on
     task.num_batches(split) -> int       task.batch_sizes(split) -> the set of its batches' sizes
     task.batches(split, epoch) -> iterator of batches (device tensors, order seeded by epoch)
     task.loss(model, batch) -> (summed loss: tensor, count: int, correct: tensor)
@@ -261,7 +262,7 @@ def fit(model, task, cfg, run_dir, optimizer, device, precision=FP32, extra_conf
     raw = unwrap(model)  # checkpoints hold the plain model's keys, with or without DDP
     stateful = dict(model=raw, optimizer=optimizer, scheduler=step.scheduler, scaler=step.scaler, ema=step.ema)
     progress = run.resume(stateful)
-    for line in cfg.ignored() if rank() == 0 else ():  # once the run goes on: a refusal stays one line
+    for line in [*cfg.ignored(), *task.warnings] if rank() == 0 else ():  # once it goes on: a refusal stays one line
         print(f"warning: {line}", file=sys.stderr, flush=True)
     compile_seconds = compile_model(model, task, precision) if cfg.compile else None
     run.start(progress, device, step.grad_norms is not None)

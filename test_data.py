@@ -223,6 +223,7 @@ class TestWikitext(TempDir):
         self.assertNotIn("\ufeff", "".join(vocab))
         valid = [vocab[i] for i in corpus.splits["valid"].tolist()]
         self.assertEqual(valid[:5], ["<eos>", "<unk>", "<unk>", "<unk>", "<eos>"])  # "= Heading =" is unseen
+        self.assertEqual(corpus.unseen, {"valid": 3, "test": 0})  # counted: an <unk> in the text itself is not
         self.assertNotIn("=", [vocab[i] for i in corpus.splits["train"].tolist()])
         self.assertEqual(valid.count("<eos>"), 2 + 8)  # one per line
         train_words = sum(len(line.split()) + 1 for line in (folder / "train.txt").read_text().splitlines())

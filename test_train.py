@@ -124,6 +124,18 @@ class CliCase(TempDir):
 
 
 class TestLanguageModelCli(CliCase):
+    def test_words_of_valid_or_test_that_train_lacks_are_counted_in_a_warning(self):
+        data = write_text_files(self.tmp / "text")
+        with open(data / "test.txt", "a") as f:
+            f.write(" the zebra <unk> zebra \n")  # a literal <unk> is a word of the vocabulary, not an unseen one
+        _, out, err = self.lm("--epochs", "1", data=data)
+        valid, test = (int(re.search(rf"{s} ([\d,]+) tokens", out)[1].replace(",", "")) for s in ("valid", "test"))
+        self.assertIn(f"warning: words not in train.txt are read as <unk>: 3 of valid.txt's {valid:,} "
+                      f"({3 / valid:.2%}), 2 of test.txt's {test:,} ({2 / test:.2%})\n", err)
+        (data / "valid.txt").write_text(" the cat sat on the mat \n" * 10)
+        (data / "test.txt").write_text(" the <unk> sat on the log \n" * 10)
+        self.assertNotIn("<unk>", self.lm("--epochs", "1", data=data, exp_id="closed")[2])
+
     def test_every_core_writes_a_complete_run_directory(self):
         for core in ("lstm", "gru", "transformer"):
             with self.subTest(core=core):
@@ -317,6 +329,7 @@ class ScriptedTask:
     valid or test batch (w - target)^2; with target 2, epoch 2 of 3 is the best-validation epoch, not the last."""
     metric, label, maximize, digits, unit, title, scoring, alike = "score", "score", False, 4, "examples", "Scripted", \
         None, None
+    warnings = ()
     num_batches = staticmethod(lambda split: 5)
     batch_sizes = staticmethod(lambda split: {1})
     target = 2.0
@@ -445,7 +458,8 @@ class TestRefusals(CliCase):
         self.assertEqual(re.findall(r"^warning: .*", err, re.M), [
             "warning: --block postnorm changes nothing here: the gru core has no LayerNorm",
             "warning: --num_heads 4 changes nothing here: the gru core has no attention",
-            "warning: --mlp_dim 32 changes nothing here: the gru core has no MLP"])
+            "warning: --mlp_dim 32 changes nothing here: the gru core has no MLP",
+            "warning: words not in train.txt are read as <unk>: 3 of valid.txt's 61 (4.92%)"])  # the fixture's heading
         saved = json.loads(next(run_dir.glob("lm_gru_L1_adamw_*_s42/config.json")).read_text())
         self.assertEqual(saved["naming"]["changed"]["block"], "postnorm")
 

@@ -98,6 +98,7 @@ class TextTask:
     metric, label, maximize, digits, unit = "ppl", "perplexity", False, 2, "tokens"
     title = "Language model (Wikitext-2)"
     scoring = alike = None  # scored as the reference: independent windows (else build() says how, and adds its way)
+    warnings = ()
 
     def __init__(self, corpus, seq_len, batch_size, seed, batching="windows"):
         self.streams = batching == "streams"
@@ -192,6 +193,9 @@ def build(cfg, device):
     log(f"data: {corpus.source}; vocabulary {corpus.vocab_size:,}; "
         + ", ".join(f"{s} {t.numel():,} tokens" for s, t in corpus.splits.items()))
     task = TextTask(corpus, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.batching)
+    if unseen := {s: n for s, n in (corpus.unseen or {}).items() if n}:  # the model scores them all as one word
+        task.warnings = ["words not in train.txt are read as <unk>: " + ", ".join(f"{n:,} of {TEXT_FILES[s]}'s "
+                         f"{corpus.splits[s].numel():,} ({n / corpus.splits[s].numel():.2%})" for s, n in unseen.items())]
     if window := alike_window(cfg):  # said beside its numbers, and scored as the reference too: no comparison unawares
         task.scoring = ("over carried streams (each window starts from the state the one before it left), so its "
                         "perplexity runs a little lower than the same model's in independent windows, the reference's "

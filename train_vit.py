@@ -66,7 +66,7 @@ class ImageTask:
     ones otherwise. A batch is (images, labels, labels_b, lam, count): the loss is
     lam * CE(labels) + (1 - lam) * CE(labels_b), with lam = 1 and labels_b = labels when unmixed."""
     metric, label, maximize, digits, unit = "acc", "accuracy", True, 4, "images"
-    title, scoring, alike = "Vision Transformer (CIFAR-10)", None, None
+    title, scoring, alike, warnings = "Vision Transformer (CIFAR-10)", None, None, ()
 
     def __init__(self, data, batch_size, seed, label_smoothing=0.0, augment="reference", mixup=0.0, cutmix=0.0):
         self.data, self.batch_size, self.seed = data, batch_size, seed
