@@ -6,16 +6,14 @@ skipped when finished and resumed when interrupted, then plot.py. `runs.sh` hand
     DRY_RUN=1 bash runs.sh                # the commands and the plan, in seconds; runs and fetches nothing
     RUN_GROUPS=reference ONLY='^vit_L6' SEEDS="1 2 3" GPUS="0 1" bash runs.sh
 
-Groups: reference (the report's 13 configurations), extras (GRU and Transformer LMs), improved
-(`--recipe improved`: ViT-6 pre- and post-norm, LSTM-1), norms (ViT-6 pre/post-norm with and
-without warmup, with per-layer gradient norms, NORMS_SEEDS each).
+Groups: reference (the report's 13 configurations), extras (GRU and Transformer LMs), improved (`--recipe improved`:
+ViT-6 pre- and post-norm, LSTM-1), norms (ViT-6 pre/post-norm, warmup or none, layer gradient norms; NORMS_SEEDS each).
 
-Its settings are environment variables (SETTINGS, below), given before the command as above: it
-takes no arguments. docs/recipes.md's table says what each does; `settings()` reads and checks
-them. One sweep at a time on a log folder, or the shards of one list. Ctrl-C or SIGTERM (or a
-closed terminal's SIGHUP, unless under nohup) stops every running configuration within seconds; the
-same command resumes. A failing run does not stop the others: the failures are listed at the end,
-with the line each one said, exit code 1. Only when RETIRE_AFTER runs in a row fail with the same
+Its settings are environment variables (SETTINGS, below), given before the command as above: it takes no arguments.
+docs/recipes.md's table says what each does; `settings()` reads and checks them. One sweep at a time on a log folder,
+or the shards of one list. Ctrl-C or SIGTERM (or a closed terminal's SIGHUP, unless under nohup) stops every running
+configuration within seconds; the same command resumes. A failing run does not stop the others: the failures are
+listed at the end, with the line each one said, exit code 1. Only when RETIRE_AFTER runs in a row fail with the same
 line (a setting every run shares, such as --compile without a compiler) do no more runs start.
 """
 import contextlib
@@ -132,8 +130,7 @@ def settings():
     def env(name, default=""):
         return os.environ.get(name) or default
     for name in sorted(set(os.environ) - set(SETTINGS)):  # RUN_GROUP=reference: every group, silently
-        near = difflib.get_close_matches(name.upper(), SETTINGS, 1, 0.8)
-        if near:
+        if near := difflib.get_close_matches(name.upper(), SETTINGS, 1, 0.8):
             print(f"warning: {name} is not a setting of the sweep, and is ignored: {near[0]}?", file=sys.stderr)
     try:
         train_args = shlex.split(env("TRAIN_ARGS", ""))
@@ -173,6 +170,9 @@ def settings():
         re.compile(s["only"])
     except re.error as e:
         raise UserError(f"ONLY is not a valid regular expression: '{s['only']}' ({e})") from None
+    if re.search(r"[\w-]\*", s["only"]):  # a glob's habit: 'vit_L6*' reads as vit_L and any number of 6s
+        print(f"warning: ONLY='{s['only']}' is a regular expression, in which '*' repeats the character before it "
+              f"('.*' is any text)", file=sys.stderr)
     shard = re.fullmatch(r"(\d+)/(\d+)", env("SHARD", "0/1"))
     check(shard and int(shard[1]) < int(shard[2]), f"SHARD must be i/N with 0 <= i < N, got '{env('SHARD')}'")
     s["shard"] = int(shard[1]), int(shard[2])

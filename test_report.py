@@ -253,6 +253,14 @@ class TestSweepList(unittest.TestCase):
         theirs = {"CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}  # torch's
         self.assertEqual(read - theirs, set(sweep_module.SETTINGS))
 
+    def test_a_glob_in_only_is_run_as_the_regular_expression_it_is_with_a_warning(self):
+        for only, runs, said in (("vit_L6*", 21, True), ("^vit_L6.*", 16, False), ("vit_L[26]*_sgd", 1, False)):
+            code, out, err = sweep_here(dict(DRY_RUN="1", EMBEDDINGS="none", RUN_GROUPS="reference improved norms",
+                                             ONLY=only))  # a glob's '*' selects vit_L2 too: run, but said
+            self.assertEqual((code, out.count(" --exp_id ")), (0, runs), err)
+            self.assertEqual(f"warning: ONLY='{only}' is a regular expression, in which '*' repeats the character "
+                             f"before it ('.*' is any text)\n" in err, said, err)
+
     def test_bad_settings_are_refused(self):
         for env, fragment in ((dict(SHARD="3/3"), "SHARD"), (dict(ONLY="nothing-matches"), "no configuration"),
                               (dict(RUN_GROUPS="reference bogus"), "unknown group 'bogus'"),
