@@ -375,12 +375,13 @@ class TestDamagedEmbeddings(FaultCase):
         table[7, 3] = np.nan
         cases = {"nan": (table, "NaN or infinite values", "row 7"), "complex": (table.astype(np.complex64), "complex64"),
                  "text": (np.full((50, 16), "x"), "<U1"), "bytes": (b"x", "not a readable .npz file", "not NumPy data"),
-                 "missing": (None, "does not exist"), "folder": ("folder", "is a folder, not a file")}
+                 "missing": (None, "does not exist"), "folder": ("folder", "is a folder, not a file"),
+                 "pipe": ("pipe", "is not a file (a pipe or a device?)")}  # never read: it would block, or twice
         for name, (values, *fragments) in cases.items():
             with self.subTest(name):
                 path = self.tmp / f"{name}.npz"
                 if isinstance(values, str):
-                    path.mkdir()
+                    path.mkdir() if values == "folder" else os.mkfifo(path)
                 elif values is not None:
                     path.write_bytes(values) if isinstance(values, bytes) else np.savez(path, tokens=values)
                 proc = here(train_lm.main, "--data_folder", data, "--log_dir", self.logs, "--exp_id", name, *LM_TINY,

@@ -14,6 +14,7 @@ are downloaded (else the text).
 import dataclasses
 import hashlib
 import math
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,9 @@ def file_sha256(path):
 
 
 def load_embeddings(path, vocab_size, width):
+    kind = Path(path).stat().st_mode if Path(path).exists() else None  # a pipe would be read twice (its checksum)
+    check(kind is None or stat.S_ISREG(kind) or stat.S_ISDIR(kind), f"embeddings {path} is not a file (a pipe or a "
+          f"device?): give the table as a .npy or .npz file")
     table, _ = read_tokens_npz(path)
     check(table.dtype.kind in "fiu", f"embeddings {path} hold {table.dtype} values; they must be real numbers")
     check(table.shape == (vocab_size, width),
