@@ -75,10 +75,17 @@ def read_rows(path, m, problems):
         try:
             if None in row or None in row.values():
                 raise ValueError("wrong number of fields")
-            rows.append({k: float(v) for k, v in row.items()})
+            rows.append({k: number(k, v) for k, v in row.items()})
         except ValueError as e:
             problems.append(f"metrics.csv line {i} skipped ({e})")
     return rows
+
+
+def number(column, text):
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{column} is {text[:40]!r}, not a number") from None
 
 
 def read_json(path, problems):
