@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from report import DamagedReference, compare, load_reference, markdown, reference_config, table_cells, write_file, \
-    write_html
+from report import DamagedReference, compare, fmt, load_reference, markdown, reference_config, table_cells, \
+    write_file, write_html
 from results import find_runs, folders_problem, group_key, one_per_seed
 
 
@@ -30,15 +30,6 @@ def mean_std(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     std = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return (float(np.mean(values)), std) if values else (None, None)
-
-
-def fmt(mean, std=None, digits=4):
-    """A table cell: the mean ± std, each to digits, whole past 1e5, in 3 figures past 1e15 (the
-    perplexity of a diverged run; inf beyond float range)."""
-    def number(v):
-        return f"{v:,.{digits}f}" if abs(v) < 1e5 else f"{v:,.0f}" if abs(v) < 1e15 else f"{v:.3g}"
-    text = "-" if mean is None else number(mean)
-    return text if std is None or mean is None or not math.isfinite(std) else f"{text} ± {number(std)}"
 
 
 class Group:
@@ -352,16 +343,23 @@ def main(argv=None):
         print(f"error: {problem or 'no run directories (with config.json) under ' + ', '.join(args.log_dir)}",
               file=sys.stderr)
         return 2
+    said = None
     try:
         ref = load_reference()
         out_dir.mkdir(parents=True, exist_ok=True)
-        return write_report(runs, args.log_dir, out_dir, ref)
+        code, said = write_report(runs, args.log_dir, out_dir, ref)
+        print("".join(f"{line}\n" for line in said), end="", flush=True)  # a closed stdout now loses nothing
+        return code
     except DamagedReference as e:
         print(f"error: {e}", file=sys.stderr)
     except BrokenPipeError:  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 128 + signal.SIGPIPE
     except OSError as e:  # a folder that cannot be written, a full disk: what was there stays whole
+        if said is not None:  # the report is whole: what failed is the standard output (a full disk under `>`)
+            print(f"error: cannot write the standard output: {e.strerror or e} (the report is in {out_dir})",
+                  file=sys.stderr)
+            return 2
         free = shutil.disk_usage(next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())).free
         print(f"error: cannot write the report in {out_dir}: {e.strerror or e} ({free / 2 ** 20:,.1f} MB free "
               f"there); choose another folder with --out_dir", file=sys.stderr)
@@ -369,7 +367,7 @@ def main(argv=None):
 
 
 def write_report(runs, log_dirs, out_dir, ref):
-    """Every study's tables, figures and findings, summary.md and index.html; the exit code."""
+    """Every study's tables, figures and findings, summary.md and index.html; (the exit code, the lines to print)."""
     opening, body, figures, pages, every, said = [], [], [], [], [], []
     for task in sorted({r.task for r in runs if r.rows}):
         mine, by_key = [r for r in runs if r.task == task and r.rows], {}
@@ -401,8 +399,7 @@ def write_report(runs, log_dirs, out_dir, ref):
                + (["## Missing or damaged", ""] + [f"- {p}" for p in problems] + [""]) * bool(problems))
     write_file(out_dir / "summary.md", "\n".join(summary))
     write_html(out_dir, ["\n".join(summary)] + pages, figures, banner)
-    print("".join(f"{line}\n" for line in said), end="", flush=True)  # once it is whole: a closed stdout loses nothing
-    return 0 if any(r.rows for r in runs) else 1
+    return (0 if any(r.rows for r in runs) else 1), said
 
 
 def label(key, keys):

@@ -12,6 +12,7 @@ in reference.json).
 import base64
 import html
 import json
+import math
 import os
 import re
 import sys
@@ -183,6 +184,15 @@ def table_cells(group, ref):
     compared = value is not None and not group.smoke  # a smoke run is no result to set against the report's
     diff = f"{value - theirs:+,.{digits}f}" + (" (not comparable)" if why else "") if compared else ""  # see summary.md
     return [f"{theirs:,.{digits}f} ({what})", diff]
+
+
+def fmt(mean, std=None, digits=4):
+    """A table cell: the mean ± std, each to digits, whole past 1e5, in 3 figures past 1e15 (the
+    perplexity of a diverged run; inf beyond float range)."""
+    def number(v):
+        return f"{v:,.{digits}f}" if abs(v) < 1e5 else f"{v:,.0f}" if abs(v) < 1e15 else f"{v:.3g}"
+    text = "-" if mean is None else number(mean)
+    return text if std is None or mean is None or not math.isfinite(std) else f"{text} ± {number(std)}"
 
 
 def markdown(columns, rows):

@@ -102,6 +102,17 @@ class TestFullDisk(FaultCase):
         blocked = cli("plot.py", "--log_dir", self.logs, "--out_dir", self.tmp / "a_file" / "report")
         self.assert_one_line(blocked, 2, "error: cannot write the report in ", "--out_dir")
 
+    @unittest.skipUnless(Path("/dev/full").exists(), "needs /dev/full, a device every write to fails as a full disk")
+    def test_a_full_standard_output_is_named_as_such_and_the_report_is_whole(self):
+        self.assertEqual(self.vit("run", "--epochs", "1").returncode, 0)
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "plot.py", "--log_dir", self.logs], cwd=HERE, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+        self.assert_one_line(proc, 2, "error: cannot write the standard output: No space left on device",
+                             f"(the report is in {self.logs / 'report'})")
+        summary = (self.logs / "report" / "summary.md").read_text()
+        self.assertIn("Best generalisation, selected on validation: **run**", summary)
+
 
 class TestSignals(FaultCase):
     def test_sigterm_in_the_first_epoch_leaves_no_directory_and_the_same_command_runs(self):
