@@ -150,7 +150,8 @@ def settings():
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):
         folder = Path(s[name.lower()])
-        check(folder.is_dir() or not folder.exists(), f"{name}={folder} is a file, not a folder")
+        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)  # or under one
+        check(file is None, f"{name}={folder}" + f": {file}" * (file != folder) + " is a file, not a folder")
     for name in ("EPOCHS_LM", "EPOCHS_VIT"):
         value = env(name, "10" if name == "EPOCHS_LM" else "50")
         check(re.fullmatch(r"[0-9]+", value) and 0 < int(value) < 2 ** 63, f"{name} must be a positive integer, got "
@@ -382,8 +383,7 @@ def main(argv=None):
         return plan.plan(runs, s["gpus"], dry_run=True)
     with folder_lock(s):
         plan.plan(runs, s["gpus"], dry_run=False)  # checks the device and the data (fetching them) first
-        work = Sweep(runs, s)
-        stopped = work.execute()
+        stopped = (work := Sweep(runs, s)).execute()
     if stopped is not None:
         if stopped != signal.SIGPIPE:  # a closed output (| head) ends it quietly
             print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",

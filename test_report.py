@@ -286,7 +286,9 @@ class TestSweepList(unittest.TestCase):
                               (dict(TRAIN_ARGS="--warmup_epochs 8", EPOCHS_VIT="5", ONLY="^vit_L2_sgd$"),
                                "--warmup_epochs must be in [0, --epochs], got 8.0 with --epochs 5"),
                               (dict(LOG_DIR=str(HERE / "README.md")), "README.md is a file, not a folder"),
-                              (dict(VIT_DATA=str(HERE / "README.md")), "VIT_DATA=")):
+                              (dict(VIT_DATA=str(HERE / "README.md")), "VIT_DATA="),
+                              (dict(LOG_DIR=str(HERE / "README.md" / "logs")), f"LOG_DIR={HERE / 'README.md' / 'logs'}: "
+                               f"{HERE / 'README.md'} is a file, not a folder")):
             code, _, err = sweep_here(dict(DRY_RUN="1", **env))
             self.assertEqual(code, 2, env)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
