@@ -59,7 +59,8 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     """The reference's token files (GPT-1 ids) or word-level text, whichever `data_format` asks for
     (auto: token files first). What is missing is downloaded: the token files, else (auto) the text."""
     folder = Path(folder)
-    check(not folder.exists() or folder.is_dir(), f"{folder} is a file, not the data's folder")
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)  # or under one
+    check(file is None, f"{folder}" + f": {file}" * (file != folder) + " is a file, not the data's folder")
     files = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
     load = {"tokens": _load_token_files, "words": _load_text_files}
     wanted = ["tokens", "words"] if data_format == "auto" else [data_format]
@@ -294,7 +295,8 @@ def load_cifar10(folder, device, download=True):
     """An ImageFolder tree (train/<class>/*, test/<class>/*) if the folder holds one, else
     torchvision's CIFAR-10 (downloaded when missing). Returns train/valid/test on the device."""
     folder = Path(folder)
-    check(not folder.exists() or folder.is_dir(), f"{folder} is a file, not the data's folder")
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)  # or under one
+    check(file is None, f"{folder}" + f": {file}" * (file != folder) + " is a file, not the data's folder")
     tree = [(folder / split).is_dir() for split in ("train", "test")]  # one alone: a tree half made, never CIFAR-10
     if all(tree) or any(tree) and not (folder / "cifar-10-batches-py").is_dir():
         (train_x, train_y, test_x, test_y), classes = _load_image_folder(folder)
@@ -328,11 +330,9 @@ def _load_torchvision_cifar(folder, download):
             train = torchvision.datasets.CIFAR10(folder, train=True, download=download)
             test = torchvision.datasets.CIFAR10(folder, train=False, download=False)
     except Exception as e:  # noqa: BLE001 - network, integrity and format errors alike
-        if ours:
-            lock.unlink(missing_ok=True)
-        for p in made:  # a failed download leaves no empty folder behind
+        for p in [lock] * ours + made:  # a failed download leaves neither its lock nor an empty folder behind
             with contextlib.suppress(OSError):
-                p.rmdir()
+                p.unlink() if p == lock else p.rmdir()
         batches = folder / "cifar-10-batches-py"
         found = (f"{batches} fails torchvision's checksums (incomplete or damaged)" if batches.is_dir()
                  else f"CIFAR-10 not found in {folder}")

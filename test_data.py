@@ -2,6 +2,7 @@
 trees, torchvision's pickled CIFAR-10 batches). The fixture writers are shared with test_train.py."""
 import hashlib
 import io
+import itertools
 import math
 import os
 import pickle
@@ -467,12 +468,13 @@ class TestCifar(TempDir):
         self.assertEqual(sorted(loaded), [0, 1])
         self.assertEqual(loaded[0].sha256, loaded[1].sha256)
 
-    def test_a_file_given_as_the_data_folder_is_named_before_any_download(self):
+    def test_a_file_given_as_the_data_folder_or_above_it_is_named_before_any_download(self):
         (self.tmp / "file").write_text("")
-        for load in (load_cifar10, load_wikitext):
+        for load, folder in itertools.product((load_cifar10, load_wikitext), ("file", "file/cifar10/train")):
+            said = f"{self.tmp / folder}: {self.tmp / 'file'}" if "/" in folder else f"{self.tmp / 'file'}"
             with mock.patch("urllib.request.urlopen") as fetch, self.assertRaisesRegex(
-                    UserError, f"^{self.tmp / 'file'} is a file, not the data's folder$"):
-                load(self.tmp / "file", CPU)
+                    UserError, f"^{re.escape(said)} is a file, not the data's folder$"):
+                load(self.tmp / folder, CPU)
             fetch.assert_not_called()
 
     def test_the_folder_above_the_data_is_named_with_the_one_to_give_before_any_download(self):
