@@ -122,8 +122,9 @@ def read_tokens_npz(path):
                 return loaded, {}
             with loaded as d:
                 arrays = {k: d[k] for k in d.files}
-    except (FileNotFoundError, IsADirectoryError):
-        raise UserError(f"{path} {'is a folder, not a file' if Path(path).is_dir() else 'does not exist'}") from None
+    except OSError as e:  # missing, a folder, or refused (its permissions, a file above it, a failing disk)
+        said = "does not exist" if isinstance(e, FileNotFoundError) else f"cannot be read: {e.strerror or e}"
+        raise UserError(f"{path} {'is a folder, not a file' if Path(path).is_dir() else said}") from None
     except Exception as e:  # noqa: BLE001 - zip, pickle and format errors all mean a bad file
         pickled = isinstance(e, ValueError) and "pickled" in str(e)  # in numpy 1's words and 2's
         raise UserError(f"{path} is not a readable {'.npy' if Path(path).suffix == '.npy' else '.npz'} file (truncated "
@@ -135,8 +136,7 @@ def read_tokens_npz(path):
 def _load_token_files(folder, device):
     arrays, stated = {}, {}  # stated: the files' own vocab_size, where they give one
     for split, name in TOKEN_FILES.items():
-        path = folder / name
-        arrays[split], rest = read_tokens_npz(path)
+        arrays[split], rest = read_tokens_npz(path := folder / name)
         try:
             stated.update({name: operator.index(rest["vocab_size"].item())} if "vocab_size" in rest else {})
         except (TypeError, ValueError):  # a fraction, a string, several numbers

@@ -213,6 +213,10 @@ class TestWikitext(TempDir):
                 self.assertIn("wiki.test.npz", str(ctx.exception))
                 self.assertIn(said, str(ctx.exception))
                 self.assertNotIn("\n", str(ctx.exception))
+        (self.tmp / "file").write_text("")  # refused by the system, not damaged: its words, not a guess
+        with self.assertRaisesRegex(UserError, f"^{re.escape(str(self.tmp / 'file' / 'x.npz'))} cannot be read: "
+                                               "Not a directory$"):
+            data.read_tokens_npz(self.tmp / "file" / "x.npz")
 
     def test_word_level_text(self):
         folder = write_text_files(self.tmp / "txt")
