@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from augment import to_device
 from rundir import advisory_lock, atomic_bytes, atomic_write
-from utils import UserError, check, fetch, reason
+from utils import UserError, check, fetch, first_line, reason
 
 # ------------------------------------------------------------------------------------ Wikitext-2
 
@@ -400,8 +400,7 @@ def _load_image_folder(folder):
             continue
     train_x, test_x = _decode(train_files), _decode(test_files)
     check(train_x.shape[1:] == test_x.shape[1:], f"train and test images differ in size in {folder}")
-    train_y = torch.tensor([label for _, label in train_files])
-    test_y = torch.tensor([label for _, label in test_files])
+    train_y, test_y = (torch.tensor([label for _, label in files]) for files in (train_files, test_files))
     arrays = (train_x, train_y, test_x, test_y)
     for path in _cache_paths(folder):  # beside the data, else in the user's cache; never fatal
         if _save_cache(path, fingerprint, arrays):
@@ -443,7 +442,8 @@ def _decode(files):
                 deep = im.mode in ("I", "F") or im.mode.startswith("I;")  # PIL would clip them to 8 bits
                 images.append(None if deep else np.asarray(im.convert("RGB")))
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot decode image {p}: {str(e).splitlines()[0]}") from None
+            why = getattr(e, "strerror", None)  # the system refused it (its permissions): not a damaged image
+            raise UserError(f"cannot {'read' if why else 'decode'} image {p}: {why or first_line(e)}") from None
         check(not deep, f"{p} has more than 8 bits per channel (mode {im.mode}); convert the images to 8-bit first")
     shapes = {im.shape for im in images}
     check(len(shapes) == 1, f"images in {files[0][0].parent.parent} differ in size: {sorted(shapes)[:3]}")

@@ -323,6 +323,18 @@ class TestCifar(TempDir):
         everything = {bytes(im.numpy()) for im in torch.cat([train, valid])}
         self.assertEqual(len(everything), 36)
 
+    def test_an_image_is_named_as_damaged_or_as_refused_by_the_system(self):
+        from PIL import Image
+        folder, _ = write_image_folder(self.tmp / "cifar")
+        image = sorted((folder / "train" / CLASSES[0]).iterdir())[0]
+        image.write_bytes(image.read_bytes()[:60])
+        with self.assertRaisesRegex(UserError, f"^cannot decode image {re.escape(str(image))}: "):
+            load_cifar10(folder, CPU)
+        refused = PermissionError(13, "Permission denied")
+        with mock.patch.object(Image, "open", side_effect=refused), self.assertRaisesRegex(
+                UserError, f"^cannot read image {re.escape(str(image))}: Permission denied$"):
+            load_cifar10(folder, CPU)
+
     def test_split_is_fixed_and_disjoint_at_full_size(self):
         a_train, a_valid = split_train_valid(50_000)
         b_train, _ = split_train_valid(50_000)
