@@ -937,8 +937,8 @@ class TestPlan(TempDir):
         code, out, err = sweep_here(dict(PYTHON=sys.executable, LOG_DIR=str(self.tmp / "file" / "logs"),
                                          DEVICE="cpu", ONLY="^vit_L2_adam$", VIT_DATA=str(self.tmp / "none")))
         self.assertEqual(code, 2, out + err)
-        self.assertEqual(err.strip(), f"error: cannot write LOG_DIR={self.tmp / 'file' / 'logs'}: {self.tmp / 'file'} is a "
-                                      f"file, not a folder")
+        self.assertEqual(err.strip(), f"error: LOG_DIR={self.tmp / 'file' / 'logs'}: {self.tmp / 'file'} is a file, not a "
+                                      f"folder")
         self.assertNotIn("== checking", out)
 
     def test_gpt1s_embeddings_on_word_level_text_stop_the_sweep_before_any_run(self):
