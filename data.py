@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from augment import to_device
 from rundir import advisory_lock, atomic_bytes, atomic_write
-from utils import UserError, check, fetch, first_line, reason
+from utils import UserError, check, fetch, file_in_the_way, first_line, reason
 
 # ------------------------------------------------------------------------------------ Wikitext-2
 
@@ -59,7 +59,7 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     """The reference's token files (GPT-1 ids) or word-level text, whichever `data_format` asks for
     (auto: token files first). What is missing is downloaded: the token files, else (auto) the text."""
     folder = Path(folder)
-    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)  # or under one
+    file = file_in_the_way(folder)
     check(file is None, f"{folder}" + f": {file}" * (file != folder) + " is a file, not the data's folder")
     files = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
     load = {"tokens": _load_token_files, "words": _load_text_files}
@@ -295,7 +295,7 @@ def load_cifar10(folder, device, download=True):
     """An ImageFolder tree (train/<class>/*, test/<class>/*) if the folder holds one, else
     torchvision's CIFAR-10 (downloaded when missing). Returns train/valid/test on the device."""
     folder = Path(folder)
-    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)  # or under one
+    file = file_in_the_way(folder)
     check(file is None, f"{folder}" + f": {file}" * (file != folder) + " is a file, not the data's folder")
     tree = [(folder / split).is_dir() for split in ("train", "test")]  # one alone: a tree half made, never CIFAR-10
     if all(tree) or any(tree) and not (folder / "cifar-10-batches-py").is_dir():

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils import STOP_SIGNALS, UserError, barrier, check, device_name, first_line, free_space, log, rank, world_size
+from utils import STOP_SIGNALS, UserError, barrier, check, device_name, file_in_the_way, first_line, free_space, log, \
+    rank, world_size
 
 
 @contextlib.contextmanager
@@ -179,8 +180,7 @@ def advisory_lock(path, busy, what, shared=False, wait=False):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        file = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)  # /dev/null, a CSV
-        why = f"{file} is a file, not a folder" if file else e.strerror or str(e)
+        why = f"{file} is a file, not a folder" if (file := file_in_the_way(Path(path).parent)) else e.strerror or e
         raise UserError(f"cannot write {what}: {why}") from None
     try:
         try:

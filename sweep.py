@@ -33,7 +33,8 @@ from pathlib import Path
 import plan
 from config import parse_config
 from rundir import advisory_lock
-from utils import OUT_OF_MEMORY, STOP_SIGNALS, STOP_WORDS, UserError, check, cli, first_line, launch, stop_signals
+from utils import OUT_OF_MEMORY, STOP_SIGNALS, STOP_WORDS, UserError, check, cli, file_in_the_way, first_line, \
+    launch, stop_signals
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("QUICK", "DRY_RUN", "RUN_GROUPS", "SEEDS", "NORMS_SEEDS", "ONLY", "EPOCHS_LM", "EPOCHS_VIT", "DEVICE",
@@ -150,7 +151,7 @@ def settings():
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):
         folder = Path(s[name.lower()])
-        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)  # or under one
+        file = file_in_the_way(folder)
         check(file is None, f"{name}={folder}" + f": {file}" * (file != folder) + " is a file, not a folder")
     for name in ("EPOCHS_LM", "EPOCHS_VIT"):
         value = env(name, "10" if name == "EPOCHS_LM" else "50")
@@ -425,8 +426,7 @@ def finish(work, runs, s):
     if left := work.todo.qsize():
         print(f"== not started: {left} run{'s' * (left > 1)}, after {RETIRE_AFTER} failed alike", flush=True)
     if len(work.failed) + left == len(runs) and s["shard"][1] == 1:  # a shard's report is of every shard's runs
-        print(f"== every run {'that started ' * bool(left)}failed (logs in {s['log_dir']}/*.log); no report",
-              flush=True)
+        print(f"== every run {'that started ' * bool(left)}failed (logs in {s['log_dir']}/*.log); no report", flush=True)
         return 1
     drawn = False
     with contextlib.ExitStack() as held:

@@ -77,6 +77,10 @@ def check_folder(path, flag, if_file="is a file, not a folder"):
     check(Path(path).is_dir(), f"{flag} {path} " + (if_file if Path(path).exists() else "does not exist"))
 
 
+def file_in_the_way(path):  # the file that path is, or lies under (no folder can be made there), or None
+    return next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+
+
 def first_line(exc):  # an exception as one short line, even when its message is empty
     lines = str(exc).strip().splitlines()
     return (lines[0][:1500] if lines else "") or type(exc).__name__
@@ -301,9 +305,8 @@ def peak_memory(device):
 
 
 def check_fits(make, layers, device):
-    """Refuse, before it is built, a model whose weights alone exceed the device's memory (a typo in
-    --layers would otherwise build for minutes until the system kills it): its size from `make(n)`,
-    n layers, counted on the meta device for one and two layers, since its layers are alike."""
+    """Refuse, before it is built for minutes, a model whose weights alone exceed the device's memory (a typo
+    in --layers): its size from `make(n)`, n layers, counted on the meta device for 1 and 2 alike layers."""
     advice = "check --layers and the widths"
     try:
         with torch.device("meta"), warnings.catch_warnings():
@@ -415,12 +418,6 @@ def shard(batch):
 
 # ----------------------------------------------------------------------------------------- seeding
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)  # every device
-
-
 def epoch_seed(seed, epoch, purpose):
     return ((seed * 1_000_003 + epoch) * 4_294_967_311 + zlib.crc32(purpose.encode())) % 2 ** 63
 
@@ -446,5 +443,7 @@ def setup(cfg):
         print(f"warning: training on the CPU, since CUDA is not usable ({cuda_unusable_reason()}); a full run "
               f"takes hours to days there (--device cpu silences this)", file=sys.stderr, flush=True)
     precision = choose_precision(cfg.precision, device)
-    seed_everything(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2 ** 32)
+    torch.manual_seed(cfg.seed)  # every device
     return device, precision
