@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from augment import to_device
 from rundir import advisory_lock, atomic_bytes, atomic_write
-from utils import UserError, check, fetch, file_in_the_way, first_line, reason
+from utils import UserError, check, fetch, file_in_the_way, first_line, log, reason
 
 # ------------------------------------------------------------------------------------ Wikitext-2
 
@@ -108,7 +108,7 @@ def download_token_files(folder):
             raise OSError(f"{TOKEN_URL + name}: sha256 {got} is not the pinned {digest}")
     for name, content in contents.items():
         atomic_bytes(Path(folder) / name, content)
-    print(f"data: downloaded the reference's token files from {TOKEN_URL} into {folder}")
+    log(f"data: downloaded the reference's token files from {TOKEN_URL} into {folder}")
 
 
 def read_tokens_npz(path):
@@ -221,7 +221,7 @@ def download_wikitext(folder):
             raise OSError(f"{url}: not the Wikitext-2 archive ({e})") from None
         for split, content in members.items():
             atomic_bytes(folder / TEXT_FILES[split], content)
-        print(f"data: downloaded Wikitext-2 from {url} into {folder}")
+        log(f"data: downloaded Wikitext-2 from {url} into {folder}")
         return
     raise OSError("; ".join(errors))
 

@@ -303,9 +303,9 @@ def log_epoch(row, task, epochs):
     ema = f"ema {m} {shown(row[f'ema_valid_{m}'], d)}  " if f"ema_valid_{m}" in row else ""
     n = row.get("skipped_steps")
     skipped = f"{n} step{'s' * (n != 1)} skipped by the fp16 scaler  " if n else ""
-    print(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(row[f'train_{m}'], d)}  "
+    log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(row[f'train_{m}'], d)}  "
           f"valid loss {row['valid_loss']:.4f} {m} {shown(row[f'valid_{m}'], d)}  {ema}{skipped}"
-          f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)", flush=True)
+          f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)")
 
 
 def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
@@ -334,7 +334,7 @@ def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
                                            f"(epoch {progress.best_ema['epoch']}) "
                                            f"{shown(ema_tests[f'ema_best_test_{m}'], d)}")
         as_reference = f" (scored as the reference: {shown(alike[f'alike_best_test_{m}'], d)})" if alike else ""
-        print(f"test {m}: final {shown(final['metric'], d)}, best-valid model (epoch {progress.best['epoch']}) "
+        log(f"test {m}: final {shown(final['metric'], d)}, best-valid model (epoch {progress.best['epoch']}) "
               f"{shown(best['metric'], d)}{as_reference}{with_ema}; logs in {run.path}")
     return dict(
         params_total=sum(p.numel() for p in raw.parameters()),

@@ -22,7 +22,7 @@ from data import word_index
 from gpt1 import Vocabulary
 from rundir import load_torch, load_trained
 from train_lm import MODEL_ARGS, Config, build_model, embeddings_path, file_sha256, load_embeddings
-from utils import UserError, check, check_folder, cli, first_line
+from utils import UserError, check, check_folder, cli, first_line, write_stdout
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -171,11 +171,12 @@ def main(argv=None):
     out = drawn + sample(model, ids or drawn, args.words - len(drawn), args.temperature, args.top_k, generator,
                          config["model_args"]["seq_len"])  # no prompt: a token drawn with the seed starts the sample
     if bpe is not None:  # the prompt, then its continuation
-        print(bpe.decode(ids + out))
+        text = bpe.decode(ids + out)
     elif vocab is None:
-        print(" ".join(map(str, out)))
+        text = " ".join(map(str, out))
     else:
-        print(decode(ids + out, vocab) if args.prompt.strip() else decode(out, vocab))
+        text = decode(ids + out, vocab) if args.prompt.strip() else decode(out, vocab)
+    write_stdout(text + "\n")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def read_rows(path, m, problems):
 
 def number(column, text):
     try:
+        if "_" in text or not text.isascii():  # float() reads "1_0" and other scripts' digits too; no CSV here has them
+            raise ValueError
         return float(text)
     except ValueError:
         raise ValueError(f"{column} is {text[:40]!r}, not a number") from None

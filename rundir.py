@@ -104,7 +104,8 @@ def load_torch(path):
     except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be trusted
         # torch's safe loader, refusing a file, first advises loading it unsafely, then says why: only why is quoted
         refused = str(e).partition("WeightsUnpickler error:")[2] or str(e).partition("trusted source.")[2]
-        raise UserError(f"cannot load {path}: {first_line(refused or e).split('. ')[0].rstrip('.')[:200]}"
+        why = first_line(refused or getattr(e, "strerror", 0) or e).split(". ")[0].rstrip(".")[:200]
+        raise UserError(f"cannot load {path}: {why}"
                         + " (refused by torch's safe loader: not a file of this project)" * bool(refused)) from None
 
 
@@ -361,12 +362,12 @@ class RunDir:
         epochs done by its end (a run requeued onto another GPU mixes their epoch times)."""
         try:
             old = json.loads((self.path / "config.json").read_text())
-        except (OSError, ValueError):
+            return old.get("earlier_environments", []) + [dict(old["environment"], world_size=old.get("world_size"),
+                                                               epochs_done=done)]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # not a config.json as start writes
+            print(f"warning: {self.path / 'config.json'} cannot be read ({getattr(e, 'strerror', 0) or 'damaged'}): "
+                  f"where its first {done} epochs trained goes unrecorded", file=sys.stderr, flush=True)
             return []
-        if not isinstance(old, dict) or not isinstance(old.get("environment"), dict):
-            return []
-        earlier = old.get("earlier_environments") if isinstance(old.get("earlier_environments"), list) else []
-        return earlier + [dict(old["environment"], world_size=old.get("world_size"), epochs_done=done)]
 
     def save_epoch(self, progress, new_norms, stateful, improved, ema_improved):
         """The epoch's files as one: a stop signal while they are written takes effect after the last,
@@ -402,11 +403,10 @@ class RunDir:
 
 
 def finished_rows(run_dir):
-    """Whether run_dir's metrics.csv holds a row: an epoch finished there."""
-    try:
+    """Whether run_dir's metrics.csv holds a row: an epoch finished there (False when it cannot be read)."""
+    with contextlib.suppress(OSError):
         return len((Path(run_dir) / "metrics.csv").read_bytes().splitlines()) > 1
-    except OSError:
-        return False
+    return False
 
 
 def damaged_parts(ckpt, columns):

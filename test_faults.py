@@ -29,7 +29,7 @@ from test_train import CRASH_LAUNCHER, LM_TINY, VIT_TINY, end_process, results, 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-def cli(*argv, fault=None, file_limit=None, cwd=HERE, nohup=False):
+def cli(*argv, fault=None, file_limit=None, cwd=HERE, nohup=False, stdout=subprocess.PIPE):
     """A real process: a script and its flags, under CRASH_LAUNCHER at `fault` ("batch:E:S:SIGTERM"), with at most
     `file_limit` bytes per file written (as `ulimit -f`: writing past it fails as on a full disk), SIGHUP ignored
     with `nohup` (as the nohup command does) and otherwise at its default, whatever the test runner inherited."""
@@ -38,8 +38,8 @@ def cli(*argv, fault=None, file_limit=None, cwd=HERE, nohup=False):
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
         signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
     launcher = ["-c", CRASH_LAUNCHER, fault] if fault else []
-    return subprocess.run([sys.executable, *launcher, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, preexec_fn=preexec, env=dict(os.environ, PYTHONPATH=HERE))
+    return subprocess.run([sys.executable, *launcher, *map(str, argv)], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=300, preexec_fn=preexec, env=dict(os.environ, PYTHONPATH=HERE))
 
 
 def here(main, *argv):
@@ -106,12 +106,33 @@ class TestFullDisk(FaultCase):
     def test_a_full_standard_output_is_named_as_such_and_the_report_is_whole(self):
         self.assertEqual(self.vit("run", "--epochs", "1").returncode, 0)
         with open("/dev/full", "w") as full:
-            proc = subprocess.run([sys.executable, "plot.py", "--log_dir", self.logs], cwd=HERE, stdout=full,
-                                  stderr=subprocess.PIPE, text=True, timeout=300)
+            proc = cli("plot.py", "--log_dir", self.logs, stdout=full)
         self.assert_one_line(proc, 2, "error: cannot write the standard output: No space left on device",
                              f"(the report is in {self.logs / 'report'})")
         summary = (self.logs / "report" / "summary.md").read_text()
         self.assertIn("Best generalisation, selected on validation: **run**", summary)
+
+    def test_a_standard_output_that_fills_mid_run_ends_it_in_one_line_and_resume_continues_bit_exact(self):
+        whole = self.vit("whole", "--epochs", "2")
+        self.assertEqual(whole.returncode, 0, whole.stderr)
+        ahead = len(whole.stdout[:whole.stdout.index("epoch 1/")].encode())  # the lines before the first epoch's
+        limit = 1 << 20  # far above the run's own files
+        log = self.tmp / "console.log"
+        log.write_bytes(b"x" * (limit - ahead))  # an earlier log fills it up to the first epoch's line
+        with open(log, "a") as out:
+            full = self.vit("run", "--epochs", "2", file_limit=limit, stdout=out)
+        self.assert_one_line(full, 2, "error: cannot write the standard output: File too large")
+        self.assertEqual(len((self.logs / "run" / "metrics.csv").read_text().splitlines()), 2)  # its files came first
+        resumed = self.vit("run", "--epochs", "2", "--resume")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(results(self.logs / "run"), results(self.logs / "whole"))
+
+    @unittest.skipUnless(Path("/dev/full").exists(), "needs /dev/full, a device every write to fails as a full disk")
+    def test_a_full_standard_output_ends_a_trainer_in_one_line_before_it_writes_anything(self):
+        with open("/dev/full", "w") as full:
+            proc = self.vit("run", "--epochs", "1", stdout=full)
+        self.assert_one_line(proc, 2, "error: cannot write the standard output: No space left on device")
+        self.assertFalse((self.logs / "run").exists())
 
 
 class TestSignals(FaultCase):
@@ -478,6 +499,10 @@ class TestTextItCannotEncode(FaultCase):
         self.assertEqual((proc.returncode, proc.stderr), (0, ""))
         self.assertTrue(proc.stdout.startswith("caf\\xe9 "), proc.stdout)
         self.assertLessEqual({"\\u2014", "na\\xefve"}, set(proc.stdout.split()), proc.stdout)
+        if Path("/dev/full").exists():  # a device every write to fails as a full disk
+            with open("/dev/full", "w") as full:
+                proc = cli("generate.py", "--run", self.logs / "words", "--words", "30", stdout=full)
+            self.assert_one_line(proc, 2, "error: cannot write the standard output: No space left on device")
 
 
 class TestClosedOutput(FaultCase):

@@ -1398,6 +1398,8 @@ class TestPlot(TempDir):
         lines = (short / "metrics.csv").read_text().splitlines(keepends=True)
         (short / "metrics.csv").write_text("".join(lines[:2] + [lines[2].rsplit(",", 2)[0] + "\n"] + lines[3:]))
         write_run(logs, "word_s1", base, [*vit_rows([0.5]), dict(vit_rows([0.6])[0], epoch=2, valid_acc="0x10")], None)
+        for name, text in (("under_s1", "1_0"), ("script_s1", "\u0661")):  # what float() alone would read as 10 and 1
+            write_run(logs, name, base, [*vit_rows([0.5]), dict(vit_rows([0.6])[0], epoch=2, valid_acc=text)], None)
         write_run(logs, "nan_s1", base, [{k: "nan" for k in vit_rows([0.5])[0]}], None)
         old = write_run(logs, "old_s1", base, [{k: v for k, v in r.items() if k not in ("peak_mem_mb", "mem_pct")}
                                                for r in vit_rows([0.5])], None)  # an older file: fewer columns
@@ -1437,6 +1439,8 @@ class TestPlot(TempDir):
         for name, why in (("cut_s1", "line 3 skipped"), ("long_s1", "line 3 skipped"),
                           ("short_s1", "line 3 skipped (wrong number of fields)"), ("nocols_s1", "lacks"),
                           ("word_s1", "line 3 skipped (valid_acc is '0x10', not a number)"),
+                          ("under_s1", "line 3 skipped (valid_acc is '1_0', not a number)"),
+                          ("script_s1", "line 3 skipped (valid_acc is '\u0661', not a number)"),
                           ("badsum_s1", "not a JSON object"), ("badconfig", "not a JSON object"),
                           ("unknown_s1", "not as the trainers write it (its task, title, metric or settings"),
                           ("orphan", "no config.json"), *((name, "not as the trainers write it") for name in (

@@ -598,6 +598,8 @@ class TestResume(CliCase):
             self.assert_refused(err, "cannot load", "not a file of this project")
             self.assertRegex(err, r"[Uu]nsupported (operand|global|GLOBAL)")
             self.assertNotIn("weights_only", err)
+        with self.assertRaisesRegex(utils.UserError, f"^cannot load {re.escape(str(run_dir))}: Is a directory$"):
+            rundir.load_torch(run_dir)  # the system's reason, the path once
         self.assertFalse(marker.exists())
 
 
@@ -1502,6 +1504,13 @@ class TestResumeChecksWhatMatters(CliCase):
         code, _, err = run(plot.main, ["--log_dir", str(self.logs)])
         self.assertEqual(code, 0, err)
         self.assertIn(f"| {' / '.join(sorted(['Another GPU', here]))} |", (self.logs / "report" / "summary_vit.md").read_text())
+        # a config.json damaged since: the run goes on, and says what its record lacks
+        (run_dir / "config.json").write_text("[]")
+        _, out, err = self.vit("--epochs", "3", "--resume")
+        self.assertIn("resuming", out)
+        self.assertIn(f"warning: {run_dir / 'config.json'} cannot be read (damaged): where its first 2 epochs trained "
+                      f"goes unrecorded", err)
+        self.assertNotIn("earlier_environments", json.loads((run_dir / "config.json").read_text()))
 
     def test_fewer_epochs_than_it_trained_are_refused_and_nothing_changes(self):
         run_dir, _, _ = self.lm("--epochs", "2", "--keep_checkpoint")

@@ -100,8 +100,7 @@ def cli(main):
         try:
             try:
                 result = main(argv)
-                if sys.stdout is not None:  # None: started with no stdout at all (>&-), where print writes nothing
-                    sys.stdout.flush()  # within the try: a closed stdout (below) shows here, not at the exit's flush
+                write_stdout("")  # within the try: a closed or full stdout shows here, not at the exit's flush
                 code, message = 0, None
             except BaseException as e:  # ending: a stop signal from now on (torchrun's SIGTERM once another rank
                 ENDED.append(True)  # has failed) is ignored: first, so the window before it is a bytecode or two
@@ -179,7 +178,6 @@ def reason(error):
 
 
 # --------------------------------------------------------------------------- device and precision
-
 def cuda_unusable_reason():
     """Why torch sees no usable CUDA device, in words a user can act on."""
     if torch.version.cuda is None:
@@ -242,8 +240,7 @@ class Precision(NamedTuple):
     def name(self):  # "float32", "bfloat16", "float16"
         return str(self.dtype or torch.float32).removeprefix("torch.")
 
-    def autocast(self, device):
-        """Mixed precision in dtype, or nothing (plain fp32)."""
+    def autocast(self, device):  # mixed precision in dtype, or nothing (plain fp32)
         return torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
 
@@ -284,15 +281,13 @@ def sync(device):
 
 def free_space(folder):
     """The free space on folder's disk, in words ("1.2 GB")."""
-    try:
+    with contextlib.suppress(OSError):
         free = shutil.disk_usage(folder).free
-    except OSError:
-        return "unknown space"
-    return f"{free / 2 ** 30:.1f} GB" if free >= 2 ** 30 else f"{free / 2 ** 20:.1f} MB"
+        return f"{free / 2 ** 30:.1f} GB" if free >= 2 ** 30 else f"{free / 2 ** 20:.1f} MB"
+    return "unknown space"
 
 
-def device_memory(device):
-    """The device's memory in bytes: the GPU's, or the machine's RAM."""
+def device_memory(device):  # in bytes: the GPU's, or the machine's RAM
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -332,7 +327,6 @@ def resident_kb(field):
 
 
 # -------------------------------------------------------------------------------------- distributed
-
 def rank():
     """This process's rank: from the process group, or from torchrun's environment before it exists."""
     if dist.is_available() and dist.is_initialized():
@@ -357,7 +351,16 @@ def world_size():
 
 def log(*args):  # print, from the first process only
     if rank() == 0:
-        print(*args, flush=True)
+        write_stdout(" ".join(map(str, args)) + "\n")
+
+
+def write_stdout(text):  # flushed; a full disk under it: a line that names it; a closed pipe: ending's quiet end
+    try:
+        if sys.stdout is not None:  # None: started with no stdout at all (>&-), where print writes nothing
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except OSError as e:
+        raise e if isinstance(e, BrokenPipeError) else UserError(f"cannot write the standard output: {e.strerror}")
 
 
 def barrier():
@@ -411,13 +414,11 @@ def shard(batch):
     """This process's slice of a global batch: tensors split along the first dimension; other items
     (the global count of examples or tokens) are kept whole."""
     world = world_size()
-    if world == 1:
-        return batch
-    return tuple(torch.tensor_split(b, world)[rank()] if torch.is_tensor(b) else b for b in batch)
+    return batch if world == 1 else tuple(torch.tensor_split(b, world)[rank()] if torch.is_tensor(b) else b
+                                          for b in batch)
 
 
 # ----------------------------------------------------------------------------------------- seeding
-
 def epoch_seed(seed, epoch, purpose):
     return ((seed * 1_000_003 + epoch) * 4_294_967_311 + zlib.crc32(purpose.encode())) % 2 ** 63
 
