@@ -293,25 +293,25 @@ def bench_real(device, precision, data_root, quick, with_compile=False, frozen=T
 
 
 def table(rows, ceiling, ceiling_fp32, device, dtype):
+    """The results as the console shows them: a line on the device, then a Markdown table."""
     here = utils.device_name(device)
     name = here if device.type == "cuda" else ""
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     peak = plan.published_peak(name, kind)
     fp32 = "" if dtype is None else (f"; fp32 (the recurrences): {ceiling_fp32 / 1e12:.3f} TFLOP/s measured, published "
                                      f"{plan.published_peak(name, 'fp32') or 'unknown'}")
-    print(f"\ndevice {device} ({here}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {kind}: measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against "
-          f"it), published peak {f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n")
     width = max([72] + [len(r["model"]) for r in rows])
-    print(f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | "
-          f"{'epoch s':>8} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
+    lines = [f"\ndevice {device} ({here}), torch {torch.__version__}, {torch.get_num_threads()} threads; {kind}: "
+             f"measured ceiling {ceiling / 1e12:.3f} TFLOP/s (MFU against it), published peak "
+             f"{f'{peak} TFLOP/s' if peak else 'unknown'}{fp32}\n",
+             f"| {'measurement':<{width}} | {'throughput':>18} | {'TFLOP/s':>8} | {'MFU':>6} | {'ratio':>6} | "
+             f"{'epoch s':>8} |", f"|{'-' * (width + 2)}|{'-' * 20}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|"]
     for r in rows:
         cell = lambda k, f: (f.format(r[k]) if r.get(k) is not None else "")  # noqa: E731
-        print(f"| {r['model']:<{width}} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
-              f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | "
-              f"{cell('ratio', '{:.2f}x') or cell('share', '{:.1%}'):>6} | "
-              f"{cell('epoch_s', '{:.1f}'):>8} |")
+        lines.append(f"| {r['model']:<{width}} | {cell('throughput', '{:,.0f}') + ' ' + r['unit']:>18} | "
+                     f"{cell('tflops', '{:.3f}'):>8} | {cell('mfu', '{:.1%}'):>6} | "
+                     f"{cell('ratio', '{:.2f}x') or cell('share', '{:.1%}'):>6} | {cell('epoch_s', '{:.1f}'):>8} |")
+    return "\n".join(lines) + "\n"
 
 
 SECTIONS = ("vit", "peers", "lm", "loss", "augment", "real")  # main's, in the order they run
@@ -367,12 +367,12 @@ def main(argv=None):
     for r in rows:
         if r.get("tflops"):
             r["mfu"] = plan.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
-    table(rows, ceiling, ceiling_fp32, device, dtype)
-    if args.json:
+    if args.json:  # before the table: a standard output that cannot take it loses no measurement
         save_json(dict(
             device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
             ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:],
             python=platform.python_version()), args.json)
+    utils.write_stdout(table(rows, ceiling, ceiling_fp32, device, dtype))
     return 0
 
 

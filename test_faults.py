@@ -553,6 +553,13 @@ class TestBenchOutput(FaultCase):
         proc = cli("bench.py", "--quick", "--only", "augment")  # without --json: the table alone
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("| augmentation strong, batch 128, share of a ViT-2 step", proc.stdout)
+        if Path("/dev/full").exists():  # a device every write to fails as a full disk: the measurements are kept
+            with open("/dev/full", "w") as full:
+                proc = cli("bench.py", "--quick", "--only", "augment", "--json", self.tmp / "b.json", stdout=full)
+            self.assertEqual((proc.returncode, proc.stderr.splitlines()[-1]),
+                             (2, "error: cannot write the standard output: No space left on device"), proc.stderr)
+            rows = json.loads((self.tmp / "b.json").read_text())["results"]
+            self.assertIn("augmentation strong, batch 128, share of a ViT-2 step", [r["model"] for r in rows])
 
     def test_the_sections_given_flag_by_flag_all_run_each_once(self):
         stand_ins = ("import sys, bench\n"  # each section replaced by a line saying it ran
