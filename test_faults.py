@@ -133,6 +133,10 @@ class TestFullDisk(FaultCase):
             proc = self.vit("run", "--epochs", "1", stdout=full)
         self.assert_one_line(proc, 2, "error: cannot write the standard output: No space left on device")
         self.assertFalse((self.logs / "run").exists())
+        with open("/dev/full", "w") as full:  # a standard error that cannot take the line: the exit code still says
+            refused = subprocess.run([sys.executable, "train_vit.py", "--lr", "-1"], cwd=HERE, stderr=full, timeout=300,
+                                     stdout=subprocess.DEVNULL)
+        self.assertEqual(refused.returncode, 2)
 
 
 class TestSignals(FaultCase):

@@ -87,10 +87,9 @@ def first_line(exc):  # an exception as one short line, even when its message is
 
 
 def cli(main):
-    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C,
-    SIGTERM or SIGHUP a clean stop (exit 130, 143, 129) that says what was kept. Under torchrun a failing rank
-    says so with its rank and leaves at once (os._exit): torchrun then ends the others, which would
-    otherwise wait in a collective until its timeout."""
+    """Run `main(argv)`: a UserError is one `error:` line and exit 2, a diverged run exit 3, Ctrl-C, SIGTERM or
+    SIGHUP a clean stop (exit 130, 143, 129) that says what was kept. Under torchrun a failing rank says so with
+    its rank and leaves at once (os._exit): torchrun then ends the others, which would wait in a collective."""
     def wrapped(argv=None):
         ENDED.clear()
         previous = {s: signal.signal(s, stop) for s in stop_signals()}
@@ -116,7 +115,8 @@ def cli(main):
                 time.sleep(FIRST_RANK_GRACE_S)
                 message, says = f"[rank {rank()}] {message}", True
             if message and says:
-                print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
+                with contextlib.suppress(OSError):  # a stderr that cannot take it (2>/dev/full): the code still says
+                    print(f"[rank {rank()}] " * distributed + message, file=sys.stderr, flush=True)
             # The process ends here. Failing: the other ranks may be inside a collective that will never complete.
             # Done: every collective has completed and every file is written, yet at the interpreter's exit a thread
             # of gloo's now and then aborts it (SIGABRT, a failed run), and destroy_process_group now and then never
