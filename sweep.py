@@ -284,8 +284,8 @@ class Sweep:
                 except BrokenPipeError:
                     raise  # the sweep's own output: below
                 except Exception as e:  # noqa: BLE001 - e.g. its log cannot be written: this run fails, not the sweep
-                    code, why = 1, f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror \
-                        else first_line(e)
+                    code, why = 1, f"{e.strerror}" + f": {e.filename}" * bool(e.filename) \
+                        if isinstance(e, OSError) and e.strerror else first_line(e)
                 if code and self.stopped is None:
                     print(f"== {run.exp_id}: FAILED ({why}, log {self.s['log_dir']}/{run.exp_id}.log)"
                           + f": {run.said}" * bool(run.said and gpu is not None), flush=True)  # else shown above

@@ -444,6 +444,12 @@ class TestSweepMechanics(TempDir):
         self.assertNotIn("Traceback", proc.stdout + proc.stderr)
         log = (self.tmp / "logs" / "vit_L6_adamw_postnorm_s42.log").read_text(encoding="utf-8")
         self.assertIn("a byte that is no UTF-8: \ufffd", log)  # the run's output, whatever bytes it printed
+        if Path("/dev/full").exists():  # its console log on a full disk: the system's reason, the log named once
+            (self.tmp / "logs" / "vit_L6_adamw_s42.log").rmdir()
+            (self.tmp / "logs" / "vit_L6_adamw_s42.log").symlink_to("/dev/full")
+            proc, _ = self.fake(ONLY="^vit_L6_adamw$", RUN_GROUPS="reference")
+            self.assertIn(f"== vit_L6_adamw_s42: FAILED (No space left on device, log {self.tmp / 'logs'}/"
+                          f"vit_L6_adamw_s42.log)\n", proc.stdout)
         proc, _ = self.fake(ONLY="^vit_L4", FAIL="vit_L4")  # every run fails: one line, no report attempted
         self.assertEqual(proc.returncode, 1)
         self.assertIn("every run failed", proc.stdout)
