@@ -357,6 +357,7 @@ def main(argv=None):
         return 128 + signal.SIGPIPE
     except OSError as e:  # a folder that cannot be written, a full disk: what was there stays whole
         if said is not None:  # the report is whole: what failed is the standard output (a full disk under `>`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what it holds is not tried again at exit
             print(f"error: cannot write the standard output: {e.strerror or e} (the report is in {out_dir})",
                   file=sys.stderr)
             return 2

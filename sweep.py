@@ -58,9 +58,8 @@ CONFIGS += [("extras", "train_lm.py", f) for f in ("--model gru --optimizer adam
                                                    "--model gru --layers 2 --optimizer adamw")]
 CONFIGS += [("extras", "train_lm.py", f"--model transformer {f}{b}") for b in ("", " --block postnorm")
             for f in ("--optimizer adam", "--layers 2 --optimizer adamw")]
-CONFIGS += [("improved", "train_vit.py", "--recipe improved --layers 6"),
-            ("improved", "train_vit.py", "--recipe improved --layers 6 --block postnorm"),
-            ("improved", "train_lm.py", "--recipe improved")]
+CONFIGS += [("improved", "train_vit.py", f"--recipe improved --layers 6{b}") for b in ("", " --block postnorm")]
+CONFIGS += [("improved", "train_lm.py", "--recipe improved")]
 CONFIGS += [("norms", "train_vit.py", f"--layers 6{b}{w} --grad_norms") for b in ("", " --block postnorm")
             for w in ("", " --warmup_epochs 5")]
 
@@ -150,8 +149,7 @@ def settings():
     s["device"] = env("DEVICE", "cuda" if s["gpus"] else "auto")
     s["log_dir"] = env("LOG_DIR", "logs/quick" if s["quick"] else "logs")
     for name in ("LOG_DIR", "LM_DATA", "VIT_DATA"):
-        folder = Path(s[name.lower()])
-        file = file_in_the_way(folder)
+        folder, file = Path(s[name.lower()]), file_in_the_way(s[name.lower()])
         check(file is None, f"{name}={folder}" + f": {file}" * (file != folder) + " is a file, not a folder")
     for name in ("EPOCHS_LM", "EPOCHS_VIT"):
         value = env(name, "10" if name == "EPOCHS_LM" else "50")
@@ -249,7 +247,7 @@ class Sweep:
 
     def __init__(self, runs, s):
         self.s, self.todo, self.failed, self.children = s, queue.Queue(), [], {}
-        self.stopped, self.lock, self.retired = None, threading.Lock(), []
+        self.stopped, self.unwritten, self.lock, self.retired = None, None, threading.Lock(), []
         self.alike = ("", 0)  # the line the last failures said, and how many in a row said it
         for run in runs:
             self.todo.put(run)
@@ -294,8 +292,8 @@ class Sweep:
                 # not a divergence (a result) nor memory (each run's size): those say nothing of the runs to come
                 alike = code and run.said.startswith("error: ") and run.said != OUT_OF_MEMORY
                 self.count_alike(run.said if alike else "")
-        except BrokenPipeError:  # the reader of its output has gone (| head): every run stops, as on SIGTERM
-            self.stopped = self.stopped or signal.SIGPIPE
+        except OSError as e:  # its own output: gone (| head), or on a full disk: every run stops, as on SIGTERM
+            self.stopped, self.unwritten = self.stopped or signal.SIGPIPE, None if isinstance(e, BrokenPipeError) else e
             self.stop(signal.SIGTERM, None)
 
     def count_alike(self, said):
@@ -386,6 +384,8 @@ def main(argv=None):
         plan.plan(runs, s["gpus"], dry_run=False)  # checks the device and the data (fetching them) first
         stopped = (work := Sweep(runs, s)).execute()
     if stopped is not None:
+        check(not work.unwritten, f"cannot write the standard output: {getattr(work.unwritten, 'strerror', '')}; "
+              f"every run stopped; run the same command again to resume")
         if stopped != signal.SIGPIPE:  # a closed output (| head) ends it quietly
             print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
                   file=sys.stderr, flush=True)

@@ -514,9 +514,10 @@ class TestClosedOutput(FaultCase):
     program (exit 141), after the report is whole; one started without stdout or stderr (>&-, 2>&-) runs."""
 
     def closed(self, argv, lines, env=None):
-        """(exit code, stderr) of argv with its stdout closed after `lines` lines."""
+        """(exit code, stderr) of argv with its stdout closed after `lines` lines, each line written as it is
+        printed (as in the image: a buffered output written whole at the exit fits in the pipe, and exits 0)."""
         with subprocess.Popen(argv, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=HERE, **(env or {}))) as proc:
+                              env=dict(os.environ, PYTHONPATH=HERE, PYTHONUNBUFFERED="1", **(env or {}))) as proc:
             for _ in range(lines):
                 proc.stdout.readline()
             proc.stdout.close()

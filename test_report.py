@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -454,6 +455,24 @@ class TestSweepMechanics(TempDir):
         self.assertEqual(proc.returncode, 1)
         self.assertIn("every run failed", proc.stdout)
         self.assertNotIn("plot", proc.stdout)
+
+    def test_an_output_on_a_full_disk_stops_every_run_in_one_line_and_the_same_command_resumes(self):
+        env = dict(fake_sweep(self.tmp), ONLY="^vit_L2", PATH=f"{STUBS}:{os.environ['PATH']}")
+        first = sweep(dict(env, LOG_DIR=str(self.tmp / "logs1")))
+        ahead = len(first.stdout[:first.stdout.index("== vit_L2_adam_s42")].encode())  # the plan's lines
+        limit, log = 1 << 20, self.tmp / "sweep.log"
+        log.write_bytes(b"x" * (limit - ahead))  # an earlier log fills it: the plan fits, the runs' lines do not
+
+        def preexec():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        with open(log, "a") as out:
+            full = subprocess.run(["bash", str(HERE / "runs.sh")], env=dict(env, LOG_DIR=str(self.tmp / "logs2")),
+                                  stdout=out, stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=preexec)
+        self.assertEqual((full.returncode, full.stderr), (2, "error: cannot write the standard output: File too large; "
+                                                             "every run stopped; run the same command again to resume\n"))
+        again = sweep(dict(env, LOG_DIR=str(self.tmp / "logs2")))
+        self.assertEqual(again.returncode, 0, again.stdout + again.stderr)
+        self.assertIn("== all done", again.stdout)
 
     def test_three_runs_in_a_row_that_fail_with_the_same_error_start_no_more(self):
         said = "error: --compile failed: no C compiler (cc); run without --compile"  # a setting of every run

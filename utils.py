@@ -72,8 +72,7 @@ def check(condition, message):
         raise UserError(message)
 
 
-def check_folder(path, flag, if_file="is a file, not a folder"):
-    """`flag` names a folder: one line saying why `path` is not one."""
+def check_folder(path, flag, if_file="is a file, not a folder"):  # one line saying why path is not a folder
     check(Path(path).is_dir(), f"{flag} {path} " + (if_file if Path(path).exists() else "does not exist"))
 
 
@@ -121,10 +120,12 @@ def cli(main):
             # Done: every collective has completed and every file is written, yet at the interpreter's exit a thread
             # of gloo's now and then aborts it (SIGABRT, a failed run), and destroy_process_group now and then never
             # returns (a finished run that torchrun waits for forever): os._exit skips both.
+            for stream in (sys.stdout, sys.stderr):  # now: what one cannot take (a full disk, a closed pipe) is
+                try:  # dropped, not tried again with a traceback at the exit (which os._exit skips)
+                    stream and stream.flush()
+                except OSError:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
             if distributed:
-                for stream in (sys.stdout, sys.stderr):
-                    if stream is not None:
-                        stream.flush()
                 os._exit(code)
             if code:
                 sys.exit(code)
@@ -148,7 +149,6 @@ def ending(e):
         if isinstance(e, MemoryError) or re.search(r"out of memory|can't allocate memory", str(e)):
             return EXIT_USER_ERROR, OUT_OF_MEMORY
     elif isinstance(e, BrokenPipeError):  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 128 + signal.SIGPIPE, None
     elif isinstance(e, OSError):  # a path the system refuses that no check named (a name too long, a loop of links)
         return EXIT_USER_ERROR, f"error: {e.strerror or first_line(e)}" + f": {e.filename}" * bool(e.filename)
