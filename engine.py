@@ -304,8 +304,8 @@ def log_epoch(row, task, epochs):
     n = row.get("skipped_steps")
     skipped = f"{n} step{'s' * (n != 1)} skipped by the fp16 scaler  " if n else ""
     log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} {m} {shown(row[f'train_{m}'], d)}  "
-          f"valid loss {row['valid_loss']:.4f} {m} {shown(row[f'valid_{m}'], d)}  {ema}{skipped}"
-          f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)")
+        f"valid loss {row['valid_loss']:.4f} {m} {shown(row[f'valid_{m}'], d)}  {ema}{skipped}"
+        f"({row['train_time']:.1f}s + {row['valid_time']:.1f}s)")
 
 
 def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
@@ -335,7 +335,7 @@ def test_and_summarise(model, task, cfg, run, progress, ema, precision, device):
                                            f"{shown(ema_tests[f'ema_best_test_{m}'], d)}")
         as_reference = f" (scored as the reference: {shown(alike[f'alike_best_test_{m}'], d)})" if alike else ""
         log(f"test {m}: final {shown(final['metric'], d)}, best-valid model (epoch {progress.best['epoch']}) "
-              f"{shown(best['metric'], d)}{as_reference}{with_ema}; logs in {run.path}")
+            f"{shown(best['metric'], d)}{as_reference}{with_ema}; logs in {run.path}")
     return dict(
         params_total=sum(p.numel() for p in raw.parameters()),
         params_learnable=sum(p.numel() for p in raw.parameters() if p.requires_grad),
