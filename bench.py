@@ -166,14 +166,14 @@ def loss_peak_mb(kind, device, batch=16, seq_len=256):
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = utils.resident_kb("VmRSS")
+        base = engine.resident_kb("VmRSS")
     loss = (linear_cross_entropy(h, w, t) if kind == "fused" else
             F.cross_entropy(h @ w.T, t, ignore_index=0, reduction="sum"))
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    return (utils.resident_kb("VmHWM") - base) / 2 ** 10
+    return (engine.resident_kb("VmHWM") - base) / 2 ** 10
 
 
 def bench_augmentation(device, precision, quick, batch=128):
@@ -372,7 +372,7 @@ def main(argv=None):
             device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
             ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:],
             python=platform.python_version()), args.json)
-    utils.write_stdout(table(rows, ceiling, ceiling_fp32, device, dtype))
+    print(table(rows, ceiling, ceiling_fp32, device, dtype), end="", flush=True)
     return 0
 
 

@@ -13,13 +13,18 @@ A trainer hands `fit` a task object that knows how a split becomes batches and a
     task.loss(model, batch) -> (summed loss: tensor, count: int, correct: tensor)
     task.metric_value(mean_loss, accuracy) -> float
 """
+import contextlib
 import dataclasses
 import math
+import os
 import re
+import resource
 import signal
 import sys
 import time
+import warnings
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,13 +32,52 @@ import torch.distributed as dist
 
 from optim import EMA, make_optimizer, make_scheduler
 from rundir import RunDir, existing_run, keep_or_remove, prepare_run_dir, run_lock
-from utils import FP32, Diverged, Stopped, UserError, barrier, check, distribute, log, peak_memory, rank, \
-    seed_dropout, setup, shard, sync, unwrap, world_size
+from utils import FP32, Diverged, Stopped, UserError, barrier, check, distribute, log, rank, seed_dropout, setup, \
+    shard, sync, unwrap, world_size
 
 try:
     from tqdm import tqdm
 except ImportError:  # progress bars are a convenience, never a reason to fail
     tqdm = None
+
+
+def device_memory(device):  # in bytes: the GPU's, or the machine's RAM
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def peak_memory(device):
+    """(peak MB, % of the device's memory): CUDA max allocated, or the process's peak RSS on CPU."""
+    used = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident_kb("VmHWM") * 1024
+    return used / 2 ** 20, 100.0 * used / device_memory(device)
+
+
+def check_fits(make, layers, device):
+    """Refuse, before it is built for minutes, a model whose weights alone exceed the device's memory (a typo
+    in --layers): its size from `make(n)`, n layers, counted on the meta device for 1 and 2 alike layers."""
+    advice = "check --layers and the widths"
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nn.LSTM's about dropout with one layer
+            one, two = (sum(p.numel() for p in make(n).parameters()) for n in (1, 2))
+    except RuntimeError as e:  # a tensor of more than 2**63 bytes
+        check("overflow" not in str(e), f"the model's tensors would be larger than any memory; {advice}")
+        raise
+    params, total = one + (layers - 1) * (two - one), device_memory(device)
+    check(4 * params <= total, f"the model would have {params:,} parameters, {4 * params / 2 ** 30:,.1f} GB of "
+          f"weights alone, more than the {total / 2 ** 30:,.1f} GB of memory of {device}; {advice}")
+
+
+def resident_kb(field):
+    """This process's resident memory in kB from /proc/self/status (VmRSS now, VmHWM its peak); getrusage's
+    peak only where /proc is missing, since a program inherits its parent's there (a notebook's, the sweep's)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, kB elsewhere
 
 
 class LayerGradNorms:

@@ -22,7 +22,7 @@ from data import word_index
 from gpt1 import Vocabulary
 from rundir import load_torch, load_trained
 from train_lm import MODEL_ARGS, Config, build_model, embeddings_path, file_sha256, load_embeddings
-from utils import UserError, check, check_folder, cli, first_line, write_stdout
+from utils import UserError, check, check_folder, cli, first_line
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -176,7 +176,7 @@ def main(argv=None):
         text = " ".join(map(str, out))
     else:
         text = decode(ids + out, vocab) if args.prompt.strip() else decode(out, vocab)
-    write_stdout(text + "\n")
+    print(text, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from report import DamagedReference, compare, fmt, load_reference, markdown, reference_config, table_cells, \
-    write_file, write_html
+from report import DamagedReference, compare, fmt, load_reference, markdown, print_out, reference_config, \
+    table_cells, write_file, write_html
 from results import find_runs, folders_problem, group_key, one_per_seed
 
 
@@ -325,6 +324,9 @@ class Parser(argparse.ArgumentParser):
         hint = f"; did you mean --log_dir {given}?" if given != message and not given.startswith("-") else ""
         self.exit(2, f"error: {message}{hint} (see --help)\n")
 
+    def print_help(self, file=None):  # as main's lines: a full stdout is one line (argparse would drop the error)
+        print_out(self.format_help())
+
 
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -343,27 +345,19 @@ def main(argv=None):
         print(f"error: {problem or 'no run directories (with config.json) under ' + ', '.join(args.log_dir)}",
               file=sys.stderr)
         return 2
-    said = None
     try:
         ref = load_reference()
         out_dir.mkdir(parents=True, exist_ok=True)
         code, said = write_report(runs, args.log_dir, out_dir, ref)
-        print("".join(f"{line}\n" for line in said), end="", flush=True)  # a closed stdout now loses nothing
-        return code
     except DamagedReference as e:
         print(f"error: {e}", file=sys.stderr)
-    except BrokenPipeError:  # the reader of stdout has gone (| head): a quiet end, as SIGPIPE's in C
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        return 128 + signal.SIGPIPE
     except OSError as e:  # a folder that cannot be written, a full disk: what was there stays whole
-        if said is not None:  # the report is whole: what failed is the standard output (a full disk under `>`)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what it holds is not tried again at exit
-            print(f"error: cannot write the standard output: {e.strerror or e} (the report is in {out_dir})",
-                  file=sys.stderr)
-            return 2
         free = shutil.disk_usage(next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())).free
         print(f"error: cannot write the report in {out_dir}: {e.strerror or e} ({free / 2 ** 20:,.1f} MB free "
               f"there); choose another folder with --out_dir", file=sys.stderr)
+    else:
+        print_out("".join(f"{line}\n" for line in said), f" (the report is in {out_dir})")  # once the report is whole
+        return code
     return 2
 
 

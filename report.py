@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -70,6 +71,18 @@ def reference_problem(ref):
             if bad:
                 return f"{task} config {i}: {bad[0]} is {rc[bad[0]]!r}, not a positive number"
     return ""
+
+
+def print_out(text, where=""):
+    """text on the standard output, flushed; a closed pipe (| head) a quiet end, exit 141, as SIGPIPE's in C; a
+    full disk one line, exit 2; what the stream holds is dropped, not tried again at the exit."""
+    try:
+        print(text, end="", flush=True)
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if not isinstance(e, BrokenPipeError):
+            print(f"error: cannot write the standard output: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(128 + signal.SIGPIPE if isinstance(e, BrokenPipeError) else 2)
 
 
 def write_file(path, content):

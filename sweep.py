@@ -292,7 +292,7 @@ class Sweep:
                 # not a divergence (a result) nor memory (each run's size): those say nothing of the runs to come
                 alike = code and run.said.startswith("error: ") and run.said != OUT_OF_MEMORY
                 self.count_alike(run.said if alike else "")
-        except OSError as e:  # its own output: gone (| head), or on a full disk: every run stops, as on SIGTERM
+        except (OSError, UserError) as e:  # its own output: gone (| head), or a full disk: every run stops, as on SIGTERM
             self.stopped, self.unwritten = self.stopped or signal.SIGPIPE, None if isinstance(e, BrokenPipeError) else e
             self.stop(signal.SIGTERM, None)
 
@@ -384,8 +384,7 @@ def main(argv=None):
         plan.plan(runs, s["gpus"], dry_run=False)  # checks the device and the data (fetching them) first
         stopped = (work := Sweep(runs, s)).execute()
     if stopped is not None:
-        check(not work.unwritten, f"cannot write the standard output: {getattr(work.unwritten, 'strerror', '')}; "
-              f"every run stopped; run the same command again to resume")
+        check(not work.unwritten, f"{work.unwritten}; every run stopped; run the same command again to resume")
         if stopped != signal.SIGPIPE:  # a closed output (| head) ends it quietly
             print(f"== {STOP_WORDS[stopped]}: every run stopped; run the same command again to resume",
                   file=sys.stderr, flush=True)

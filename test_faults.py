@@ -112,6 +112,17 @@ class TestFullDisk(FaultCase):
         summary = (self.logs / "report" / "summary.md").read_text()
         self.assertIn("Best generalisation, selected on validation: **run**", summary)
 
+    @unittest.skipUnless(Path("/dev/full").exists(), "needs /dev/full, a device every write to fails as a full disk")
+    def test_help_on_a_full_standard_output_is_one_line_in_every_script_buffered_or_not(self):
+        # argparse drops a failed write of its help (unbuffered), or leaves it to the flush at the exit (buffered)
+        for script in ("train_lm.py", "train_vit.py", "generate.py", "bench.py", "gpt1.py", "sweep.py", "plot.py"):
+            for unbuffered in ("", "1") if script in ("train_vit.py", "plot.py") else ("",):
+                with self.subTest(script=script, unbuffered=unbuffered), open("/dev/full", "w") as full:
+                    proc = subprocess.run([sys.executable, script, "--help"], cwd=HERE, stdout=full, text=True,
+                                          stderr=subprocess.PIPE, timeout=300,
+                                          env=dict(os.environ, PYTHONUNBUFFERED=unbuffered))
+                    self.assert_one_line(proc, 2, "error: cannot write the standard output: No space left on device")
+
     def test_a_standard_output_that_fills_mid_run_ends_it_in_one_line_and_resume_continues_bit_exact(self):
         whole = self.vit("whole", "--epochs", "2")
         self.assertEqual(whole.returncode, 0, whole.stderr)

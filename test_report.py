@@ -473,6 +473,12 @@ class TestSweepMechanics(TempDir):
         again = sweep(dict(env, LOG_DIR=str(self.tmp / "logs2")))
         self.assertEqual(again.returncode, 0, again.stdout + again.stderr)
         self.assertIn("== all done", again.stdout)
+        if Path("/dev/full").exists():  # a device every write to fails as a full disk: the plan's own lines
+            with open("/dev/full", "w") as out:
+                dry = subprocess.run(["bash", str(HERE / "runs.sh")], env=dict(env, DRY_RUN="1"), stdout=out,
+                                     stderr=subprocess.PIPE, text=True, timeout=120)
+            self.assertEqual((dry.returncode, dry.stderr),
+                             (2, "error: cannot write the standard output: No space left on device\n"))
 
     def test_three_runs_in_a_row_that_fail_with_the_same_error_start_no_more(self):
         said = "error: --compile failed: no C compiler (cc); run without --compile"  # a setting of every run

@@ -495,11 +495,11 @@ class TestRefusals(CliCase):
         # 4 bytes a parameter: two layers of 110 fit in 880 bytes, not in 879
         def make(n):
             return torch.nn.Sequential(*(torch.nn.Linear(10, 10) for _ in range(n)))
-        with mock.patch("utils.device_memory", return_value=880):
-            utils.check_fits(make, 2, torch.device("cpu"))
-        with mock.patch("utils.device_memory", return_value=879), self.assertRaisesRegex(
+        with mock.patch("engine.device_memory", return_value=880):
+            engine.check_fits(make, 2, torch.device("cpu"))
+        with mock.patch("engine.device_memory", return_value=879), self.assertRaisesRegex(
                 utils.UserError, "^the model would have 220 parameters, 0.0 GB of weights alone"):
-            utils.check_fits(make, 2, torch.device("cpu"))
+            engine.check_fits(make, 2, torch.device("cpu"))
 
     def test_batch_larger_than_a_split(self):
         _, _, err = self.vit("--batch_size", "500", expect=2)
@@ -1272,10 +1272,10 @@ class TestDefaults(unittest.TestCase):
         # 2 GB would report 2 GB. Its own peak here is torch's import, a few hundred MB.
         held = bytearray(2 * 2 ** 30)
         held[::4096] = b"\1" * len(range(0, len(held), 4096))  # resident, page by page
-        code = "import torch, utils; print(utils.peak_memory(torch.device('cpu'))[0])"
+        code = "import torch, engine; print(engine.peak_memory(torch.device('cpu'))[0])"
         child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=HERE)
         self.assertLess(float(child.stdout), 1024)
-        self.assertGreater(utils.resident_kb("VmHWM"), 2 * 2 ** 20)
+        self.assertGreater(engine.resident_kb("VmHWM"), 2 * 2 ** 20)
         del held
 
     @unittest.skipUnless(shutil.which("git"), "git is not installed")
@@ -1299,7 +1299,7 @@ class TestDefaults(unittest.TestCase):
 
     def test_cpu_memory_and_precision_fallbacks(self):
         cpu = torch.device("cpu")
-        mb, pct = utils.peak_memory(cpu)
+        mb, pct = engine.peak_memory(cpu)
         self.assertGreater(mb, 10)
         self.assertTrue(0 < pct < 100)
         self.assertIsNone(utils.choose_precision("auto", cpu)[0])

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from config import TrainConfig, option, parse_config
 from data import TEXT_FILES, TOKEN_FILES, Windows, index_batches, load_wikitext, read_tokens_npz
-from engine import train
+from engine import check_fits, train
 from gpt1 import EMBEDDINGS_FILE, gpt1_embeddings
 from models import CORES, LanguageModel, count_params
-from utils import UserError, check, check_fits, cli, epoch_generator, first_process_first, log
+from utils import UserError, check, cli, epoch_generator, first_process_first, log
 
 
 @dataclasses.dataclass

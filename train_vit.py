@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from augment import AUGMENTS, augment, mix, normalize
 from config import TrainConfig, option, parse_config
 from data import index_batches, load_cifar10
-from engine import train
+from engine import check_fits, train
 from models import VisionTransformer, count_params
-from utils import check, check_fits, cli, epoch_generator, first_process_first, log
+from utils import check, cli, epoch_generator, first_process_first, log
 
 
 @dataclasses.dataclass

@@ -9,7 +9,6 @@ import os
 import platform
 import random
 import re
-import resource
 import shutil
 import signal
 import sys
@@ -91,14 +90,20 @@ def cli(main):
     its rank and leaves at once (os._exit): torchrun then ends the others, which would wait in a collective."""
     def wrapped(argv=None):
         ENDED.clear()
-        previous = {s: signal.signal(s, stop) for s in stop_signals()}
+        previous, stdout = {s: signal.signal(s, stop) for s in stop_signals()}, sys.stdout
         # a character the output's encoding lacks (generated text, a path; an ASCII locale or PYTHONIOENCODING) is
         # written escaped, as stderr writes it, not a traceback
-        getattr(sys.stdout, "reconfigure", lambda **kw: None)(errors="backslashreplace")
+        getattr(stdout, "reconfigure", lambda **kw: None)(errors="backslashreplace")
+        sys.stdout = stdout and Stdout(stdout)
         try:
             try:
-                result = main(argv)
-                write_stdout("")  # within the try: a closed or full stdout shows here, not at the exit's flush
+                try:
+                    result = main(argv)
+                except SystemExit as e:  # argparse's, after --help: its text is flushed below, as any output
+                    if e.code:
+                        raise
+                    result = None
+                print(end="", flush=True)  # within the try: a closed or full stdout shows here, not at the exit
                 code, message = 0, None
             except BaseException as e:  # ending: a stop signal from now on (torchrun's SIGTERM once another rank
                 ENDED.append(True)  # has failed) is ignored: first, so the window before it is a bytecode or two
@@ -123,14 +128,15 @@ def cli(main):
             for stream in (sys.stdout, sys.stderr):  # now: what one cannot take (a full disk, a closed pipe) is
                 try:  # dropped, not tried again with a traceback at the exit (which os._exit skips)
                     stream and stream.flush()
-                except OSError:
+                except (OSError, UserError):
                     os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
             if distributed:
                 os._exit(code)
             if code:
                 sys.exit(code)
             return result
-        finally:  # the caller's handlers back, for a caller that runs main in its own process
+        finally:  # the caller's stdout and handlers back, for a caller that runs main in its own process
+            sys.stdout = stdout
             for s, handler in previous.items():
                 signal.signal(s, signal.SIG_DFL if handler is None else handler)
     return wrapped
@@ -287,45 +293,6 @@ def free_space(folder):
     return "unknown space"
 
 
-def device_memory(device):  # in bytes: the GPU's, or the machine's RAM
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def peak_memory(device):
-    """(peak MB, % of the device's memory): CUDA max allocated, or the process's peak RSS on CPU."""
-    used = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resident_kb("VmHWM") * 1024
-    return used / 2 ** 20, 100.0 * used / device_memory(device)
-
-
-def check_fits(make, layers, device):
-    """Refuse, before it is built for minutes, a model whose weights alone exceed the device's memory (a typo
-    in --layers): its size from `make(n)`, n layers, counted on the meta device for 1 and 2 alike layers."""
-    advice = "check --layers and the widths"
-    try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nn.LSTM's about dropout with one layer
-            one, two = (sum(p.numel() for p in make(n).parameters()) for n in (1, 2))
-    except RuntimeError as e:  # a tensor of more than 2**63 bytes
-        check("overflow" not in str(e), f"the model's tensors would be larger than any memory; {advice}")
-        raise
-    params, total = one + (layers - 1) * (two - one), device_memory(device)
-    check(4 * params <= total, f"the model would have {params:,} parameters, {4 * params / 2 ** 30:,.1f} GB of "
-          f"weights alone, more than the {total / 2 ** 30:,.1f} GB of memory of {device}; {advice}")
-
-
-def resident_kb(field):
-    """This process's resident memory in kB from /proc/self/status (VmRSS now, VmHWM its peak); getrusage's
-    peak only where /proc is missing, since a program inherits its parent's there (a notebook's, the sweep's)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, kB elsewhere
-
-
 # -------------------------------------------------------------------------------------- distributed
 def rank():
     """This process's rank: from the process group, or from torchrun's environment before it exists."""
@@ -351,16 +318,33 @@ def world_size():
 
 def log(*args):  # print, from the first process only
     if rank() == 0:
-        write_stdout(" ".join(map(str, args)) + "\n")
+        print(*args, flush=True)
 
 
-def write_stdout(text):  # flushed; a full disk under it: a line that names it; a closed pipe: ending's quiet end
-    try:
-        if sys.stdout is not None:  # None: started with no stdout at all (>&-), where print writes nothing
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    except OSError as e:
-        raise e if isinstance(e, BrokenPipeError) else UserError(f"cannot write the standard output: {e.strerror}")
+class Stdout:
+    """sys.stdout while a CLI runs: a write that fails (a full disk under `>`: any line, from any thread, --help's
+    too) is one line that names it; a closed pipe stays a BrokenPipeError, ending's quiet end."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):  # encoding, fileno, isatty: the stream's
+        return getattr(self.stream, name)
+
+    def write(self, text):
+        return self.named(self.stream.write, text)
+
+    def flush(self):
+        return self.named(self.stream.flush)
+
+    @staticmethod
+    def named(call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise UserError(f"cannot write the standard output: {e.strerror or e}") from None
 
 
 def barrier():
