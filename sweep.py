@@ -217,7 +217,8 @@ def select(s):
             names, error = [parse_config(config, own + data).default_exp_id()], None
             try:  # with the run's epochs, which name nothing but bound --warmup_epochs (QUICK's one: not its name's)
                 full = own + s["train_args"] + data + argv[argv.index("--epochs"):][:2] * (not s["quick"])
-                names.append(plan.parse_run(f"{script} {flags}", config, full).default_exp_id())
+                said = f"TRAIN_ARGS={shlex.quote(shlex.join(s['train_args']))} ({script} {flags})" if s["train_args"] else ""
+                names.append(plan.parse_run(said or f"{script} {flags}", config, full).default_exp_id())
             except UserError as e:  # TRAIN_ARGS that this trainer does not take: an error if the run is asked for
                 error = e
             if s["only"] and not any(pattern.search(n) for name in names for n in (name.rsplit("_s", 1)[0], name)):

@@ -281,8 +281,8 @@ class TestSweepList(unittest.TestCase):
                               (dict(TRAIN_ARGS="--see=5"), "TRAIN_ARGS cannot set --seed: its value comes from SEEDS"),
                               (dict(TRAIN_ARGS="--lr 1e-3 --he"), "TRAIN_ARGS cannot ask for --help: python train_lm.py"),
                               (dict(TRAIN_ARGS="-h"), "TRAIN_ARGS cannot ask for --help"),
-                              (dict(TRAIN_ARGS="--mixup 0.8", ONLY="^lm_lstm_L1_adam$"), "error: train_lm.py "
-                               "--optimizer adam: unrecognized arguments: --mixup 0.8"),
+                              (dict(TRAIN_ARGS="--mixup 0.8", ONLY="^lm_lstm_L1_adam$"), "error: TRAIN_ARGS="
+                               "'--mixup 0.8' (train_lm.py --optimizer adam): unrecognized arguments: --mixup 0.8"),
                               (dict(TRAIN_ARGS="--bogus", ONLY="bogus"), "unrecognized arguments: --bogus"),
                               (dict(TRAIN_ARGS="--warmup_epochs 8", EPOCHS_VIT="5", ONLY="^vit_L2_sgd$"),
                                "--warmup_epochs must be in [0, --epochs], got 8.0 with --epochs 5"),
@@ -1008,8 +1008,8 @@ class TestPlan(TempDir):
     def test_bad_flags_are_one_error_line_naming_the_configuration(self):
         proc = sweep(dict(DRY_RUN="1", TRAIN_ARGS="--bogus", ONLY="^vit_L2_sgd$", PYTHON=sys.executable))
         self.assertEqual(proc.returncode, 2)
-        self.assertEqual(proc.stderr.strip(), "error: train_vit.py --layers 2 --optimizer sgd: unrecognized arguments: "
-                         "--bogus (see --help)")
+        self.assertEqual(proc.stderr.strip(), "error: TRAIN_ARGS=--bogus (train_vit.py --layers 2 --optimizer sgd): "
+                         "unrecognized arguments: --bogus (see --help)")
 
     def test_the_estimate_from_flops_and_the_sizes_the_runs_save(self):
         lm = write_text_files(self.tmp / "text", lines=(80, 40, 40))
