@@ -61,8 +61,7 @@ def load_wikitext(folder, device, data_format="auto", download=True):
     folder = Path(folder)
     file = file_in_the_way(folder)
     check(file is None, f"{folder}" + f": {file}" * (file != folder) + " is a file, not the data's folder")
-    files = {"tokens": TOKEN_FILES, "words": TEXT_FILES}
-    load = {"tokens": _load_token_files, "words": _load_text_files}
+    files, load = {"tokens": TOKEN_FILES, "words": TEXT_FILES}, {"tokens": _load_token_files, "words": _load_text_files}
     wanted = ["tokens", "words"] if data_format == "auto" else [data_format]
     have = {k: [f for f in files[k].values() if (folder / f).exists()] for k in wanted}
     for kind in wanted:
@@ -103,8 +102,7 @@ def download_token_files(folder):
     contents = {}
     for name, digest in TOKEN_SHA256.items():
         contents[name] = fetch(TOKEN_URL + name)
-        got = hashlib.sha256(contents[name]).hexdigest()
-        if got != digest:
+        if (got := hashlib.sha256(contents[name]).hexdigest()) != digest:
             raise OSError(f"{TOKEN_URL + name}: sha256 {got} is not the pinned {digest}")
     for name, content in contents.items():
         atomic_bytes(Path(folder) / name, content)
@@ -333,9 +331,10 @@ def _load_torchvision_cifar(folder, download):
         for p in [lock] * ours + made:  # a failed download leaves neither its lock nor an empty folder behind
             with contextlib.suppress(OSError):
                 p.unlink() if p == lock else p.rmdir()
-        batches = folder / "cifar-10-batches-py"
-        found = (f"{batches} fails torchvision's checksums (incomplete or damaged)" if batches.is_dir()
-                 else f"CIFAR-10 not found in {folder}")
+        batches, archive = folder / "cifar-10-batches-py", folder / "cifar-10-python.tar.gz"
+        found = (f"{batches} fails torchvision's checksums (incomplete or damaged)" if batches.is_dir() else
+                 f"{archive} fails torchvision's checksum (incomplete or damaged)" if archive.exists() else
+                 f"CIFAR-10 not found in {folder}")
         raise UserError(f"{found} and could not be downloaded ({reason(e)}); "
                         f"put cifar-10-python.tar.gz or cifar-10-batches-py/ there, or point --data_folder at "
                         f"an image folder tree train/<class>/*.jpg, test/<class>/*.jpg") from None

@@ -539,6 +539,13 @@ class TestCifar(TempDir):
                 self.assertRaisesRegex(UserError, "could not be downloaded"):
             load_cifar10(self.tmp / "other", CPU)
         self.assertEqual(list(self.tmp.rglob("*")), [self.tmp / "other"])
+        archive = self.tmp / "cut" / "cifar-10-python.tar.gz"  # a download cut short: damaged, not missing
+        archive.parent.mkdir()
+        archive.write_bytes(b"\x1f\x8b" + bytes(1000))
+        with mock.patch("urllib.request.urlopen", side_effect=urllib.error.URLError("offline")), \
+                self.assertRaisesRegex(UserError, f"^{re.escape(str(archive))} fails torchvision's checksum \\(incomplete "
+                                                  f"or damaged\\) and could not be downloaded \\(offline\\)"):
+            load_cifar10(archive.parent, CPU)
 
 
 class TestAugment(unittest.TestCase):
