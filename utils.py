@@ -341,10 +341,8 @@ class Stdout:
     def named(call, *args):
         try:
             return call(*args)
-        except BrokenPipeError:
-            raise
         except OSError as e:
-            raise UserError(f"cannot write the standard output: {e.strerror or e}") from None
+            raise e if isinstance(e, BrokenPipeError) else UserError(f"cannot write the standard output: {e.strerror or e}")
 
 
 def barrier():
