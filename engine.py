@@ -1,5 +1,6 @@
 """The training loop, for any task: `run_epoch` (one pass over a split, training or evaluating) and
-`fit` (the epoch loop: train, validate, log a row, keep the best weights, checkpoint, then test).
+`fit` (the epoch loop: train, validate, log a row, keep the best weights, checkpoint, then test),
+and the device memory a run measures (`peak_memory`) and needs (`check_fits`, before it is built).
 
 A trainer hands `fit` a task object that knows how a split becomes batches and a batch a loss:
 
