@@ -185,6 +185,8 @@ class GroupKey(NamedTuple):
 def group_key(run):
     epochs, names = run.config.get("epochs"), (run.config.get("naming") or {}).get("settings") or []
     settings = {k: run.config.get(k) for k in names if isinstance(k, str)}
+    if run.config.get("precision_used"):  # --precision auto resolves per machine, as a resume refuses to mix
+        settings["precision"] = run.config["precision_used"]
     return GroupKey(run.name, str(run.config.get("data_sha256", "")), str(run.config.get("embeddings_sha256", "")),
                     bool(run.config.get("limit_batches")), epochs if isinstance(epochs, int) else 0,
                     json.dumps(settings, sort_keys=True, default=str))

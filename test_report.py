@@ -1776,6 +1776,14 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertIn("lm_lstm_L1_adam (embeddings 11111111)", table)
         self.assertIn("lm_lstm_L1_adam (embeddings 22222222)", table)
         self.assertNotIn("±", table)
+        for seed, precision in ((1, "bfloat16"), (2, "float32")):  # one file, --precision auto on two machines
+            path = logs / f"lm_lstm_L1_adam_s{seed}" / "config.json"
+            config = dict(json.loads(path.read_text()), embeddings_sha256="1" * 64, precision_used=precision)
+            path.write_text(json.dumps(config))
+        table = self.report(logs, task="lm")[1]
+        self.assertIn("lm_lstm_L1_adam (precision bfloat16)", table)
+        self.assertIn("lm_lstm_L1_adam (precision float32)", table)
+        self.assertNotIn("±", table)
 
     def test_runs_asked_for_other_epochs_are_never_averaged_nor_compared(self):
         logs = self.tmp / "logs"
