@@ -110,10 +110,8 @@ def load_torch(path):
 
 
 def write_csv(path, columns, rows):
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    buf = io.StringIO()  # the header is the row that names each column, as writeheader writes it
+    csv.DictWriter(buf, fieldnames=columns, lineterminator="\n").writerows([dict(zip(columns, columns)), *rows])
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
@@ -280,8 +278,7 @@ class RunDir:
     """<log_dir>/<exp_id> and its files; under torchrun only the first process writes."""
 
     def __init__(self, path, task, cfg, config, fp16=False, files=None):
-        self.path, self.cfg, self.config, self.main = Path(path), cfg, config, rank() == 0
-        self.files = files or {}
+        self.path, self.cfg, self.config, self.main, self.files = Path(path), cfg, config, rank() == 0, files or {}
         m = task.metric
         self.columns = ["epoch", "train_loss", f"train_{m}", "valid_loss", f"valid_{m}", "lr", "train_time",
                         "valid_time", "elapsed", f"{task.unit}_per_s", "peak_mem_mb", "mem_pct"]
@@ -359,11 +356,13 @@ class RunDir:
 
     def earlier_environments(self, done):
         """Where the run trained before this resume, from its config.json: each environment with the
-        epochs done by its end (a run requeued onto another GPU mixes their epoch times)."""
+        epochs done by its end (a run requeued onto another GPU mixes their epoch times); one whose
+        resume ended before an epoch trained none, and is left out."""
         try:
             old = json.loads((self.path / "config.json").read_text())
-            return old.get("earlier_environments", []) + [dict(old["environment"], world_size=old.get("world_size"),
-                                                               epochs_done=done)]
+            earlier = old.get("earlier_environments", [])
+            idle = bool(earlier) and earlier[-1]["epochs_done"] == done
+            return earlier + [dict(old["environment"], world_size=old.get("world_size"), epochs_done=done)] * (not idle)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # not a config.json as start writes
             print(f"warning: {self.path / 'config.json'} cannot be read ({getattr(e, 'strerror', 0) or 'damaged'}): "
                   f"where its first {done} epochs trained goes unrecorded", file=sys.stderr, flush=True)

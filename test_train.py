@@ -1504,11 +1504,21 @@ class TestResumeChecksWhatMatters(CliCase):
         code, _, err = run(plot.main, ["--log_dir", str(self.logs)])
         self.assertEqual(code, 0, err)
         self.assertIn(f"| {' / '.join(sorted(['Another GPU', here]))} |", (self.logs / "report" / "summary_vit.md").read_text())
+        # a resume that fails before its first epoch ends trained nothing there: not an environment of the run
+        with mock.patch("rundir.device_name", return_value="A GPU that fails"), \
+                mock.patch("engine.run_epoch", side_effect=utils.UserError("the GPU fell off the bus")):
+            self.vit("--epochs", "3", "--resume", expect=2)
+        self.assertEqual(json.loads((run_dir / "config.json").read_text())["environment"]["device_name"],
+                         "A GPU that fails")
+        self.vit("--epochs", "3", "--resume")
+        config = json.loads((run_dir / "config.json").read_text())
+        self.assertEqual([(e["device_name"], e["epochs_done"]) for e in config["earlier_environments"]],
+                         [(here, 1), ("Another GPU", 2)])
         # a config.json damaged since: the run goes on, and says what its record lacks
         (run_dir / "config.json").write_text("[]")
-        _, out, err = self.vit("--epochs", "3", "--resume")
+        _, out, err = self.vit("--epochs", "4", "--resume")
         self.assertIn("resuming", out)
-        self.assertIn(f"warning: {run_dir / 'config.json'} cannot be read (damaged): where its first 2 epochs trained "
+        self.assertIn(f"warning: {run_dir / 'config.json'} cannot be read (damaged): where its first 3 epochs trained "
                       f"goes unrecorded", err)
         self.assertNotIn("earlier_environments", json.loads((run_dir / "config.json").read_text()))
 
