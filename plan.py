@@ -72,7 +72,7 @@ def check_device(name, gpus=()):
 
 def check_data(runs):
     """Load (or fetch, once) every dataset and embeddings file the runs need, saying what it does;
-    returns each one's checksum, by (script, folder)."""
+    returns each one's checksum, by (script, folder) and ("embeddings", file)."""
     seen = {}
     for run in runs:
         cfg, (_, setting) = run.cfg, SCRIPTS[run.script]
@@ -94,19 +94,26 @@ def check_data(runs):
                   f"{cfg.data_folder} holds word-level text (EMBEDDINGS=none learns them instead)")
             try:
                 with contextlib.redirect_stdout(sys.stderr):
-                    train_lm.load_embeddings(gpt1_embeddings(cfg.data_folder) if name == "gpt1" else name,
-                                             data.vocab_size, width)
+                    path = gpt1_embeddings(cfg.data_folder) if name == "gpt1" else name
+                    train_lm.load_embeddings(path, data.vocab_size, width)
+                seen["embeddings", name] = train_lm.file_sha256(path)
             except UserError as e:
                 raise UserError(f"EMBEDDINGS={name}: {e} (EMBEDDINGS=none learns them instead)") from None
     return seen
 
 
 def other_data(runs, previous, sums):
-    """The runs in the log folder under the sweep's names that trained on other data than it has now:
-    one skipped as finished would report those data's numbers as these data's."""
-    found = [(run, previous[run.cfg.log_dir].get(run.exp_id)) for run in runs]
-    return [f"{run.exp_id} (trained on other data than {SCRIPTS[run.script][1]}={run.cfg.data_folder})"
-            for run, r in found if r and r.config.get("data_sha256") not in (None, sums[run.script, run.cfg.data_folder])]
+    """The runs in the log folder under the sweep's names that trained on other data, or other frozen
+    embeddings, than it has now: one skipped as finished would report their numbers as these data's."""
+    blocked = []
+    for run in runs:
+        found = previous[run.cfg.log_dir].get(run.exp_id)
+        config, frozen = found.config if found else {}, sums.get(("embeddings", getattr(run.cfg, "embeddings", "")))
+        if config.get("data_sha256") not in (None, sums[run.script, run.cfg.data_folder]):
+            blocked.append(f"{run.exp_id} (trained on other data than {SCRIPTS[run.script][1]}={run.cfg.data_folder})")
+        elif config.get("embeddings_sha256") not in (None, frozen):
+            blocked.append(f"{run.exp_id} (trained on other frozen embeddings than EMBEDDINGS={run.cfg.embeddings})")
+    return blocked
 
 
 def data_sizes(run, notes):

@@ -956,6 +956,30 @@ class TestPlan(TempDir):
         self.assertEqual(code, 0, out + err)
         self.assertIn("== vit_L2_adam_s42: done, skipped", out)
 
+    def test_a_finished_run_on_another_embeddings_file_of_that_name_is_refused_not_skipped_as_done(self):
+        import data, train_lm
+        logs, tokens, emb = self.tmp / "logs", write_token_files(self.tmp / "tokens"), self.tmp / "emb.npz"
+        np.savez(emb, tokens=np.random.default_rng(0).normal(size=(50, 768)).astype(np.float32))
+        exp_id = "lm_lstm_L1_adam_embeddings-emb_s42"
+        config = dict(task="lm", seed=42, model="lstm", limit_batches=0, embeddings_sha256="0" * 64,
+                      data_sha256=data.load_wikitext(tokens, torch.device("cpu")).sha256)
+        write_run(logs, exp_id, config, [dict(epoch=1, train_loss=5.0, train_ppl=150.0, valid_loss=5.0,
+                                              valid_ppl=100.0, train_time=1.0, valid_time=1.0, elapsed=2.0,
+                                              peak_mem_mb=1.0, mem_pct=1.0)],
+                  dict(epochs=1))  # finished, with a file of that name that has been replaced since
+        env = dict(PYTHON=sys.executable, LOG_DIR=str(logs), DEVICE="cpu", EPOCHS_LM="1", LM_DATA=str(tokens),
+                   EMBEDDINGS=str(emb), ONLY="^lm_lstm_L1_adam_embeddings-emb$")
+        code, out, err = sweep_here(env)
+        self.assertEqual((code, err.strip()), (2, "error: 1 run in the log folder cannot be continued by this sweep: "
+                                                  f"{exp_id} (trained on other frozen embeddings than EMBEDDINGS={emb}); "
+                                                  "give another LOG_DIR, or move it away"))
+        self.assertNotIn(f"== {exp_id}", out)
+        path = logs / exp_id / "config.json"  # the file it trained on: done
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), embeddings_sha256=train_lm.file_sha256(emb))))
+        code, out, err = sweep_here(env)
+        self.assertEqual(code, 0, out + err)
+        self.assertIn(f"== {exp_id}: done, skipped", out)
+
     def test_a_dry_run_on_damaged_token_files_says_so_and_plans_on_the_standard_sizes(self):
         data = write_token_files(self.tmp / "tokens")
         (data / "wiki.train.npz").write_bytes(b"not a zip")
