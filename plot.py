@@ -402,7 +402,7 @@ def label(key, keys):
     its data's or frozen embeddings' checksum, its epochs or the settings where they differ."""
     same = [k for k in keys if k.name == key.name and k.smoke == key.smoke]
     mine, others = json.loads(key.settings), [json.loads(k.settings) for k in same]
-    parts = ([f"data {key.data[:8]}"] * (len({k.data for k in same}) > 1)
+    parts = ([f"data {key.data[:8] or 'unrecorded'}"] * (len({k.data for k in same}) > 1)
              + [f"embeddings {key.embeddings[:8] or 'learned'}"] * (len({k.embeddings for k in same}) > 1)
              + [f"{key.epochs} epoch{'s' * (key.epochs != 1)}"] * (len({k.epochs for k in same}) > 1)
              + [f"{k} {v}" for k, v in mine.items() if any(o.get(k) != v for o in others)])

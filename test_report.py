@@ -1792,6 +1792,10 @@ class TestRunsThatMustNotMix(TempDir):
         self.assertIn("lm_lstm_L1_adam (data aaaaaaaa)", table)
         self.assertIn("lm_lstm_L1_adam (data bbbbbbbb)", table)
         self.assertNotIn("±", table)
+        path = logs / "lm_lstm_L1_adam_s2" / "config.json"  # a run that recorded no checksum of its data
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "data_sha256"}))
+        self.assertIn("lm_lstm_L1_adam (data unrecorded)", self.report(logs, task="lm")[1])
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), data_sha256="b" * 64)))
         for seed in (1, 2):  # the same data now, but two embeddings files under one name (another machine's)
             path = logs / f"lm_lstm_L1_adam_s{seed}" / "config.json"
             config = dict(json.loads(path.read_text()), data_sha256="a" * 64, embeddings_sha256=f"{seed}" * 64)
