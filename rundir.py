@@ -361,7 +361,7 @@ class RunDir:
         try:
             old = json.loads((self.path / "config.json").read_text())
             earlier = old.get("earlier_environments", [])
-            idle = bool(earlier) and earlier[-1]["epochs_done"] == done
+            idle = bool(earlier) and isinstance(earlier[-1], dict) and earlier[-1].get("epochs_done") == done
             return earlier + [dict(old["environment"], world_size=old.get("world_size"), epochs_done=done)] * (not idle)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # not a config.json as start writes
             print(f"warning: {self.path / 'config.json'} cannot be read ({getattr(e, 'strerror', 0) or 'damaged'}): "
