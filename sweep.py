@@ -217,8 +217,8 @@ def select(s):
             names, error = [parse_config(config, own + data).default_exp_id()], None
             try:  # with the run's epochs, which name nothing but bound --warmup_epochs (QUICK's one: not its name's)
                 full = own + s["train_args"] + data + argv[argv.index("--epochs"):][:2] * (not s["quick"])
-                said = f"TRAIN_ARGS={shlex.quote(shlex.join(s['train_args']))} ({script} {flags})" if s["train_args"] else ""
-                names.append(plan.parse_run(said or f"{script} {flags}", config, full).default_exp_id())
+                run = f"TRAIN_ARGS={shlex.quote(shlex.join(s['train_args']))} ({script} {flags})" * bool(s["train_args"])
+                names.append(plan.parse_run(run or f"{script} {flags}", config, full).default_exp_id())
             except UserError as e:  # TRAIN_ARGS that this trainer does not take: an error if the run is asked for
                 error = e
             if s["only"] and not any(pattern.search(n) for name in names for n in (name.rsplit("_s", 1)[0], name)):
@@ -293,7 +293,7 @@ class Sweep:
                 # not a divergence (a result) nor memory (each run's size): those say nothing of the runs to come
                 alike = code and run.said.startswith("error: ") and run.said != OUT_OF_MEMORY
                 self.count_alike(run.said if alike else "")
-        except (OSError, UserError) as e:  # its own output: gone (| head), or a full disk: every run stops, as on SIGTERM
+        except (OSError, UserError) as e:  # its output gone (| head), or on a full disk: every run stops, as on SIGTERM
             self.stopped, self.unwritten = self.stopped or signal.SIGPIPE, None if isinstance(e, BrokenPipeError) else e
             self.stop(signal.SIGTERM, None)
 

@@ -342,7 +342,9 @@ class Stdout:
         try:
             return call(*args)
         except OSError as e:
-            raise e if isinstance(e, BrokenPipeError) else UserError(f"cannot write the standard output: {e.strerror or e}")
+            if isinstance(e, BrokenPipeError):
+                raise
+            raise UserError(f"cannot write the standard output: {e.strerror or e}") from None
 
 
 def barrier():
