@@ -1333,6 +1333,12 @@ class TestCompile(CliCase):
         # the warm-up pass neither trains nor consumes random numbers
         self.assertEqual(results(run_dir)[0], results(plain)[0])
 
+    def test_gradient_norms_are_only_logged_and_change_no_number(self):
+        logged, _, _ = self.vit("--grad_norms", "--dropout", "0.1", "--epochs", "2", exp_id="logged")
+        plain, _, _ = self.vit("--dropout", "0.1", "--epochs", "2", exp_id="plain")
+        self.assertEqual(results(logged)[:2], results(plain)[:2])  # what lets the report compare such runs
+        self.assertEqual(len(results(logged)[2]), 3 * 2)  # the first step and 2 epochs, of each of the 2 blocks
+
     def test_a_model_that_does_not_compile_is_one_line_and_leaves_no_directory(self):
         import torch._dynamo
         real = torch.nn.Module.compile
