@@ -99,7 +99,7 @@ def encode(prompt, vocab, bpe=None, missing=""):
             check(bpe is not None, f"this run was trained on token ids, and {missing}; or give --prompt as "
                   f"space-separated token ids")
             unknown = bpe.encoder.get("<unk>", 0) + 1
-            return bpe.encode(prompt), [w for w in prompt.split() if unknown in bpe.encode(w)]
+            return bpe.encode(prompt), [w for w in prompt.split() if w != "<unk>" and unknown in bpe.encode(w)]
     index = word_index(vocab)
     words = prompt.split() or ["<eos>"]  # an empty prompt starts a new line
     return [index.get(w, index["<unk>"]) for w in words], [w for w in words if w not in index]

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +127,14 @@ class Vocabulary:
         return self.cache[word]
 
     def encode(self, text):
-        """Text -> token-file ids (GPT-1 id + 1); GPT-1's dash and quote spellings are normalised."""
-        text = re.sub("[—–―]", "-", text).replace("…", "...")
-        text = re.sub("[´‘’′]", "'", text).lower()
-        return [self.encoder.get(token, self.encoder.get("<unk>", 0)) + 1
-                for word in text.split() for token in self.bpe(word)]
+        """Text -> token-file ids (GPT-1 id + 1), as the report's token files encode text: lower-cased, accents
+        stripped, each run of letters and digits a word and any other character one (`h.` is `h .`; a curly quote
+        or a dash other than `-`, outside the vocabulary, is `<unk>`)."""
+        text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
+        unk, ids = self.encoder.get("<unk>", 0), []
+        for word in re.findall(r"<unk>|[^\W_]+|\S", text):  # <unk>: the token files' own word
+            ids += [unk] if word == "<unk>" else [self.encoder.get(token, unk) for token in self.bpe(word)]
+        return [i + 1 for i in ids]
 
     def decode(self, ids):
         return "".join(self.decoder.get(i - 1, "<unk></w>") for i in ids).replace("</w>", " ").strip()

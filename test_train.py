@@ -1167,10 +1167,10 @@ class TestGenerate(CliCase):
         run_dir, _, _ = self.lm("--epochs", "1", data=write_token_files(self.tmp / "tok"))
         bpe = generate.Vocabulary({"<unk>": 0, "t": 1, "h": 2, "e</w>": 3, "c": 4, "a": 5, "t</w>": 6}, [])
         with mock.patch.object(generate.Vocabulary, "find", return_value=bpe):
-            code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "3", "--prompt", "The cat ✓"])
+            code, out, err = run(generate.main, ["--run", str(run_dir), "--words", "3", "--prompt", "The cat ✓ <unk>"])
             self.assertEqual(code, 0, err)
-            self.assertTrue(out.startswith("the cat <unk>"), out)  # the prompt, then its continuation
-            self.assertIn("warning: not in the vocabulary, read as <unk>: ✓", err)
+            self.assertTrue(out.startswith("the cat <unk> <unk>"), out)  # the prompt, then its continuation
+            self.assertIn("warning: not in the vocabulary, read as <unk>: ✓\n", err)  # <unk> itself is a word of it
 
 
 class TestDefaults(unittest.TestCase):
