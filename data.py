@@ -297,8 +297,8 @@ def load_cifar10(folder, device, download=True):
     check(file is None, f"{folder}" + f": {file}" * (file != folder) + " is a file, not the data's folder")
     tree = [(folder / split).is_dir() for split in ("train", "test")]  # one alone: a tree half made, never CIFAR-10
     if all(tree) or any(tree) and not (folder / "cifar-10-batches-py").is_dir():
-        (train_x, train_y, test_x, test_y), classes = _load_image_folder(folder)
-        source = f"image folders (train/, test/) in {folder}"
+        (train_x, train_y, test_x, test_y), classes, jpeg = _load_image_folder(folder)
+        source = f"{'JPEG (lossy) ' * jpeg}image folders (train/, test/) in {folder}"  # report.py reads the JPEG
     else:
         if not any((folder / name).exists() for name in ("cifar-10-batches-py", "cifar-10-python.tar.gz")):
             _data_not_below(folder, "CIFAR-10", lambda p: all((p / s).is_dir() for s in ("train", "test"))
@@ -387,14 +387,15 @@ def _load_image_folder(folder):
     test_classes, test_files = _list_images(folder / "test")
     check(train_classes == test_classes, f"train and test classes differ in {folder}: "
           f"{sorted(set(train_classes) ^ set(test_classes))}")
-    fingerprint = _fingerprint(train_files + test_files)
+    files = train_files + test_files
+    fingerprint, jpeg = _fingerprint(files), any(p.suffix.lower() in (".jpg", ".jpeg") for p, _ in files)
     for path in _cache_paths(folder):  # decoded once, then read back in a second
         try:
             with np.load(path, allow_pickle=False) as d:
                 arrays = tuple(torch.from_numpy(d[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
                 if str(d["fingerprint"]) == fingerprint and _cache_fits(arrays, train_files, test_files,
                                                                          len(train_classes)):
-                    return arrays, train_classes
+                    return arrays, train_classes, jpeg
         except Exception:  # noqa: BLE001, S112 - a missing or stale cache is simply rebuilt
             continue
     train_x, test_x = _decode(train_files), _decode(test_files)
@@ -404,7 +405,7 @@ def _load_image_folder(folder):
     for path in _cache_paths(folder):  # beside the data, else in the user's cache; never fatal
         if _save_cache(path, fingerprint, arrays):
             break
-    return arrays, train_classes
+    return arrays, train_classes, jpeg
 
 
 def _cache_fits(arrays, train_files, test_files, num_classes):

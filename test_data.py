@@ -308,6 +308,7 @@ class TestCifar(TempDir):
         folder, pixels = write_image_folder(self.tmp / "cifar")
         images = load_cifar10(folder, CPU)
         self.assertEqual(images.classes, list(CLASSES))
+        self.assertEqual(images.source, f"image folders (train/, test/) in {folder}")
         sizes = {s: len(y) for s, (_, y) in images.splits.items()}
         self.assertEqual(sizes, dict(train=32, valid=4, test=12))  # 36 train images: 10% to valid
         x, y = images.splits["test"]
@@ -348,6 +349,8 @@ class TestCifar(TempDir):
         self.assertTrue((folder / data.CACHE_NAME).exists())
         with mock.patch.object(data, "_decode", side_effect=AssertionError("the cache was not used")):
             second = load_cifar10(folder, CPU)
+        # lossy, so never CIFAR-10's own pixels, decoded or from the cache alike: the report reads this
+        self.assertEqual((first.source, second.source), (f"JPEG (lossy) image folders (train/, test/) in {folder}",) * 2)
         for s in first.splits:
             torch.testing.assert_close(first.splits[s][0], second.splits[s][0])
         # a cache whose arrays do not fit (dtype, labels out of range) is rebuilt, not used

@@ -1654,6 +1654,11 @@ class TestAgainstTheReport(TempDir):
                       "CIFAR-10's 45,000 / 5,000 / 10,000 images)", (logs / "report" / "summary.md").read_text())
         row = next(line for line in (logs / "report" / "summary_vit.md").read_text().splitlines() if "L6_adamw" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 (not comparable) |"), row)
+        jpeg = f"JPEG (lossy) image folders (train/, test/) in {logs}"  # as data.py names them
+        (logs / "vit_L6_adamw_s42" / "config.json").write_text(json.dumps(dict(config, data_source=jpeg)))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("Config 6 (layers 6 block prenorm optimizer adamw): not measured here (vit_L6_adamw: JPEG "
+                      "images, a lossy copy of CIFAR-10's)", (logs / "report" / "summary.md").read_text())
         del config["data_sizes"]  # as a run of a version that did not record them
         (logs / "vit_L6_adamw_s42" / "config.json").write_text(json.dumps(config))
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
