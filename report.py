@@ -122,9 +122,9 @@ def not_comparable(group, ref):
             reasons.add("word-level text, not the report's token files")
         elif task == "lm" and tokens and r.config.get("data_sha256") != tokens:
             reasons.add("token files other than the report's")
-        sizes = ref[task]["settings"].get("data_sizes")  # CIFAR-10's, split as data.py splits it
         if task == "vit" and str(r.config.get("data_source")).startswith("JPEG"):  # as data.py names such folders
             reasons.add("JPEG images, a lossy copy of CIFAR-10's")
+        sizes = ref[task]["settings"].get("data_sizes")  # CIFAR-10's, split as data.py splits it
         if task == "vit" and sizes and r.config.get("data_sizes") != sizes:
             reasons.add("its data's sizes unrecorded (an older run)" if "data_sizes" not in r.config else
                         "not CIFAR-10's " + " / ".join(f"{n:,}" for n in sizes.values()) + " images")
