@@ -108,9 +108,12 @@ def reference_config(group, ref):
 
 def not_comparable(group, ref):
     """Why this group's runs do not measure the report's configuration ('' when they do)."""
-    task, reasons = group.task, set()
+    task, reasons, model = group.task, set(), (reference_config(group, ref) or {}).get("params")
     want = ref[task]["settings"]["epochs"]
     for r in group.runs:
+        params = (r.summary or {}).get("params_total")  # the same settings on other images: CIFAR-100, 64 px
+        if model and type(params) is int and params != model:
+            reasons.add(f"a model of {params:,} parameters, not the report's {model:,} (other classes or image size)")
         changed = (r.config.get("naming") or {}).get("changed")
         other = sorted(set(changed or {}) - ALLOWED[task])
         if changed is None or other:

@@ -1654,6 +1654,14 @@ class TestAgainstTheReport(TempDir):
                       "CIFAR-10's 45,000 / 5,000 / 10,000 images)", (logs / "report" / "summary.md").read_text())
         row = next(line for line in (logs / "report" / "summary_vit.md").read_text().splitlines() if "L6_adamw" in line)
         self.assertTrue(row.endswith("| 0.7288 (test acc) | +0.0013 (not comparable) |"), row)
+        (logs / "vit_L6_adamw_s42" / "config.json").write_text(json.dumps(config))
+        summary = json.loads((logs / "vit_L6_adamw_s42" / "summary.json").read_text())  # CIFAR-100: as many images
+        (logs / "vit_L6_adamw_s42" / "summary.json").write_text(json.dumps(dict(summary, params_total=3218276)))
+        self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
+        self.assertIn("Config 6 (layers 6 block prenorm optimizer adamw): not measured here (vit_L6_adamw: a model of "
+                      "3,218,276 parameters, not the report's 3,195,146 (other classes or image size))",
+                      (logs / "report" / "summary.md").read_text())
+        (logs / "vit_L6_adamw_s42" / "summary.json").write_text(json.dumps(summary))
         jpeg = f"JPEG (lossy) image folders (train/, test/) in {logs}"  # as data.py names them
         (logs / "vit_L6_adamw_s42" / "config.json").write_text(json.dumps(dict(config, data_source=jpeg)))
         self.assertEqual(plot.main(["--log_dir", str(logs)]), 0)
