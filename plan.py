@@ -10,6 +10,7 @@ parameters. bench.py measures MFU against that rate.
     DRY_RUN=1 bash runs.sh          # the commands, then this plan, in seconds (nothing fetched)
 """
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -398,9 +399,24 @@ def report(runs, workers, notes, device, rate=None):
         print(f"warning: the sweep needs about {size(peak)} but {log_dir} has {size(free)} free", file=sys.stderr)
 
 
+def twins(runs):
+    """Warn of runs that compute what others compute under their own names: --grad_norms only logs, so a seed in
+    both SEEDS and NORMS_SEEDS trains the norms group's runs without warmup twice (the first: the reference's)."""
+    first, pairs = {}, []
+    for run in runs:
+        twin = first.setdefault(repr(dataclasses.replace(run.cfg, grad_norms=False, exp_id="")), run.exp_id)
+        pairs += [(run.exp_id, twin, run.cfg.seed)] * (twin != run.exp_id)
+    if pairs:
+        n, seeds = len(pairs), " ".join(map(str, sorted({seed for *_, seed in pairs})))
+        print(f"warning: {n} run{'s' * (n > 1)} train{'s' * (n == 1)} exactly as another does (--grad_norms only logs; "
+              f"SEEDS and NORMS_SEEDS share {seeds}): {', '.join(f'{a} as {b}' for a, b, _ in pairs[:2])}"
+              f"{', ...' * (n > 2)}; drop the shared seeds from one of them to save those runs", file=sys.stderr)
+
+
 def plan(runs, gpus, dry_run):
     """Check the runs already in the log folder, the device and (unless a dry run) the data, then
     print the plan."""
+    twins(runs)
     previous, workers = progress(runs), len(gpus)
     try:
         device = check_device(runs[0].cfg.device, gpus)

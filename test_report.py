@@ -241,6 +241,17 @@ class TestSweepList(unittest.TestCase):
         self.assertEqual((code, err.splitlines()[0]), (0, "warning: TRAIN_ARGS make vit_L4_adamw_s42 and vit_L2_adamw_s42 "
                                                            "one run: vit_L6_adamw_s42"))  # said, not only counted
 
+    def test_a_seed_of_both_seeds_and_norms_seeds_is_said_to_train_the_reference_runs_twice(self):
+        code, out, err = sweep_here(dict(DRY_RUN="1", RUN_GROUPS="reference norms", ONLY="^vit_L6", SEEDS="1 42"))
+        self.assertEqual((code, out.count(" --exp_id ")), (0, 4 + 12), err)  # said, and run as asked
+        said = [line for line in err.splitlines() if "exactly as another" in line]  # not the runs with warmup
+        self.assertEqual(said, ["warning: 2 runs train exactly as another does (--grad_norms only logs; SEEDS and "
+                                "NORMS_SEEDS share 1): vit_L6_adamw_grad_norms_s1 as vit_L6_adamw_s1, "
+                                "vit_L6_adamw_postnorm_grad_norms_s1 as vit_L6_adamw_postnorm_s1; drop the shared seeds "
+                                "from one of them to save those runs"])
+        code, _, err = sweep_here(dict(DRY_RUN="1", RUN_GROUPS="reference norms", ONLY="^vit_L6"))
+        self.assertNotIn("exactly as another", err)
+
     def test_the_settings_it_reads_are_those_it_lists(self):  # SETTINGS: --help, and the misspelling warning
         import sweep as sweep_module
         read = set()
