@@ -25,12 +25,13 @@ ROLES = {
 }
 
 
-def option(default, help, choices=None, group="run and output", role="setting"):
+def option(default, help, choices=None, group="run and output", role="setting", only_logs=False):
     """A dataclass field that becomes a command-line flag, shown under `group` in --help; its role
-    (ROLES) says how resumes, run names and the report treat it."""
+    (ROLES) says how resumes, run names and the report treat it. A setting that only_logs changes what
+    the run writes, never a number it computes: the report compares its runs, the sweep sees twins."""
     assert role in ROLES, role
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "group": group,
-                                                        "role": role})
+                                                        "role": role, "only_logs": only_logs})
 
 
 class Parser(argparse.ArgumentParser):
@@ -126,7 +127,7 @@ class TrainConfig:
     exp_id: str = option("", "run name; default: derived from the settings", role="context")
     log_dir: str = option("logs", "folder that holds one sub-folder per run", role="context")
     grad_norms: bool = option(False, "log each layer's gradient norm (mean over the epoch's steps, and the "
-                              "first step as epoch 0) to grad_norms.csv")
+                              "first step as epoch 0) to grad_norms.csv", only_logs=True)
     limit_batches: int = option(0, "at most this many batches per split and epoch (0: all), for smoke runs")
     no_progress: bool = option(False, "no progress bars", role="context")
     resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint", role="context")
@@ -151,6 +152,11 @@ class TrainConfig:
     def with_role(cls, *roles):
         """The names of the settings whose option() has one of these roles (ROLES)."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("role", "setting") in roles)
+
+    @classmethod
+    def only_logs(cls):
+        """The settings that change what a run writes, never a number it computes (option's only_logs)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("only_logs"))
 
     @staticmethod
     def fixed_epochs(saved):
@@ -238,9 +244,9 @@ class TrainConfig:
     def naming(self):
         """What config.json says of the run's name and settings, so readers need no list of their own:
         the configuration's name (its seeds share it), the settings, those changed from the report's
-        defaults, the keys that are not settings and those that may differ on resume."""
+        defaults, the keys that are not settings, those that may differ on resume and those that only log."""
         defaults, settings = type(self)(), self.with_role("setting")
         changed = {name: getattr(self, name) for name in settings if getattr(self, name) != getattr(defaults, name)}
         return dict(configuration=re.sub(rf"_s{self.seed}(?=_|$)", "", self.exp_id), changed=changed,
                     settings=list(settings), not_settings=list(self.with_role("context", "seed")),
-                    may_differ_on_resume=list(self.with_role("context")))
+                    may_differ_on_resume=list(self.with_role("context")), only_logs=list(self.only_logs()))

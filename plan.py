@@ -10,7 +10,6 @@ parameters. bench.py measures MFU against that rate.
     DRY_RUN=1 bash runs.sh          # the commands, then this plan, in seconds (nothing fetched)
 """
 import contextlib
-import dataclasses
 import io
 import math
 import os
@@ -400,15 +399,17 @@ def report(runs, workers, notes, device, rate=None):
 
 
 def twins(runs):
-    """Warn of runs that compute what others compute under their own names: --grad_norms only logs, so a seed in
-    both SEEDS and NORMS_SEEDS trains the norms group's runs without warmup twice (the first: the reference's)."""
+    """Warn of runs that compute what others compute under their own names: a setting that only logs
+    (--grad_norms) changes no number, so a seed in both SEEDS and NORMS_SEEDS trains runs twice."""
     first, pairs = {}, []
     for run in runs:
-        twin = first.setdefault(repr(dataclasses.replace(run.cfg, grad_norms=False, exp_id="")), run.exp_id)
-        pairs += [(run.exp_id, twin, run.cfg.seed)] * (twin != run.exp_id)
+        computes = {k: v for k, v in vars(run.cfg).items() if k not in ("exp_id", *run.cfg.only_logs())}
+        twin = first.setdefault(repr(computes), run.exp_id)
+        pairs += [(run.exp_id, twin, run.cfg)] * (twin != run.exp_id)
     if pairs:
-        n, seeds = len(pairs), " ".join(map(str, sorted({seed for *_, seed in pairs})))
-        print(f"warning: {n} run{'s' * (n > 1)} train{'s' * (n == 1)} exactly as another does (--grad_norms only logs; "
+        n, seeds = len(pairs), " ".join(map(str, sorted({cfg.seed for *_, cfg in pairs})))
+        logs = ", ".join(f"--{k}" for k in pairs[0][2].only_logs())
+        print(f"warning: {n} run{'s' * (n > 1)} train{'s' * (n == 1)} exactly as another does ({logs} only logs; "
               f"SEEDS and NORMS_SEEDS share {seeds}): {', '.join(f'{a} as {b}' for a, b, _ in pairs[:2])}"
               f"{', ...' * (n > 2)}; drop the shared seeds from one of them to save those runs", file=sys.stderr)
 

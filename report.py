@@ -21,9 +21,7 @@ from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent / "reference.json"
 IDENTITY = {"vit": ("layers", "block", "optimizer"), "lm": ("model", "layers", "optimizer")}
-# settings a run may change and still measure the report's configuration: --grad_norms only logs (the norms group's
-# three seeds of ViT-6 are the report's ViT-6 as its reference run is)
-ALLOWED = {"vit": {*IDENTITY["vit"], "grad_norms"}, "lm": {*IDENTITY["lm"], "grad_norms", "embeddings"}}
+ALLOWED = {"vit": set(IDENTITY["vit"]), "lm": set(IDENTITY["lm"]) | {"embeddings"}}
 
 
 class DamagedReference(ValueError):
@@ -114,8 +112,9 @@ def not_comparable(group, ref):
         params = (r.summary or {}).get("params_total")  # the same settings on other images: CIFAR-100, 64 px
         if model and type(params) is int and params != model:
             reasons.add(f"a model of {params:,} parameters, not the report's {model:,} (other classes or image size)")
-        changed = (r.config.get("naming") or {}).get("changed")
-        other = sorted(set(changed or {}) - ALLOWED[task])
+        naming = r.config.get("naming") or {}  # a setting that only logs (--grad_norms) changes no number
+        changed, logs = naming.get("changed"), naming.get("only_logs")
+        other = sorted(set(changed or {}) - ALLOWED[task] - set(logs if isinstance(logs, list) else []))
         if changed is None or other:
             reasons.add("other settings" + (f" ({', '.join(other)})" if other else ""))
         if task == "lm" and r.config.get("embeddings") != "gpt1":  # fetched and verified by gpt1.py

@@ -586,6 +586,7 @@ def write_run(root, exp_id, config, rows, summary=None, changed=None):
     run.mkdir(parents=True)
     # as the trainers write it: the configuration's name (the seeds' common name), settings and non-settings
     naming = dict(configuration=exp_id.rsplit("_s", 1)[0], not_settings=["seed", "exp_id", "epochs", "log_dir"],
+                  only_logs=["grad_norms"],
                   settings=[k for k in config
                             if k not in ("task", "seed", "epochs", "data_sha256", "data_sizes", "environment", "metric",
                                          "title", "scoring")],
@@ -1710,6 +1711,9 @@ class TestAgainstTheReport(TempDir):
         logged = dict(config["naming"], changed=dict(optimizer="adam", embeddings="gpt1", grad_norms=True))
         self.assertEqual(said("logged", naming=logged), "- Config 1 (model lstm layers 1 optimizer adam): **not "
                          "reproduced**, test ppl 160 against the report's 148.5 (+11.47; lm_lstm_L1_adam, 1 seed).")
+        del logged["only_logs"]  # a run that does not say which settings only log: each counts
+        self.assertEqual(said("unsaid", naming=logged), "- Config 1 (model lstm layers 1 optimizer adam): not "
+                         "measured here (lm_lstm_L1_adam: other settings (grad_norms)).")
         run = write_run(self.tmp / "sgd", "lm_lstm_L1_sgd_s42", dict(config, optimizer="sgd"), rows, summary,
                         changed=dict(optimizer="sgd", embeddings="gpt1"))  # the report's config 3 gives only times
         with contextlib.redirect_stdout(io.StringIO()):

@@ -1337,6 +1337,8 @@ class TestCompile(CliCase):
         logged, _, _ = self.vit("--grad_norms", "--dropout", "0.1", "--epochs", "2", exp_id="logged")
         plain, _, _ = self.vit("--dropout", "0.1", "--epochs", "2", exp_id="plain")
         self.assertEqual(results(logged)[:2], results(plain)[:2])  # what lets the report compare such runs
+        naming = json.loads((logged / "config.json").read_text())["naming"]
+        self.assertEqual((naming["changed"]["grad_norms"], naming["only_logs"]), (True, ["grad_norms"]))
         self.assertEqual(len(results(logged)[2]), 3 * 2)  # the first step and 2 epochs, of each of the 2 blocks
 
     def test_a_model_that_does_not_compile_is_one_line_and_leaves_no_directory(self):
