@@ -32,7 +32,7 @@ import optim
 import plan
 import utils
 from config import Parser
-from rundir import environment, save_json
+from rundir import save_json
 from augment import augment, normalize
 from data import Corpus, ImageData, load_cifar10, load_wikitext
 from models import LanguageModel, VisionTransformer, count_params, linear_cross_entropy, lm_recurrent_share, \
@@ -369,7 +369,7 @@ def main(argv=None):
             r["mfu"] = plan.mfu(r["tflops"] * 1e12, r.get("fp32_share", 0.0), ceiling, ceiling_fp32)
     if args.json:  # before the table: a standard output that cannot take it loses no measurement
         save_json(dict(
-            device=str(device), environment=environment(device), precision=str(dtype), quick=args.quick,
+            device=str(device), environment=utils.environment(device), precision=str(dtype), quick=args.quick,
             ceiling_flops=ceiling, ceiling_fp32_flops=ceiling_fp32, results=rows, argv=sys.argv[1:],
             python=platform.python_version()), args.json)
     print(table(rows, ceiling, ceiling_fp32, device, dtype), end="", flush=True)

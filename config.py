@@ -131,8 +131,8 @@ class TrainConfig:
     limit_batches: int = option(0, "at most this many batches per split and epoch (0: all), for smoke runs")
     no_progress: bool = option(False, "no progress bars", role="context")
     resume: bool = option(False, "continue the run in <log_dir>/<exp_id> from its checkpoint", role="context")
-    overwrite: bool = option(False, "delete an existing run directory of the same name and start again",
-                             role="context")
+    overwrite: bool = option(False, "replace an existing run of the same name with a new one (the old one is kept "
+                             "until the new one has saved its first epoch)", role="context")
     keep_checkpoint: bool = option(False, "keep checkpoint.pt when the run finishes, so that it can be extended "
                                    "with --resume --epochs N (best weights and logs stay either way)", role="context")
     device: str = option("auto", "auto picks CUDA when there is one", ["auto", "cpu", "cuda"], group="performance",

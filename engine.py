@@ -419,12 +419,12 @@ def train(cfg, build):
         try:
             return fit(distribute(model), task, cfg, run_dir, optimizer, device, precision, extra, files)
         except BaseException as e:  # Ctrl-C and SIGTERM too
-            kept = keep_or_remove(run_dir, fresh)
+            gone = keep_or_remove(run_dir, fresh)
             if isinstance(e, Diverged):
-                raise Diverged(f"{e}; " + ("the logs and the last good checkpoint are kept" if kept else
-                                           f"no epoch had finished, so {run_dir} was removed")) from None
+                raise Diverged(f"{e}; " + (f"no epoch had finished, so {gone}" if gone else
+                                           "the logs and the last good checkpoint are kept")) from None
             if isinstance(e, KeyboardInterrupt):
-                raise Stopped(getattr(e, "signum", signal.SIGINT), "the last finished epoch is saved; continue with "
-                              "--resume" if kept else f"no epoch had finished, so {run_dir} was removed; the same "
-                              f"command starts it again") from None
+                raise Stopped(getattr(e, "signum", signal.SIGINT), f"no epoch had finished, so {gone}; the same "
+                              "command starts it again" if gone else "the last finished epoch is saved; continue "
+                              "with --resume") from None
             raise

@@ -139,12 +139,13 @@ def read_run(path):
 
 def find_runs(log_dirs, out_dir):
     """The runs of each log folder: its sub-folders holding a run's files, not the report folder
-    out_dir, and nothing deeper (logs/quick/, a sweep of smoke runs, is a log folder of its own)."""
+    out_dir nor a hidden one (the run --overwrite replaces, until it is), and nothing deeper
+    (logs/quick/, a sweep of smoke runs, is a log folder of its own)."""
     out_dir, folders = out_dir.resolve(), {}  # by real path: a folder given twice is read once
     for log_dir in log_dirs:
         for name in ("config.json", "metrics.csv", "summary.json"):
             for p in Path(log_dir).glob(f"*/{name}"):
-                if p.parent.resolve() != out_dir:
+                if p.parent.resolve() != out_dir and not p.parent.name.startswith("."):  # no run's name does
                     folders.setdefault(p.parent.resolve(), p.parent)
     return [read_run(folder) for folder in sorted(folders.values())]
 

@@ -9,11 +9,9 @@ import fcntl
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from utils import STOP_SIGNALS, UserError, barrier, check, device_name, file_in_the_way, first_line, free_space, log, \
+from utils import STOP_SIGNALS, UserError, barrier, check, environment, file_in_the_way, first_line, free_space, log, \
     rank, world_size
 
 
@@ -129,21 +127,6 @@ def append_csv(path, columns, *rows):
                         f"disk") from None
 
 
-def environment(device):
-    """What the numbers were made with: versions, device, and the code's commit, "-dirty" when a tracked
-    file differs from it (the commit alone would not reproduce the run)."""
-    try:
-        status = subprocess.run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-        lines = status.stdout.splitlines() if status.returncode == 0 else []
-    except (OSError, subprocess.SubprocessError):
-        lines = []
-    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
-    commit = None if commit in (None, "(initial)") else commit + "-dirty" * any(not x.startswith("#") for x in lines)
-    return dict(torch=torch.__version__, python=platform.python_version(), hostname=platform.node(), device=str(device),
-                device_name=device_name(device), threads=torch.get_num_threads(), git_commit=commit)
-
-
 def existing_run(cfg):
     """Whether <log_dir>/<exp_id> holds something; refuse it unless --resume, or --overwrite, of a run
     (never what is not recognisably a run of this project: --resume would write into it, --overwrite
@@ -225,8 +208,12 @@ def prepare_run_dir(cfg):
     probe, token = run_dir / PROBE, [os.urandom(8).hex()]
     if rank() == 0:
         try:
-            if exists and cfg.overwrite:
-                shutil.rmtree(run_dir)
+            if exists and cfg.overwrite:  # kept aside until the new run has saved an epoch (keep_or_remove)
+                if replaced(run_dir).is_dir() and not finished_rows(run_dir):  # a replacement killed before that:
+                    shutil.rmtree(run_dir)  # the run it was to replace is aside already
+                else:
+                    shutil.rmtree(replaced(run_dir), ignore_errors=True)
+                    run_dir.rename(replaced(run_dir))
             run_dir.mkdir(parents=True, exist_ok=True)
             probe.write_text(token[0])
         except OSError as e:
@@ -254,11 +241,21 @@ def prepare_run_dir(cfg):
 
 def keep_or_remove(run_dir, fresh):
     """After a failure: a fresh run that has no checkpoint yet leaves no directory behind, so the same
-    command can simply run again (the first process removes it). Returns whether the directory stays."""
-    kept = not fresh or (run_dir / "checkpoint.pt").exists()
-    if not kept and rank() == 0:
+    command can simply run again, and the run --overwrite was to replace comes back (the first process
+    acts). Returns '' where the directory stays, else what became of it."""
+    if not fresh or (run_dir / "checkpoint.pt").exists():
+        return ""
+    aside = replaced(run_dir)
+    back = aside.is_dir()
+    if rank() == 0:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return kept
+        if back:
+            aside.rename(run_dir)
+    return f"the run it was to replace is back in {run_dir}" if back else f"{run_dir} was removed"
+
+
+def replaced(run_dir):  # a hidden sibling, which no reader takes for a run
+    return run_dir.with_name(f".{run_dir.name}.replaced")
 
 
 @dataclasses.dataclass
@@ -384,6 +381,7 @@ class RunDir:
                 save_torch(dict(model=stateful["ema"].model.state_dict(), epoch=epoch), self.path / "best_ema.pt")
             save_torch(dict(states, epoch=epoch, config=self.config, **dataclasses.asdict(progress)),
                        self.path / "checkpoint.pt")
+            shutil.rmtree(replaced(self.path), ignore_errors=True)  # --overwrite's older run: now replaced
             append_csv(self.path / "metrics.csv", self.columns, progress.history[-1])  # the rows last
             if new_norms:
                 append_csv(self.path / "grad_norms.csv", NORM_COLUMNS, *new_norms)

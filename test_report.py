@@ -1797,11 +1797,13 @@ class TestRunsThatMustNotMix(TempDir):
         for folder, seed, limit in ((logs, 1, 0), (logs / "quick", 2, 2)):  # logs/quick: QUICK=1's folder
             write_run(folder, f"vit_L2_adam_s{seed}", dict(task="vit", seed=seed, limit_batches=limit, epochs=1),
                       vit_rows([0.5 if limit else 0.7]), dict(epochs=1, best_test_acc=0.5 if limit else 0.7))
+        write_run(logs, ".vit_L2_adam_s4.replaced", dict(task="vit", seed=4, limit_batches=0, epochs=1),
+                  vit_rows([0.3]), dict(epochs=1, best_test_acc=0.3))  # set aside by --overwrite: no run of logs/
         code, table, _ = self.report(logs)
         self.assertEqual(code, 0)
         table = table.split("## Cost")[0]
         self.assertEqual(table.count("vit_L2_adam"), 1)  # logs/quick/ is not a run of logs/
-        self.assertIn("| 0.7000 |", table)
+        self.assertIn("| 0.7000 |", table)  # one seed: the hidden folder's seed 4 is not averaged in
         write_run(logs, "vit_L2_adam_s3", dict(task="vit", seed=3, limit_batches=2, epochs=1), vit_rows([0.1]),
                   dict(epochs=1, best_test_acc=0.1))  # a smoke run beside the real one
         table = self.report(logs)[1].split("## Cost")[0]

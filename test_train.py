@@ -716,9 +716,13 @@ class TestCrashes(CliCase):
         _, _, err = self.vit("--epochs", "2", "--resume", "--lr", "1e12", expect=2)  # a failure on resume
         self.assertIn("cannot resume", err)
         self.assertTrue((run_dir / "summary.json").exists())  # never removes what it did not just create
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
         _, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", "--overwrite", expect=3)
-        self.assertIn(f"no epoch had finished, so {run_dir} was removed", err)  # --overwrite had removed the old run
-        self.assertFalse(run_dir.exists())
+        # --overwrite replaces a run with one that trains: until its first epoch is saved, the old run is kept
+        self.assertIn(f"no epoch had finished, so the run it was to replace is back in {run_dir}", err)
+        self.assertEqual({p.name: p.read_bytes() for p in run_dir.iterdir()}, before)
+        self.assertEqual(sorted(p.name for p in run_dir.parent.iterdir() if p.name.startswith(f".{run_dir.name}.")),
+                         [f".{run_dir.name}.lock"])  # nothing left aside
 
 
 class TestDistributed(CliCase):
@@ -1281,8 +1285,8 @@ class TestDefaults(unittest.TestCase):
     @unittest.skipUnless(shutil.which("git"), "git is not installed")
     def test_a_run_records_its_commit_and_whether_the_code_differed_from_it(self):
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy(HERE / "rundir.py", tmp)  # rundir.py asks git about the folder it lies in
-            spec = importlib.util.spec_from_file_location("rundir_elsewhere", Path(tmp) / "rundir.py")
+            shutil.copy(HERE / "utils.py", tmp)  # utils.py asks git about the folder it lies in
+            spec = importlib.util.spec_from_file_location("utils_elsewhere", Path(tmp) / "utils.py")
             elsewhere = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(elsewhere)
             commit = lambda: elsewhere.environment(torch.device("cpu"))["git_commit"]  # noqa: E731
@@ -1293,7 +1297,7 @@ class TestDefaults(unittest.TestCase):
             head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
             (Path(tmp) / "notes.txt").write_text("untracked: not the code")
             self.assertEqual(commit(), head)
-            with open(Path(tmp) / "rundir.py", "a") as f:
+            with open(Path(tmp) / "utils.py", "a") as f:
                 f.write("\n# changed\n")
             self.assertEqual(commit(), head + "-dirty")
 
@@ -1503,7 +1507,7 @@ class TestResumeChecksWhatMatters(CliCase):
     def test_a_resume_records_where_the_earlier_epochs_trained_and_the_report_names_both(self):
         run_dir, _, _ = self.vit("--epochs", "1")
         here = json.loads((run_dir / "config.json").read_text())["environment"]["device_name"]
-        with mock.patch("rundir.device_name", return_value="Another GPU"):  # requeued onto another machine
+        with mock.patch("utils.device_name", return_value="Another GPU"):  # requeued onto another machine
             self.vit("--epochs", "2", "--resume")
         config = json.loads((run_dir / "config.json").read_text())
         self.assertEqual(config["environment"]["device_name"], "Another GPU")
@@ -1513,7 +1517,7 @@ class TestResumeChecksWhatMatters(CliCase):
         self.assertEqual(code, 0, err)
         self.assertIn(f"| {' / '.join(sorted(['Another GPU', here]))} |", (self.logs / "report" / "summary_vit.md").read_text())
         # a resume that fails before its first epoch ends trained nothing there: not an environment of the run
-        with mock.patch("rundir.device_name", return_value="A GPU that fails"), \
+        with mock.patch("utils.device_name", return_value="A GPU that fails"), \
                 mock.patch("engine.run_epoch", side_effect=utils.UserError("the GPU fell off the bus")):
             self.vit("--epochs", "3", "--resume", expect=2)
         self.assertEqual(json.loads((run_dir / "config.json").read_text())["environment"]["device_name"],
@@ -1744,6 +1748,17 @@ class TestNothingLost(CliCase):
         self.vit("--epochs", "1", "--overwrite", exp_id="done")
         self.assertEqual(sorted(p.name for p in run_dir.iterdir()), ["best.pt", "checkpoint.pt", "config.json",
                                                                      "metrics.csv", "summary.json"])
+        self.assertEqual(sorted(p.name for p in self.logs.iterdir()), [".done.lock", "done"])  # the old one is gone
+        # a replacement killed in its first epoch left the run it replaces aside: a second --overwrite keeps it there
+        old = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        run_dir.rename(self.logs / ".done.replaced")
+        run_dir.mkdir()
+        (run_dir / "config.json").write_bytes(old["config.json"])
+        _, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "2", "--overwrite", exp_id="done",
+                             expect=3)
+        self.assertIn(f"the run it was to replace is back in {run_dir}", err)
+        self.assertEqual({p.name: p.read_bytes() for p in run_dir.iterdir()}, old)
+        self.assertEqual(sorted(p.name for p in self.logs.iterdir()), [".done.lock", "done"])
 
     def test_resume_never_writes_into_a_folder_that_is_not_a_run(self):
         data, _ = write_image_folder(self.tmp / "images", per_class=(40, 10))

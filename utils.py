@@ -1,5 +1,5 @@
 """What the trainers share that is not the training loop: errors and the CLI wrapper, downloads,
-device and precision, distributed helpers, seeding.
+device and precision (and the environment a run records), distributed helpers, seeding.
 
     >>> device = get_device("auto"); precision = choose_precision("auto", device)
 """
@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -278,6 +279,21 @@ FP32 = Precision()
 
 def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
+def environment(device):
+    """What the numbers were made with: versions, device, and the code's commit, "-dirty" when a tracked
+    file differs from it (the commit alone would not reproduce the run)."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        lines = status.stdout.splitlines() if status.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        lines = []
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    commit = None if commit in (None, "(initial)") else commit + "-dirty" * any(not x.startswith("#") for x in lines)
+    return dict(torch=torch.__version__, python=platform.python_version(), hostname=platform.node(), device=str(device),
+                device_name=device_name(device), threads=torch.get_num_threads(), git_commit=commit)
 
 
 def sync(device):
