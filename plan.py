@@ -34,7 +34,9 @@ from optim import make_optimizer
 from utils import UserError, check, choose_precision, cuda_unusable_reason, device_name, get_device, sync
 
 SCRIPTS = {"train_lm.py": (train_lm, "LM_DATA"), "train_vit.py": (train_vit, "VIT_DATA")}
-EFFICIENCY = 0.4  # the share of the matmul rate a training step reaches (50-70% measured on a CPU: docs/speed.md)
+# The share of the measured matmul rate a step is counted at: 50-94% measured on a CPU (docs/speed.md); on a GPU
+# these models reach 1-10%, so there a plan times their batches and a dry run's FLOPs give a lower bound.
+EFFICIENCY = dict(cpu=0.6, cuda=0.4)
 TIMED_ON = {"cuda"}  # devices where a run's time is its timed batches', not its FLOPs' (1-10% MFU on an H200)
 TIMING_S = 40  # a real sweep's plan times batches this long at most (it prints within a minute), then counts FLOPs
 START_S = 3  # a run's imports, data loading, model building and saving (2.7 s an LM, 3.2 s a ViT, on a 2-core CPU)
@@ -332,7 +334,7 @@ def estimate(runs, previous, device, notes, timing=False):
                 per_batch = timed[name] = timed.get(name) or batch_seconds(run, sizes[key][1], device)
             run.source = "timed batches"
         else:
-            rate = rate or matmul_rate(device, choose_precision(cfg.precision, device).dtype) * EFFICIENCY
+            rate = rate or matmul_rate(device, choose_precision(cfg.precision, device).dtype) * EFFICIENCY[device.type]
             per_batch, run.source = [f / rate for f in per_batch], "FLOPs"
         run.seconds = 0.0 if left <= 0 else START_S + left * (train * per_batch[0] + valid * per_batch[1]) \
             + test * per_batch[1]
@@ -383,8 +385,9 @@ def report(runs, workers, notes, device, rate=None):
     found = {source: sum(r.source == source for r in known) for source in ("finished epochs", "timed batches")}
     how = [f"{n} from {source}" for source, n in found.items() if n]
     if len(known) > sum(found.values()):
-        how.append(f"{len(known) - sum(found.values())} from FLOPs at {EFFICIENCY:.0%} of a measured "
-                   f"{rate / EFFICIENCY / 1e12:.2f} TFLOP/s")
+        share = EFFICIENCY[device.type]
+        how.append(f"{len(known) - sum(found.values())} from FLOPs at {share:.0%} of a measured "
+                   f"{rate / share / 1e12:.2f} TFLOP/s")
     print(f"   time: about {duration(makespan([r.seconds for r in known], max(1, workers)))} "
           f"({'; '.join(how)}; compile warm-ups not included)")
     to_do = [r for r in known if not r.finished]

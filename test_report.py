@@ -699,12 +699,12 @@ class TestPlan(TempDir):
         self.assertIn("disk: 2 MB when done (best weights and logs), 6 MB more at most while running", out)
         out = self.plan(ONLY="^vit_L2_(adam|sgd)$", VIT_DATA=str(self.tmp / "none"))
         self.assertIn(f"note: VIT_DATA={self.tmp / 'none'} is not there yet (the sweep fetches it): standard sizes", out)
-        self.assertIn("(1 from finished epochs; 1 from FLOPs at 40% of a measured", out)
+        self.assertIn("(1 from finished epochs; 1 from FLOPs at 60% of a measured", out)
         # epochs timed on another device say nothing of this one's
         write_run(logs, "vit_L2_sgd_s7", dict(task="vit", seed=7, limit_batches=0,
                                               environment=dict(device="cuda:0", device_name="NVIDIA H100")), rows(2))
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
-        self.assertIn("(1 from FLOPs at 40% of a measured", out)
+        self.assertIn("(1 from FLOPs at 60% of a measured", out)
         write_run(logs, "vit_L2_sgd_s42", dict(task="vit", seed=42, limit_batches=0, environment=dict(
             device="cuda:0", device_name="NVIDIA H100")), rows(10), summary=dict(epochs=10))  # finished there
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"), SEEDS="42", EPOCHS_VIT="10")
@@ -717,12 +717,12 @@ class TestPlan(TempDir):
             write_run(logs, "vit_L2_sgd_s7", dict(task="vit", seed=7, limit_batches=0),
                       [dict(r, elapsed=float(elapsed)) for r in rows(1)])
             out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
-            self.assertIn("(1 from FLOPs at 40% of a measured", out)
+            self.assertIn("(1 from FLOPs at 60% of a measured", out)
         # nor does a smoke run's (a QUICK run under the configuration's name): two batches are no epoch
         shutil.rmtree(logs / "vit_L2_sgd_s7")
         write_run(logs, "vit_L2_sgd_s7", dict(task="vit", seed=7, limit_batches=2), rows(1))
         out = self.plan(ONLY="^vit_L2_sgd$", VIT_DATA=str(self.tmp / "none"))
-        self.assertIn("(1 from FLOPs at 40% of a measured", out)
+        self.assertIn("(1 from FLOPs at 60% of a measured", out)
 
     def test_on_a_gpu_a_real_sweeps_plan_times_a_few_batches_of_each_configuration(self):
         import plan
@@ -745,14 +745,14 @@ class TestPlan(TempDir):
         with mock.patch.object(plan, "TIMED_ON", {"cpu"}), mock.patch.object(plan, "batch_seconds", timed):
             out = real_sweeps_plan(ONLY="^vit_L2_(adam|sgd)$", SEEDS="1 2")
             self.assertEqual(sorted(configurations), ["vit_L2_adam", "vit_L2_sgd"])  # once each, whatever the seed
-            # each run: 10 s to start, 10 epochs of 352 training and 40 valid batches, 2 x 79 test batches: 1,826 s
+            # each run: 3 s to start, 10 epochs of 352 training and 40 valid batches, 2 x 79 test batches: 1,819 s
             self.assertIn("time: about 2.0 h (4 from timed batches; compile warm-ups not included)", out)
             # the plan prints within a minute: past TIMING_S of timing, the configurations left are counted in FLOPs
             configurations.clear()  # each timing takes 25 s
             with mock.patch.object(plan.time, "monotonic", lambda: 25.0 * len(configurations)):
                 out = real_sweeps_plan(ONLY="^vit_L2_(adam|adamw|sgd|momentum)$", SEEDS="1 2")
             self.assertEqual(configurations, ["vit_L2_adam", "vit_L2_adamw"])  # at 0 and 25 s of the 40
-            self.assertIn("(4 from timed batches; 4 from FLOPs at 40% of a measured", out)
+            self.assertIn("(4 from timed batches; 4 from FLOPs at 60% of a measured", out)
             self.assertIn("; the plan times batches for 40 s at most: the rest from FLOPs, a lower bound on a GPU\n", out)
             rows = [dict(r, elapsed=30.0 * (i + 1)) for i, r in enumerate(vit_rows([0.5] * 10))]
             write_run(self.tmp / "logs", "vit_L2_sgd_s1", dict(task="vit", seed=1, limit_batches=0, environment=dict(
@@ -765,7 +765,7 @@ class TestPlan(TempDir):
             out = self.plan(ONLY="^vit_L2_(adam|sgd)$", SEEDS="1 2", VIT_DATA=str(self.tmp / "none"), EPOCHS_VIT="10")
             self.assertEqual(configurations, [])
             self.assertIn("FLOPs make this time a lower bound; the sweep's own plan times their batches", out)
-            self.assertIn("(4 from FLOPs at 40% of a measured", out)
+            self.assertIn("(4 from FLOPs at 60% of a measured", out)
 
     def test_timed_batches_go_through_the_trainers_path(self):
         import plan
@@ -1054,7 +1054,7 @@ class TestPlan(TempDir):
                    TRAIN_ARGS="--ema 0.9 --keep_checkpoint")  # best_ema.pt too; checkpoints kept to be measured
         out = self.plan(**env)
         self.assertIn("== plan: 3 runs on cpu", out)
-        self.assertIn("(3 from FLOPs at 40% of a measured", out)
+        self.assertIn("(3 from FLOPs at 60% of a measured", out)
         self.assertNotIn("note:", out)  # the data's own sizes, counted
         def disk(plan):  # MB when done, and more at most while running
             said = plan.split("disk: ")[1]
