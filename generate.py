@@ -35,7 +35,8 @@ def load_run(run_dir):
     run_dir = Path(run_dir)
     check_folder(run_dir, "--run", "is a file, not a run directory")
     if not (run_dir / "config.json").exists():  # a log folder given for one of its runs: name one, an LM's first
-        runs = sorted((p.parent.name for p in run_dir.glob("*/config.json")), key=lambda n: (n[:3] != "lm_", n))
+        runs = sorted((p.parent.name for p in run_dir.glob("*/config.json") if not p.parent.name.startswith(".")),
+                      key=lambda n: (n[:3] != "lm_", n))  # a hidden one: a run --overwrite has set aside
         check(not runs, f"{run_dir} is a folder of runs, not one run: give one of them, e.g. --run "
               f"{run_dir / runs[0] if runs else ''}" + f" ({len(runs)} there)" * (len(runs) > 1))
     try:

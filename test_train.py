@@ -1897,6 +1897,9 @@ class TestNothingLost(CliCase):
         self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], "not a readable run directory")
         self.refused("generate.py", ["--run", str(self.tmp / "typo")], f"--run {self.tmp / 'typo'} does not exist")
         self.refused("generate.py", ["--run", str(run_dir / "best.pt")], "best.pt is a file, not a run directory")
+        aside = self.logs / ".lm_a.replaced"  # a run --overwrite has set aside: not one to name
+        aside.mkdir()
+        (aside / "config.json").write_bytes((run_dir / "config.json").read_bytes())
         self.refused("generate.py", ["--run", str(self.logs), "--words", "3"], f"{self.logs} is a folder of runs, "
                      f"not one run: give one of them, e.g. --run {self.logs / 'other'} (2 there)")
         self.refused("generate.py", ["--run", str(run_dir), "--temperature", "inf"], "temperature")
