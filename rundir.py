@@ -131,7 +131,9 @@ def existing_run(cfg):
     """Whether <log_dir>/<exp_id> holds something; refuse it unless --resume, or --overwrite, of a run
     (never what is not recognisably a run of this project: --resume would write into it, --overwrite
     delete it)."""
-    run_dir = Path(cfg.log_dir) / cfg.exp_id
+    run_dir, file = Path(cfg.log_dir) / cfg.exp_id, file_in_the_way(cfg.log_dir)
+    check(file is None, f"--log_dir {cfg.log_dir}" + f": {file}" * (file != Path(cfg.log_dir)) + " is a file, not a "
+          "folder")
     exists = run_dir.is_dir() and any(p.name != PROBE for p in run_dir.iterdir())  # its probe alone: no run
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
     if not exists:

@@ -482,7 +482,7 @@ class TestRefusals(CliCase):
         (self.tmp / "results.csv").write_text("kept\n")
         for log_dir in ("results.csv", "results.csv/sub"):
             _, _, err = self.vit("--log_dir", str(self.tmp / log_dir), expect=2)
-            self.assert_refused(err, "cannot write the run directory", f"{self.tmp / 'results.csv'} is a file, not a "
+            self.assert_refused(err, f"--log_dir {self.tmp / log_dir}", f"{self.tmp / 'results.csv'} is a file, not a "
                                 "folder")
         self.assertEqual((self.tmp / "results.csv").read_text(), "kept\n")
 
@@ -522,7 +522,14 @@ class TestRefusals(CliCase):
         code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file"), "--exp_id", "x", "--data_folder",
                                             str(data), *VIT_TINY])
         self.assertEqual(code, 2)
-        self.assert_refused(err, "cannot write the run directory")
+        self.assert_refused(err, f"--log_dir {self.tmp / 'file'} is a file, not a folder")
+        with mock.patch("train_vit.load_cifar10") as load:  # refused before the data is read
+            code, _, err = run(train_vit.main, ["--log_dir", str(self.tmp / "file" / "sub"), "--data_folder", str(data),
+                                                *VIT_TINY])
+        self.assertEqual(code, 2)
+        self.assert_refused(err, f"--log_dir {self.tmp / 'file' / 'sub'}: {self.tmp / 'file'} is a file, not a folder")
+        load.assert_not_called()
+        self.assertEqual((self.tmp / "file").read_text(), "not a folder")
 
     def test_missing_data_offline(self):
         with mock.patch("urllib.request.urlopen", side_effect=OSError("no network")):
