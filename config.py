@@ -123,7 +123,7 @@ class TrainConfig:
     seed: int = option(42, "seed of every random generator", group="optimisation", role="seed")
     recipe: str = option("reference", "the defaults to start from: the reference report's, or a stronger recipe "
                          "(listed below)", group="optimisation")
-    data_folder: str = option("", "dataset folder", group="data", role="context")
+    data_folder: str = option("./data", "dataset folder", group="data", role="context")
     exp_id: str = option("", "run name; default: derived from the settings", role="context")
     log_dir: str = option("logs", "folder that holds one sub-folder per run", role="context")
     grad_norms: bool = option(False, "log each layer's gradient norm (mean over the epoch's steps, and the "
@@ -197,7 +197,8 @@ class TrainConfig:
         check(len(self.exp_id.encode()) <= 200, f"--exp_id is {len(self.exp_id.encode())} bytes long; file systems "
               f"take at most 255 and the run's files need the rest: give a name of at most 200")
         check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
-        check(self.log_dir != "", "--log_dir is empty; give a folder (. for this one)")  # not this one in silence
+        for name in ("log_dir", "data_folder"):  # not this one in silence: `--data_folder $DATA`, DATA unset
+            check(getattr(self, name) != "", f"--{name} is empty; give a folder (. for this one)")
 
     def unused(self):
         """The settings this configuration does not use, each with why: {name: reason}."""

@@ -402,6 +402,8 @@ class TestRefusals(CliCase):
             (train_lm.main, ["--hidden_size", "-1"], "--hidden_size must be at least 1"),
             (train_vit.main, ["--resume", "--overwrite"], "exclude"),
             (train_vit.main, ["--log_dir", ""], "--log_dir is empty"),  # not the current folder in silence
+            (train_lm.main, ["--data_folder", ""], "--data_folder is empty; give a folder (. for this one)"),
+            (train_vit.main, ["--data_folder", ""], "--data_folder is empty"),  # nothing downloaded into this one
             (train_vit.main, ["--layers", str(2 ** 31)], "--layers 2147483648 is beyond any model"),
             (train_vit.main, ["--recipe", "improved", "--epochs", "3"], "got 5.0 with --epochs 3 (--recipe improved "
              "warms up for 5 epochs unless --warmup_epochs says otherwise)"),
