@@ -32,6 +32,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
 def load_run(run_dir):
     """(model in eval mode, config, vocabulary or None) of a train_lm.py run; a damaged run is refused
     in one line."""
+    check(str(run_dir) != "", "--run is empty; give the folder of a train_lm.py run (logs/<exp_id>)")
     run_dir = Path(run_dir)
     check_folder(run_dir, "--run", "is a file, not a run directory")
     if not (run_dir / "config.json").exists():  # a log folder given for one of its runs: name one, an LM's first
@@ -39,6 +40,8 @@ def load_run(run_dir):
                       key=lambda n: (n[:3] != "lm_", n))  # a hidden one: a run --overwrite has set aside
         check(not runs, f"{run_dir} is a folder of runs, not one run: give one of them, e.g. --run "
               f"{run_dir / runs[0] if runs else ''}" + f" ({len(runs)} there)" * (len(runs) > 1))
+        raise UserError(f"{run_dir} is not a run directory (it has no config.json): give the folder of a train_lm.py "
+                        f"run (logs/<exp_id>)")
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as e:

@@ -1903,7 +1903,9 @@ class TestNothingLost(CliCase):
                 (run_dir / name).write_bytes(data)
                 self.refused("generate.py", ["--run", str(run_dir), "--words", "3"], fragment)
                 (run_dir / name).write_bytes(original)
-        self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], "not a readable run directory")
+        self.refused("generate.py", ["--run", str(self.tmp), "--words", "3"], f"{self.tmp} is not a run directory (it "
+                     "has no config.json): give the folder of a train_lm.py run (logs/<exp_id>)")
+        self.refused("generate.py", ["--run", ""], "--run is empty; give the folder of a train_lm.py run")
         self.refused("generate.py", ["--run", str(self.tmp / "typo")], f"--run {self.tmp / 'typo'} does not exist")
         self.refused("generate.py", ["--run", str(run_dir / "best.pt")], "best.pt is a file, not a run directory")
         aside = self.logs / ".lm_a.replaced"  # a run --overwrite has set aside: not one to name
