@@ -132,8 +132,7 @@ def existing_run(cfg):
     (never what is not recognisably a run of this project: --resume would write into it, --overwrite
     delete it)."""
     run_dir, file = Path(cfg.log_dir) / cfg.exp_id, file_in_the_way(cfg.log_dir)
-    check(file is None, f"--log_dir {cfg.log_dir}" + f": {file}" * (file != Path(cfg.log_dir)) + " is a file, not a "
-          "folder")
+    check(not file, f"--log_dir {cfg.log_dir}" + f": {file}" * (file != run_dir.parent) + " is a file, not a folder")
     exists = run_dir.is_dir() and any(p.name != PROBE for p in run_dir.iterdir())  # its probe alone: no run
     check(not run_dir.exists() or run_dir.is_dir(), f"{run_dir} exists and is not a directory")
     if not exists:
@@ -242,18 +241,20 @@ def prepare_run_dir(cfg):
 
 
 def keep_or_remove(run_dir, fresh):
-    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind, so the same
-    command can simply run again, and the run --overwrite was to replace comes back (the first process
-    acts). Returns '' where the directory stays, else what became of it."""
+    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind (a link made to a
+    folder elsewhere stays, emptied), so the same command can simply run again, and the run --overwrite was to
+    replace comes back (the first process acts). Returns '' where the directory stays, else what became of it."""
     if not fresh or (run_dir / "checkpoint.pt").exists():
         return ""
-    aside = replaced(run_dir)
-    back = aside.is_dir()
+    back = (aside := replaced(run_dir)).is_dir()
     if rank() == 0:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        for path in list(run_dir.iterdir()) if run_dir.is_symlink() else [run_dir]:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
         if back:
             aside.rename(run_dir)
-    return f"the run it was to replace is back in {run_dir}" if back else f"{run_dir} was removed"
+    return f"the run it was to replace is back in {run_dir}" if back else \
+        f"{run_dir} was {'emptied' if run_dir.is_symlink() else 'removed'}"
 
 
 def replaced(run_dir):  # a hidden sibling, which no reader takes for a run

@@ -733,6 +733,18 @@ class TestCrashes(CliCase):
         self.assertEqual(sorted(p.name for p in run_dir.parent.iterdir() if p.name.startswith(f".{run_dir.name}.")),
                          [f".{run_dir.name}.lock"])  # nothing left aside
 
+    def test_a_run_directory_linked_to_a_folder_elsewhere_is_emptied_not_left_half_written(self):
+        elsewhere, run_dir = self.tmp / "scratch" / "run", self.logs / "linked"
+        elsewhere.mkdir(parents=True)
+        self.logs.mkdir()
+        run_dir.symlink_to(elsewhere)
+        _, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", exp_id="linked", expect=3)
+        self.assertIn(f"no epoch had finished, so {run_dir} was emptied", err)
+        self.assertTrue(run_dir.is_symlink())
+        self.assertEqual(list(elsewhere.iterdir()), [])
+        self.vit("--epochs", "1", exp_id="linked")  # the same command, fixed, runs: nothing to --overwrite
+        self.assertTrue((elsewhere / "summary.json").exists())
+
 
 class TestDistributed(CliCase):
     """torchrun with two CPU processes (gloo) against one process with the same global batch."""
