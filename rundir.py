@@ -202,6 +202,7 @@ def prepare_run_dir(cfg):
     """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite. Returns the
     path, and whether the run starts afresh (nothing of an earlier run is in it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
+    real = run_dir.resolve()  # a link made to a folder elsewhere: the run lives there, and its aside beside it
     # The first process looks: a network file system would go on telling the others that a folder they
     # looked for before it was made is not there (its cache of lookups), and fail the check below.
     exists = existing_run(cfg) if rank() == 0 else False
@@ -211,11 +212,11 @@ def prepare_run_dir(cfg):
         try:
             if exists and cfg.overwrite:  # kept aside until the new run has saved an epoch (keep_or_remove)
                 if replaced(run_dir).is_dir() and not finished_rows(run_dir):  # a replacement killed before that:
-                    shutil.rmtree(run_dir)  # the run it was to replace is aside already
+                    shutil.rmtree(real)  # the run it was to replace is aside already
                 else:
                     shutil.rmtree(replaced(run_dir), ignore_errors=True)
-                    run_dir.rename(replaced(run_dir))
-            run_dir.mkdir(parents=True, exist_ok=True)
+                    real.rename(replaced(run_dir))
+            real.mkdir(parents=True, exist_ok=True)
             probe.write_text(token[0])
         except OSError as e:
             raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
@@ -241,24 +242,21 @@ def prepare_run_dir(cfg):
 
 
 def keep_or_remove(run_dir, fresh):
-    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind (a link made to a
-    folder elsewhere stays, emptied), so the same command can simply run again, and the run --overwrite was to
-    replace comes back (the first process acts). Returns '' where the directory stays, else what became of it."""
+    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind (a link made to
+    a folder elsewhere: none there), so the same command can simply run again, and the run --overwrite
+    was to replace comes back (the first process acts). Returns '' where it stays, else what became of it."""
     if not fresh or (run_dir / "checkpoint.pt").exists():
         return ""
     back = (aside := replaced(run_dir)).is_dir()
     if rank() == 0:
-        for path in list(run_dir.iterdir()) if run_dir.is_symlink() else [run_dir]:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+        shutil.rmtree(run_dir.resolve(), ignore_errors=True)
         if back:
-            aside.rename(run_dir)
-    return f"the run it was to replace is back in {run_dir}" if back else \
-        f"{run_dir} was {'emptied' if run_dir.is_symlink() else 'removed'}"
+            aside.rename(run_dir.resolve())
+    return f"the run it was to replace is back in {run_dir}" if back else f"{run_dir} was removed"
 
 
-def replaced(run_dir):  # a hidden sibling, which no reader takes for a run
-    return run_dir.with_name(f".{run_dir.name}.replaced")
+def replaced(run_dir):  # a hidden sibling (of a link's target), which no reader takes for a run
+    return (real := Path(run_dir).resolve()).with_name(f".{real.name}.replaced")
 
 
 @dataclasses.dataclass

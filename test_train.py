@@ -733,17 +733,20 @@ class TestCrashes(CliCase):
         self.assertEqual(sorted(p.name for p in run_dir.parent.iterdir() if p.name.startswith(f".{run_dir.name}.")),
                          [f".{run_dir.name}.lock"])  # nothing left aside
 
-    def test_a_run_directory_linked_to_a_folder_elsewhere_is_emptied_not_left_half_written(self):
+    def test_a_run_directory_linked_to_a_folder_elsewhere_holds_the_run_there(self):
         elsewhere, run_dir = self.tmp / "scratch" / "run", self.logs / "linked"
         elsewhere.mkdir(parents=True)
         self.logs.mkdir()
         run_dir.symlink_to(elsewhere)
         _, _, err = self.vit("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", exp_id="linked", expect=3)
-        self.assertIn(f"no epoch had finished, so {run_dir} was emptied", err)
-        self.assertTrue(run_dir.is_symlink())
-        self.assertEqual(list(elsewhere.iterdir()), [])
-        self.vit("--epochs", "1", exp_id="linked")  # the same command, fixed, runs: nothing to --overwrite
-        self.assertTrue((elsewhere / "summary.json").exists())
+        self.assertIn(f"no epoch had finished, so {run_dir} was removed", err)
+        self.assertFalse(elsewhere.exists())  # nothing half-written: the same command, fixed, runs again
+        for seed, flags in ((42, []), (1, ["--overwrite"]), (2, ["--overwrite"])):  # and replaces it there, twice
+            self.vit("--epochs", "1", "--seed", str(seed), *flags, exp_id="linked")
+            self.assertTrue(run_dir.is_symlink())
+            self.assertEqual(json.loads((elsewhere / "config.json").read_text())["seed"], seed)
+            self.assertEqual(sorted(p.name for p in self.logs.iterdir()), [".linked.lock", "linked"])
+            self.assertEqual(sorted(p.name for p in elsewhere.parent.iterdir()), ["run"])  # nothing left aside
 
 
 class TestDistributed(CliCase):
