@@ -202,7 +202,7 @@ def prepare_run_dir(cfg):
     """Create <log_dir>/<exp_id>; refuse an existing run unless --resume or --overwrite. Returns the
     path, and whether the run starts afresh (nothing of an earlier run is in it)."""
     run_dir = Path(cfg.log_dir) / cfg.exp_id
-    real = run_dir.resolve()  # a link made to a folder elsewhere: the run lives there, and its aside beside it
+    real = Path(os.path.realpath(run_dir))  # a link made to a folder elsewhere: the run lives there, its aside beside
     # The first process looks: a network file system would go on telling the others that a folder they
     # looked for before it was made is not there (its cache of lookups), and fail the check below.
     exists = existing_run(cfg) if rank() == 0 else False
@@ -249,14 +249,14 @@ def keep_or_remove(run_dir, fresh):
         return ""
     back = (aside := replaced(run_dir)).is_dir()
     if rank() == 0:
-        shutil.rmtree(run_dir.resolve(), ignore_errors=True)
+        shutil.rmtree(os.path.realpath(run_dir), ignore_errors=True)
         if back:
-            aside.rename(run_dir.resolve())
+            aside.rename(os.path.realpath(run_dir))
     return f"the run it was to replace is back in {run_dir}" if back else f"{run_dir} was removed"
 
 
 def replaced(run_dir):  # a hidden sibling (of a link's target), which no reader takes for a run
-    return (real := Path(run_dir).resolve()).with_name(f".{real.name}.replaced")
+    return (real := Path(os.path.realpath(run_dir))).with_name(f".{real.name}.replaced")  # a loop: not followed
 
 
 @dataclasses.dataclass
