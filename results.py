@@ -7,6 +7,7 @@ raised, so that one broken run never hides the others. No torch.
 import csv
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,12 +142,12 @@ def find_runs(log_dirs, out_dir):
     """The runs of each log folder: its sub-folders holding a run's files, not the report folder
     out_dir nor a hidden one (the run --overwrite replaces, until it is), and nothing deeper
     (logs/quick/, a sweep of smoke runs, is a log folder of its own)."""
-    out_dir, folders = out_dir.resolve(), {}  # by real path: a folder given twice is read once
+    out_dir, folders = os.path.realpath(out_dir), {}  # by real path: a folder given twice is read once
     for log_dir in log_dirs:
         for name in ("config.json", "metrics.csv", "summary.json"):
             for p in Path(log_dir).glob(f"*/{name}"):
-                if p.parent.resolve() != out_dir and not p.parent.name.startswith("."):  # no run's name does
-                    folders.setdefault(p.parent.resolve(), p.parent)
+                if os.path.realpath(p.parent) != out_dir and not p.parent.name.startswith("."):  # no run's name does
+                    folders.setdefault(os.path.realpath(p.parent), p.parent)
     return [read_run(folder) for folder in sorted(folders.values())]
 
 

@@ -101,6 +101,9 @@ class TestFullDisk(FaultCase):
         (self.tmp / "a_file").write_text("")
         blocked = cli("plot.py", "--log_dir", self.logs, "--out_dir", self.tmp / "a_file" / "report")
         self.assert_one_line(blocked, 2, "error: cannot write the report in ", "--out_dir")
+        (self.tmp / "loop").symlink_to(self.tmp / "loop")  # a link to itself: no folder can be made there either
+        looped = cli("plot.py", "--log_dir", self.logs, "--out_dir", self.tmp / "loop")
+        self.assert_one_line(looped, 2, f"error: cannot write the report in {self.tmp / 'loop'}", "--out_dir")
 
     @unittest.skipUnless(Path("/dev/full").exists(), "needs /dev/full, a device every write to fails as a full disk")
     def test_a_full_standard_output_is_named_as_such_and_the_report_is_whole(self):
