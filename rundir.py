@@ -242,9 +242,9 @@ def prepare_run_dir(cfg):
 
 
 def keep_or_remove(run_dir, fresh):
-    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind (a link made to
-    a folder elsewhere: none there), so the same command can simply run again, and the run --overwrite
-    was to replace comes back (the first process acts). Returns '' where it stays, else what became of it."""
+    """After a failure: a fresh run that has no checkpoint yet leaves no directory behind (through a link
+    to a folder elsewhere, that folder goes), so the same command can simply run again, and the run
+    --overwrite was to replace comes back (the first process acts). Returns '' or what became of it."""
     if not fresh or (run_dir / "checkpoint.pt").exists():
         return ""
     back = (aside := replaced(run_dir)).is_dir()
