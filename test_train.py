@@ -747,7 +747,7 @@ class TestCrashes(CliCase):
             self.assertEqual(json.loads((elsewhere / "config.json").read_text())["seed"], seed)
             self.assertEqual(sorted(p.name for p in self.logs.iterdir()), [".linked.lock", "linked"])
             self.assertEqual(sorted(p.name for p in elsewhere.parent.iterdir()), ["run"])  # nothing left aside
-        (self.logs / "loop").symlink_to(self.logs / "loop")  # a link to itself: one line, as a path that cannot be
+        (self.logs / "loop").symlink_to(self.logs / "loop")  # a link to itself: one line, as any folder not made
         _, _, err = self.vit(exp_id="loop", expect=2)
         self.assert_refused(err, f"cannot write the run directory {self.logs / 'loop'}")
 
