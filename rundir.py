@@ -247,11 +247,11 @@ def keep_or_remove(run_dir, fresh):
     --overwrite was to replace comes back (the first process acts). Returns '' or what became of it."""
     if not fresh or (run_dir / "checkpoint.pt").exists():
         return ""
-    back = (aside := replaced(run_dir)).is_dir()
+    back, real = (aside := replaced(run_dir)).is_dir(), os.path.realpath(run_dir)
     if rank() == 0:
-        shutil.rmtree(os.path.realpath(run_dir), ignore_errors=True)
+        shutil.rmtree(real, ignore_errors=True)
         if back:
-            aside.rename(os.path.realpath(run_dir))
+            aside.rename(real)
     return f"the run it was to replace is back in {run_dir}" if back else f"{run_dir} was removed"
 
 
